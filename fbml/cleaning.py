@@ -1,0 +1,277 @@
+"""Clean the raw products table and join it to its photos: polars expressions, one lazy query.
+
+Every raw row ends in exactly one place: a clean table or ``rejected`` with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import functools
+import unicodedata
+
+import attrs
+import polars as pl
+
+from contracts import CleanProducts, ImageManifest, RawImages, RawProducts, Rejected
+
+CATEGORY_SEPARATOR = " / "
+PRODUCT_TEXT_COLUMNS = ("id", "product_name", "category", "product_description", "price", "location")
+REQUIRED_PRODUCT_FIELDS = ("id", "product_name", "category", "price")
+PRICE_PATTERN = r"^£?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$"
+GUMTREE_SUFFIX = r"(?i)(\s*\|\s*in\s[^|]*)?\s*\|\s*gumtree\s*$"
+CLEAN_COLUMNS = tuple(CleanProducts.to_schema().columns)
+MANIFEST_COLUMNS = ("image_id", *CLEAN_COLUMNS)
+NON_ASCII = r"[^\x00-\x7F]+"
+MESSY_SPACE = r"[\x00-\x1F\x7F][\x00-\x20\x7F]*|\x20[\x00-\x20\x7F]+"
+_ROW = "source_row"
+_REASON = "reason"
+
+
+@attrs.frozen
+class Cleaned:
+    """The clean products (``CleanProducts``) and the rejected rows (``Rejected``)."""
+
+    products: pl.DataFrame
+    rejected: pl.DataFrame
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """How many rows each reason rejected."""
+        return reasons_count(self.rejected)
+
+
+@attrs.frozen
+class Manifest:
+    """Every photo of every clean product (``ImageManifest``), the image rows that could not be
+    joined (``Rejected``), and the clean products that have no photo (``CleanProducts``)."""
+
+    images: pl.DataFrame
+    rejected: pl.DataFrame
+    products_without_images: pl.DataFrame
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """How many image rows each reason rejected."""
+        return reasons_count(self.rejected)
+
+
+def ascii_text(text: pl.Expr) -> pl.Expr:
+    """Unicode-normalised to ASCII (é -> e, ﬁ -> fi, ’ dropped), whitespace runs to one space, stripped.
+
+    Equal to NFKD then dropping non-ASCII, but each costly step runs only on the rows that need it
+    (elsewhere the input is null, which string kernels skip), and characters are mapped through a
+    table of their NFKD ASCII forms rather than normalising whole strings.
+    """
+    transliterated = _only_where(text, has_non_ascii, _transliterate)
+    return _only_where(transliterated, _has_messy_space, _single_spaced).str.strip_chars()
+
+
+def has_non_ascii(text: pl.Expr) -> pl.Expr:
+    """True where the text has a character outside ASCII (a cheap length comparison, no regex)."""
+    return text.str.len_bytes() != text.str.len_chars()
+
+
+@functools.cache
+def ascii_equivalents() -> dict[str, str]:
+    """Every non-ASCII character (below U+20000) whose NFKD form keeps some ASCII, to that ASCII."""
+    table = {chr(code): _nfkd_ascii(chr(code)) for code in range(0x80, 0x20000) if not 0xD800 <= code < 0xE000}
+    return {character: ascii for character, ascii in table.items() if ascii}
+
+
+def product_name(raw: pl.Expr) -> pl.Expr:
+    """The listing title without its ``| in Town, County | Gumtree`` suffix."""
+    return ascii_text(raw).str.replace(GUMTREE_SUFFIX, "").str.strip_chars()
+
+
+def price(raw: pl.Expr) -> pl.Expr:
+    """``£1,900.00`` -> 1900.0; null where the text is not a price."""
+    text = raw.str.strip_chars().str.replace_all(r"\s", "")
+    return pl.when(text.str.contains(PRICE_PATTERN)).then(
+        text.str.replace_all(r"[£,]", "").cast(pl.Float64, strict=False)
+    )
+
+
+def category_levels(raw: pl.Expr) -> pl.Expr:
+    """``A / B / C`` -> ["A", "B", "C"], blank levels (as in ``A /`` or `` / ``) dropped."""
+    padded = pl.concat_str(pl.lit(" "), ascii_text(raw), pl.lit(" "))
+    stripped = padded.str.split(CATEGORY_SEPARATOR).list.eval(pl.element().str.strip_chars())
+    return stripped.list.eval(pl.element().filter(pl.element() != ""))
+
+
+def category(levels: pl.Expr) -> pl.Expr:
+    """The top level of a category path."""
+    return levels.list.first()
+
+
+def subcategory(levels: pl.Expr) -> pl.Expr:
+    """The second level of a category path; null for a one-level path."""
+    return levels.list.get(1, null_on_oob=True)
+
+
+def category_path(levels: pl.Expr) -> pl.Expr:
+    """The whole path, normalised to ``A / B / C``."""
+    return pl.when(levels.list.len() > 0).then(levels.list.join(CATEGORY_SEPARATOR))
+
+
+def location(raw: pl.Expr) -> pl.Expr:
+    """``Town, County`` -> ``Town``."""
+    return _blank_to_null(ascii_text(raw).str.splitn(",", 2).struct.field("field_0").str.strip_chars())
+
+
+def county(raw: pl.Expr) -> pl.Expr:
+    """``Town, County`` -> ``County``; null when there is no comma."""
+    return _blank_to_null(ascii_text(raw).str.splitn(",", 2).struct.field("field_1").str.strip_chars())
+
+
+def product_rejection() -> pl.Expr:
+    """Why a product row cannot be kept, or null: a blank required raw field, then a clean one."""
+    missing = [
+        pl.when(_is_blank(pl.col(f"_raw_{name}"))).then(pl.lit(f"missing required field: {name}"))
+        for name in REQUIRED_PRODUCT_FIELDS
+    ]
+    return pl.coalesce(
+        *missing,
+        pl.when(pl.col("product_name") == "").then(pl.lit("empty product_name after cleaning")),
+        pl.when(pl.col("category").is_null()).then(pl.lit("empty category after cleaning")),
+        pl.when(pl.col("price").is_null()).then(pl.lit("unparseable price")),
+    )
+
+
+def duplicate_rejection(key: pl.Expr, reason: pl.Expr, what: str) -> pl.Expr:
+    """The reason, or for an otherwise valid row whose key an earlier valid row has, a duplicate."""
+    seen_before = ~pl.when(reason.is_null()).then(key).is_first_distinct()
+    return pl.when(reason.is_null() & seen_before).then(pl.lit(f"duplicate {what}")).otherwise(reason)
+
+
+def clean_products(raw: pl.DataFrame, *, source: str = "products") -> Cleaned:
+    """The clean products and every rejected row, with reasons (``RawProducts`` -> ``Cleaned``)."""
+    RawProducts.validate(raw.lazy())
+    annotated = (
+        _numbered(raw, PRODUCT_TEXT_COLUMNS)
+        .with_columns(
+            pl.col("_raw_id").str.strip_chars().alias("id"),
+            product_name(pl.col("_raw_product_name")).alias("product_name"),
+            ascii_text(pl.col("_raw_product_description")).fill_null("").alias("product_description"),
+        )
+        .pipe(_per_distinct, "_raw_price", price(pl.col("_raw_price")).alias("price"))
+        .pipe(
+            _per_distinct,
+            "_raw_category",
+            *(
+                part(category_levels(pl.col("_raw_category"))).alias(part.__name__)
+                for part in (category, subcategory, category_path)
+            ),
+        )
+        .pipe(
+            _per_distinct,
+            "_raw_location",
+            location(pl.col("_raw_location")).alias("location"),
+            county(pl.col("_raw_location")).alias("county"),
+        )
+        .with_columns(product_rejection().alias(_REASON))
+        .with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "id").alias(_REASON))
+        .collect()
+    )
+    products = annotated.filter(pl.col(_REASON).is_null()).select(CLEAN_COLUMNS)
+    rejected = _rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
+    return Cleaned(CleanProducts.validate(products), Rejected.validate(rejected))
+
+
+def image_manifest(products: pl.DataFrame, raw_images: pl.DataFrame, *, source: str = "images") -> Manifest:
+    """Join every photo row to its clean product (``CleanProducts`` x ``RawImages`` -> ``Manifest``)."""
+    CleanProducts.validate(products.lazy())
+    RawImages.validate(raw_images.lazy())
+    columns = tuple(name for name in raw_images.columns if name != "")
+    known = products.select(pl.col("id").alias("product_id"), pl.lit(True).alias("_known"))
+    annotated = (
+        _numbered(raw_images, columns)
+        .with_columns(
+            pl.col("_raw_id").str.strip_chars().alias("id"),
+            pl.col("_raw_product_id").str.strip_chars().alias("product_id"),
+        )
+        .join(known.lazy(), on="product_id", how="left", maintain_order="left")
+        .with_columns(
+            pl.coalesce(
+                pl.when(_is_blank(pl.col("id"))).then(pl.lit("missing required field: id")),
+                pl.when(_is_blank(pl.col("product_id"))).then(pl.lit("missing required field: product_id")),
+                pl.when(pl.col("_known").is_null()).then(pl.lit("no clean product with this product_id")),
+            ).alias(_REASON)
+        )
+        .with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "image id").alias(_REASON))
+        .collect()
+    )
+    photos = annotated.filter(pl.col(_REASON).is_null()).select(
+        pl.col("id").alias("image_id"), pl.col("product_id").alias("id")
+    )
+    images = photos.join(products, on="id", how="inner", maintain_order="left")
+    without = products.join(photos, on="id", how="anti", maintain_order="left")
+    rejected = _rejected_rows(annotated, columns, source=source, stage="images")
+    return Manifest(
+        ImageManifest.validate(images.select(MANIFEST_COLUMNS)),
+        Rejected.validate(rejected),
+        CleanProducts.validate(without),
+    )
+
+
+def reasons_count(rejected: pl.DataFrame) -> dict[str, int]:
+    """Rejected rows per reason, most frequent first."""
+    counts = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+    return dict(counts.iter_rows())
+
+
+def _numbered(raw: pl.DataFrame, columns: tuple[str, ...]) -> pl.LazyFrame:
+    """The raw columns as ``_raw_*``, each row with its 1-based record number."""
+    return raw.lazy().select(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW),
+        *(pl.col(name).alias(f"_raw_{name}") for name in columns),
+    )
+
+
+def _per_distinct(frame: pl.LazyFrame, key: str, *derived: pl.Expr) -> pl.LazyFrame:
+    """``frame`` with ``derived`` columns computed once per distinct ``key`` and joined back:
+    prices, category paths and places repeat across many rows."""
+    lookup = frame.select(pl.col(key).unique()).with_columns(*derived)
+    return frame.join(lookup, on=key, how="left", nulls_equal=True, maintain_order="left")
+
+
+def _rejected_rows(annotated: pl.DataFrame, columns: tuple[str, ...], *, source: str, stage: str) -> pl.DataFrame:
+    return annotated.filter(pl.col(_REASON).is_not_null()).select(
+        pl.lit(source).alias("source"),
+        pl.col(_ROW),
+        pl.lit(stage).alias("stage"),
+        pl.col(_REASON),
+        pl.struct(pl.col(f"_raw_{name}").alias(name) for name in columns).struct.json_encode().alias("raw"),
+    )
+
+
+def _transliterate(text: pl.Expr) -> pl.Expr:
+    return text.str.replace_many(ascii_equivalents()).str.replace_all(NON_ASCII, "")
+
+
+def _nfkd_ascii(text: str) -> str:
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def _has_messy_space(text: pl.Expr) -> pl.Expr:
+    return text.str.contains(r"[\x00-\x1F\x7F]|\x20\x20")
+
+
+def _single_spaced(text: pl.Expr) -> pl.Expr:
+    return text.str.replace_all(MESSY_SPACE, " ")
+
+
+def _only_where(text: pl.Expr, where: Callable[[pl.Expr], pl.Expr], change: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """``change(text)`` on the rows where ``where(text)`` holds, ``text`` unchanged elsewhere.
+
+    ``text`` is evaluated once: it becomes a struct field that both branches reference.
+    """
+    field = pl.field("text")
+    chosen = pl.coalesce(change(pl.when(where(field)).then(field)), field)
+    return pl.struct(text.alias("text")).struct.with_fields(chosen.alias("text")).struct.field("text")
+
+
+def _is_blank(text: pl.Expr) -> pl.Expr:
+    return text.is_null() | (text.str.strip_chars() == "")
+
+
+def _blank_to_null(text: pl.Expr) -> pl.Expr:
+    return pl.when(text != "").then(text)

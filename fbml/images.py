@@ -1,0 +1,296 @@
+"""Photo cleaning: decode safely, fix orientation and mode, letterbox to a black square JPEG."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import BaseContext
+from pathlib import Path
+
+import attrs
+import numpy as np
+import polars as pl
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from fbml.errors import FbmlError, InputError
+
+CLEANED = "cleaned"
+REJECTED = "rejected"
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_WIDE_GREY_FULL_SCALE = 65535.0
+_FLOAT_FULL_SCALE = 255.0
+_REPORT_SCHEMA = {"file": pl.String, "status": pl.String, "reason": pl.String, "output": pl.String}
+
+
+@attrs.frozen
+class ImageCleaningReport:
+    """What `clean_images` did with each source file: one row per file, in sorted order."""
+
+    files: pl.DataFrame = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals), hash=False)
+
+    @property
+    def cleaned(self) -> int:
+        """Number of files written as cleaned JPEGs."""
+        return self.files.filter(pl.col("status") == CLEANED).height
+
+    @property
+    def rejected(self) -> int:
+        """Number of files rejected."""
+        return self.files.filter(pl.col("status") == REJECTED).height
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Rejection counts keyed by reason, per-file details (after ':') dropped."""
+        counts = (
+            self.files.filter(pl.col("status") == REJECTED)
+            .group_by(pl.col("reason").str.split(":").list.first())
+            .len()
+            .sort("reason")
+        )
+        return dict(zip(counts["reason"], counts["len"], strict=True))
+
+
+@attrs.frozen
+class _Job:
+    """One source file to clean into `output`."""
+
+    source: Path
+    output: Path
+    size: int
+    max_pixels: int
+    quality: int
+
+
+@attrs.frozen
+class _Outcome:
+    """The result for one source file: `reason` set when rejected, `output` set when cleaned."""
+
+    file: str
+    reason: str | None = None
+    output: str | None = None
+
+
+def clean_image(image: Image.Image, size: int = 512) -> Image.Image:
+    """Upright, RGB, longest side `size`, centred on a black `size` x `size` square; `image` is left as is."""
+    _require_positive("size", size)
+    return _letterbox(_to_rgb(ImageOps.exif_transpose(image)), size)
+
+
+def open_image(path: Path, *, size: int | None, max_pixels: int) -> Image.Image:
+    """Decode `path` fully, refusing images over `max_pixels`; JPEGs decode straight to about `size` px."""
+    with _pixel_limit(None):
+        image = Image.open(path)
+    try:
+        _refuse_bomb(image, max_pixels)
+        if size is not None and image.format == "JPEG":
+            image.draft("RGB", _draft_request(image.size, size))
+        with _pixel_limit(max_pixels):
+            image.load()
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def clean_images(
+    src: Path,
+    dst: Path,
+    *,
+    size: int = 512,
+    workers: int | None = None,
+    max_pixels: int = 89_478_485,
+    quality: int = 90,
+    progress: bool = True,
+) -> ImageCleaningReport:
+    """Clean every file in `src` into `dst/<stem>.jpg`, or reject it with a reason; never stops on a bad file."""
+    _require_positive("size", size)
+    _require_positive("max_pixels", max_pixels)
+    if not 1 <= quality <= 100:
+        raise FbmlError(f"quality must be between 1 and 100, got {quality}")
+    sources = _list_files(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    jobs, duplicates = _plan(sources, dst, size=size, max_pixels=max_pixels, quality=quality)
+    bar = tqdm(total=len(sources), initial=len(duplicates), desc="cleaning images", unit="img", file=sys.stderr, disable=not progress)
+    with bar:
+        outcomes = [*duplicates, *_tick(_run(jobs, _worker_count(workers, len(jobs))), bar)]
+    return _report(outcomes)
+
+
+def _require_positive(name: str, value: int) -> None:
+    """Refuse a non-positive size-like parameter."""
+    if value < 1:
+        raise FbmlError(f"{name} must be at least 1, got {value}")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB; transparency becomes black, 16-bit and float greys are rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_GREY_MODES:
+        return _rescaled_grey(image, _WIDE_GREY_FULL_SCALE).convert("RGB")
+    if image.mode == "F":
+        return _rescaled_grey(image, _FLOAT_FULL_SCALE).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return _on_black(image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def _rescaled_grey(image: Image.Image, full_scale: float) -> Image.Image:
+    """A single-channel image with values 0..`full_scale` as 8-bit grey (out-of-range values clipped)."""
+    values = np.asarray(image, dtype=np.float64) * (255.0 / full_scale)
+    return Image.fromarray(np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8))
+
+
+def _on_black(rgba: Image.Image) -> Image.Image:
+    """Composite an RGBA image onto black."""
+    canvas = Image.new("RGB", rgba.size)
+    canvas.paste(rgba, mask=rgba)
+    return canvas
+
+
+def _fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """`size` scaled so its longest side is `longest`, aspect kept to the pixel, each side at least 1."""
+    width, height = size
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _draft_request(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """The box to ask JPEG `draft` for: it may shrink by 2, 4 or 8 while the longest side stays >= `longest`."""
+    width, height = size
+    return (longest, 1) if width >= height else (1, longest)
+
+
+def _letterbox(image: Image.Image, size: int) -> Image.Image:
+    """`image` scaled to fit and centred on a fresh black `size` x `size` RGB square."""
+    fitted_size = _fitted_size(image.size, size)
+    fitted = image if image.size == fitted_size else image.resize(fitted_size, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+    return canvas
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """For this block only: PIL's decompression-bomb limit set to `max_pixels`, its warning raised as an error."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _refuse_bomb(image: Image.Image, max_pixels: int) -> None:
+    """Raise `DecompressionBombError` when the (not yet decoded) image has more than `max_pixels` pixels."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise Image.DecompressionBombError(f"{width} x {height} pixels exceeds max_pixels {max_pixels}")
+
+
+def _list_files(src: Path) -> list[Path]:
+    """The regular files directly in `src`, sorted by name."""
+    if not src.is_dir():
+        raise InputError(src, "no such directory")
+    return sorted((path for path in src.iterdir() if path.is_file()), key=lambda path: path.name)
+
+
+def _plan(sources: list[Path], dst: Path, *, size: int, max_pixels: int, quality: int) -> tuple[list[_Job], list[_Outcome]]:
+    """A job per distinct stem (first in sorted order wins) and a rejection for each later duplicate."""
+    jobs: dict[str, _Job] = {}
+    duplicates: list[_Outcome] = []
+    for source in sources:
+        if source.stem in jobs:
+            duplicates.append(_Outcome(_display_name(source), reason="duplicate stem"))
+        else:
+            jobs[source.stem] = _Job(source, dst / f"{source.stem}.jpg", size, max_pixels, quality)
+    return list(jobs.values()), duplicates
+
+
+def _worker_count(workers: int | None, jobs: int) -> int:
+    """Processes to use: `workers` (default: all cores), never more than there are jobs."""
+    if workers is not None:
+        _require_positive("workers", workers)
+    return max(1, min(workers or os.cpu_count() or 1, jobs))
+
+
+def _run(jobs: list[_Job], workers: int) -> Iterator[_Outcome]:
+    """Outcomes in job order: in this process for one worker, else in a process pool."""
+    if workers == 1:
+        yield from map(_clean_one, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        yield from pool.map(_clean_one, jobs, chunksize=_chunk_size(len(jobs), workers))
+
+
+def _pool_context() -> BaseContext:
+    """fork on Linux: workers start at once and touch only PIL and numpy; spawn elsewhere (the worker is spawn-safe)."""
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+def _chunk_size(jobs: int, workers: int) -> int:
+    """Jobs per pool task: few enough round trips, small enough to keep all workers busy to the end."""
+    return max(1, min(16, jobs // (workers * 32)))
+
+
+def _tick(outcomes: Iterable[_Outcome], bar: tqdm) -> Iterator[_Outcome]:
+    """Pass outcomes through, advancing `bar` once per outcome."""
+    for outcome in outcomes:
+        bar.update()
+        yield outcome
+
+
+def _clean_one(job: _Job) -> _Outcome:
+    """Clean one file into its output JPEG; any failure becomes a rejection reason."""
+    try:
+        with open_image(job.source, size=job.size, max_pixels=job.max_pixels) as image:
+            cleaned = clean_image(image, job.size)
+        _write_jpeg(cleaned, job.output, job.quality)
+    except Exception as error:  # one bad file must never stop the run
+        return _Outcome(_display_name(job.source), reason=_reason(error))
+    return _Outcome(_display_name(job.source), output=_display_name(job.output))
+
+
+def _display_name(path: Path) -> str:
+    """`path`'s name as valid UTF-8 text, bytes that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path.name).decode("utf-8", "backslashreplace")
+
+
+def _reason(error: Exception) -> str:
+    """A stable rejection reason for `error`; its prefix before ':' names the kind."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"decompression bomb: {error}"
+    if isinstance(error, OSError) and error.errno is not None:
+        return str(error)
+    return f"truncated or corrupt image: {str(error) or type(error).__name__}"
+
+
+def _write_jpeg(image: Image.Image, output: Path, quality: int) -> None:
+    """Save `image` as `output` atomically: a temporary file in the same folder, then a rename."""
+    partial = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        image.save(partial, "JPEG", quality=quality)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _report(outcomes: list[_Outcome]) -> ImageCleaningReport:
+    """The report table, one row per source file, sorted by file name."""
+    rows = {
+        "file": [outcome.file for outcome in outcomes],
+        "status": [REJECTED if outcome.reason else CLEANED for outcome in outcomes],
+        "reason": [outcome.reason for outcome in outcomes],
+        "output": [outcome.output for outcome in outcomes],
+    }
+    return ImageCleaningReport(pl.DataFrame(rows, schema=_REPORT_SCHEMA).sort("file"))

@@ -1,0 +1,25 @@
+"""Shared fixtures: the built-in sample marketplace and the optional real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "marketplace"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data/marketplace``; the test is skipped when it is absent."""
+    if not (REAL_DATA / "Products.csv").is_file():
+        pytest.skip(f"real marketplace data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory):
+    """The default sample marketplace, written once per test session."""
+    from fbml.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("sample"), products=650, seed=0)

@@ -1,0 +1,203 @@
+"""Product cleaning and the photo join: properties, edge cases, the sample and the real data."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts import RawProducts
+from fbml.cleaning import ascii_text, clean_products, image_manifest, price
+
+RAW_COLUMNS = ["", "id", "product_name", "category", "product_description", "price", "location"]
+
+
+def raw_products(rows: list[dict[str, str | None]]) -> pl.DataFrame:
+    """A raw products frame (all strings) from dicts with any subset of the raw columns."""
+    data = {name: [row.get(name) for row in rows] for name in RAW_COLUMNS}
+    data[""] = [str(index) for index in range(len(rows))]
+    return pl.DataFrame(data, schema=dict.fromkeys(RAW_COLUMNS, pl.String))
+
+
+def good_row(**overrides: str | None) -> dict[str, str | None]:
+    row = {
+        "id": "p1",
+        "product_name": "Oak table | in Leeds, West Yorkshire | Gumtree",
+        "category": "Home & Garden / Dining, Living Room Furniture / Tables",
+        "product_description": "Solid oak.",
+        "price": "£1,900.00",
+        "location": "Leeds, West Yorkshire",
+    }
+    return {**row, **overrides}
+
+
+def cleaned_one(value: str | None, column: str) -> pl.Series:
+    return pl.DataFrame({"x": [value]}, schema={"x": pl.String}).select(column).to_series()
+
+
+@given(pence=st.integers(min_value=0, max_value=10**12), pound=st.booleans(), commas=st.booleans())
+def test_price_round_trips(pence: int, pound: bool, commas: bool) -> None:
+    pounds = pence / 100
+    text = ("£" if pound else "") + (f"{pounds:,.2f}" if commas else f"{pounds:.2f}")
+    parsed = pl.DataFrame({"p": [text]}).select(price(pl.col("p"))).item()
+    assert parsed == pytest.approx(pounds, rel=1e-12, abs=1e-9)
+
+
+@pytest.mark.parametrize("text", ["£abc", "free", "", "£1,90.00", "1.2.3", "-£5.00", "£-5", "nan", "inf", "£"])
+def test_price_rejects_what_is_not_a_price(text: str) -> None:
+    assert pl.DataFrame({"p": [text]}).select(price(pl.col("p"))).item() is None
+
+
+def reference_ascii_text(text: str) -> str:
+    """NFKD on the whole string, non-ASCII dropped, every whitespace or control run one space."""
+    ascii = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[\x00-\x20\x7F]+", " ", ascii).strip(" ")
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(), min_size=1, max_size=8))
+def test_ascii_text_is_ascii_trimmed_single_spaced_and_equals_nfkd(texts: list[str]) -> None:
+    out = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(ascii_text(pl.col("t"))).to_series().to_list()
+    assert out == [reference_ascii_text(text) for text in texts]
+    for text in out:
+        assert text.isascii() and text == text.strip() and "  " not in text
+        assert all(character.isprintable() for character in text)
+
+
+def test_ascii_text_normalises_rather_than_deletes() -> None:
+    texts = ["Café crème", "Morphy Richard’s", "£5 … “quoted”", "line\rbreak\r\nhere", "ﬁne"]
+    out = pl.DataFrame({"t": texts}).select(ascii_text(pl.col("t"))).to_series().to_list()
+    assert out == ["Cafe creme", "Morphy Richards", "5 ... quoted", "line break here", "fine"]
+
+
+level = st.text(alphabet=st.characters(codec="ascii", exclude_characters="/"), min_size=1).map(str.strip).filter(
+    lambda text: text != "" and "  " not in text and all(c.isprintable() for c in text)
+)
+
+
+@given(levels=st.lists(level, min_size=1, max_size=5))
+def test_category_and_subcategory_come_from_the_path(levels: list[str]) -> None:
+    result = clean_products(raw_products([good_row(category=" / ".join(levels))])).products.row(0, named=True)
+    assert result["category"] == levels[0]
+    assert result["subcategory"] == (levels[1] if len(levels) > 1 else None)
+    assert result["category_path"] == " / ".join(levels)
+
+
+optional_text = st.one_of(st.none(), st.text(max_size=30), st.sampled_from(["", " ", "£12.50", "a / b", "x, y"]))
+raw_row = st.fixed_dictionaries(
+    {
+        "id": st.one_of(st.none(), st.sampled_from(["a", "b", "c", " a ", ""])),
+        "product_name": optional_text,
+        "category": optional_text,
+        "product_description": optional_text,
+        "price": st.one_of(optional_text, st.sampled_from(["£1,000.00", "5", "£0.99"])),
+        "location": optional_text,
+    }
+)
+
+
+@settings(max_examples=150)
+@given(rows=st.lists(raw_row, max_size=12))
+def test_every_row_is_cleaned_or_rejected_exactly_once(rows: list[dict[str, str | None]]) -> None:
+    raw = raw_products(rows)
+    result = clean_products(raw)
+    assert result.products.height + result.rejected.height == raw.height
+    assert result.rejected["source_row"].is_unique().all()
+    kept_rows = set(range(1, raw.height + 1)) - set(result.rejected["source_row"])
+    assert sorted(result.products["id"]) == sorted(rows[row - 1]["id"].strip() for row in kept_rows)
+    for record in result.rejected.iter_rows(named=True):
+        assert json.loads(record["raw"]) == {name: rows[record["source_row"] - 1][name] for name in RAW_COLUMNS[1:]}
+
+
+def test_clean_product_fields() -> None:
+    row = clean_products(raw_products([good_row()])).products.row(0, named=True)
+    assert row == {
+        "id": "p1",
+        "product_name": "Oak table",
+        "product_description": "Solid oak.",
+        "price": 1900.0,
+        "category": "Home & Garden",
+        "subcategory": "Dining, Living Room Furniture",
+        "category_path": "Home & Garden / Dining, Living Room Furniture / Tables",
+        "location": "Leeds",
+        "county": "West Yorkshire",
+    }
+
+
+def test_location_without_county_and_missing_optional_fields() -> None:
+    row = clean_products(raw_products([good_row(location="London", product_description=None)])).products.row(
+        0, named=True
+    )
+    assert (row["location"], row["county"], row["product_description"]) == ("London", None, "")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"price": "£abc"}, "unparseable price"),
+        ({"price": None}, "missing required field: price"),
+        ({"category": "  "}, "missing required field: category"),
+        ({"category": " / "}, "empty category after cleaning"),
+        ({"product_name": None}, "missing required field: product_name"),
+        ({"product_name": "★★★ | in Leeds, Yorkshire | Gumtree"}, "empty product_name after cleaning"),
+        ({"id": ""}, "missing required field: id"),
+    ],
+)
+def test_rejection_reasons(overrides: dict[str, str | None], reason: str) -> None:
+    result = clean_products(raw_products([good_row(id="ok"), good_row(**overrides)]))
+    assert result.products["id"].to_list() == ["ok"]
+    assert result.rejected.select("source_row", "stage", "reason").rows() == [(2, "products", reason)]
+
+
+def test_first_valid_occurrence_of_an_id_wins() -> None:
+    rows = [good_row(id="a", price="bad"), good_row(id="a", product_name="second"), good_row(id=" a", product_name="third")]
+    result = clean_products(raw_products(rows))
+    assert result.products["product_name"].to_list() == ["second"]
+    assert dict(result.rejected.select("source_row", "reason").iter_rows()) == {
+        1: "unparseable price",
+        3: "duplicate id",
+    }
+
+
+def test_clean_products_checks_its_input_contract() -> None:
+    with pytest.raises(Exception, match="price"):
+        clean_products(raw_products([good_row()]).drop("price"))
+    assert RawProducts.validate(raw_products([good_row()])).height == 1
+
+
+def test_image_manifest_keeps_every_photo_and_reports_the_rest() -> None:
+    products = clean_products(raw_products([good_row(id="a"), good_row(id="b"), good_row(id="c")])).products
+    raw_images = pl.DataFrame(
+        {
+            "": ["0", "1", "2", "3", "4", "5"],
+            "id": ["i1", "i2", "i3", "i4", "i1", None],
+            "product_id": ["a", "a", "b", "zzz", "b", "a"],
+        }
+    )
+    manifest = image_manifest(products, raw_images)
+    assert manifest.images.select("image_id", "id").rows() == [("i1", "a"), ("i2", "a"), ("i3", "b")]
+    assert manifest.products_without_images["id"].to_list() == ["c"]
+    assert manifest.rejected.select("source_row", "stage", "reason").rows() == [
+        (4, "images", "no clean product with this product_id"),
+        (5, "images", "duplicate image id"),
+        (6, "images", "missing required field: id"),
+    ]
+
+
+def test_real_products_and_images(real_data) -> None:
+    from fbml.pipeline import clean_tables
+
+    tables = clean_tables(real_data / "Products.csv", real_data / "Images.csv")
+    products, manifest = tables.cleaned.products, tables.manifest
+    assert products.height + tables.cleaned.rejected.height == tables.products_read == 6081
+    assert products["category"].n_unique() == 13
+    assert manifest.images.height + manifest.rejected.height == tables.images_read
+    assert manifest.images["id"].n_unique() + manifest.products_without_images.height == products.height
+    assert not products["product_name"].str.contains(r"\| Gumtree").any()
+    assert products["product_description"].str.contains(r"[^\x00-\x7F]").sum() == 0
+    assert products["price"].max() == 10_000_000.0

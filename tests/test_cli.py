@@ -1,0 +1,89 @@
+"""The ``fbml`` command line: each stage end to end, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from contracts import CleanProducts, ImageManifest, Rejected
+from fbml.cli import main
+
+
+def fbml(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a child process."""
+    command = [sys.executable, "-m", "fbml.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["sample", "clean-products", "clean-images", "quickstart"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    assert "usage: fbml" in capsys.readouterr().out
+
+
+def test_clean_products_accounts_for_every_row(sample, tmp_path: Path) -> None:
+    out = tmp_path / "clean"
+    result = fbml("clean-products", sample.products_csv, "--images", sample.images_csv, "--out", out)
+    assert result.returncode == 0, result.stderr
+    products = CleanProducts.validate(pl.read_parquet(out / "products.parquet"))
+    rejected = Rejected.validate(pl.read_parquet(out / "rejected.parquet"))
+    images = ImageManifest.validate(pl.read_parquet(out / "images.parquet"))
+    raw_products = pl.read_csv(sample.products_csv, infer_schema=False).height
+    raw_images = pl.read_csv(sample.images_csv, infer_schema=False).height
+    by_stage = dict(rejected.group_by("stage").len().iter_rows())
+    assert products.height + by_stage["products"] == raw_products
+    assert images.height + by_stage["images"] == raw_images
+    assert f"products: {raw_products} read, {products.height} clean" in result.stdout
+    assert "unparseable price" in result.stdout
+
+
+def test_real_products_from_the_command_line(real_data, tmp_path: Path) -> None:
+    result = fbml(
+        "clean-products", real_data / "Products.csv", "--images", real_data / "Images.csv", "--out", tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "products: 6081 read, 6081 clean, 0 rejected" in result.stdout
+    assert "photos: 10702 read, 10702 joined to a product, 0 rejected" in result.stdout
+
+
+def test_clean_images_command(sample, tmp_path: Path) -> None:
+    result = fbml("clean-images", sample.image_dir, tmp_path / "out", "--size", "32", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "rejected" in result.stdout
+    assert len(list((tmp_path / "out").glob("*.jpg"))) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["clean-products", "missing.csv", "--out", "x"], "missing.csv: no such file"),
+        (["clean-images", "no-such-dir", "y"], "no-such-dir: no such directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fbml.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fbml: error: {message}"
+
+
+def test_wrong_columns_and_unreadable_csv(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("a,b\n1,2\n")
+    result = fbml("clean-products", wrong, "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"fbml: error: {wrong}: missing column(s) id, product_name")
+    assert len(result.stderr.strip().splitlines()) == 1
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x00\xff\xfe" * 100)
+    result = fbml("clean-products", binary, "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"fbml: error: {binary}: ")

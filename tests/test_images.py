@@ -1,0 +1,355 @@
+"""Tests for the photo-cleaning stage."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fbml.errors import FbmlError, InputError
+from fbml.images import ImageCleaningReport, clean_image, clean_images, open_image
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "marketplace" / "raw_images"
+ORIENTATION = 0x0112
+BRIGHT = {
+    "RGB": (230, 180, 40),
+    "L": 200,
+    "LA": (200, 255),
+    "P": (230, 180, 40),
+    "RGBA": (230, 180, 40, 255),
+    "CMYK": (0, 50, 200, 0),
+    "I;16": 50_000,
+    "1": 1,
+}
+
+
+def solid(mode: str, size: tuple[int, int]) -> Image.Image:
+    """A bright, opaque, single-colour image in `mode`."""
+    if mode == "P":
+        return Image.new("RGB", size, BRIGHT["RGB"]).convert("P")
+    return Image.new(mode, size, BRIGHT[mode])
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    """A smooth RGB test picture."""
+    x = np.linspace(0, 255, width)[None, :].repeat(height, axis=0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, axis=1)
+    return Image.fromarray(np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8))
+
+
+def jpeg_bytes(image: Image.Image, **params: object) -> bytes:
+    """`image` encoded as JPEG."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **params)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` RGB pixels, with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference of two same-size images, in grey levels."""
+    return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).mean())
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    width=st.integers(1, 400),
+    height=st.integers(1, 400),
+    mode=st.sampled_from(sorted(BRIGHT)),
+    size=st.integers(8, 128),
+)
+def test_clean_image_letterboxes_any_mode(width: int, height: int, mode: str, size: int) -> None:
+    out = clean_image(solid(mode, (width, height)), size)
+
+    assert (out.size, out.mode) == ((size, size), "RGB")
+    left, top, right, bottom = out.getbbox()  # padding outside the box is black by definition
+    scale = size / max(width, height)
+    assert abs((right - left) - width * scale) <= 1
+    assert abs((bottom - top) - height * scale) <= 1
+    assert abs(left - (size - right)) <= 1
+    assert abs(top - (size - bottom)) <= 1
+    assert np.asarray(out.crop((left, top, right, bottom))).max(axis=-1).min() > 0
+
+
+@pytest.mark.parametrize("mode", sorted(BRIGHT))
+def test_clean_image_leaves_its_input_alone(mode: str) -> None:
+    image = solid(mode, (37, 21))
+    before = (image.mode, image.size, image.tobytes(), dict(image.info))
+
+    clean_image(image, 16)
+
+    assert (image.mode, image.size, image.tobytes(), dict(image.info)) == before
+
+
+def test_clean_image_applies_exif_orientation_without_touching_input() -> None:
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    image = Image.open(io.BytesIO(jpeg_bytes(solid("RGB", (200, 100)), exif=exif)))
+
+    left, top, right, bottom = clean_image(image, 64).getbbox()
+
+    assert (right - left, bottom - top) == (32, 64)
+    assert image.size == (200, 100)
+    assert image.getexif()[ORIENTATION] == 6
+
+
+def test_open_image_drafts_jpegs_and_keeps_orientation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    path = tmp_path / "wide.jpg"
+    path.write_bytes(jpeg_bytes(solid("RGB", (2000, 1000)), exif=exif))
+
+    image = open_image(path, size=100, max_pixels=10**7)
+    left, top, right, bottom = clean_image(image, 100).getbbox()
+
+    assert image.size == (250, 125)  # decoded at 1/8 scale, still >= 100 px on the long side
+    assert (right - left, bottom - top) == (50, 100)
+
+
+def test_open_image_does_not_draft_below_size(tmp_path: Path) -> None:
+    path = tmp_path / "odd.jpg"
+    path.write_bytes(jpeg_bytes(gradient(1020, 750)))
+
+    assert open_image(path, size=512, max_pixels=10**7).size == (1020, 750)
+    assert open_image(path, size=255, max_pixels=10**7).size == (255, 188)
+
+
+def test_transparency_becomes_black() -> None:
+    rgba = Image.new("RGBA", (10, 10), (255, 255, 255, 255))
+    rgba.paste((255, 0, 0, 0), (0, 0, 5, 10))
+    palette = Image.new("P", (10, 10), 1)
+    palette.putpalette([0, 0, 0, 255, 255, 255, 255, 0, 0])
+    palette.paste(2, (0, 0, 5, 10))
+    palette.info["transparency"] = 2
+
+    for image in (rgba, palette, rgba.convert("LA")):
+        out = np.asarray(clean_image(image, 10))
+        assert (out[:, :5] == 0).all(), image.mode
+        assert (out[:, 5:] == 255).all(), image.mode
+
+
+def test_half_transparent_pixels_are_darkened() -> None:
+    out = clean_image(Image.new("RGBA", (4, 4), (255, 255, 255, 128)), 4)
+
+    assert np.asarray(out).min() == np.asarray(out).max() == 128
+
+
+def test_sixteen_bit_png_is_rescaled(tmp_path: Path) -> None:
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 30), 65_000, dtype=np.uint16)).save(path)
+
+    image = open_image(path, size=30, max_pixels=10**6)
+    out = np.asarray(clean_image(image, 30))
+
+    assert image.mode == "I;16"
+    assert out[5:25].min() >= 252
+
+
+@pytest.mark.parametrize(
+    ("image", "grey"),
+    [
+        (Image.new("I", (4, 4), 65_535), 255),
+        (Image.new("I", (4, 4), 70_000), 255),
+        (Image.new("I", (4, 4), -5), 0),
+        (Image.new("F", (4, 4), 127.6), 128),
+        (Image.new("F", (4, 4), 300.0), 255),
+    ],
+)
+def test_wide_modes_are_scaled_and_clipped(image: Image.Image, grey: int) -> None:
+    assert np.unique(np.asarray(clean_image(image, 4))).tolist() == [grey]
+
+
+def test_cleaning_is_idempotent() -> None:
+    once = clean_image(gradient(300, 200), 64)
+
+    assert clean_image(once, 64).tobytes() == once.tobytes()
+
+
+def test_recleaning_a_saved_jpeg_changes_nothing_visible() -> None:
+    once = clean_image(gradient(300, 200), 256)
+    reloaded = Image.open(io.BytesIO(jpeg_bytes(once, quality=90)))
+
+    twice = clean_image(reloaded, 256)
+
+    assert twice.size == once.size
+    assert twice.tobytes() == reloaded.tobytes()
+    assert mean_abs_diff(once, twice) < 1.0
+
+
+def test_clean_image_refuses_a_bad_size() -> None:
+    with pytest.raises(FbmlError, match="size must be at least 1"):
+        clean_image(gradient(4, 4), 0)
+
+
+def test_open_image_refuses_bombs_without_leaking_settings(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_claiming(100_000, 100_000))
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+
+    with pytest.raises(Image.DecompressionBombError, match="100000 x 100000 pixels exceeds max_pixels 89478485"):
+        open_image(path, size=None, max_pixels=89_478_485)
+
+    assert (Image.MAX_IMAGE_PIXELS, warnings.filters) == (limit, filters)
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    """A folder of good, broken, hostile and clashing files."""
+    src = tmp_path / "src"
+    src.mkdir()
+    gradient(200, 150).save(src / "good.jpg", quality=95)
+    rgba = gradient(90, 120).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(src / "clear.png")
+    (src / "x.jpg").write_text("not a picture at all")
+    whole = jpeg_bytes(gradient(200, 150))
+    (src / "half.jpg").write_bytes(whole[: len(whole) // 2])
+    gradient(300, 300).save(src / "big.png")
+    (src / "huge.png").write_bytes(png_claiming(100_000, 100_000))
+    gradient(60, 40).save(src / "twin.jpg")
+    gradient(40, 60).save(src / "twin.png")
+    (src / "nested").mkdir()
+    gradient(10, 10).save(src / "nested" / "ignored.jpg")
+    return src
+
+
+def clean_messy(src: Path, dst: Path, workers: int) -> ImageCleaningReport:
+    """`clean_images` as the folder tests call it."""
+    return clean_images(src, dst, size=48, workers=workers, max_pixels=50_000, progress=False)
+
+
+def test_clean_images_accounts_for_every_file(messy_folder: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out" / "deeper"
+
+    report = clean_messy(messy_folder, dst, workers=2)
+
+    rows = {row["file"]: row for row in report.files.iter_rows(named=True)}
+    assert sorted(rows) == sorted(path.name for path in messy_folder.iterdir() if path.is_file())
+    assert {name: row["output"] for name, row in rows.items() if row["status"] == "cleaned"} == {
+        "clear.png": "clear.jpg",
+        "good.jpg": "good.jpg",
+        "twin.jpg": "twin.jpg",
+    }
+    reasons = {name: row["reason"] for name, row in rows.items() if row["status"] == "rejected"}
+    assert reasons["x.jpg"] == "not an image"
+    assert reasons["half.jpg"].startswith("truncated or corrupt image: ")
+    assert reasons["big.png"] == "decompression bomb: 300 x 300 pixels exceeds max_pixels 50000"
+    assert reasons["huge.png"] == "decompression bomb: 100000 x 100000 pixels exceeds max_pixels 50000"
+    assert reasons["twin.png"] == "duplicate stem"
+    assert all(row["output"] is None for name, row in rows.items() if name in reasons)
+    assert (report.cleaned, report.rejected) == (3, 5)
+    assert report.rejected_by_reason() == {
+        "decompression bomb": 2,
+        "duplicate stem": 1,
+        "not an image": 1,
+        "truncated or corrupt image": 1,
+    }
+    assert sorted(path.name for path in dst.iterdir()) == ["clear.jpg", "good.jpg", "twin.jpg"]
+    for path in dst.iterdir():
+        with Image.open(path) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (48, 48))
+
+
+def test_clean_images_is_the_same_in_one_process_or_two(messy_folder: Path, tmp_path: Path) -> None:
+    one = clean_messy(messy_folder, tmp_path / "one", workers=1)
+    two = clean_messy(messy_folder, tmp_path / "two", workers=2)
+
+    assert one == two
+    assert one.files.columns == ["file", "status", "reason", "output"]
+    outputs = sorted(path.name for path in (tmp_path / "one").iterdir())
+    assert outputs == sorted(path.name for path in (tmp_path / "two").iterdir())
+    for name in outputs:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_clean_images_overwrites_previous_outputs(messy_folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "good.jpg").write_text("stale")
+
+    clean_messy(messy_folder, tmp_path / "out", workers=1)
+
+    with Image.open(tmp_path / "out" / "good.jpg") as image:
+        assert image.size == (48, 48)
+
+
+def test_clean_images_reports_other_os_errors(messy_folder: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    (dst / "good.jpg").mkdir(parents=True)
+
+    report = clean_messy(messy_folder, dst, workers=1)
+
+    assert report.files.filter(file="good.jpg")["reason"].item().startswith("[Errno 21] Is a directory")
+    assert report.rejected_by_reason()["[Errno 21] Is a directory"] == 1
+    assert sorted(path.name for path in dst.iterdir()) == ["clear.jpg", "good.jpg", "twin.jpg"]
+
+
+def test_clean_images_shows_progress_on_stderr(messy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_images(messy_folder, tmp_path / "out", size=16, workers=1, max_pixels=50_000)
+
+    captured = capsys.readouterr()
+    assert "8/8" in captured.err
+    assert captured.out == ""
+
+
+def test_clean_images_handles_an_empty_folder(tmp_path: Path) -> None:
+    report = clean_images(tmp_path, tmp_path / "out", progress=False)
+
+    assert (report.cleaned, report.rejected, report.rejected_by_reason()) == (0, 0, {})
+
+
+def test_clean_images_reports_names_that_are_not_utf8(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    gradient(20, 10).save(src / os.fsdecode(b"caf\xe9.png"))
+
+    report = clean_images(src, tmp_path / "out", size=8, workers=1, progress=False)
+
+    assert report.files.select("file", "output").row(0) == ("caf\\xe9.png", "caf\\xe9.jpg")
+    assert [path.name for path in (tmp_path / "out").iterdir()] == [os.fsdecode(b"caf\xe9.jpg")]
+
+
+@pytest.mark.parametrize("name", ["missing", "file.txt"])
+def test_clean_images_needs_a_source_folder(tmp_path: Path, name: str) -> None:
+    (tmp_path / "file.txt").write_text("")
+
+    with pytest.raises(InputError, match="no such directory"):
+        clean_images(tmp_path / name, tmp_path / "out", progress=False)
+
+
+@pytest.mark.real_data
+def test_clean_images_on_real_photos(tmp_path: Path) -> None:
+    if not REAL.is_dir():
+        pytest.skip(f"real photos not found at {REAL}")
+    src = tmp_path / "src"
+    src.mkdir()
+    photos = sorted(REAL.iterdir())[:10]
+    for photo in photos:
+        (src / photo.name).symlink_to(photo)
+
+    report = clean_images(src, tmp_path / "out", size=128, workers=2, progress=False)
+
+    assert (report.cleaned, report.rejected) == (10, 0)
+    diffs = []
+    for photo in photos:
+        with Image.open(tmp_path / "out" / f"{photo.stem}.jpg") as out, Image.open(photo) as original:
+            assert (out.mode, out.size) == ("RGB", (128, 128))
+            diffs.append(mean_abs_diff(out, clean_image(original, 128)))  # full decode, no draft
+    assert max(diffs) < 8.0
+    assert np.mean(diffs) < 3.0

@@ -1,0 +1,103 @@
+"""Reading raw tables: local files, an S3-compatible server, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fbml.errors import InputError
+from fbml.pipeline import clean_tables
+from fbml.sources import read_images, read_products
+
+PRODUCTS_CSV = (
+    ',id,product_name,category,product_description,price,location\n'
+    '0,p1,"Lamp | in Bath, Somerset | Gumtree",Home & Garden / Lighting,"Warm\rlight",£5.00,"Bath, Somerset"\n'
+    '1,p2,"Kettle | in York, North Yorkshire | Gumtree",Appliances / Kettles,Boils,"£1,200.50",York\n'
+)
+IMAGES_SHORT = ",id,product_id\n0,i1,p1\n1,i2,p1\n2,i3,p2\n"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_reads_bare_carriage_returns_inside_fields(tmp_path: Path) -> None:
+    raw = read_products(write(tmp_path / "p.csv", PRODUCTS_CSV))
+    assert raw.height == 2
+    assert raw["product_description"][0] == "Warm\rlight"
+
+
+def test_short_and_long_images_tables(tmp_path: Path) -> None:
+    assert read_images(write(tmp_path / "short.csv", IMAGES_SHORT)).columns == ["", "id", "product_id"]
+    long_form = ",id,product_id,bucket_link,image_ref,create_time\n0,i1,p1,https://x/i1.jpg,ref,2022-02-26\n"
+    assert read_images(write(tmp_path / "long.csv", long_form)).height == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "no such file"),
+        ("", "empty file"),
+        (",id,product_name\n0,a,b\n", "missing column(s) category, product_description, price, location"),
+        (',id,product_name,category,product_description,price,location\n0,"a,b\n', "cannot read as CSV"),
+    ],
+)
+def test_bad_products_files_name_the_file_and_the_problem(tmp_path: Path, content: str | None, problem: str) -> None:
+    path = tmp_path / "Products.csv"
+    if content is not None:
+        write(path, content)
+    with pytest.raises(InputError) as caught:
+        read_products(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert problem in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_images_table_without_product_id(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="missing column"):
+        read_images(write(tmp_path / "Images.csv", ",id\n0,i1\n"))
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_reads_both_tables_from_s3(s3_endpoint: str) -> None:
+    import boto3
+
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=s3_endpoint, **credentials)
+    client.create_bucket(Bucket="fbml-raw")
+    client.put_object(Bucket="fbml-raw", Key="tables/Products.csv", Body=PRODUCTS_CSV.encode())
+    client.put_object(Bucket="fbml-raw", Key="tables/Images.csv", Body=IMAGES_SHORT.encode())
+    options = {
+        "aws_endpoint_url": s3_endpoint,
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "aws_region": "us-east-1",
+        "aws_allow_http": "true",
+    }
+    tables = clean_tables("s3://fbml-raw/tables/Products.csv", "s3://fbml-raw/tables/Images.csv", storage_options=options)
+    assert tables.cleaned.products["price"].to_list() == [5.0, 1200.5]
+    assert tables.manifest.images.height == 3
+    with pytest.raises(InputError, match="s3://fbml-raw/missing.csv: cannot read as CSV"):
+        read_products("s3://fbml-raw/missing.csv", storage_options=options)
+
+
+def test_import_fbml_is_cheap() -> None:
+    code = "import sys, fbml; fbml.clean_products; print(sorted(m for m in ('torch','gensim','litestar') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
