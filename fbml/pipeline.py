@@ -9,6 +9,7 @@ import polars as pl
 
 from fbml.cleaning import Cleaned, Manifest, clean_products, image_manifest
 from fbml.sources import StorageOptions, read_images, read_products
+from fbml.splits import DEFAULT_FRACTIONS, Splits, product_splits, splits_from_assignment
 
 
 @attrs.frozen
@@ -67,6 +68,25 @@ def write_clean_tables(tables: CleanTables, out: Path) -> None:
     frames = [tables.cleaned.products, tables.rejected, *([tables.manifest.images] if tables.manifest else [])]
     for frame, path in zip(frames, tables.output_paths(out), strict=True):
         frame.write_parquet(path)
+
+
+@attrs.frozen
+class SplitTables:
+    """Products and (when there is a manifest) photos split by product, by one assignment."""
+
+    assignment: pl.DataFrame
+    products: Splits
+    images: Splits | None
+
+
+def split_tables(
+    tables: CleanTables, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0
+) -> SplitTables:
+    """Split the clean products (stratified by category) and carry the split over to their photos."""
+    products = tables.cleaned.products
+    assignment = product_splits(products, fractions, seed)
+    images = None if tables.manifest is None else splits_from_assignment(tables.manifest.images, assignment)
+    return SplitTables(assignment, splits_from_assignment(products, assignment), images)
 
 
 def _reason_lines(counts: dict[str, int]) -> list[str]:
