@@ -1,0 +1,331 @@
+"""Torch datasets over decoded photos (an `ImageCache`) and token ids, with typed samples and batches.
+
+Items do no file I/O: an image is a row of a uint8 (N, 3, S, S) array, usually the cache's
+memory map, turned into a normalised float32 tensor by a torchvision v2 transform. Every item
+carries ``row``, its row in the manifest it was built from, for per-product evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Generic, Self, TypeVar
+
+import attrs
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.models import WeightsEnum
+from torchvision.transforms import v2
+
+from fbml.encoding import LabelCodec
+from fbml.errors import FbmlError
+from fbml.photos import ImageCache, rejected_rows
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAIN_CROP_SCALE = (0.7, 1.0)
+TRAIN_JITTER = 0.1
+NOT_CACHED = "photo not in the image cache"
+
+Transform = Callable[[Tensor], Tensor]
+Stats = tuple[float, ...]
+DatasetT = TypeVar("DatasetT", bound=Dataset)
+
+
+@attrs.frozen(eq=False)
+class ImageSample:
+    """One photo: ``image`` float32 (3, H, W), its class index and manifest row."""
+
+    image: Tensor
+    label: int
+    row: int
+
+
+@attrs.frozen(eq=False)
+class TextSample:
+    """One text: ``tokens`` int64 (L,), its class index and manifest row."""
+
+    tokens: Tensor
+    label: int
+    row: int
+
+
+@attrs.frozen(eq=False)
+class ProductSample:
+    """One photo with its product's text."""
+
+    image: Tensor
+    tokens: Tensor
+    label: int
+    row: int
+
+
+class _Batch:
+    """Device moves for a frozen attrs batch whose fields are all tensors."""
+
+    __slots__ = ()
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Self:
+        """The batch on ``device``."""
+        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Self:
+        """The batch in pinned memory (``DataLoader(pin_memory=True)`` calls this)."""
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, change: Callable[[Tensor], Tensor]) -> Self:
+        return type(self)(**{name: change(tensor) for name, tensor in attrs.asdict(self, recurse=False).items()})
+
+
+@attrs.frozen(eq=False)
+class ImageBatch(_Batch):
+    """``images`` float32 (B, 3, H, W), ``labels`` and ``rows`` int64 (B,)."""
+
+    images: Tensor
+    labels: Tensor
+    rows: Tensor
+
+    @classmethod
+    def collate(cls, samples: Sequence[ImageSample]) -> ImageBatch:
+        """Stack samples (a ``DataLoader`` ``collate_fn``)."""
+        return cls(torch.stack([sample.image for sample in samples]), *_labels_and_rows(samples))
+
+
+@attrs.frozen(eq=False)
+class TextBatch(_Batch):
+    """``tokens`` int64 (B, L), ``labels`` and ``rows`` int64 (B,)."""
+
+    tokens: Tensor
+    labels: Tensor
+    rows: Tensor
+
+    @classmethod
+    def collate(cls, samples: Sequence[TextSample]) -> TextBatch:
+        """Stack samples (a ``DataLoader`` ``collate_fn``)."""
+        return cls(torch.stack([sample.tokens for sample in samples]), *_labels_and_rows(samples))
+
+
+@attrs.frozen(eq=False)
+class ProductBatch(_Batch):
+    """``images`` float32 (B, 3, H, W), ``tokens`` int64 (B, L), ``labels`` and ``rows`` int64 (B,)."""
+
+    images: Tensor
+    tokens: Tensor
+    labels: Tensor
+    rows: Tensor
+
+    @classmethod
+    def collate(cls, samples: Sequence[ProductSample]) -> ProductBatch:
+        """Stack samples (a ``DataLoader`` ``collate_fn``)."""
+        images = torch.stack([sample.image for sample in samples])
+        return cls(images, torch.stack([sample.tokens for sample in samples]), *_labels_and_rows(samples))
+
+
+def _labels_and_rows(samples: Sequence[ImageSample | TextSample | ProductSample]) -> tuple[Tensor, Tensor]:
+    labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
+    return labels, torch.tensor([sample.row for sample in samples], dtype=torch.int64)
+
+
+def _int64_array(values: np.ndarray | Tensor | Sequence[int]) -> np.ndarray:
+    """A fresh int64 copy (a tensor is read through ``.numpy``, from any device)."""
+    return np.array(values.numpy(force=True) if isinstance(values, Tensor) else values, dtype=np.int64)
+
+
+def _int64_vector(values: np.ndarray | Tensor | Sequence[int]) -> np.ndarray:
+    array = _int64_array(values)
+    if array.ndim != 1:
+        raise FbmlError(f"expected a 1-D array of integers, got shape {array.shape}")
+    return array
+
+
+def _token_tensor(tokens: np.ndarray | Tensor) -> Tensor:
+    array = _int64_array(tokens)
+    if array.ndim != 2:
+        raise FbmlError(f"token ids must be a 2-D (N, L) array, got shape {array.shape}")
+    return torch.from_numpy(array)
+
+
+def _check_pixels(_instance: object, _attribute: attrs.Attribute, pixels: np.ndarray) -> None:
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise FbmlError(f"pixels must be uint8 (N, 3, H, W), got {pixels.dtype} {pixels.shape}")
+
+
+def _check_labels(_instance: object, _attribute: attrs.Attribute, labels: np.ndarray) -> None:
+    if labels.size and labels.min() < 0:
+        raise FbmlError("class indices must not be negative")
+
+
+def _check_same_length(**arrays: np.ndarray | Tensor) -> None:
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise FbmlError(f"dataset arrays differ in length: {lengths}")
+
+
+def _check_positions(positions: np.ndarray, pixels: np.ndarray) -> None:
+    if positions.size and (positions.min() < 0 or positions.max() >= len(pixels)):
+        raise FbmlError(f"pixel positions must be in [0, {len(pixels)})")
+
+
+def _image(pixels: np.ndarray, position: int, transform: Transform) -> Tensor:
+    """Pixel row ``position`` (copied out of a read-only memory map) through ``transform``."""
+    return transform(torch.from_numpy(np.array(pixels[position])))
+
+
+@attrs.frozen(eq=False)
+class ImageDataset(Dataset[ImageSample]):
+    """Item ``i`` is photo ``pixels[positions[i]]`` (default: ``pixels[i]``) with ``labels[i]``, ``rows[i]``."""
+
+    pixels: np.ndarray = attrs.field(validator=_check_pixels)
+    labels: np.ndarray = attrs.field(converter=_int64_vector, validator=_check_labels)
+    rows: np.ndarray = attrs.field(converter=_int64_vector)
+    transform: Transform
+    positions: np.ndarray = attrs.field(converter=_int64_vector)
+
+    @positions.default
+    def _every_row(self) -> np.ndarray:
+        return np.arange(len(self.pixels))
+
+    def __attrs_post_init__(self) -> None:
+        _check_same_length(labels=self.labels, rows=self.rows, positions=self.positions)
+        _check_positions(self.positions, self.pixels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> ImageSample:
+        image = _image(self.pixels, int(self.positions[index]), self.transform)
+        return ImageSample(image, int(self.labels[index]), int(self.rows[index]))
+
+
+@attrs.frozen(eq=False)
+class TextDataset(Dataset[TextSample]):
+    """Item ``i`` is ``tokens[i]`` (int64 (L,)) with ``labels[i]``, ``rows[i]``."""
+
+    tokens: Tensor = attrs.field(converter=_token_tensor)
+    labels: np.ndarray = attrs.field(converter=_int64_vector, validator=_check_labels)
+    rows: np.ndarray = attrs.field(converter=_int64_vector)
+
+    def __attrs_post_init__(self) -> None:
+        _check_same_length(tokens=self.tokens, labels=self.labels, rows=self.rows)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> TextSample:
+        return TextSample(self.tokens[index], int(self.labels[index]), int(self.rows[index]))
+
+
+@attrs.frozen(eq=False)
+class ProductDataset(Dataset[ProductSample]):
+    """Item ``i`` is photo ``pixels[positions[i]]`` and ``tokens[i]``, with ``labels[i]``, ``rows[i]``."""
+
+    pixels: np.ndarray = attrs.field(validator=_check_pixels)
+    tokens: Tensor = attrs.field(converter=_token_tensor)
+    labels: np.ndarray = attrs.field(converter=_int64_vector, validator=_check_labels)
+    rows: np.ndarray = attrs.field(converter=_int64_vector)
+    transform: Transform
+    positions: np.ndarray = attrs.field(converter=_int64_vector)
+
+    @positions.default
+    def _every_row(self) -> np.ndarray:
+        return np.arange(len(self.pixels))
+
+    def __attrs_post_init__(self) -> None:
+        _check_same_length(tokens=self.tokens, labels=self.labels, rows=self.rows, positions=self.positions)
+        _check_positions(self.positions, self.pixels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> ProductSample:
+        image = _image(self.pixels, int(self.positions[index]), self.transform)
+        return ProductSample(image, self.tokens[index], int(self.labels[index]), int(self.rows[index]))
+
+
+@attrs.frozen(eq=False)
+class Prepared(Generic[DatasetT]):
+    """A dataset built from a manifest, and the manifest rows it leaves out (``Rejected``)."""
+
+    dataset: DatasetT
+    excluded: pl.DataFrame
+
+
+@attrs.frozen(eq=False)
+class _Cached:
+    """The manifest rows with a cached photo: their pixel rows in the cache and labels; the rest ``excluded``."""
+
+    rows: np.ndarray
+    positions: np.ndarray
+    labels: np.ndarray
+    excluded: pl.DataFrame
+
+
+def image_dataset(manifest: pl.DataFrame, cache: ImageCache, codec: LabelCodec, transform: Transform) -> Prepared[ImageDataset]:
+    """The manifest's cached photos labelled by ``category``; rows without a cached photo are ``excluded``."""
+    cached = _cached(manifest, cache, codec)
+    dataset = ImageDataset(cache.pixels, cached.labels, cached.rows, transform, positions=cached.positions)
+    return Prepared(dataset, cached.excluded)
+
+
+def text_dataset(frame: pl.DataFrame, token_ids: np.ndarray | Tensor, codec: LabelCodec) -> TextDataset:
+    """Row ``i`` of ``frame`` as ``token_ids[i]`` labelled by its ``category``."""
+    _check_token_rows(token_ids, frame)
+    return TextDataset(token_ids, codec.encode(frame["category"]), np.arange(frame.height))
+
+
+def product_dataset(
+    manifest: pl.DataFrame, cache: ImageCache, token_ids: np.ndarray | Tensor, codec: LabelCodec, transform: Transform
+) -> Prepared[ProductDataset]:
+    """``image_dataset`` with each row's ``token_ids`` (one row per manifest row) alongside its photo."""
+    _check_token_rows(token_ids, manifest)
+    cached = _cached(manifest, cache, codec)
+    tokens = _int64_array(token_ids)[cached.rows]
+    dataset = ProductDataset(cache.pixels, tokens, cached.labels, cached.rows, transform, positions=cached.positions)
+    return Prepared(dataset, cached.excluded)
+
+
+def _cached(manifest: pl.DataFrame, cache: ImageCache, codec: LabelCodec) -> _Cached:
+    kept = cache.cached(manifest["image_id"])
+    rows = np.flatnonzero(kept)
+    selected = manifest[rows]
+    excluded = rejected_rows(manifest, dict.fromkeys(np.flatnonzero(~kept).tolist(), NOT_CACHED), source=str(cache.directory))
+    return _Cached(rows, cache.rows_for(selected["image_id"]), codec.encode(selected["category"]), excluded)
+
+
+def _check_token_rows(token_ids: np.ndarray | Tensor, frame: pl.DataFrame) -> None:
+    if len(token_ids) != frame.height:
+        raise FbmlError(f"token ids have {len(token_ids)} rows for {frame.height} manifest rows")
+
+
+def normalisation(weights: WeightsEnum | None = None) -> tuple[Stats, Stats]:
+    """The (mean, std) that ``weights`` were trained with (from its ``.transforms()``), ImageNet's without."""
+    if weights is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    preset = weights.transforms()
+    mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
+    if mean is None or std is None:
+        raise FbmlError(f"{weights} has no mean and std in its transforms")
+    return tuple(mean), tuple(std)
+
+
+def eval_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Compose:
+    """uint8 (3, H, W) -> float32 (3, size, size), deterministic: resize (a no-op at ``size``), centre crop, normalise."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_normalised(mean, std)])
+
+
+def train_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Compose:
+    """uint8 (3, H, W) -> float32 (3, size, size), augmented: a mild random crop, flip and colour jitter."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=TRAIN_JITTER, contrast=TRAIN_JITTER, saturation=TRAIN_JITTER),
+            *_normalised(mean, std),
+        ]
+    )
+
+
+def _normalised(mean: Stats, std: Stats) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

@@ -1,0 +1,384 @@
+"""Manifest photos decoded to uint8 CHW arrays, in memory or in an on-disk cache that is decoded once.
+
+Every manifest row is accounted for: its photo is loaded, or the row is reported in a ``Rejected``
+frame (stage ``"images"``) with the reason. Decoding runs in a thread pool (PIL releases the GIL
+while it decodes and resizes) and writes straight into the output array, so a cache of any size is
+built in bounded memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import polars as pl
+from PIL import UnidentifiedImageError
+from tqdm import tqdm
+
+from contracts import Rejected
+from fbml.errors import FbmlError, InputError
+from fbml.images import clean_image, open_image
+
+MAX_PIXELS = 89_478_485
+CACHE_FORMAT = "fbml.image-cache/1"
+PIXELS_FILE = "pixels.npy"
+INDEX_FILE = "index.json"
+MISSING = "photo file missing"
+UNREADABLE = "unreadable photo"
+REJECTED_SCHEMA = {"source": pl.String, "source_row": pl.Int64, "stage": pl.String, "reason": pl.String, "raw": pl.String}
+_NPY_VERSION = (1, 0)
+
+
+def _array_eq(left: np.ndarray, right: np.ndarray) -> bool:
+    return left.shape == right.shape and bool(np.array_equal(left, right))
+
+
+@attrs.frozen
+class Photos:
+    """Decoded photos in manifest order: ``pixels[i]`` is manifest row ``rows[i]``, photo ``image_ids[i]``."""
+
+    image_ids: tuple[str, ...]
+    rows: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=_array_eq))  # int64 (N,)
+    pixels: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=_array_eq))  # uint8 (N, 3, size, size)
+    rejected: pl.DataFrame = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals))  # Rejected
+
+
+@attrs.frozen
+class ImageCache:
+    """Photos decoded once into ``directory``: ``pixels`` (memory-mapped) row ``i`` is ``image_ids[i]``."""
+
+    directory: Path
+    size: int
+    image_ids: tuple[str, ...]
+    pixels: np.ndarray = attrs.field(eq=False, repr=False)  # read-only memmap, uint8 (N, 3, size, size)
+    rejected: pl.DataFrame = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals))  # Rejected
+    manifest_key: str
+
+    @classmethod
+    def open(cls, directory: Path) -> ImageCache:
+        """Memory-map the cache in ``directory``; ``InputError`` when it is missing or inconsistent."""
+        index = _read_index(directory)
+        try:
+            pixels = np.load(directory / PIXELS_FILE, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise _invalid(directory, f"cannot read {PIXELS_FILE}: {error}") from None
+        expected = (len(index["image_ids"]), 3, index["size"], index["size"])
+        if pixels.dtype != np.uint8 or pixels.shape != expected:
+            raise _invalid(directory, f"{PIXELS_FILE} is {pixels.dtype} {pixels.shape}, {INDEX_FILE} says uint8 {expected}")
+        return cls(directory, index["size"], tuple(index["image_ids"]), pixels, index["rejected"], index["manifest"])
+
+    def cached(self, image_ids: Sequence[str] | pl.Series) -> np.ndarray:
+        """Whether each photo is in the cache (bool array)."""
+        return self._positions(image_ids).is_not_null().to_numpy()
+
+    def rows_for(self, image_ids: Sequence[str] | pl.Series) -> np.ndarray:
+        """The pixel row (int64) of each photo; ``FbmlError`` naming any photo not in the cache."""
+        positions = self._positions(image_ids)
+        if positions.null_count():
+            absent = pl.Series(image_ids, dtype=pl.String).filter(positions.is_null())
+            raise FbmlError(f"{self.directory}: {absent.len()} photo(s) not in the image cache, e.g. {absent.head(3).to_list()}")
+        return positions.to_numpy()
+
+    def _positions(self, image_ids: Sequence[str] | pl.Series) -> pl.Series:
+        ids = pl.Series("image_id", image_ids, dtype=pl.String)
+        return ids.replace_strict(self.image_ids, range(len(self.image_ids)), default=None, return_dtype=pl.Int64)
+
+
+@attrs.frozen
+class _Plan:
+    """The manifest rows whose photo file exists (with the file), and those whose file does not."""
+
+    rows: np.ndarray
+    paths: tuple[Path, ...]
+    missing: np.ndarray
+
+
+@attrs.frozen
+class _Loaded:
+    """The manifest rows decoded into the first ``len(rows)`` pixel rows, and the rejected rows."""
+
+    rows: np.ndarray
+    rejected: pl.DataFrame
+
+
+def load_photos(
+    manifest: pl.DataFrame,
+    image_dir: Path,
+    *,
+    size: int,
+    workers: int | None = None,
+    progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> Photos:
+    """Decode each manifest row's photo ``image_dir/<image_id>.*`` to a ``size`` px letterboxed RGB square."""
+    plan = _plan(manifest, image_dir)
+    pixels = np.empty((len(plan.paths), 3, size, size), dtype=np.uint8)
+    loaded = _load_into(pixels, manifest, image_dir, plan, size=size, workers=workers, progress=progress, max_pixels=max_pixels)
+    kept = pixels if loaded.rows.size == len(pixels) else pixels[: loaded.rows.size].copy()
+    return Photos(_image_ids(manifest, loaded.rows), loaded.rows, kept, loaded.rejected)
+
+
+def build_image_cache(
+    manifest: pl.DataFrame,
+    image_dir: Path,
+    cache_dir: Path,
+    *,
+    size: int,
+    workers: int | None = None,
+    progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> ImageCache:
+    """``load_photos`` into ``cache_dir`` (``pixels.npy`` + ``index.json``), or the valid cache already
+    there for the same ``size`` and manifest photos (delete the folder to force a rebuild).
+
+    The cache is written into a temporary sibling folder and renamed into place, so ``cache_dir``
+    holds a complete cache or none.
+    """
+    key = _manifest_key(manifest)
+    reusable = _reusable(cache_dir, size, key)
+    if reusable is not None:
+        return reusable
+    _check_replaceable(cache_dir)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", suffix=".tmp", dir=cache_dir.parent))
+    try:
+        _write_cache(building, manifest, image_dir, size=size, key=key, workers=workers, progress=progress, max_pixels=max_pixels)
+        _publish(building, cache_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return ImageCache.open(cache_dir)
+
+
+def rejected_rows(manifest: pl.DataFrame, reasons: Mapping[int, str], *, source: str) -> pl.DataFrame:
+    """``Rejected`` rows (stage ``"images"``) for manifest rows, given as 0-based row -> reason."""
+    rows = sorted(reasons)
+    raw = manifest[rows].select(pl.struct(pl.all()).struct.json_encode().alias("raw"))
+    frame = pl.DataFrame(
+        {
+            "source": [source] * len(rows),
+            "source_row": [row + 1 for row in rows],
+            "stage": ["images"] * len(rows),
+            "reason": [reasons[row] for row in rows],
+            "raw": raw["raw"],
+        },
+        schema=REJECTED_SCHEMA,
+    )
+    return Rejected.validate(frame)
+
+
+def _plan(manifest: pl.DataFrame, image_dir: Path) -> _Plan:
+    """Match each row's ``image_id`` to a file stem, listing ``image_dir`` once (first name in sorted order wins)."""
+    image_ids = _image_id_column(manifest)
+    if not image_dir.is_dir():
+        raise InputError(image_dir, "no such directory")
+    files: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.is_file():
+            files.setdefault(path.stem, path)
+    found = [files.get(image_id) for image_id in image_ids]
+    rows = np.array([row for row, path in enumerate(found) if path is not None], dtype=np.int64)
+    missing = np.array([row for row, path in enumerate(found) if path is None], dtype=np.int64)
+    return _Plan(rows, tuple(path for path in found if path is not None), missing)
+
+
+def _load_into(
+    pixels: np.ndarray,
+    manifest: pl.DataFrame,
+    image_dir: Path,
+    plan: _Plan,
+    *,
+    size: int,
+    workers: int | None,
+    progress: bool,
+    max_pixels: int,
+) -> _Loaded:
+    """Decode ``plan``'s files into ``pixels`` (one row each), then close the gaps failures left."""
+    decode = partial(_decode_into, pixels, size, max_pixels)
+    bar = tqdm(total=manifest.height, initial=plan.missing.size, desc="decoding photos", unit="img", file=sys.stderr, disable=not progress)
+    with bar, ThreadPoolExecutor(max_workers=_worker_count(workers, len(plan.paths))) as pool:
+        failures = []
+        for failure in pool.map(decode, enumerate(plan.paths)):
+            failures.append(failure)
+            bar.update()
+    ok = np.array([failure is None for failure in failures], dtype=bool)
+    _compact(pixels, ok)
+    reasons = {int(row): MISSING for row in plan.missing} | {
+        int(row): f"{UNREADABLE}: {failure}" for row, failure in zip(plan.rows, failures, strict=True) if failure is not None
+    }
+    return _Loaded(plan.rows[ok], rejected_rows(manifest, reasons, source=str(image_dir)))
+
+
+def _decode_into(pixels: np.ndarray, size: int, max_pixels: int, slot: tuple[int, Path]) -> str | None:
+    """Decode one file into ``pixels[index]``; the reason it cannot be read, or None."""
+    index, path = slot
+    try:
+        with open_image(path, size=size, max_pixels=max_pixels) as image:
+            pixels[index] = np.asarray(clean_image(image, size)).transpose(2, 0, 1)
+    except Exception as error:  # one bad file must never stop the run
+        return _failure(error)
+    return None
+
+
+def _failure(error: Exception) -> str:
+    """Why a photo could not be decoded, in a few words."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image"
+    return str(error) or type(error).__name__
+
+
+def _worker_count(workers: int | None, jobs: int) -> int:
+    """Threads to use: ``workers`` (default: all cores), never more than there are jobs."""
+    if workers is not None and workers < 1:
+        raise FbmlError(f"workers must be at least 1, got {workers}")
+    return max(1, min(workers or os.cpu_count() or 1, jobs))
+
+
+def _compact(pixels: np.ndarray, ok: np.ndarray) -> None:
+    """Move the decoded rows (``ok``) down over the failed ones, in place, keeping their order."""
+    for target, source in enumerate(np.flatnonzero(ok)):
+        if target != source:
+            pixels[target] = pixels[source]
+
+
+def _image_ids(manifest: pl.DataFrame, rows: np.ndarray) -> tuple[str, ...]:
+    return tuple(manifest["image_id"].gather(rows).to_list())
+
+
+def _image_id_column(manifest: pl.DataFrame) -> pl.Series:
+    """The manifest's ``image_id`` column; ``FbmlError`` when it is absent or has nulls."""
+    if "image_id" not in manifest.columns:
+        raise FbmlError(f"the manifest has no image_id column (columns: {manifest.columns})")
+    if manifest["image_id"].null_count():
+        raise FbmlError("the manifest has rows without an image_id")
+    return manifest["image_id"]
+
+
+def _manifest_key(manifest: pl.DataFrame) -> str:
+    """A digest of the manifest's photo ids in order; refuses duplicate ids (a cache row needs one id)."""
+    ids = _image_id_column(manifest)
+    if ids.is_duplicated().any():
+        raise FbmlError(f"duplicate image ids in the manifest, e.g. {ids.filter(ids.is_duplicated()).head(3).to_list()}")
+    return hashlib.sha256("\n".join(ids.to_list()).encode()).hexdigest()
+
+
+def _reusable(cache_dir: Path, size: int, key: str) -> ImageCache | None:
+    """The valid cache in ``cache_dir`` built for ``size`` and the same photos, if there is one."""
+    if not (cache_dir / INDEX_FILE).is_file():
+        return None
+    try:
+        cache = ImageCache.open(cache_dir)
+    except FbmlError:
+        return None
+    return cache if cache.size == size and cache.manifest_key == key else None
+
+
+def _check_replaceable(cache_dir: Path) -> None:
+    """Refuse to replace anything but nothing, an empty folder or an image cache's files."""
+    if not cache_dir.exists():
+        return
+    if not cache_dir.is_dir() or {path.name for path in cache_dir.iterdir()} - {PIXELS_FILE, INDEX_FILE}:
+        raise InputError(cache_dir, "exists and is not an image cache; refusing to replace it")
+
+
+def _write_cache(
+    directory: Path,
+    manifest: pl.DataFrame,
+    image_dir: Path,
+    *,
+    size: int,
+    key: str,
+    workers: int | None,
+    progress: bool,
+    max_pixels: int,
+) -> None:
+    """Decode the photos straight into ``directory/pixels.npy``, then write ``index.json``."""
+    plan = _plan(manifest, image_dir)
+    path = directory / PIXELS_FILE
+    pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(plan.paths), 3, size, size), version=_NPY_VERSION)
+    loaded = _load_into(pixels, manifest, image_dir, plan, size=size, workers=workers, progress=progress, max_pixels=max_pixels)
+    pixels.flush()
+    del pixels
+    if loaded.rows.size < len(plan.paths):
+        _truncate_npy(path, loaded.rows.size)
+    index = {
+        "format": CACHE_FORMAT,
+        "size": size,
+        "manifest": key,
+        "image_ids": list(_image_ids(manifest, loaded.rows)),
+        "rejected": loaded.rejected.to_dicts(),
+    }
+    (directory / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
+
+
+def _truncate_npy(path: Path, rows: int) -> None:
+    """Cut a version 1.0 ``.npy`` file to its first ``rows`` rows in place: numpy pads the header so
+    that the first axis can change without moving the data."""
+    with path.open("r+b") as file:
+        np.lib.format.read_magic(file)
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
+        data_offset = file.tell()
+        file.seek(0)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order, "shape": (rows, *shape[1:])}
+        np.lib.format.write_array_header_1_0(file, header)
+        if file.tell() != data_offset:
+            raise FbmlError(f"{path}: the new .npy header does not fit the old one")
+        file.truncate(data_offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def _publish(building: Path, cache_dir: Path) -> None:
+    """Rename the finished cache into place, first moving any old one aside and deleting it."""
+    if cache_dir.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", suffix=".old", dir=cache_dir.parent))
+        os.replace(cache_dir, stale / cache_dir.name)
+        shutil.rmtree(stale)
+    os.replace(building, cache_dir)
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    """``index.json``, checked: its format, size, manifest key, unique ids and ``Rejected`` rows."""
+    try:
+        index = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise _invalid(directory, f"cannot read {INDEX_FILE}: {error.strerror}") from None
+    except ValueError as error:
+        raise _invalid(directory, f"{INDEX_FILE} is not JSON: {error}") from None
+    problem = _index_problem(index)
+    if problem:
+        raise _invalid(directory, f"{INDEX_FILE}: {problem}")
+    try:
+        rejected = Rejected.validate(pl.DataFrame(index["rejected"], schema=REJECTED_SCHEMA))
+    except Exception as error:  # pandera or polars: any malformed row
+        raise _invalid(directory, f"{INDEX_FILE}: bad rejected rows: {str(error).splitlines()[0]}") from None
+    return index | {"rejected": rejected}
+
+
+def _index_problem(index: object) -> str | None:
+    """What is wrong with a parsed ``index.json``, or None."""
+    if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT:
+        return f"not a {CACHE_FORMAT!r} index"
+    size, ids = index.get("size"), index.get("image_ids")
+    if type(size) is not int or size < 1:
+        return f"size must be a positive integer, got {size!r}"
+    if not isinstance(index.get("manifest"), str) or not isinstance(index.get("rejected"), list):
+        return "manifest must be a string and rejected a list"
+    if not isinstance(ids, list) or not all(isinstance(image_id, str) for image_id in ids):
+        return "image_ids must be a list of strings"
+    if len(set(ids)) != len(ids):
+        return "image_ids are not unique"
+    return None
+
+
+def _invalid(directory: Path, problem: str) -> InputError:
+    return InputError(directory, f"not a valid image cache: {problem}")
