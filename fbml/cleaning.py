@@ -23,6 +23,9 @@ GUMTREE_SUFFIX = r"(?i)(\s*\|\s*in\s[^|]*)?\s*\|\s*gumtree\s*$"
 CLEAN_COLUMNS = tuple(CleanProducts.to_schema().columns)
 MANIFEST_COLUMNS = ("image_id", *CLEAN_COLUMNS)
 NON_ASCII = r"[^\x00-\x7F]+"
+# Latin-1 Supplement, General Punctuation, Variation Selectors, Miscellaneous Symbols and
+# Pictographs, Emoticons: most of the non-ASCII characters listings use (£ ’ – • … é, emoji).
+COMMON_BLOCKS = ((0x80, 0x100), (0x2000, 0x2070), (0xFE00, 0xFE10), (0x1F300, 0x1F650))
 MESSY_SPACE = r"[\x00-\x1F\x7F][\x00-\x20\x7F]*|\x20[\x00-\x20\x7F]+"
 _ROW = "source_row"
 _REASON = "reason"
@@ -57,12 +60,14 @@ class Manifest:
 def ascii_text(text: pl.Expr) -> pl.Expr:
     """Unicode-normalised to ASCII (é -> e, ﬁ -> fi, ’ dropped), whitespace runs to one space, stripped.
 
-    Equal to NFKD then dropping non-ASCII, but each costly step runs only on the rows that need it
-    (elsewhere the input is null, which string kernels skip), and characters are mapped through a
-    table of their NFKD ASCII forms rather than normalising whole strings.
+    Equal to NFKD then dropping non-ASCII, character by character: only rows with non-ASCII are
+    transliterated (elsewhere the input is null, which string kernels skip), first through a table of
+    the common blocks' characters to their NFKD ASCII forms ("" for none), then, on the few rows still
+    not ASCII, through the table of every character with an ASCII form, dropping the rest.
     """
-    transliterated = _only_where(text, has_non_ascii, _transliterate)
-    return _only_where(transliterated, _has_messy_space, _single_spaced).str.strip_chars()
+    common = _only_where(text, has_non_ascii, lambda rows: rows.str.replace_many(common_ascii_forms()))
+    transliterated = _only_where(common, has_non_ascii, _transliterate)
+    return transliterated.str.replace_all(MESSY_SPACE, " ").str.strip_chars()
 
 
 def has_non_ascii(text: pl.Expr) -> pl.Expr:
@@ -75,6 +80,12 @@ def ascii_equivalents() -> dict[str, str]:
     """Every non-ASCII character (below U+20000) whose NFKD form keeps some ASCII, to that ASCII."""
     table = {chr(code): _nfkd_ascii(chr(code)) for code in range(0x80, 0x20000) if not 0xD800 <= code < 0xE000}
     return {character: ascii for character, ascii in table.items() if ascii}
+
+
+@functools.cache
+def common_ascii_forms() -> dict[str, str]:
+    """Every character of ``COMMON_BLOCKS`` to its NFKD ASCII form, "" where it has none."""
+    return {chr(code): _nfkd_ascii(chr(code)) for first, end in COMMON_BLOCKS for code in range(first, end)}
 
 
 def product_name(raw: pl.Expr) -> pl.Expr:
@@ -122,6 +133,24 @@ def county(raw: pl.Expr) -> pl.Expr:
     return _blank_to_null(ascii_text(raw).str.splitn(",", 2).struct.field("field_1").str.strip_chars())
 
 
+def category_fields(raw: pl.Expr) -> pl.Expr:
+    """``category``, ``subcategory`` and ``category_path`` of a raw category path, as a struct."""
+    levels = category_levels(raw)
+    return pl.struct(part(levels).alias(part.__name__) for part in (category, subcategory, category_path))
+
+
+def place_fields(raw: pl.Expr) -> pl.Expr:
+    """``location`` and ``county`` of a raw ``Town, County``, as a struct."""
+    return pl.struct(location(raw).alias("location"), county(raw).alias("county"))
+
+
+def per_distinct(key: pl.Expr, derive: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """``derive(key)``, computed once per distinct key and looked up for every row: prices,
+    category paths and places repeat across many rows. ``derive`` must map null to null."""
+    distinct = key.unique(maintain_order=True)
+    return key.replace_strict(distinct, derive(distinct), default=None)
+
+
 def product_rejection() -> pl.Expr:
     """Why a product row cannot be kept, or null: a blank required raw field, then a clean one."""
     missing = [
@@ -151,22 +180,11 @@ def clean_products(raw: pl.DataFrame, *, source: str = "products") -> Cleaned:
             pl.col("_raw_id").str.strip_chars().alias("id"),
             product_name(pl.col("_raw_product_name")).alias("product_name"),
             ascii_text(pl.col("_raw_product_description")).fill_null("").alias("product_description"),
+            per_distinct(pl.col("_raw_price"), price).alias("price"),
+            per_distinct(pl.col("_raw_category"), category_fields).alias("_category"),
+            per_distinct(pl.col("_raw_location"), place_fields).alias("_place"),
         )
-        .pipe(_per_distinct, "_raw_price", price(pl.col("_raw_price")).alias("price"))
-        .pipe(
-            _per_distinct,
-            "_raw_category",
-            *(
-                part(category_levels(pl.col("_raw_category"))).alias(part.__name__)
-                for part in (category, subcategory, category_path)
-            ),
-        )
-        .pipe(
-            _per_distinct,
-            "_raw_location",
-            location(pl.col("_raw_location")).alias("location"),
-            county(pl.col("_raw_location")).alias("county"),
-        )
+        .unnest("_category", "_place")
         .with_columns(product_rejection().alias(_REASON))
         .with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "id").alias(_REASON))
         .collect()
@@ -226,13 +244,6 @@ def _numbered(raw: pl.DataFrame, columns: tuple[str, ...]) -> pl.LazyFrame:
     )
 
 
-def _per_distinct(frame: pl.LazyFrame, key: str, *derived: pl.Expr) -> pl.LazyFrame:
-    """``frame`` with ``derived`` columns computed once per distinct ``key`` and joined back:
-    prices, category paths and places repeat across many rows."""
-    lookup = frame.select(pl.col(key).unique()).with_columns(*derived)
-    return frame.join(lookup, on=key, how="left", nulls_equal=True, maintain_order="left")
-
-
 def _rejected_rows(annotated: pl.DataFrame, columns: tuple[str, ...], *, source: str, stage: str) -> pl.DataFrame:
     return annotated.filter(pl.col(_REASON).is_not_null()).select(
         pl.lit(source).alias("source"),
@@ -249,14 +260,6 @@ def _transliterate(text: pl.Expr) -> pl.Expr:
 
 def _nfkd_ascii(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-
-
-def _has_messy_space(text: pl.Expr) -> pl.Expr:
-    return text.str.contains(r"[\x00-\x1F\x7F]|\x20\x20")
-
-
-def _single_spaced(text: pl.Expr) -> pl.Expr:
-    return text.str.replace_all(MESSY_SPACE, " ")
 
 
 def _only_where(text: pl.Expr, where: Callable[[pl.Expr], pl.Expr], change: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:

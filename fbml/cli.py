@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_clean_products(commands)
     _add_clean_images(commands)
+    _add_baselines(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
     _add_quickstart(commands)
     return parser
 
@@ -70,6 +73,52 @@ def _add_clean_images(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
 
 
+def _add_baselines(commands: argparse._SubParsersAction) -> None:
+    parser = _command(
+        commands,
+        "baselines",
+        _run_baselines,
+        "Price from category and category from pixels, on the product-level test split of raw inputs.",
+    )
+    _add_raw_inputs(parser)
+    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.add_argument("--pixel-size", type=_positive_int, default=32, help="photo side for the pixel baseline")
+    parser.add_argument(
+        "--price-range", type=float, nargs=2, default=(1.0, 1000.0), metavar=("LOW", "HIGH"),
+        help="keep LOW < price < HIGH (default 1 1000, as the original)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_raw_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--products", required=True, metavar="PRODUCTS_CSV", help="raw products table (path or s3://)")
+    parser.add_argument("--images", required=True, metavar="IMAGES_CSV", help="raw images table (path or s3://)")
+    parser.add_argument("--image-dir", type=Path, metavar="DIR", help="photos named <image id>.<ext>, raw or cleaned")
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = _command(commands, "train", _run_train, "Train a model on raw inputs and add it to a bundle.")
+    parser.add_argument("--model", required=True, choices=("image", "text", "combined"), help="which model")
+    _add_raw_inputs(parser)
+    parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle directory (created or extended)")
+    parser.add_argument("--epochs", type=_positive_int, default=None, help="most epochs (default: the model's recipe)")
+    parser.add_argument("--image-size", type=_positive_int, default=224, help="photo side in pixels (default 224)")
+    parser.add_argument("--weights", default="none", help="ResNet-50 start: none, imagenet (downloads) or a file")
+    parser.add_argument("--trainable-stages", type=int, default=1, choices=range(0, 5), help="ResNet stages trained")
+    parser.add_argument("--no-feature-cache", action="store_true", help="run the frozen stages every epoch")
+    parser.add_argument("--seed", type=int, default=0, help="split and training seed")
+    parser.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default BUNDLE.work/runs/MODEL)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="caches and checkpoints (default BUNDLE.work)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = _command(commands, "evaluate", _run_evaluate, "Score every model of a bundle on raw inputs.")
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE")
+    _add_raw_inputs(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def _add_quickstart(commands: argparse._SubParsersAction) -> None:
     parser = _command(commands, "quickstart", _run_quickstart, "Run the whole pipeline on the sample marketplace.")
     parser.add_argument("--out", type=Path, default=Path("fbml-quickstart"), help="working folder")
@@ -100,6 +149,55 @@ def _run_clean_images(args: argparse.Namespace) -> None:
     print(f"photos: {report.cleaned + report.rejected} read, {report.cleaned} cleaned, {report.rejected} rejected")
     for reason, count in report.rejected_by_reason().items():
         print(f"  rejected {count:>6}  {reason}")
+
+
+def _run_baselines(args: argparse.Namespace) -> None:
+    import json
+
+    from fbml.baselines import run_baselines
+    from fbml.pipeline import clean_tables
+
+    tables = clean_tables(args.products, args.images)
+    baselines = run_baselines(
+        tables, args.image_dir, seed=args.seed, price_range=tuple(args.price_range), pixel_size=args.pixel_size,
+        progress=not args.json,
+    )
+    print(json.dumps(baselines.to_json(), indent=2) if args.json else baselines.table())
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from fbml.experiment import train_request, train_into_bundle
+    from fbml.pipeline import clean_tables
+
+    request = train_request(
+        args.model, epochs=args.epochs, image_size=args.image_size, weights=args.weights,
+        trainable_stages=args.trainable_stages, feature_cache=not args.no_feature_cache, seed=args.seed,
+    )
+    work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
+    tables = clean_tables(args.products, args.images)
+    result = train_into_bundle(
+        tables, args.image_dir, args.out, request, work_dir=work_dir,
+        logdir=args.logdir or work_dir / "runs" / args.model, resume=args.resume,
+    )
+    print(result.summary())
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import json
+    import tempfile
+
+    from fbml.bundle import load_bundle
+    from fbml.experiment import evaluate_bundle, scores_table
+    from fbml.pipeline import clean_tables
+
+    bundle = load_bundle(args.bundle)
+    tables = clean_tables(args.products, args.images)
+    with tempfile.TemporaryDirectory(prefix="fbml-evaluate-") as work_dir:
+        scores = evaluate_bundle(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json)
+    if args.json:
+        print(json.dumps({kind: score.to_json() for kind, score in scores.items()}, indent=2))
+    else:
+        print(scores_table(scores, bundle.codec.classes))
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:

@@ -87,6 +87,11 @@ class ImageBatch(_Batch):
     labels: Tensor
     rows: Tensor
 
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """The image model's arguments."""
+        return (self.images,)
+
     @classmethod
     def collate(cls, samples: Sequence[ImageSample]) -> ImageBatch:
         """Stack samples (a ``DataLoader`` ``collate_fn``)."""
@@ -100,6 +105,11 @@ class TextBatch(_Batch):
     tokens: Tensor
     labels: Tensor
     rows: Tensor
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """The text model's arguments."""
+        return (self.tokens,)
 
     @classmethod
     def collate(cls, samples: Sequence[TextSample]) -> TextBatch:
@@ -115,6 +125,11 @@ class ProductBatch(_Batch):
     tokens: Tensor
     labels: Tensor
     rows: Tensor
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """The combined model's arguments."""
+        return (self.images, self.tokens)
 
     @classmethod
     def collate(cls, samples: Sequence[ProductSample]) -> ProductBatch:
@@ -198,6 +213,10 @@ class ImageDataset(Dataset[ImageSample]):
         image = _image(self.pixels, int(self.positions[index]), self.transform)
         return ImageSample(image, int(self.labels[index]), int(self.rows[index]))
 
+    def collate(self, samples: Sequence[ImageSample]) -> ImageBatch:
+        """Batch this dataset's samples."""
+        return ImageBatch.collate(samples)
+
 
 @attrs.frozen(eq=False)
 class TextDataset(Dataset[TextSample]):
@@ -215,6 +234,10 @@ class TextDataset(Dataset[TextSample]):
 
     def __getitem__(self, index: int) -> TextSample:
         return TextSample(self.tokens[index], int(self.labels[index]), int(self.rows[index]))
+
+    def collate(self, samples: Sequence[TextSample]) -> TextBatch:
+        """Batch this dataset's samples."""
+        return TextBatch.collate(samples)
 
 
 @attrs.frozen(eq=False)
@@ -242,6 +265,10 @@ class ProductDataset(Dataset[ProductSample]):
     def __getitem__(self, index: int) -> ProductSample:
         image = _image(self.pixels, int(self.positions[index]), self.transform)
         return ProductSample(image, self.tokens[index], int(self.labels[index]), int(self.rows[index]))
+
+    def collate(self, samples: Sequence[ProductSample]) -> ProductBatch:
+        """Batch this dataset's samples."""
+        return ProductBatch.collate(samples)
 
 
 @attrs.frozen(eq=False)

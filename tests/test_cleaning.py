@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import RawProducts
-from fbml.cleaning import ascii_text, clean_products, image_manifest, price
+from contracts import CleanProducts, ImageManifest, RawProducts
+from fbml.cleaning import (
+    COMMON_BLOCKS,
+    ascii_text,
+    category_fields,
+    clean_products,
+    image_manifest,
+    per_distinct,
+    place_fields,
+    price,
+)
 
 RAW_COLUMNS = ["", "id", "product_name", "category", "product_description", "price", "location"]
 
@@ -73,6 +83,35 @@ def test_ascii_text_normalises_rather_than_deletes() -> None:
     texts = ["Café crème", "Morphy Richard’s", "£5 … “quoted”", "line\rbreak\r\nhere", "ﬁne"]
     out = pl.DataFrame({"t": texts}).select(ascii_text(pl.col("t"))).to_series().to_list()
     assert out == ["Cafe creme", "Morphy Richards", "5 ... quoted", "line break here", "fine"]
+
+
+common_character = st.sampled_from([chr(code) for first, end in COMMON_BLOCKS for code in range(first, end)])
+mixed_text = st.text(
+    alphabet=st.one_of(
+        common_character,
+        st.characters(codec="ascii"),
+        st.characters(min_codepoint=0x80, max_codepoint=0x1FFFF, exclude_categories=("Cs",)),
+        st.sampled_from(["\r", "\t", " ", "\u3000", "ｆ", "𝐀", "\ue076"]),
+    )
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(mixed_text, min_size=1, max_size=8))
+def test_ascii_text_equals_nfkd_for_common_and_rare_characters_together(texts: list[str]) -> None:
+    out = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(ascii_text(pl.col("t"))).to_series().to_list()
+    assert out == [reference_ascii_text(text) for text in texts]
+
+
+raw_value = st.one_of(st.none(), st.sampled_from(["£5", "A / B", "x, y", " "]), st.text(max_size=12))
+
+
+@pytest.mark.parametrize("derive", [price, category_fields, place_fields])
+@given(values=st.lists(raw_value, max_size=20))
+def test_per_distinct_equals_deriving_every_row(derive: Callable[[pl.Expr], pl.Expr], values: list[str | None]) -> None:
+    frame = pl.DataFrame({"raw": values}, schema={"raw": pl.String})
+    expected = frame.select(derive(pl.col("raw")).alias("out"))
+    assert frame.select(per_distinct(pl.col("raw"), derive).alias("out")).equals(expected)
 
 
 level = st.text(alphabet=st.characters(codec="ascii", exclude_characters="/"), min_size=1).map(str.strip).filter(
@@ -201,3 +240,14 @@ def test_real_products_and_images(real_data) -> None:
     assert not products["product_name"].str.contains(r"\| Gumtree").any()
     assert products["product_description"].str.contains(r"[^\x00-\x7F]").sum() == 0
     assert products["price"].max() == 10_000_000.0
+
+
+def test_output_contracts_check_that_ids_are_unique() -> None:
+    products = clean_products(raw_products([good_row(id="a"), good_row(id="b")])).products
+    assert CleanProducts.validate(products).height == 2
+    with pytest.raises(Exception, match="unique"):
+        CleanProducts.validate(pl.concat([products, products.head(1)]))
+    photos = pl.concat([products, products.head(1)]).with_columns(pl.Series("image_id", ["i1", "i2", "i3"]))
+    assert ImageManifest.validate(photos).height == 3
+    with pytest.raises(Exception, match="unique"):
+        ImageManifest.validate(photos.with_columns(pl.Series("image_id", ["i1", "i2", "i1"])))

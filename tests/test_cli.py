@@ -19,7 +19,7 @@ def fbml(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["sample", "clean-products", "clean-images", "quickstart"])
+@pytest.mark.parametrize("command", ["sample", "clean-products", "clean-images", "baselines", "quickstart"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])

@@ -1,0 +1,232 @@
+"""Model factories: ResNet-50 image classifier, word2vec text CNN, and the two combined.
+
+Plain functions with keyword-only options, in the manner of torchvision's builders. Every model
+returns ``ModelOutput(logits, embedding)``: the embedding (``embedding_dim`` wide) serves the
+recommendations, the logits the classification.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fbml.errors import FbmlError
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+RESNET_FEATURES = 2048
+DEFAULT_EMBEDDING_DIM = 128
+DEFAULT_KERNEL_SIZES = (2, 3, 4, 5)
+
+
+class ModelOutput(NamedTuple):
+    """Class scores and the vector the model represents its input by."""
+
+    logits: Tensor
+    embedding: Tensor
+
+
+class EmbeddingHead(nn.Module):
+    """features -> embedding (``embedding_dim``, with dropout) -> logits."""
+
+    def __init__(self, in_features: int, embedding_dim: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embedding_dim), nn.ReLU())
+        self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, num_classes))
+
+    def forward(self, features: Tensor) -> ModelOutput:
+        embedding = self.embed(features)
+        return ModelOutput(self.classify(embedding), embedding)
+
+
+class ImageClassifier(nn.Module):
+    """A ResNet-50 split where training starts: ``frozen`` stages, then ``trainable`` ones and the head.
+
+    ``frozen`` never changes during training, so its output can be computed once and cached
+    (``forward_features``); ``forward`` runs the whole network.
+    """
+
+    def __init__(self, frozen: nn.Module, trainable: nn.Module, head: EmbeddingHead) -> None:
+        super().__init__()
+        self.frozen = frozen
+        self.trainable = trainable
+        self.head = head
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.head.classify[-1].in_features
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        """As ``nn.Module.train``, but the frozen stages stay in eval mode (their batch-norm
+        statistics are part of what is frozen)."""
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def frozen_features(self, images: Tensor) -> Tensor:
+        """The frozen stages' output (what a feature cache stores)."""
+        return self.frozen(images)
+
+    def forward_features(self, features: Tensor) -> ModelOutput:
+        """From the frozen stages' output on."""
+        return self.head(self.trainable(features))
+
+    def forward(self, images: Tensor) -> ModelOutput:
+        return self.forward_features(self.frozen_features(images))
+
+
+class TextClassifier(nn.Module):
+    """Token ids -> word2vec-initialised embeddings -> parallel 1-D convolutions, max-pooled over
+    time, beside the embeddings' mean (a bag-of-words view that small training sets learn fast) -> head."""
+
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        kernel_sizes: tuple[int, ...],
+        channels: int,
+        head: EmbeddingHead,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.convolutions = nn.ModuleList(
+            nn.Conv1d(embedding.embedding_dim, channels, size, padding=size // 2) for size in kernel_sizes
+        )
+        self.head = head
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.head.classify[-1].in_features
+
+    def forward(self, tokens: Tensor) -> ModelOutput:
+        mask = (tokens != 0).unsqueeze(1)
+        words = self.embedding(tokens).transpose(1, 2)
+        pooled = [
+            torch.relu(convolution(words))[..., : tokens.shape[1]].masked_fill(~mask, float("-inf")).amax(dim=2)
+            for convolution in self.convolutions
+        ]
+        present = mask.transpose(1, 2).float()
+        mean = (words.transpose(1, 2) * present).sum(dim=1) / present.sum(dim=1).clamp_min(1.0)
+        features = torch.cat([*pooled, mean], dim=1).nan_to_num(neginf=0.0)
+        return self.head(features)
+
+
+class CombinedClassifier(nn.Module):
+    """Image and text branches, each to its ``embedding_dim``, concatenated, one linear layer to classes."""
+
+    def __init__(self, image: ImageClassifier, text: TextClassifier, num_classes: int) -> None:
+        super().__init__()
+        self.image = image
+        self.text = text
+        self.classify = nn.Linear(image.embedding_dim + text.embedding_dim, num_classes)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.classify.in_features
+
+    def forward_features(self, features: Tensor, tokens: Tensor) -> ModelOutput:
+        """From the image branch's frozen-stage output (cached) and the tokens."""
+        return self._joined(self.image.forward_features(features).embedding, tokens)
+
+    def forward(self, images: Tensor, tokens: Tensor) -> ModelOutput:
+        return self._joined(self.image(images).embedding, tokens)
+
+    def _joined(self, image_embedding: Tensor, tokens: Tensor) -> ModelOutput:
+        embedding = torch.cat([image_embedding, self.text(tokens).embedding], dim=1)
+        return ModelOutput(self.classify(embedding), embedding)
+
+
+def image_model(
+    num_classes: int,
+    *,
+    weights: str | Path | None = None,
+    trainable_stages: int = 1,
+    embedding_dim: int = DEFAULT_EMBEDDING_DIM,
+    dropout: float = 0.3,
+) -> ImageClassifier:
+    """ResNet-50 with its first ``4 - trainable_stages`` stages frozen and a new head.
+
+    ``weights``: ``None`` (random), ``"imagenet"`` (torchvision's weights API, which downloads them
+    on first use) or the path of a local ResNet-50 state dict (``.pth``/``.pt`` loaded with
+    ``weights_only=True``, or ``.safetensors``).
+    """
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    if not 0 <= trainable_stages <= len(RESNET_STAGES):
+        raise FbmlError(f"trainable_stages must be between 0 and {len(RESNET_STAGES)}, got {trainable_stages}")
+    network = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2 if weights == "imagenet" else None)
+    if weights not in (None, "imagenet"):
+        _load_into(network, Path(weights))
+    cut = len(RESNET_STAGES) - trainable_stages
+    stem = [network.conv1, network.bn1, network.relu, network.maxpool]
+    stages = [getattr(network, name) for name in RESNET_STAGES]
+    frozen = nn.Sequential(*stem, *stages[:cut])
+    trainable = nn.Sequential(*stages[cut:], network.avgpool, nn.Flatten())
+    frozen.requires_grad_(False)
+    return ImageClassifier(frozen, trainable, EmbeddingHead(RESNET_FEATURES, embedding_dim, num_classes, dropout))
+
+
+def text_model(
+    embeddings: np.ndarray | Tensor,
+    num_classes: int,
+    *,
+    embedding_dim: int = DEFAULT_EMBEDDING_DIM,
+    kernel_sizes: tuple[int, ...] = DEFAULT_KERNEL_SIZES,
+    channels: int = 128,
+    dropout: float = 0.4,
+    freeze_embeddings: bool = False,
+) -> TextClassifier:
+    """A text CNN whose embedding layer starts from the word2vec matrix (row 0 is padding)."""
+    weights = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+    embedding = nn.Embedding.from_pretrained(weights, freeze=freeze_embeddings, padding_idx=0)
+    head = EmbeddingHead(channels * len(kernel_sizes) + weights.shape[1], embedding_dim, num_classes, dropout)
+    return TextClassifier(embedding, tuple(kernel_sizes), channels, head)
+
+
+def combined_model(
+    image_encoder: ImageClassifier,
+    text_encoder: TextClassifier,
+    num_classes: int,
+    *,
+    from_branch_heads: bool = False,
+) -> CombinedClassifier:
+    """Both branches (each to its embedding), concatenated, one linear layer to ``num_classes``.
+
+    ``from_branch_heads`` starts that layer from the branches' own output layers (trained
+    branches): the untrained combined model then scores exactly the sum of their logits.
+    """
+    model = CombinedClassifier(image_encoder, text_encoder, num_classes)
+    if from_branch_heads:
+        _copy_branch_heads(model)
+    return model
+
+
+def _copy_branch_heads(model: CombinedClassifier) -> None:
+    heads = [model.image.head.classify[-1], model.text.head.classify[-1]]
+    if any(head.out_features != model.classify.out_features for head in heads):
+        raise FbmlError("the branches' class counts differ from the combined model's")
+    with torch.no_grad():
+        model.classify.weight.copy_(torch.cat([head.weight for head in heads], dim=1))
+        model.classify.bias.copy_(sum(head.bias for head in heads))
+
+
+def _load_into(network: nn.Module, path: Path) -> None:
+    try:
+        network.load_state_dict(_local_state_dict(path))
+    except RuntimeError as error:
+        raise FbmlError(f"{path}: does not fit ResNet-50: {str(error).splitlines()[0]}") from None
+
+
+def _local_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FbmlError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise FbmlError(f"{path}: not a ResNet-50 state dict ({error})") from None
