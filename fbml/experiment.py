@@ -27,6 +27,7 @@ from fbml.models import image_model, text_model
 from fbml.photos import build_image_cache, load_photos
 from fbml.pipeline import CleanTables, split_tables
 from fbml.reports import ClassificationReport, classification_report, per_product
+from fbml.search import indexed_bundle
 from fbml.text import build_vocabulary, product_text, tokens
 from fbml.training import History, Predictions, TrainConfig, TrainData, fit, predict
 from fbml.word2vec import embedding_matrix, train_word2vec
@@ -114,9 +115,11 @@ def train_request(
     trainable_stages: int = 1,
     feature_cache: bool = True,
     seed: int = 0,
+    batch_size: int | None = None,
 ) -> TrainRequest:
     """A request with ``kind``'s recipe, as ``fbml train`` builds it (``weights``: none, imagenet or a path)."""
-    config = attrs.evolve(RECIPES[kind], seed=seed, **({"epochs": epochs} if epochs else {}))
+    overrides = {"epochs": epochs, "batch_size": batch_size}
+    config = attrs.evolve(RECIPES[kind], seed=seed, **{key: value for key, value in overrides.items() if value})
     start = None if weights in (None, "none") else weights
     image = ImageRecipe(size=image_size, weights=start, trainable_stages=trainable_stages, feature_cache=feature_cache)
     return TrainRequest(kind, config=config, image=image, split_seed=seed)
@@ -169,7 +172,10 @@ def train_into_bundle(
     )
     test = _scores(predict(trainable, datasets[2], batch_size=request.config.batch_size), frames.test, inputs.excluded)
     report = {"history": history.to_json(), "test": test.to_json(), "config": attrs.asdict(request)}
-    save_bundle(bundle.with_model(BundleModel(kind, model, options, report)), bundle_dir)
+    bundle = bundle.with_model(BundleModel(kind, model, options, report))
+    if kind == "combined":
+        bundle = indexed_bundle(bundle, tables, image_dir, work_dir=work_dir, split_seed=request.split_seed, progress=progress)
+    save_bundle(bundle, bundle_dir)
     return TrainResult(kind, history, test, time.perf_counter() - started)
 
 

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import polars as pl
 
+from fbml.baselines import run_baselines
+from fbml.experiment import TrainResult, train_into_bundle, train_request
 from fbml.images import clean_images
-from fbml.pipeline import clean_tables, write_clean_tables
+from fbml.pipeline import CleanTables, clean_tables, write_clean_tables
 from fbml.sample import write_sample
 
-QUICKSTART_IMAGE_SIZE = 224
+QUICKSTART_IMAGE_SIZE = 128
+TRAINING_IMAGE_SIZE = 64
+QUICK_RECIPES = {"text": (15, 16), "image": (10, 32), "combined": (6, 32)}
 
 
 def quickstart(out: Path, *, products: int = 650, seed: int = 0, image_size: int = QUICKSTART_IMAGE_SIZE) -> None:
-    """Write the sample, clean its tables and photos into ``out``, and print what happened."""
+    """Write the sample, clean it, run the baselines, train the three models into a bundle, summarise."""
     started = time.perf_counter()
     _step(f"1. sample marketplace ({products} products, seed {seed}) -> {out / 'sample'}")
     sample = write_sample(out / "sample", products=products, seed=seed, progress=True)
@@ -33,7 +37,39 @@ def quickstart(out: Path, *, products: int = 650, seed: int = 0, image_size: int
     usable = _photos_with_files(tables.manifest.images, out / "images")
     print(f"photos ready for training: {usable} of {tables.manifest.images.height} manifest rows")
 
+    _step("4. baselines on the product-level test split")
+    print(run_baselines(tables, out / "images", seed=seed).table())
+
+    _step(f"5. train the text, image and combined models -> {out / 'bundle'}")
+    results = _train_all(tables, out, seed)
+    print(_results_table(results))
+
     _step(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def _train_all(tables: CleanTables, out: Path, seed: int) -> list[TrainResult]:
+    """The three models, small and fast, into one bundle (TensorBoard runs under ``out/runs``)."""
+    results = []
+    for kind, (epochs, batch_size) in QUICK_RECIPES.items():
+        request = train_request(kind, epochs=epochs, batch_size=batch_size, image_size=TRAINING_IMAGE_SIZE, seed=seed)
+        result = train_into_bundle(
+            tables, out / "images", out / "bundle", request,
+            work_dir=out / "work", logdir=out / "runs" / kind, progress=False,
+        )
+        print(result.summary(), flush=True)
+        results.append(result)
+    return results
+
+
+def _results_table(results: list[TrainResult]) -> str:
+    lines = [f"{'model':10}{'epochs':>8}{'seconds':>9}{'test acc/example':>18}{'test acc/product':>18}{'macro-F1':>10}"]
+    for result in results:
+        example, product = result.test.per_example, result.test.per_product
+        lines.append(
+            f"{result.kind:10}{len(result.history.epochs):>8}{result.seconds:>9.0f}"
+            f"{example.accuracy:>18.3f}{product.accuracy:>18.3f}{product.macro_f1:>10.3f}"
+        )
+    return "\n".join(lines)
 
 
 def _photos_with_files(manifest: pl.DataFrame, image_dir: Path) -> int:
