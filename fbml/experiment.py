@@ -29,7 +29,7 @@ from fbml.pipeline import CleanTables, split_tables
 from fbml.reports import ClassificationReport, classification_report, per_product
 from fbml.search import indexed_bundle
 from fbml.text import build_vocabulary, product_text, tokens
-from fbml.training import History, Predictions, TrainConfig, TrainData, fit, predict
+from fbml.training import History, Predictions, TrainConfig, TrainData, fit, predict, seed_everything
 from fbml.word2vec import embedding_matrix, train_word2vec
 
 MODEL_KINDS = ("image", "text", "combined")
@@ -152,6 +152,7 @@ def train_into_bundle(
 ) -> TrainResult:
     """Train ``request.kind`` on the product-level train split and add it to the bundle at ``bundle_dir``."""
     started = time.perf_counter()
+    seed_everything(request.config.seed)  # the new model's initial weights (and frozen features) depend on it
     kind = request.kind
     splits = split_tables(tables, seed=request.split_seed)
     bundle = _starting_bundle(bundle_dir, tables)
@@ -190,7 +191,7 @@ def evaluate_bundle(
         frame = known.cleaned.products if kind == "text" else _manifest(known, kind)
         inputs = _Inputs(bundle, known, image_dir, work_dir, attrs.evolve(request, kind=kind), progress)
         model, datasets = inputs.datasets(entry.module, (frame,))
-        excluded = inputs.excluded + (tables.cleaned.products.height - known.cleaned.products.height)
+        excluded = inputs.excluded + (tables.cleaned.products if kind == "text" else _manifest(tables, kind)).height - frame.height
         results[kind] = _scores(predict(model, datasets[0]), frame, excluded)
     return results
 

@@ -7,6 +7,7 @@ recommendations, the logits the classification.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,7 +103,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, tokens: Tensor) -> ModelOutput:
         mask = (tokens != 0).unsqueeze(1)
-        words = self.embedding(tokens).transpose(1, 2)
+        words = self.embedding(tokens).transpose(1, 2) * mask
         pooled = [
             torch.relu(convolution(words))[..., : tokens.shape[1]].masked_fill(~mask, float("-inf")).amax(dim=2)
             for convolution in self.convolutions
@@ -222,11 +223,15 @@ def _load_into(network: nn.Module, path: Path) -> None:
 def _local_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FbmlError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise FbmlError(f"{path}: not a ResNet-50 state dict ({error})") from None
+    if not isinstance(state, Mapping):
+        raise FbmlError(f"{path}: not a ResNet-50 state dict (holds a {type(state).__name__})")
+    return state

@@ -280,9 +280,9 @@ def _save_checkpoint(
         "epochs_without_improvement": state.epochs_without_improvement,
         "torch_rng": torch.get_rng_state(),
     }
-    _atomic_save(checkpoint, directory / CHECKPOINT)
     if state.epochs_without_improvement == 0 and state.best_weights is not None:
-        _atomic_save(state.best_weights, directory / BEST_WEIGHTS)
+        _atomic_save(state.best_weights, directory / BEST_WEIGHTS)  # before the checkpoint that names it best
+    _atomic_save(checkpoint, directory / CHECKPOINT)
 
 
 def _resume(

@@ -1,0 +1,411 @@
+"""The training loop: it learns, is deterministic, keeps the best epoch, validates cleanly, stops early,
+resumes after a kill, and logs TensorBoard curves and the confusion matrix.
+
+Everything runs on tiny synthetic problems over ``FeatureDataset`` (features -> labels), in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from fbml import training
+from fbml.errors import FbmlError
+from fbml.features import FeatureDataset
+from fbml.models import ModelOutput
+from fbml.training import BEST_WEIGHTS, CHECKPOINT, History, TrainConfig, TrainData, fit, predict
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+# --- synthetic problems ------------------------------------------------------------------------------
+
+
+def blobs(count: int, seed: int, classes: int = 4, dim: int = 8, marker: float = 0.0) -> FeatureDataset:
+    """Gaussian blobs around fixed class centres; feature 0 is ``marker`` (tells train from validation)."""
+    centres = np.random.default_rng(1234).normal(0.0, 2.0, (classes, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, count)
+    features = centres[labels] + rng.normal(0.0, 1.0, (count, dim)).astype(np.float32)
+    features[:, 0] = marker
+    return FeatureDataset(features.astype(np.float32), labels, np.arange(count))
+
+
+def blob_data(train: int = 160, validation: int = 80) -> TrainData:
+    return TrainData(blobs(train, seed=1), blobs(validation, seed=2, marker=1.0))
+
+
+class Mlp(nn.Module):
+    """features -> (dropout, batch norm) -> embedding -> logits."""
+
+    def __init__(self, dim: int = 8, classes: int = 4, hidden: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.2))
+        self.classify = nn.Linear(hidden, classes)
+
+    def forward(self, features: Tensor) -> ModelOutput:
+        embedding = self.embed(features)
+        return ModelOutput(self.classify(embedding), embedding)
+
+
+def new_mlp(seed: int = 0) -> Mlp:
+    torch.manual_seed(seed)
+    return Mlp()
+
+
+def weights_of(model: nn.Module) -> dict[str, Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def assert_same_weights(left: dict[str, Tensor], right: dict[str, Tensor]) -> None:
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+class Threshold(nn.Module):
+    """logits ``[0, x + b]`` with one parameter ``b``: trained on class-1 examples at ``x = 0``, ``b``
+    rises a little every epoch (Adam: about ``learning_rate`` per step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(()))
+
+    def forward(self, features: Tensor) -> ModelOutput:
+        score = features[:, 0] + self.b
+        return ModelOutput(torch.stack([torch.zeros_like(score), score], dim=1), features)
+
+
+def peaked_data() -> TrainData:
+    """Validation accuracy as a function of ``b``: 2/3 below 0.25, 1 between 0.25 and 0.35, 1/3 above.
+
+    With ``b`` about 0.1 per epoch the accuracies run 2/3, 2/3, 1, 1/3, 1/3, ...: best epoch 3.
+    """
+    train = FeatureDataset(np.zeros((8, 1), np.float32), np.ones(8), np.arange(8))
+    validation = FeatureDataset(np.array([[-0.25], [-0.35], [-0.35]], np.float32), np.array([1, 0, 0]), np.arange(3))
+    return TrainData(train, validation)
+
+
+PEAKED = TrainConfig(epochs=8, batch_size=8, learning_rate=0.1, weight_decay=0.0, schedule="constant", patience=3)
+
+
+# --- learning and determinism ------------------------------------------------------------------------
+
+
+def test_fit_learns_a_learnable_problem() -> None:
+    data = blob_data()
+    model = new_mlp()
+    history = fit(model, data, TrainConfig(epochs=8, batch_size=32, learning_rate=1e-2), progress=False)
+    assert isinstance(history, History)
+    assert [metrics.epoch for metrics in history.epochs] == list(range(1, len(history.epochs) + 1))
+    assert history.best.validation_accuracy >= 0.85  # chance is 0.25
+    assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    predictions = predict(model, data.validation)
+    assert predictions.probabilities.shape == (80, 4)
+    np.testing.assert_allclose(predictions.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert predictions.embeddings.shape == (80, 16)
+    np.testing.assert_array_equal(predictions.rows, np.arange(80))
+    accuracy = float((predictions.probabilities.argmax(axis=1) == predictions.labels).mean())
+    assert accuracy == pytest.approx(history.best.validation_accuracy)
+
+
+def test_fit_is_deterministic_for_a_seed() -> None:
+    data = blob_data(train=96, validation=32)
+    config = TrainConfig(epochs=3, batch_size=16, learning_rate=1e-2, seed=7)
+    first, second, other_seed = new_mlp(), new_mlp(), new_mlp()
+    history_first = fit(first, data, config, progress=False)
+    history_second = fit(second, data, config, progress=False)
+    assert_same_weights(weights_of(first), weights_of(second))
+    strip = [{**attrs_dict, "seconds": 0} for attrs_dict in history_first.to_json()["epochs"]]
+    assert strip == [{**attrs_dict, "seconds": 0} for attrs_dict in history_second.to_json()["epochs"]]
+    # the seed matters (shuffling and dropout), so the equality above is not vacuous
+    fit(other_seed, data, TrainConfig(epochs=3, batch_size=16, learning_rate=1e-2, seed=8), progress=False)
+    assert any(not torch.equal(value, weights_of(other_seed)[name]) for name, value in weights_of(first).items())
+
+
+def test_model_ends_with_the_best_epochs_weights(tmp_path: Path) -> None:
+    model = Threshold()
+    history = fit(model, peaked_data(), PEAKED, checkpoint_dir=tmp_path, progress=False)
+    accuracies = [round(metrics.validation_accuracy, 3) for metrics in history.epochs]
+    assert accuracies[:4] == [0.667, 0.667, 1.0, 0.333]  # the data makes epoch 3 the best one
+    assert history.best_epoch == 3
+    assert 0.25 < model.b.item() < 0.35
+    # re-predicting gives the best epoch's figures, not the last epoch's
+    predictions = predict(model, peaked_data().validation)
+    assert float((predictions.probabilities.argmax(axis=1) == predictions.labels).mean()) == 1.0
+    best = torch.load(tmp_path / BEST_WEIGHTS, weights_only=True)
+    assert_same_weights(weights_of(model), best)
+    last = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert float(last["model"]["b"]) > 0.35  # the checkpoint holds the last epoch, not the best
+
+
+@pytest.mark.parametrize(("patience", "epochs"), [(1, 2), (2, 5), (3, 6), (8, 8)])
+def test_early_stopping_with_patience(patience: int, epochs: int) -> None:
+    """Accuracies 2/3, 2/3, 1, 1/3, ...: ``patience`` epochs without improvement stop the run."""
+    import attrs
+
+    history = fit(Threshold(), peaked_data(), attrs.evolve(PEAKED, patience=patience), progress=False)
+    assert len(history.epochs) == epochs
+    assert history.stopped_early == (epochs < PEAKED.epochs)
+    assert history.best_epoch == (1 if patience == 1 else 3)
+
+
+def test_best_epoch_ties_go_to_the_earliest() -> None:
+    """Epochs 1 and 2 both score 2/3: stopped after 2, the best is the first (whose weights it keeps)."""
+    import attrs
+
+    model = Threshold()
+    history = fit(model, peaked_data(), attrs.evolve(PEAKED, epochs=2), progress=False)
+    assert history.epochs[0].validation_accuracy == history.epochs[1].validation_accuracy
+    assert history.best_epoch == 1
+    assert 0.0 < model.b.item() < 0.15  # epoch 1's b, not epoch 2's
+
+
+# --- validation: eval mode, inference mode, no optimiser steps ---------------------------------------
+
+
+class Recorder(Mlp):
+    """An Mlp that records, per forward call, whether it saw validation data (feature 0 is 1) and the modes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, bool]] = []
+
+    def forward(self, features: Tensor) -> ModelOutput:
+        self.calls.append(
+            {
+                "validation": bool((features[:, 0] == 1.0).all()),
+                "training": self.training,
+                "inference_mode": torch.is_inference_mode_enabled(),
+                "grad": torch.is_grad_enabled(),
+            }
+        )
+        return super().forward(features)
+
+
+def test_validation_runs_in_eval_and_inference_mode_and_never_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = Recorder()
+    steps: list[dict[str, bool]] = []
+    make_optimizer = training._optimizer
+
+    def counting_optimizer(parameters, config):
+        optimizer = make_optimizer(parameters, config)
+        optimizer.register_step_pre_hook(lambda *_: steps.append(model.calls[-1]))
+        return optimizer
+
+    monkeypatch.setattr(training, "_optimizer", counting_optimizer)
+    data = blob_data(train=100, validation=40)
+    history = fit(model, data, TrainConfig(epochs=3, batch_size=32, learning_rate=1e-2, patience=5), progress=False)
+    validation_calls = [call for call in model.calls if call["validation"]]
+    train_calls = [call for call in model.calls if not call["validation"]]
+    assert len(validation_calls) == 3 * 2  # two batches of 32 + 8 per epoch
+    assert all(not call["training"] and call["inference_mode"] for call in validation_calls)
+    assert all(call["training"] and not call["inference_mode"] and call["grad"] for call in train_calls)
+    assert len(train_calls) == 3 * 3  # 100 // 32 full batches (the last partial one is dropped)
+    # one optimiser step per training batch, and the batch before each step was a training one
+    assert len(steps) == len(train_calls) == len(history.epochs) * 3
+    assert all(not call["validation"] for call in steps)
+
+
+def test_predict_changes_nothing() -> None:
+    model = new_mlp()
+    model.train()
+    before = weights_of(model)
+    first = predict(model, blobs(50, seed=3), batch_size=16)
+    second = predict(model, blobs(50, seed=3), batch_size=7)
+    assert_same_weights(before, weights_of(model))  # batch-norm statistics included
+    assert model.training  # the mode is restored
+    np.testing.assert_allclose(first.probabilities, second.probabilities, rtol=1e-5, atol=1e-6)  # no dropout
+
+
+def test_predict_on_an_empty_dataset() -> None:
+    empty = FeatureDataset(np.zeros((0, 8), np.float32), np.zeros(0), np.zeros(0))
+    with pytest.raises(FbmlError, match="nothing to predict"):
+        predict(new_mlp(), empty)
+
+
+def test_train_config_validation() -> None:
+    for bad in ({"epochs": 0}, {"batch_size": 0}, {"learning_rate": 0}, {"optimizer": "lbfgs"}, {"label_smoothing": 1}):
+        with pytest.raises((ValueError, TypeError)):
+            TrainConfig(**bad)
+
+
+# --- checkpoints and resume --------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_training import blob_data, new_mlp, RESUME
+    from fbml.features import FeatureDataset
+    from fbml.training import fit
+
+    class Slow(FeatureDataset):
+        def collate(self, indices):
+            time.sleep({delay})  # slow enough to be killed between checkpoints; no effect on the numbers
+            return super().collate(indices)
+
+    data = blob_data()
+    slow = type(data)(Slow(data.train.features, data.train.labels, data.train.rows), data.validation)
+    fit(new_mlp(), slow, RESUME, checkpoint_dir=Path(sys.argv[1]), progress=False)
+    """
+)
+RESUME = TrainConfig(epochs=6, batch_size=32, learning_rate=1e-2, patience=10, seed=3)
+
+
+def run_and_kill(checkpoint_dir: Path, delay: float = 0.25) -> int:
+    """Start ``fit`` in a child process, SIGKILL it once the first checkpoint exists; the epochs it saved."""
+    script = CHILD.format(tests=str(Path(__file__).parent), delay=delay)
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    child = subprocess.Popen([sys.executable, "-c", script, str(checkpoint_dir)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (checkpoint_dir / CHECKPOINT).is_file():
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    checkpoint = torch.load(checkpoint_dir / CHECKPOINT, weights_only=True)
+    return len(json.loads(checkpoint["history"]))
+
+
+def test_resume_after_a_kill(tmp_path: Path) -> None:
+    saved = run_and_kill(tmp_path)
+    assert 1 <= saved < RESUME.epochs, "the child was killed too late to test resuming"
+
+    resumed_model = new_mlp()
+    resumed = fit(resumed_model, blob_data(), RESUME, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert [metrics.epoch for metrics in resumed.epochs] == list(range(1, RESUME.epochs + 1))
+    assert not resumed.stopped_early
+
+    whole_model = new_mlp()
+    whole = fit(whole_model, blob_data(), RESUME, progress=False)
+    # deterministic on CPU: the checkpoint restores model, optimiser, schedule and the torch RNG, and
+    # each epoch's shuffle has its own seeded generator, so the resumed run is the uninterrupted one
+    strip = lambda history: [{**epoch, "seconds": 0} for epoch in history.to_json()["epochs"]]  # noqa: E731
+    assert strip(resumed) == strip(whole)
+    assert resumed.best_epoch == whole.best_epoch
+    assert_same_weights(weights_of(resumed_model), weights_of(whole_model))
+
+
+def test_resume_with_a_constant_schedule_after_stopping(tmp_path: Path) -> None:
+    import attrs
+
+    config = attrs.evolve(RESUME, epochs=5, schedule="constant")
+    first = new_mlp()
+    fit(first, blob_data(), attrs.evolve(config, epochs=2), checkpoint_dir=tmp_path, progress=False)
+    resumed_model = new_mlp(seed=99)  # the checkpoint overrides the initial weights
+    resumed = fit(resumed_model, blob_data(), config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    whole_model = new_mlp()
+    whole = fit(whole_model, blob_data(), config, progress=False)
+    assert [metrics.epoch for metrics in resumed.epochs] == [1, 2, 3, 4, 5]
+    assert [m.validation_accuracy for m in resumed.epochs] == [m.validation_accuracy for m in whole.epochs]
+    assert_same_weights(weights_of(resumed_model), weights_of(whole_model))
+
+
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    history = fit(new_mlp(), blob_data(), TrainConfig(epochs=2, batch_size=32), checkpoint_dir=tmp_path,
+                  resume=True, progress=False)
+    assert [metrics.epoch for metrics in history.epochs] == [1, 2]
+    assert (tmp_path / CHECKPOINT).is_file() and (tmp_path / BEST_WEIGHTS).is_file()
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(tmp_path: Path) -> None:
+    model = Threshold()
+    history = fit(model, peaked_data(), PEAKED, checkpoint_dir=tmp_path, progress=False)
+    again = Threshold()
+    resumed = fit(again, peaked_data(), PEAKED, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert resumed.epochs == history.epochs
+    assert resumed.best_epoch == 3 and resumed.stopped_early
+    assert_same_weights(weights_of(again), weights_of(model))  # the best epoch's weights, from best.pt
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+@pytest.mark.parametrize(("crash_at", "count"), [(BEST_WEIGHTS, 2), (CHECKPOINT, 3)])
+def test_crash_while_checkpointing_keeps_the_best_weights(tmp_path: Path, monkeypatch, crash_at: str, count: int) -> None:
+    """A crash while epoch 3 (the best) is being checkpointed, then resume: the model still ends with the
+    best epoch's weights. (A last.pt saying "epoch 3 is best" must never sit beside an older best.pt.)"""
+    real_save = training._atomic_save
+    saves: list[str] = []
+
+    def crashing_save(value, path: Path) -> None:
+        saves.append(path.name)
+        if path.name == crash_at and saves.count(crash_at) == count:  # epoch 3's file (best.pt: epochs 1, 3)
+            raise Crash
+        real_save(value, path)
+
+    monkeypatch.setattr(training, "_atomic_save", crashing_save)
+    with pytest.raises(Crash):
+        fit(Threshold(), peaked_data(), PEAKED, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(training, "_atomic_save", real_save)
+
+    model = Threshold()
+    history = fit(model, peaked_data(), PEAKED, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert history.best_epoch == 3
+    assert [metrics.epoch for metrics in history.epochs] == list(range(1, 7))
+    assert 0.25 < model.b.item() < 0.35, "the model ended with another epoch's weights than the best one"
+
+
+# --- TensorBoard -------------------------------------------------------------------------------------
+
+
+def test_tensorboard_curves_and_confusion_matrix(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    data = blob_data(train=64, validation=32)
+    classes = ["alpha", "beta", "gamma", "delta"]
+    history = fit(new_mlp(), data, TrainConfig(epochs=3, batch_size=16, patience=5), logdir=tmp_path,
+                  class_names=classes, progress=False)
+    accumulator = event_accumulator.EventAccumulator(
+        str(tmp_path), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
+    )
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    curves = ["loss/train", "loss/validation", "accuracy/train", "accuracy/validation", "learning_rate"]
+    assert set(curves) <= set(tags["scalars"])
+    for curve in curves:
+        events = accumulator.Scalars(curve)
+        assert [event.step for event in events] == [1, 2, 3], curve
+    by_name = {
+        "loss/train": "train_loss", "loss/validation": "validation_loss", "accuracy/train": "train_accuracy",
+        "accuracy/validation": "validation_accuracy", "learning_rate": "learning_rate",
+    }
+    for curve, field in by_name.items():
+        logged = [event.value for event in accumulator.Scalars(curve)]
+        np.testing.assert_allclose(logged, [getattr(epoch, field) for epoch in history.epochs], rtol=1e-6)
+    assert "confusion_matrix/validation" in tags["images"]
+    (image,) = accumulator.Images("confusion_matrix/validation")
+    assert image.step == history.best_epoch
+    from fbml.reports import CELL, LABEL_WIDTH
+
+    assert (image.width, image.height) == (LABEL_WIDTH + 4 * CELL + 10, LABEL_WIDTH // 2 + 4 * CELL + 10)
+    from io import BytesIO
+
+    from PIL import Image
+
+    assert Image.open(BytesIO(image.encoded_image_string)).size == (image.width, image.height)
+
+
+def test_no_logdir_writes_no_events(tmp_path: Path) -> None:
+    fit(new_mlp(), blob_data(train=32, validation=16), TrainConfig(epochs=1, batch_size=16), progress=False)
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
