@@ -8,6 +8,17 @@ import pandera.polars as pa
 NON_BLANK = r"\S"
 
 
+def all_distinct(data: pa.PolarsData) -> bool | pl.LazyFrame:
+    """True when no two values of the column are equal; otherwise, per row, whether its value is unique.
+
+    Distinct hashes prove distinct values, so values are compared only once two hashes are equal.
+    """
+    column = pl.col(data.key)
+    if data.lazyframe.select(column.hash().n_unique() == pl.len()).collect().item():
+        return True
+    return data.lazyframe.select(~column.is_duplicated())
+
+
 class RawProducts(pa.DataFrameModel):
     """The products table as read: every column a string, the junk index column optional."""
 
@@ -40,7 +51,7 @@ class RawImages(pa.DataFrameModel):
 class CleanProducts(pa.DataFrameModel):
     """One clean product per row: ASCII text, a float price, the category path split."""
 
-    id: str = pa.Field(unique=True, str_matches=NON_BLANK)
+    id: str = pa.Field(str_matches=NON_BLANK)
     product_name: str = pa.Field(str_matches=NON_BLANK)
     product_description: str
     price: pl.Float64 = pa.Field(ge=0)
@@ -49,6 +60,10 @@ class CleanProducts(pa.DataFrameModel):
     category_path: str = pa.Field(str_matches=NON_BLANK)
     location: str = pa.Field(nullable=True)
     county: str = pa.Field(nullable=True)
+
+    @pa.check("id", name="unique")
+    def _unique_id(cls, data: pa.PolarsData) -> bool | pl.LazyFrame:
+        return all_distinct(data)
 
     @pa.check("product_name", "product_description", name="ascii_only")
     def _ascii_only(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -67,8 +82,13 @@ class CleanProducts(pa.DataFrameModel):
 class ImageManifest(CleanProducts):
     """One row per photo, with its product's clean fields (`id` is the product's id)."""
 
-    image_id: str = pa.Field(unique=True, str_matches=NON_BLANK)
+    image_id: str = pa.Field(str_matches=NON_BLANK)
     id: str = pa.Field(str_matches=NON_BLANK)
+
+    @pa.check("image_id", name="unique")
+    def _unique_id(cls, data: pa.PolarsData) -> bool | pl.LazyFrame:
+        """Overrides the products' check: here ``id`` repeats, once per photo of the product."""
+        return all_distinct(data)
 
     class Config:
         strict = True

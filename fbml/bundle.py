@@ -23,6 +23,7 @@ from torch import nn
 from fbml.encoding import LabelCodec
 from fbml.errors import FbmlError
 from fbml.models import combined_model, image_model, text_model
+from fbml.search import SearchIndex
 from fbml.text import Vocabulary
 from fbml.word2vec import WordVectors
 
@@ -62,12 +63,14 @@ class BundleModel:
 
 @attrs.frozen
 class Bundle:
-    """Models over one codec; ``image``/``text`` settings present when a model needs them."""
+    """Models over one codec; ``image``/``text`` settings present when a model needs them, and the
+    search index over the combined model's embeddings when one was built."""
 
     codec: LabelCodec
     image: ImageSettings | None = None
     text: TextSettings | None = None
     models: Mapping[str, BundleModel] = attrs.field(factory=dict)
+    index: SearchIndex | None = None
 
     def with_model(self, model: BundleModel) -> Bundle:
         """This bundle with ``model`` added (or replacing the model of its kind)."""
@@ -101,6 +104,8 @@ def save_bundle(bundle: Bundle, path: Path) -> None:
     if bundle.text is not None:
         manifest["text"] = _write_text(path, bundle.text)
     manifest["models"] = {kind: _write_model(path, model) for kind, model in bundle.models.items()}
+    if bundle.index is not None:
+        manifest["index"] = _write_index(path, bundle.index)
     _write_atomically(path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     _remove_unreferenced(path, manifest)
 
@@ -114,7 +119,8 @@ def load_bundle(path: Path) -> Bundle:
     models = {
         kind: _read_model(path, kind, entry, codec, text) for kind, entry in manifest.get("models", {}).items()
     }
-    return Bundle(codec, image, text, models)
+    index = _read_index(path, manifest["index"], models) if "index" in manifest else None
+    return Bundle(codec, image, text, models, index)
 
 
 def _read_image(entry: Mapping[str, Any]) -> ImageSettings:
@@ -164,6 +170,29 @@ def _read_model(
         detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise FbmlError(f"{path}: the {kind} weights do not fit its options, codec or vocabulary: {detail}") from None
     return BundleModel(kind, module.eval(), entry["options"], entry.get("report", {}))
+
+
+def _write_index(path: Path, index: SearchIndex) -> dict[str, Any]:
+    return {
+        "vectors": _write_file(path, "index", ".npy", _npy_bytes(index.vectors)),
+        "catalogue": _write_json(path, "catalogue", index.catalogue_json()),
+        "report": dict(index.report),
+    }
+
+
+def _read_index(path: Path, entry: Mapping[str, Any], models: Mapping[str, BundleModel]) -> SearchIndex:
+    """The search index, checked: one vector per catalogue row, as wide as the combined model's embedding."""
+    if "combined" not in models:
+        raise FbmlError(f"{path}: the bundle has a search index but no combined model")
+    vectors = np.load(_checked(path, entry["vectors"]), allow_pickle=False)
+    try:
+        index = SearchIndex.from_json(vectors, _read_json(path, entry["catalogue"]), entry.get("report", {}))
+    except FbmlError as error:
+        raise FbmlError(f"{path}: {error}") from None
+    width = models["combined"].module.embedding_dim
+    if index.dim != width:
+        raise FbmlError(f"{path}: the search index has {index.dim}-dim vectors, the combined model embeds in {width}")
+    return index
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -60,13 +60,13 @@ class Manifest:
 def ascii_text(text: pl.Expr) -> pl.Expr:
     """Unicode-normalised to ASCII (é -> e, ﬁ -> fi, ’ dropped), whitespace runs to one space, stripped.
 
-    Equal to NFKD then dropping non-ASCII, character by character: only rows with non-ASCII are
-    transliterated (elsewhere the input is null, which string kernels skip), first through a table of
-    the common blocks' characters to their NFKD ASCII forms ("" for none), then, on the few rows still
-    not ASCII, through the table of every character with an ASCII form, dropping the rest.
+    Equal to NFKD then dropping non-ASCII, character by character, with the costly steps run only
+    on the rows that need them (elsewhere their input is null, which string kernels skip): rows with
+    non-ASCII go through a table of the common blocks' characters to their NFKD ASCII forms ("" for
+    none), and the few still not ASCII through the table of every character with an ASCII form,
+    dropping the rest.
     """
-    common = _only_where(text, has_non_ascii, lambda rows: rows.str.replace_many(common_ascii_forms()))
-    transliterated = _only_where(common, has_non_ascii, _transliterate)
+    transliterated = _only_where(text, has_non_ascii, _transliterate)
     return transliterated.str.replace_all(MESSY_SPACE, " ").str.strip_chars()
 
 
@@ -77,8 +77,12 @@ def has_non_ascii(text: pl.Expr) -> pl.Expr:
 
 @functools.cache
 def ascii_equivalents() -> dict[str, str]:
-    """Every non-ASCII character (below U+20000) whose NFKD form keeps some ASCII, to that ASCII."""
-    table = {chr(code): _nfkd_ascii(chr(code)) for code in range(0x80, 0x20000) if not 0xD800 <= code < 0xE000}
+    """Every non-ASCII character (below U+20000) whose NFKD form keeps some ASCII, to that ASCII.
+
+    Only characters with a decomposition mapping can have one (Hangul syllables decompose to jamo).
+    """
+    characters = (chr(code) for code in range(0x80, 0x20000))
+    table = {character: _nfkd_ascii(character) for character in characters if unicodedata.decomposition(character)}
     return {character: ascii for character, ascii in table.items() if ascii}
 
 
@@ -89,8 +93,12 @@ def common_ascii_forms() -> dict[str, str]:
 
 
 def product_name(raw: pl.Expr) -> pl.Expr:
-    """The listing title without its ``| in Town, County | Gumtree`` suffix."""
-    return ascii_text(raw).str.replace(GUMTREE_SUFFIX, "").str.strip_chars()
+    """The listing title without its ``| in Town, County | Gumtree`` suffix.
+
+    Already stripped: ``ascii_text`` strips, and a suffix match never leaves a space behind, since
+    ``GUMTREE_SUFFIX`` takes in any spaces before it.
+    """
+    return ascii_text(raw).str.replace(GUMTREE_SUFFIX, "")
 
 
 def price(raw: pl.Expr) -> pl.Expr:
@@ -174,7 +182,15 @@ def duplicate_rejection(key: pl.Expr, reason: pl.Expr, what: str) -> pl.Expr:
 def clean_products(raw: pl.DataFrame, *, source: str = "products") -> Cleaned:
     """The clean products and every rejected row, with reasons (``RawProducts`` -> ``Cleaned``)."""
     RawProducts.validate(raw.lazy())
-    annotated = (
+    annotated = annotated_products(raw).collect()
+    products = annotated.filter(pl.col(_REASON).is_null()).select(CLEAN_COLUMNS)
+    rejected = _rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
+    return Cleaned(CleanProducts.validate(products), Rejected.validate(rejected))
+
+
+def annotated_products(raw: pl.DataFrame) -> pl.LazyFrame:
+    """Every raw row (``_raw_*``) with its number, its clean fields and why it is rejected (null if kept)."""
+    return (
         _numbered(raw, PRODUCT_TEXT_COLUMNS)
         .with_columns(
             pl.col("_raw_id").str.strip_chars().alias("id"),
@@ -187,11 +203,7 @@ def clean_products(raw: pl.DataFrame, *, source: str = "products") -> Cleaned:
         .unnest("_category", "_place")
         .with_columns(product_rejection().alias(_REASON))
         .with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "id").alias(_REASON))
-        .collect()
     )
-    products = annotated.filter(pl.col(_REASON).is_null()).select(CLEAN_COLUMNS)
-    rejected = _rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
-    return Cleaned(CleanProducts.validate(products), Rejected.validate(rejected))
 
 
 def image_manifest(products: pl.DataFrame, raw_images: pl.DataFrame, *, source: str = "images") -> Manifest:
@@ -255,6 +267,11 @@ def _rejected_rows(annotated: pl.DataFrame, columns: tuple[str, ...], *, source:
 
 
 def _transliterate(text: pl.Expr) -> pl.Expr:
+    common = text.str.replace_many(common_ascii_forms())
+    return _only_where(common, has_non_ascii, _transliterate_rare)
+
+
+def _transliterate_rare(text: pl.Expr) -> pl.Expr:
     return text.str.replace_many(ascii_equivalents()).str.replace_all(NON_ASCII, "")
 
 

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baselines(commands)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_index(commands)
+    _add_serve(commands)
     _add_quickstart(commands)
     return parser
 
@@ -119,6 +121,25 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_index(commands: argparse._SubParsersAction) -> None:
+    parser = _command(
+        commands, "index", _run_index,
+        "Rebuild a bundle's search index from its combined model over a catalogue; print precision@10.",
+    )
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE")
+    _add_raw_inputs(parser)
+    parser.add_argument("--seed", type=int, default=None, help="split seed of the test products (default: training's)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="photo cache (default BUNDLE.work)")
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = _command(commands, "serve", _run_serve, "Serve a bundle over HTTP (predictions and recommendations).")
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=_positive_int, default=8080, help="port (default 8080)")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="server processes (default 1)")
+
+
 def _add_quickstart(commands: argparse._SubParsersAction) -> None:
     parser = _command(commands, "quickstart", _run_quickstart, "Run the whole pipeline on the sample marketplace.")
     parser.add_argument("--out", type=Path, default=Path("fbml-quickstart"), help="working folder")
@@ -198,6 +219,26 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         print(json.dumps({kind: score.to_json() for kind, score in scores.items()}, indent=2))
     else:
         print(scores_table(scores, bundle.codec.classes))
+
+
+def _run_index(args: argparse.Namespace) -> None:
+    from fbml.bundle import load_bundle, save_bundle
+    from fbml.pipeline import clean_tables
+    from fbml.search import index_summary, indexed_bundle, training_split_seed
+
+    bundle = load_bundle(args.bundle)
+    tables = clean_tables(args.products, args.images)
+    seed = training_split_seed(bundle) if args.seed is None else args.seed
+    work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
+    bundle = indexed_bundle(bundle, tables, args.image_dir, work_dir=work_dir, split_seed=seed)
+    save_bundle(bundle, args.bundle)
+    print(index_summary(bundle.index))
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from fbml.api import serve
+
+    serve(args.bundle, host=args.host, port=args.port, workers=args.workers)
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:

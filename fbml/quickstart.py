@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from fbml.baselines import run_baselines
+from fbml.errors import FbmlError
 from fbml.experiment import TrainResult, train_into_bundle, train_request
 from fbml.images import clean_images
 from fbml.pipeline import CleanTables, clean_tables, write_clean_tables
-from fbml.sample import write_sample
+from fbml.sample import SampleMarketplace, write_sample
 
 QUICKSTART_IMAGE_SIZE = 128
 TRAINING_IMAGE_SIZE = 64
@@ -43,6 +45,8 @@ def quickstart(out: Path, *, products: int = 650, seed: int = 0, image_size: int
     _step(f"5. train the text, image and combined models -> {out / 'bundle'}")
     results = _train_all(tables, out, seed)
     print(_results_table(results))
+
+    _serve_demo(out / "bundle", sample)
 
     _step(f"done in {time.perf_counter() - started:.1f} s")
 
@@ -79,3 +83,55 @@ def _photos_with_files(manifest: pl.DataFrame, image_dir: Path) -> int:
 
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
+    """Serve the bundle on a free loopback port, ask each endpoint once about a sample listing, stop."""
+    import httpx
+
+    from fbml.api import create_app, serving
+    from fbml.bundle import load_bundle
+    from fbml.search import index_summary
+
+    _step(f"6. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
+    bundle = load_bundle(bundle_dir)
+    if bundle.index is not None:
+        print(index_summary(bundle.index))
+    listing, photo = _demo_listing(sample)
+    text = f"{listing['product_name']} {listing['product_description']}"
+    image = {"image": (photo.name, photo.read_bytes())}
+    print(f"listing {listing['id']} ({listing['category']}): {text[:70]!r}, photo {photo.name}")
+    with serving(create_app(bundle)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+        answers = {
+            "GET  /health": client.get("/health"),
+            "POST /predict/text": client.post("/predict/text", json={"text": text}),
+            "POST /predict/image": client.post("/predict/image", files=image),
+            "POST /predict/combined": client.post("/predict/combined", files={**image, "text": (None, text)}),
+            "POST /recommend": client.post("/recommend", json={"product_id": listing["id"], "k": 5}),
+        }
+    for request, response in answers.items():
+        print(f"  {request:24} {response.status_code}  {_gist(response.json())}")
+
+
+def _demo_listing(sample: SampleMarketplace) -> tuple[dict[str, Any], Path]:
+    """The first clean listing whose raw photo decodes, and that photo."""
+    from fbml.images import open_image
+
+    tables = clean_tables(sample.products_csv, sample.images_csv)
+    files = {path.stem: path for path in sample.image_dir.iterdir()}
+    for row in tables.manifest.images.filter(pl.col("image_id").is_in(list(files))).iter_rows(named=True):
+        try:
+            with open_image(files[row["image_id"]], size=None, max_pixels=50_000_000):
+                return row, files[row["image_id"]]
+        except Exception:  # the sample breaks some photos on purpose: try the next
+            continue
+    raise FbmlError(f"{sample.image_dir}: no readable photo")
+
+
+def _gist(body: dict[str, Any]) -> str:
+    """What an answer says, in one line."""
+    if "top" in body:
+        return ", ".join(f"{entry['category']} {entry['probability']:.2f}" for entry in body["top"][:3])
+    if "results" in body:
+        return "; ".join(f"{hit['name'][:30]!r} ({hit['category']}, {hit['score']:.2f})" for hit in body["results"][:3])
+    return str(body)

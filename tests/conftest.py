@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Wall-clock deadlines make property tests flaky on a busy 2-core machine; behaviour is what they check.
+settings.register_profile("fbml", deadline=None)
+settings.load_profile("fbml")
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "marketplace"
 

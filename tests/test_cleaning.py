@@ -22,6 +22,7 @@ from fbml.cleaning import (
     per_distinct,
     place_fields,
     price,
+    product_name,
 )
 
 RAW_COLUMNS = ["", "id", "product_name", "category", "product_description", "price", "location"]
@@ -101,6 +102,16 @@ mixed_text = st.text(
 def test_ascii_text_equals_nfkd_for_common_and_rare_characters_together(texts: list[str]) -> None:
     out = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(ascii_text(pl.col("t"))).to_series().to_list()
     assert out == [reference_ascii_text(text) for text in texts]
+
+
+name_part = st.sampled_from([" | ", "|", " in ", "in ", "In\t", " Gumtree", "GUMTREE ", "\u00a0", "\u2502", "Leeds, Kent", "Oak table"])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(name_part, mixed_text), max_size=8).map("".join))
+def test_product_name_drops_the_suffix_of_the_ascii_title(raw: str) -> None:
+    expected = re.sub(r"(?i)(\s*\|\s*in\s[^|]*)?\s*\|\s*gumtree\s*$", "", reference_ascii_text(raw), count=1).strip()
+    assert pl.DataFrame({"n": [raw]}).select(product_name(pl.col("n"))).item() == expected
 
 
 raw_value = st.one_of(st.none(), st.sampled_from(["£5", "A / B", "x, y", " "]), st.text(max_size=12))
