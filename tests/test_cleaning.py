@@ -104,7 +104,9 @@ def test_ascii_text_equals_nfkd_for_common_and_rare_characters_together(texts: l
     assert out == [reference_ascii_text(text) for text in texts]
 
 
-name_part = st.sampled_from([" | ", "|", " in ", "in ", "In\t", " Gumtree", "GUMTREE ", "\u00a0", "\u2502", "Leeds, Kent", "Oak table"])
+name_part = st.sampled_from(
+    [" | ", "|", " in ", "in ", "In\t", " Gumtree", "GUMTREE ", "\u00a0", "\u2502", "Leeds, Kent", "Oak table"]
+)
 
 
 @settings(max_examples=300)
