@@ -1,7 +1,7 @@
 """Load benchmark of the HTTP API against the models called directly, in the same run.
 
 Starts uvicorn on a free 127.0.0.1 port with a bundle (``--bundle``, or a small one trained here on
-the sample marketplace), runs ``--clients`` concurrent asyncio + httpx clients for ``--seconds``
+the sample marketplace), runs ``--clients`` concurrent asyncio keep-alive clients for ``--seconds``
 against each endpoint, and reports requests/s, p50/p99 latency and errors per endpoint beside the
 direct throughput: the same preparation and model call, one request at a time, in this process
 (ratio = HTTP throughput / direct). Then MET / NOT MET per target. Loopback only; stops by itself.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -206,28 +207,43 @@ def server(bundle_dir: Path, *, workers: int, threads: int) -> Iterator[str]:
             process.wait()
 
 
-def _request(endpoint: str, payloads: Payloads, i: int) -> dict[str, Any]:
-    """httpx keyword arguments of request ``i`` to ``endpoint``."""
+def request_bytes(endpoint: str, payloads: Payloads, i: int, host: str) -> bytes:
+    """Request ``i`` to ``endpoint`` as the bytes of an HTTP/1.1 keep-alive POST."""
     photo = payloads.photos[i % len(payloads.photos)]
     text = payloads.texts[i % len(payloads.texts)]
     if endpoint == "/predict/text":
-        return {"json": {"text": text}}
-    if endpoint == "/predict/image":
-        return {"files": {"image": ("photo.jpg", photo, "image/jpeg")}}
-    return {"files": {"image": ("photo.jpg", photo, "image/jpeg"), "text": (None, text)}}
+        body, media_type = json.dumps({"text": text}).encode(), "application/json"
+    else:
+        fields = [("image", photo, 'filename="photo.jpg"\r\nContent-Type: image/jpeg')]
+        if endpoint != "/predict/image":
+            fields.append(("text", text.encode(), None))
+        body, media_type = multipart(fields), f"multipart/form-data; boundary={BOUNDARY}"
+    head = f"POST {endpoint} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {media_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def multipart(fields: list[tuple[str, bytes, str | None]]) -> bytes:
+    """A multipart/form-data body of (name, value, extra disposition) fields."""
+    parts = []
+    for name, value, extra in fields:
+        disposition = f'form-data; name="{name}"' + (f"; {extra}" if extra else "")
+        parts.append(f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
 ENDPOINTS = ("/predict/text", "/predict/image", "/predict/combined", "/recommend")
+BOUNDARY = "fbml-bench-boundary"
 
 
 async def load(base_url: str, endpoint: str, payloads: Payloads, *, clients: int, seconds: float) -> LoadResult:
     """``clients`` concurrent clients posting to ``endpoint`` back to back for ``seconds``.
 
-    Each client has its own ``httpx.AsyncClient`` (one keep-alive connection): one shared pool of
-    32 connections costs httpx more CPU per request than the server spends answering ``/health``.
+    Each client holds one keep-alive connection and sends prepared request bytes with asyncio
+    streams: a general HTTP client (httpx) spends more CPU per request than the server does, and on
+    two shared cores that would measure the client.
     """
-    import httpx
-
+    host, port = base_url.removeprefix("http://").split(":")
+    requests = [request_bytes(endpoint, payloads, i, f"{host}:{port}") for i in range(64)]
     latencies: list[float] = []
     errors = 0
     started = time.perf_counter()
@@ -235,21 +251,34 @@ async def load(base_url: str, endpoint: str, payloads: Payloads, *, clients: int
 
     async def one_client(offset: int) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=1), timeout=60) as client:
-            await client.post(endpoint, **_request(endpoint, payloads, offset))  # connect, warm up
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            await exchange(reader, writer, requests[offset % len(requests)])  # warm up
             i = offset
             while time.perf_counter() < deadline:
                 sent = time.perf_counter()
                 try:
-                    ok = (await client.post(endpoint, **_request(endpoint, payloads, i))).status_code == 200
-                except httpx.HTTPError:
+                    ok = await exchange(reader, writer, requests[i % len(requests)]) == 200
+                except (OSError, asyncio.IncompleteReadError, KeyError, ValueError):
                     ok = False
                 latencies.append((time.perf_counter() - sent) * 1000)
                 errors += not ok
                 i += clients
+        finally:
+            writer.close()
 
     await asyncio.gather(*(one_client(offset) for offset in range(clients)))
     return LoadResult(endpoint, len(latencies), errors, time.perf_counter() - started, np.array(latencies))
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one request and read its whole response (Content-Length bodies): the status code."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:] if line)}
+    await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split(" ", 2)[1])
 
 
 def report(results: list[LoadResult], direct: dict[str, float], clients: int) -> str:

@@ -24,6 +24,18 @@ _EXPORTS = {
     "clean_image": "fbml.images",
     "clean_images": "fbml.images",
     "write_sample": "fbml.sample",
+    "image_model": "fbml.models",
+    "text_model": "fbml.models",
+    "combined_model": "fbml.models",
+    "TrainConfig": "fbml.training",
+    "fit": "fbml.training",
+    "predict": "fbml.training",
+    "train_request": "fbml.experiment",
+    "train_into_bundle": "fbml.experiment",
+    "evaluate_bundle": "fbml.experiment",
+    "load_bundle": "fbml.bundle",
+    "save_bundle": "fbml.bundle",
+    "create_app": "fbml.api",
 }
 
 __all__ = ["__version__", *_EXPORTS]

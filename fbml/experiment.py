@@ -39,7 +39,7 @@ MODEL_KINDS = ("image", "text", "combined")
 class TextRecipe:
     """How the text branch is prepared: vocabulary, word2vec and sequence length."""
 
-    length: int = 128
+    length: int = 64
     min_count: int = 2
     word2vec_dim: int = 100
     word2vec_epochs: int = 10
@@ -90,9 +90,10 @@ class TrainResult:
 
     def summary(self) -> str:
         """What was trained and how it scored."""
-        best = self.history.best
+        best, epoch = self.history.best, self.history.best_epoch
+        chosen = f"best epoch {epoch}" if epoch else "no epoch beat the starting weights, kept"
         return (
-            f"{self.kind} model: {len(self.history.epochs)} epochs in {self.seconds:.0f} s, best epoch {best.epoch} "
+            f"{self.kind} model: {len(self.history.epochs)} epochs in {self.seconds:.0f} s, {chosen} "
             f"(validation accuracy {best.validation_accuracy:.3f})\n"
             f"  test accuracy {self.test.per_example.accuracy:.3f} per example, "
             f"{self.test.per_product.accuracy:.3f} per product; macro-F1 {self.test.per_product.macro_f1:.3f} per product"
@@ -100,8 +101,8 @@ class TrainResult:
 
 
 RECIPES = {
-    "text": TrainConfig(epochs=20, learning_rate=3e-3, weight_decay=1e-2, patience=5),
-    "image": TrainConfig(epochs=10, learning_rate=1e-3, weight_decay=1e-4, patience=3),
+    "text": TrainConfig(epochs=20, learning_rate=1e-2, weight_decay=1e-2, patience=5, label_smoothing=0.1),
+    "image": TrainConfig(epochs=10, learning_rate=1e-3, weight_decay=1e-4, patience=5),
     "combined": TrainConfig(epochs=10, learning_rate=1e-3, weight_decay=1e-2, patience=3),
 }
 
@@ -169,7 +170,7 @@ def train_into_bundle(
     history = fit(
         trainable, TrainData(datasets[0], datasets[1]), request.config,
         checkpoint_dir=work_dir / "checkpoints" / kind, logdir=logdir, resume=resume,
-        class_names=bundle.codec.classes, progress=progress,
+        class_names=bundle.codec.classes, progress=progress, keep_start=kind == "combined",
     )
     test = _scores(predict(trainable, datasets[2], batch_size=request.config.batch_size), frames.test, inputs.excluded)
     report = {"history": history.to_json(), "test": test.to_json(), "config": attrs.asdict(request)}
@@ -318,7 +319,7 @@ def _new_model(kind: str, bundle: Bundle, request: TrainRequest) -> tuple[nn.Mod
     from fbml.models import combined_model
 
     trained_branches = "image" in bundle.models and "text" in bundle.models
-    return combined_model(image, text, classes, from_branch_heads=trained_branches), options
+    return combined_model(image, text, classes, from_branch_heads=trained_branches, image_weight=0.0), options
 
 
 def _branch(bundle: Bundle, kind: str) -> nn.Module | None:

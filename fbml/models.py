@@ -20,7 +20,12 @@ from fbml.errors import FbmlError
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 RESNET_FEATURES = 2048
 DEFAULT_EMBEDDING_DIM = 128
-DEFAULT_KERNEL_SIZES = (2, 3, 4, 5)
+DEFAULT_KERNEL_SIZES = (1, 2, 3)
+DEFAULT_TEXT_CHANNELS = 64
+DEFAULT_TEXT_DROPOUT = 0.3
+DEFAULT_WORD_DROPOUT = 0.25
+DEFAULT_POSITIONS = 64
+DEFAULT_BRANCH_SCALE = 5.0
 
 
 class ModelOutput(NamedTuple):
@@ -31,15 +36,23 @@ class ModelOutput(NamedTuple):
 
 
 class EmbeddingHead(nn.Module):
-    """features -> embedding (``embedding_dim``, with dropout) -> logits."""
+    """features -> embedding (``embedding_dim``, with dropout) -> logits.
 
-    def __init__(self, in_features: int, embedding_dim: int, num_classes: int, dropout: float) -> None:
+    ``normalise_input`` puts a batch norm before the first layer: a backbone's pooled features can
+    be any scale (a randomly initialised ResNet's run to the hundreds), which would otherwise kill
+    the embedding's ReLUs in the first steps.
+    """
+
+    def __init__(
+        self, in_features: int, embedding_dim: int, num_classes: int, dropout: float, *, normalise_input: bool = False
+    ) -> None:
         super().__init__()
+        self.normalise = nn.BatchNorm1d(in_features) if normalise_input else nn.Identity()
         self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embedding_dim), nn.ReLU())
         self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, num_classes))
 
     def forward(self, features: Tensor) -> ModelOutput:
-        embedding = self.embed(features)
+        embedding = self.embed(self.normalise(features))
         return ModelOutput(self.classify(embedding), embedding)
 
 
@@ -80,8 +93,17 @@ class ImageClassifier(nn.Module):
 
 
 class TextClassifier(nn.Module):
-    """Token ids -> word2vec-initialised embeddings -> parallel 1-D convolutions, max-pooled over
-    time, beside the embeddings' mean (a bag-of-words view that small training sets learn fast) -> head."""
+    """Token ids -> word2vec-initialised embeddings -> two views, each L2-normalised -> head.
+
+    * parallel 1-D convolutions (one per kernel size), ReLU, max-pooled over time;
+    * a position-weighted mean of the word vectors: a bag of words whose positions carry one learned
+      weight each (the first ``positions``; later ones share the last weight), so the product name,
+      which comes first, can count for more than the description.
+
+    Each view is scaled to length ``branch_scale`` before the head, so that no view drowns the
+    others by its size. In training, ``word_dropout`` of the tokens are dropped (made padding).
+    Padding never reaches the output: it is masked out of both views.
+    """
 
     def __init__(
         self,
@@ -89,12 +111,23 @@ class TextClassifier(nn.Module):
         kernel_sizes: tuple[int, ...],
         channels: int,
         head: EmbeddingHead,
+        *,
+        positions: int = DEFAULT_POSITIONS,
+        word_dropout: float = DEFAULT_WORD_DROPOUT,
+        branch_scale: float = DEFAULT_BRANCH_SCALE,
     ) -> None:
         super().__init__()
+        if positions < 0:
+            raise FbmlError(f"positions must be at least 0, got {positions}")
+        if not 0 <= word_dropout < 1:
+            raise FbmlError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.embedding = embedding
         self.convolutions = nn.ModuleList(
             nn.Conv1d(embedding.embedding_dim, channels, size, padding=size // 2) for size in kernel_sizes
         )
+        self.position_weights = nn.Parameter(torch.zeros(positions)) if positions else None
+        self.word_dropout = word_dropout
+        self.branch_scale = branch_scale
         self.head = head
 
     @property
@@ -102,16 +135,28 @@ class TextClassifier(nn.Module):
         return self.head.classify[-1].in_features
 
     def forward(self, tokens: Tensor) -> ModelOutput:
+        if self.training and self.word_dropout > 0:
+            dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
+            tokens = tokens.masked_fill(dropped, 0)
         mask = (tokens != 0).unsqueeze(1)
         words = self.embedding(tokens).transpose(1, 2) * mask
-        pooled = [
+        views = [
             torch.relu(convolution(words))[..., : tokens.shape[1]].masked_fill(~mask, float("-inf")).amax(dim=2)
             for convolution in self.convolutions
         ]
-        present = mask.transpose(1, 2).float()
-        mean = (words.transpose(1, 2) * present).sum(dim=1) / present.sum(dim=1).clamp_min(1.0)
-        features = torch.cat([*pooled, mean], dim=1).nan_to_num(neginf=0.0)
+        views.append(self._weighted_mean(words, mask))
+        features = torch.cat(
+            [nn.functional.normalize(view.nan_to_num(neginf=0.0), dim=1) * self.branch_scale for view in views], dim=1
+        )
         return self.head(features)
+
+    def _weighted_mean(self, words: Tensor, mask: Tensor) -> Tensor:
+        """The mean of the (B, E, L) word vectors over the unmasked positions, position-weighted."""
+        weights = mask.float()
+        if self.position_weights is not None:
+            index = torch.arange(words.shape[2], device=words.device).clamp_max(len(self.position_weights) - 1)
+            weights = weights * self.position_weights[index].exp()
+        return (words * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1e-6)
 
 
 class CombinedClassifier(nn.Module):
@@ -166,7 +211,8 @@ def image_model(
     frozen = nn.Sequential(*stem, *stages[:cut])
     trainable = nn.Sequential(*stages[cut:], network.avgpool, nn.Flatten())
     frozen.requires_grad_(False)
-    return ImageClassifier(frozen, trainable, EmbeddingHead(RESNET_FEATURES, embedding_dim, num_classes, dropout))
+    head = EmbeddingHead(RESNET_FEATURES, embedding_dim, num_classes, dropout, normalise_input=True)
+    return ImageClassifier(frozen, trainable, head)
 
 
 def text_model(
@@ -175,15 +221,34 @@ def text_model(
     *,
     embedding_dim: int = DEFAULT_EMBEDDING_DIM,
     kernel_sizes: tuple[int, ...] = DEFAULT_KERNEL_SIZES,
-    channels: int = 128,
-    dropout: float = 0.4,
+    channels: int = DEFAULT_TEXT_CHANNELS,
+    dropout: float = DEFAULT_TEXT_DROPOUT,
     freeze_embeddings: bool = False,
+    normalize_embeddings: bool = True,
+    positions: int = DEFAULT_POSITIONS,
+    word_dropout: float = DEFAULT_WORD_DROPOUT,
+    branch_scale: float = DEFAULT_BRANCH_SCALE,
 ) -> TextClassifier:
-    """A text CNN whose embedding layer starts from the word2vec matrix (row 0 is padding)."""
+    """A text CNN whose embedding layer starts from the word2vec matrix (row 0 is padding).
+
+    ``kernel_sizes``/``channels``: one 1-D convolution of ``channels`` filters per kernel size,
+    max-pooled over time. ``normalize_embeddings``: start each word vector at unit length (word2vec
+    gives frequent words vectors ten times longer than rare ones, which would swamp the max-pooling;
+    an all-zero row stays zero). ``positions``: how many leading positions get their own learned
+    weight in the bag-of-words mean (0: a plain mean). ``word_dropout``: the fraction of tokens
+    dropped in training. ``branch_scale``: the length each view is scaled to before the head.
+    ``dropout``: the head's dropout. ``embedding_dim``: the width of ``ModelOutput.embedding``.
+    The defaults are the recipe measured by ``benchmarks/bench_models.py``.
+    """
     weights = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+    if normalize_embeddings:
+        weights = weights / weights.norm(dim=1, keepdim=True).clamp_min(1e-12)
     embedding = nn.Embedding.from_pretrained(weights, freeze=freeze_embeddings, padding_idx=0)
     head = EmbeddingHead(channels * len(kernel_sizes) + weights.shape[1], embedding_dim, num_classes, dropout)
-    return TextClassifier(embedding, tuple(kernel_sizes), channels, head)
+    return TextClassifier(
+        embedding, tuple(kernel_sizes), channels, head,
+        positions=positions, word_dropout=word_dropout, branch_scale=branch_scale,
+    )
 
 
 def combined_model(
@@ -192,25 +257,28 @@ def combined_model(
     num_classes: int,
     *,
     from_branch_heads: bool = False,
+    image_weight: float = 1.0,
 ) -> CombinedClassifier:
     """Both branches (each to its embedding), concatenated, one linear layer to ``num_classes``.
 
     ``from_branch_heads`` starts that layer from the branches' own output layers (trained
-    branches): the untrained combined model then scores exactly the sum of their logits.
+    branches), the image's scaled by ``image_weight``: the untrained combined model then scores
+    exactly the text logits plus ``image_weight`` times the image logits. With ``image_weight=0`` it
+    starts as the text model and training learns how much the photo adds.
     """
     model = CombinedClassifier(image_encoder, text_encoder, num_classes)
     if from_branch_heads:
-        _copy_branch_heads(model)
+        _copy_branch_heads(model, image_weight)
     return model
 
 
-def _copy_branch_heads(model: CombinedClassifier) -> None:
-    heads = [model.image.head.classify[-1], model.text.head.classify[-1]]
-    if any(head.out_features != model.classify.out_features for head in heads):
+def _copy_branch_heads(model: CombinedClassifier, image_weight: float) -> None:
+    image, text = model.image.head.classify[-1], model.text.head.classify[-1]
+    if any(head.out_features != model.classify.out_features for head in (image, text)):
         raise FbmlError("the branches' class counts differ from the combined model's")
     with torch.no_grad():
-        model.classify.weight.copy_(torch.cat([head.weight for head in heads], dim=1))
-        model.classify.bias.copy_(sum(head.bias for head in heads))
+        model.classify.weight.copy_(torch.cat([image.weight * image_weight, text.weight], dim=1))
+        model.classify.bias.copy_(image.bias * image_weight + text.bias)
 
 
 def _load_into(network: nn.Module, path: Path) -> None:

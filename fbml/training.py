@@ -67,15 +67,29 @@ class EpochMetrics:
 
 
 @attrs.frozen
+class StartMetrics:
+    """The starting weights' figures on validation (``fit(..., keep_start=True)``)."""
+
+    validation_loss: float
+    validation_accuracy: float
+
+
+@attrs.frozen
 class History:
-    """Every epoch trained, the best one (whose weights the model ends with) and why it stopped."""
+    """Every epoch trained, the best one (whose weights the model ends with) and why it stopped.
+
+    ``best_epoch`` 0 means no epoch beat the starting weights (``start``), which the model kept.
+    """
 
     epochs: tuple[EpochMetrics, ...]
     best_epoch: int
     stopped_early: bool
+    start: StartMetrics | None = None
 
     @property
-    def best(self) -> EpochMetrics:
+    def best(self) -> EpochMetrics | StartMetrics:
+        if self.best_epoch == 0 and self.start is not None:
+            return self.start
         return next(metrics for metrics in self.epochs if metrics.epoch == self.best_epoch)
 
     def to_json(self) -> dict[str, Any]:
@@ -120,22 +134,26 @@ def fit(
     resume: bool = False,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
+    keep_start: bool = False,
 ) -> History:
     """Train ``model`` in place on ``data``; it ends with the weights of its best validation epoch.
 
     Validation runs in ``eval()`` mode under ``inference_mode``. With ``checkpoint_dir`` every epoch
     is checkpointed (model, optimiser, schedule, history, random state) and ``resume`` continues
-    after the last completed epoch.
+    after the last completed epoch. ``keep_start``: the starting weights are scored on validation
+    first and kept unless an epoch beats them (for a model started from trained parts).
     """
     seed_everything(config.seed)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = _optimizer(parameters, config)
     schedule = _schedule(optimizer, config)
-    state = _TrainingState([], None, -1.0, 0)
-    if resume:
-        state = _resume(checkpoint_dir, model, optimizer, schedule)
+    state = _resume(checkpoint_dir, model, optimizer, schedule) if resume else None
+    if state is None:
+        state = _starting_state(model, data, config, loss_function_for(config)) if keep_start else _TrainingState()
+        if checkpoint_dir is not None and state.start is not None:
+            _save_checkpoint(checkpoint_dir, model, optimizer, schedule, state)
     writer = _writer(logdir)
-    loss_function = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loss_function = loss_function_for(config)
     try:
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             if state.epochs_without_improvement >= config.patience:
@@ -191,26 +209,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def loss_function_for(config: TrainConfig) -> nn.Module:
+    """Cross-entropy with the config's label smoothing."""
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
 @attrs.frozen
 class _TrainingState:
-    history: list[EpochMetrics]
-    best_weights: dict[str, Tensor] | None
-    best_accuracy: float
-    epochs_without_improvement: int
+    history: list[EpochMetrics] = attrs.Factory(list)
+    best_weights: dict[str, Tensor] | None = None
+    best_accuracy: float = -1.0
+    epochs_without_improvement: int = 0
+    start: StartMetrics | None = None
 
     def after(self, metrics: EpochMetrics, model: nn.Module) -> _TrainingState:
         history = [*self.history, metrics]
         if metrics.validation_accuracy > self.best_accuracy:
-            weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
-            return _TrainingState(history, weights, metrics.validation_accuracy, 0)
-        return _TrainingState(history, self.best_weights, self.best_accuracy, self.epochs_without_improvement + 1)
+            return _TrainingState(history, _weights(model), metrics.validation_accuracy, 0, self.start)
+        return attrs.evolve(self, history=history, epochs_without_improvement=self.epochs_without_improvement + 1)
 
     def to_history(self, config: TrainConfig) -> History:
         if not self.history:
             raise FbmlError("no epoch was trained")
         best = max(self.history, key=lambda metrics: (metrics.validation_accuracy, -metrics.epoch))
         stopped = len(self.history) < config.epochs
-        return History(tuple(self.history), best.epoch, stopped)
+        kept_start = self.start is not None and self.start.validation_accuracy >= best.validation_accuracy
+        return History(tuple(self.history), 0 if kept_start else best.epoch, stopped, self.start)
+
+
+def _starting_state(model: nn.Module, data: TrainData, config: TrainConfig, loss_function: nn.Module) -> _TrainingState:
+    """The starting weights as the best so far, with their validation figures."""
+    validation = predict(model, data.validation, batch_size=config.batch_size)
+    loss, accuracy = _loss_and_accuracy(validation, loss_function)
+    return _TrainingState(best_weights=_weights(model), best_accuracy=accuracy, start=StartMetrics(loss, accuracy))
+
+
+def _weights(model: nn.Module) -> dict[str, Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def _train_epoch(
@@ -278,6 +313,7 @@ def _save_checkpoint(
         "history": json.dumps([attrs.asdict(metrics) for metrics in state.history]),
         "best_accuracy": state.best_accuracy,
         "epochs_without_improvement": state.epochs_without_improvement,
+        "start": json.dumps(None if state.start is None else attrs.asdict(state.start)),
         "torch_rng": torch.get_rng_state(),
     }
     if state.epochs_without_improvement == 0 and state.best_weights is not None:
@@ -290,9 +326,9 @@ def _resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> _TrainingState:
+) -> _TrainingState | None:
     if directory is None or not (directory / CHECKPOINT).is_file():
-        return _TrainingState([], None, -1.0, 0)
+        return None
     checkpoint = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -301,7 +337,11 @@ def _resume(
     history = [EpochMetrics(**metrics) for metrics in json.loads(checkpoint["history"])]
     best_path = directory / BEST_WEIGHTS
     best = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None
-    return _TrainingState(history, best, checkpoint["best_accuracy"], checkpoint["epochs_without_improvement"])
+    start = json.loads(checkpoint.get("start", "null"))
+    return _TrainingState(
+        history, best, checkpoint["best_accuracy"], checkpoint["epochs_without_improvement"],
+        None if start is None else StartMetrics(**start),
+    )
 
 
 def _atomic_save(value: Any, path: Path) -> None:

@@ -28,7 +28,8 @@ from litestar.testing import TestClient
 from PIL import Image
 from torch import nn
 
-from fbml.api import MicroBatcher, create_app
+from fbml import cleaning
+from fbml.api import MicroBatcher, create_app, token_ids
 from fbml.bundle import Bundle, BundleModel, ImageSettings, TextSettings, build_model
 from fbml.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from fbml.encoding import LabelCodec
@@ -211,6 +212,14 @@ def test_text_is_normalised_to_ascii_as_training_text_was(client: TestClient) ->
     plain = client.post("/predict/text", json={"text": "cafe bike"}).json()
     accented = client.post("/predict/text", json={"text": "Café\u00a0\u00a0BIKE\r\n"}).json()
     assert accented == plain
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(alphabet=st.characters(codec="ascii"), max_size=40))
+def test_token_ids_equal_the_training_normalisation(bundle: Bundle, text: str) -> None:
+    normalised = pl.DataFrame({"text": [text]}).select(cleaning.ascii_text(pl.col("text"))).to_series()
+    expected = bundle.text.vocabulary.encode_texts(normalised, bundle.text.length)
+    np.testing.assert_array_equal(token_ids([text, "red bike"], bundle.text).numpy()[:1], expected)
 
 
 def test_concurrent_requests_are_batched_without_changing_answers(client: TestClient, bundle: Bundle) -> None:

@@ -102,7 +102,12 @@ def test_text_model_shapes() -> None:
     assert output.logits.shape == (4, CLASSES)
     assert output.embedding.shape == (4, 16)
     assert model.embedding_dim == 16
-    torch.testing.assert_close(model.embedding.weight, torch.from_numpy(word_matrix()))
+    matrix = word_matrix()
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    unit = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)  # the pad row stays zero
+    torch.testing.assert_close(model.embedding.weight, torch.from_numpy(unit))
+    raw = small_text_model(normalize_embeddings=False)
+    torch.testing.assert_close(raw.embedding.weight, torch.from_numpy(word_matrix()))
 
 
 def test_text_model_handles_all_padding_and_short_texts() -> None:
@@ -322,13 +327,14 @@ def test_text_model_does_read_the_words() -> None:
 
 def test_padding_row_stays_zero_under_training() -> None:
     model = small_text_model()
+    start = model.embedding.weight.detach().clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
     for _ in range(2):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(token_ids()).logits, torch.tensor([0, 1, 2])).backward()
         optimizer.step()
     assert torch.count_nonzero(model.embedding.weight[0]) == 0
-    assert not torch.equal(model.embedding.weight[2:], torch.from_numpy(word_matrix())[2:])
+    assert not torch.equal(model.embedding.weight[2:], start[2:])
 
 
 def test_frozen_embeddings() -> None:
@@ -347,6 +353,15 @@ def test_combined_from_branch_heads_sums_the_branch_logits(shared_image: ImageCl
     with torch.inference_mode():
         combined = model(batch, tokens).logits
         expected = image.eval()(batch).logits + text.eval()(tokens).logits
+    torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_combined_from_branch_heads_without_the_image_starts_as_the_text_model(shared_image: ImageClassifier) -> None:
+    image, text = shared_image, small_text_model()
+    model = combined_model(image, text, CLASSES, from_branch_heads=True, image_weight=0.0).eval()
+    with torch.inference_mode():
+        combined = model(images(batch=3), token_ids(batch=3)).logits
+        expected = text.eval()(token_ids(batch=3)).logits
     torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -369,3 +384,65 @@ def test_factories_return_their_classes(shared_image: ImageClassifier) -> None:
     assert isinstance(image, ImageClassifier)
     assert isinstance(text, TextClassifier)
     assert isinstance(combined_model(image, text, CLASSES), CombinedClassifier)
+
+
+# --- text: word dropout and position weights ------------------------------------------------------------
+
+
+def test_word_dropout_acts_in_training_only() -> None:
+    model = small_text_model(dropout=0.0, word_dropout=0.5)
+    tokens = token_ids(batch=3, length=10)
+    torch.manual_seed(0)
+    first, second = model(tokens).logits, model(tokens).logits
+    assert not torch.allclose(first, second)
+    model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens).logits, model(tokens).logits)
+    steady = small_text_model(dropout=0.0, word_dropout=0.0)
+    torch.testing.assert_close(steady(tokens).logits, steady(tokens).logits)
+
+
+def test_text_model_reads_sequences_longer_than_its_position_weights() -> None:
+    model = small_text_model(positions=4).eval()
+    with torch.inference_mode():
+        output = model(token_ids(batch=2, length=12))
+    assert output.logits.shape == (2, CLASSES)
+    assert torch.isfinite(output.logits).all()
+
+
+def test_position_weights_change_what_the_text_model_reads() -> None:
+    model = small_text_model(positions=8).eval()
+    tokens = token_ids(batch=2, length=8)
+    with torch.inference_mode():
+        before = model(tokens).logits
+        model.position_weights[0] = 5.0  # the first word counts e^5 times more in the mean
+        after = model(tokens).logits
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("options", [{"word_dropout": 1.0}, {"word_dropout": -0.1}, {"positions": -1}])
+def test_text_model_options_out_of_bounds(options: dict) -> None:
+    with pytest.raises(FbmlError):
+        small_text_model(**options)
+
+
+# --- image: the head copes with any feature scale ----------------------------------------------------------
+
+
+def test_image_head_learns_from_features_of_any_scale(shared_image: ImageClassifier) -> None:
+    """A random ResNet's pooled features run to the hundreds: the head still learns from them."""
+    from fbml.models import RESNET_FEATURES
+
+    torch.manual_seed(0)
+    head = image_model(CLASSES, trainable_stages=0, embedding_dim=8).head
+    labels = torch.arange(64) % CLASSES
+    directions = torch.randn(CLASSES, RESNET_FEATURES)
+    features = 300.0 + 100.0 * (directions[labels] + 0.5 * torch.randn(64, RESNET_FEATURES)).abs()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    for _ in range(40):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(head(features).logits, labels).backward()
+        optimizer.step()
+    with torch.inference_mode():
+        accuracy = (head.eval()(features).logits.argmax(dim=1) == labels).float().mean()
+    assert accuracy > 0.9

@@ -101,3 +101,12 @@ def test_import_fbml_is_cheap() -> None:
     code = "import sys, fbml; fbml.clean_products; print(sorted(m for m in ('torch','gensim','litestar') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_public_name_resolves() -> None:
+    import fbml
+
+    for name in fbml.__all__:
+        assert getattr(fbml, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fbml.nope  # noqa: B018

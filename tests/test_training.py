@@ -172,6 +172,44 @@ def test_best_epoch_ties_go_to_the_earliest() -> None:
     assert 0.0 < model.b.item() < 0.15  # epoch 1's b, not epoch 2's
 
 
+# --- keep_start: a model started from trained parts -------------------------------------------------
+
+
+def test_keep_start_keeps_the_starting_weights_when_no_epoch_beats_them(tmp_path: Path) -> None:
+    """Started at b = 0.3 (validation accuracy 1), training pushes b up and accuracy down."""
+    import attrs
+
+    model = Threshold()
+    with torch.no_grad():
+        model.b.fill_(0.3)
+    history = fit(model, peaked_data(), attrs.evolve(PEAKED, patience=2), checkpoint_dir=tmp_path,
+                  keep_start=True, progress=False)
+    assert history.start is not None and history.start.validation_accuracy == 1.0
+    assert history.best_epoch == 0 and history.best == history.start
+    assert len(history.epochs) == 2 and all(metrics.validation_accuracy < 1.0 for metrics in history.epochs)
+    assert model.b.item() == pytest.approx(0.3)
+    assert float(torch.load(tmp_path / BEST_WEIGHTS, weights_only=True)["b"]) == pytest.approx(0.3)
+
+
+def test_keep_start_yields_to_an_epoch_that_beats_the_start() -> None:
+    history = fit(Threshold(), peaked_data(), PEAKED, keep_start=True, progress=False)
+    assert history.start is not None and history.start.validation_accuracy == pytest.approx(2 / 3)
+    assert history.best_epoch == 3
+
+
+def test_resume_remembers_the_start(tmp_path: Path) -> None:
+    import attrs
+
+    model = Threshold()
+    with torch.no_grad():
+        model.b.fill_(0.3)
+    fit(model, peaked_data(), attrs.evolve(PEAKED, epochs=1), checkpoint_dir=tmp_path, keep_start=True, progress=False)
+    resumed = fit(Threshold(), peaked_data(), attrs.evolve(PEAKED, patience=2), checkpoint_dir=tmp_path,
+                  resume=True, keep_start=True, progress=False)
+    assert resumed.start is not None and resumed.start.validation_accuracy == 1.0
+    assert resumed.best_epoch == 0 and len(resumed.epochs) == 2
+
+
 # --- validation: eval mode, inference mode, no optimiser steps ---------------------------------------
 
 
