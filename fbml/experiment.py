@@ -319,6 +319,8 @@ def _new_model(kind: str, bundle: Bundle, request: TrainRequest) -> tuple[nn.Mod
     from fbml.models import combined_model
 
     trained_branches = "image" in bundle.models and "text" in bundle.models
+    if "text" in bundle.models:
+        text.requires_grad_(False)  # trained already: tuning it again on photo rows only over-fits it
     return combined_model(image, text, classes, from_branch_heads=trained_branches, image_weight=0.0), options
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
 from fbml import training
 from fbml.bundle import MANIFEST, load_bundle
@@ -97,6 +98,17 @@ def test_bundle_reports_the_training(trained, tables) -> None:
         assert entry.report["config"]["config"]["epochs"] == EPOCHS[kind]
     assert bundle.models["combined"].options == {"image": bundle.models["image"].options,
                                                  "text": bundle.models["text"].options}
+
+
+def test_combined_model_keeps_the_trained_text_branch(trained) -> None:
+    """Started from a trained text model, the combined model trains the photo's side only."""
+    bundle = load_bundle(trained["bundle"])
+    text, combined = bundle.models["text"].module.state_dict(), bundle.models["combined"].module.text.state_dict()
+    assert text.keys() == combined.keys()
+    for name in text:
+        assert torch.equal(text[name], combined[name]), name
+    history = bundle.models["combined"].report["history"]
+    assert history["start"] is not None and 0.0 <= history["start"]["validation_accuracy"] <= 1.0
 
 
 def test_another_image_size_is_refused(market, trained, tmp_path: Path, capsys) -> None:
