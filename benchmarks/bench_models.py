@@ -67,13 +67,7 @@ def run(data: Path, out: Path, image_size: int, kinds: list[str]) -> int:
         print(f"{kind:28}{result.seconds:>9.0f}{scores.per_product.accuracy:>13.3f}"
               f"{scores.per_product.macro_f1:>10.3f}{scores.per_example.accuracy:>13.3f}")
     print(f"{'TF-IDF + logistic regression':28}{reference_seconds:>9.0f}{reference:>13.3f}")
-    print(f"(image models at {image_size} px, from weights=None; {len(tables.cleaned.products)} products)")
-    if "combined" in results:
-        from fbml.bundle import load_bundle
-        from fbml.search import index_summary
-
-        print(index_summary(load_bundle(out / "bundle").index))
-    print()
+    print(f"(image models at {image_size} px, from weights=None; {len(tables.cleaned.products)} products)\n")
     return report_targets(results, reference)
 
 

@@ -201,11 +201,6 @@ def _run_train(args: argparse.Namespace) -> None:
         logdir=args.logdir or work_dir / "runs" / args.model, resume=args.resume,
     )
     print(result.summary())
-    if args.model == "combined":
-        from fbml.bundle import load_bundle
-        from fbml.search import index_summary
-
-        print(index_summary(load_bundle(args.out).index))
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:

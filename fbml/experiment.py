@@ -27,7 +27,7 @@ from fbml.models import image_model, text_model
 from fbml.photos import build_image_cache, load_photos
 from fbml.pipeline import CleanTables, split_tables
 from fbml.reports import ClassificationReport, classification_report, per_product
-from fbml.search import indexed_bundle
+from fbml.search import SearchIndex, index_summary, indexed_bundle
 from fbml.text import build_vocabulary, product_text, tokens
 from fbml.training import History, Predictions, TrainConfig, TrainData, fit, predict, seed_everything
 from fbml.word2vec import embedding_matrix, train_word2vec
@@ -81,12 +81,14 @@ class Scores:
 
 @attrs.frozen
 class TrainResult:
-    """The training history and the test-split scores of the model saved into the bundle."""
+    """The training history and the test-split scores of the model saved into the bundle (and, for a
+    combined model, the search index built from it)."""
 
     kind: str
     history: History
     test: Scores
     seconds: float
+    index: SearchIndex | None = None
 
     def summary(self) -> str:
         """What was trained and how it scored."""
@@ -97,7 +99,7 @@ class TrainResult:
             f"(validation accuracy {best.validation_accuracy:.3f})\n"
             f"  test accuracy {self.test.per_example.accuracy:.3f} per example, "
             f"{self.test.per_product.accuracy:.3f} per product; macro-F1 {self.test.per_product.macro_f1:.3f} per product"
-        )
+        ) + ("" if self.index is None else f"\n  {index_summary(self.index)}")
 
 
 RECIPES = {
@@ -178,7 +180,7 @@ def train_into_bundle(
     if kind == "combined":
         bundle = indexed_bundle(bundle, tables, image_dir, work_dir=work_dir, split_seed=request.split_seed, progress=progress)
     save_bundle(bundle, bundle_dir)
-    return TrainResult(kind, history, test, time.perf_counter() - started)
+    return TrainResult(kind, history, test, time.perf_counter() - started, bundle.index if kind == "combined" else None)
 
 
 def evaluate_bundle(

@@ -91,12 +91,9 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
 
     from fbml.api import create_app, serving
     from fbml.bundle import load_bundle
-    from fbml.search import index_summary
 
     _step(f"6. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
     bundle = load_bundle(bundle_dir)
-    if bundle.index is not None:
-        print(index_summary(bundle.index))
     listing, photo = _demo_listing(sample)
     text = f"{listing['product_name']} {listing['product_description']}"
     image = {"image": (photo.name, photo.read_bytes())}

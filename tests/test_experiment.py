@@ -259,3 +259,16 @@ def test_training_twice_gives_the_same_bundle(market, trained, tmp_path: Path, c
     again = json.loads((bundle / MANIFEST).read_text())
     assert again["models"]["text"]["weights"] == trained["manifests"]["text"]["models"]["text"]["weights"]
     assert again["text"] == trained["manifests"]["text"]["text"]
+
+
+def test_training_the_combined_model_reports_its_index(market, trained, tmp_path: Path, capsys) -> None:
+    """``fbml train --model combined`` prints the search index's precision@10 (the bundle's own figure)."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    capsys.readouterr()
+    assert train(market, bundle, "combined") == 0
+    out = capsys.readouterr().out
+    report = load_bundle(bundle).index.report
+    assert f"precision@10 {report['precision_at_10']:.3f} over {report['test_products']} test products" in out
