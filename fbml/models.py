@@ -93,7 +93,7 @@ class ImageClassifier(nn.Module):
 
 
 class TextClassifier(nn.Module):
-    """Token ids -> word2vec-initialised embeddings -> two views, each L2-normalised -> head.
+    """Token ids -> word2vec-initialised embeddings -> two kinds of view, each L2-normalised -> head.
 
     * parallel 1-D convolutions (one per kernel size), ReLU, max-pooled over time;
     * a position-weighted mean of the word vectors: a bag of words whose positions carry one learned
@@ -224,7 +224,7 @@ def text_model(
     channels: int = DEFAULT_TEXT_CHANNELS,
     dropout: float = DEFAULT_TEXT_DROPOUT,
     freeze_embeddings: bool = False,
-    normalize_embeddings: bool = True,
+    normalise_embeddings: bool = True,
     positions: int = DEFAULT_POSITIONS,
     word_dropout: float = DEFAULT_WORD_DROPOUT,
     branch_scale: float = DEFAULT_BRANCH_SCALE,
@@ -232,7 +232,7 @@ def text_model(
     """A text CNN whose embedding layer starts from the word2vec matrix (row 0 is padding).
 
     ``kernel_sizes``/``channels``: one 1-D convolution of ``channels`` filters per kernel size,
-    max-pooled over time. ``normalize_embeddings``: start each word vector at unit length (word2vec
+    max-pooled over time. ``normalise_embeddings``: start each word vector at unit length (word2vec
     gives frequent words vectors ten times longer than rare ones, which would swamp the max-pooling;
     an all-zero row stays zero). ``positions``: how many leading positions get their own learned
     weight in the bag-of-words mean (0: a plain mean). ``word_dropout``: the fraction of tokens
@@ -241,7 +241,7 @@ def text_model(
     The defaults are the recipe measured by ``benchmarks/bench_models.py``.
     """
     weights = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-    if normalize_embeddings:
+    if normalise_embeddings:
         weights = weights / weights.norm(dim=1, keepdim=True).clamp_min(1e-12)
     embedding = nn.Embedding.from_pretrained(weights, freeze=freeze_embeddings, padding_idx=0)
     head = EmbeddingHead(channels * len(kernel_sizes) + weights.shape[1], embedding_dim, num_classes, dropout)

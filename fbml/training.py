@@ -147,13 +147,13 @@ def fit(
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = _optimizer(parameters, config)
     schedule = _schedule(optimizer, config)
+    loss_function = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     state = _resume(checkpoint_dir, model, optimizer, schedule) if resume else None
     if state is None:
-        state = _starting_state(model, data, config, loss_function_for(config)) if keep_start else _TrainingState()
+        state = _starting_state(model, data, config, loss_function) if keep_start else _TrainingState()
         if checkpoint_dir is not None and state.start is not None:
             _save_checkpoint(checkpoint_dir, model, optimizer, schedule, state)
     writer = _writer(logdir)
-    loss_function = loss_function_for(config)
     try:
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             if state.epochs_without_improvement >= config.patience:
@@ -207,11 +207,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def loss_function_for(config: TrainConfig) -> nn.Module:
-    """Cross-entropy with the config's label smoothing."""
-    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
 @attrs.frozen

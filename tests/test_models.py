@@ -106,7 +106,7 @@ def test_text_model_shapes() -> None:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     unit = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)  # the pad row stays zero
     torch.testing.assert_close(model.embedding.weight, torch.from_numpy(unit))
-    raw = small_text_model(normalize_embeddings=False)
+    raw = small_text_model(normalise_embeddings=False)
     torch.testing.assert_close(raw.embedding.weight, torch.from_numpy(word_matrix()))
 
 
