@@ -19,6 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fbml.experiment import TrainResult
+    from fbml.splits import Splits
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "marketplace"
@@ -39,16 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.data / 'Products.csv'} not found (the real marketplace data is not on this machine)")
         return 0
     with tempfile.TemporaryDirectory(prefix="fbml-bench-models-") as scratch:
-        out = args.out or Path(scratch)
-        return run(args.data, out, args.image_size, args.models.split(","))
+        run(args.data, args.out or Path(scratch), args.image_size, args.models.split(","))
+    return 0
 
 
-def run(data: Path, out: Path, image_size: int, kinds: list[str]) -> int:
+def run(data: Path, out: Path, image_size: int, kinds: list[str]) -> None:
     from fbml.experiment import train_into_bundle, train_request
     from fbml.pipeline import clean_tables, split_tables
 
     tables = clean_tables(data / "Products.csv", data / "Images.csv")
-    results = {}
+    results: dict[str, TrainResult] = {}
     for kind in kinds:
         request = train_request(kind, image_size=image_size, seed=0)
         results[kind] = train_into_bundle(
@@ -68,10 +73,10 @@ def run(data: Path, out: Path, image_size: int, kinds: list[str]) -> int:
               f"{scores.per_product.macro_f1:>10.3f}{scores.per_example.accuracy:>13.3f}")
     print(f"{'TF-IDF + logistic regression':28}{reference_seconds:>9.0f}{reference:>13.3f}")
     print(f"(image models at {image_size} px, from weights=None; {len(tables.cleaned.products)} products)\n")
-    return report_targets(results, reference)
+    report_targets(results, reference)
 
 
-def report_targets(results: dict, reference: float) -> int:
+def report_targets(results: dict[str, TrainResult], reference: float) -> None:
     """Print each target this run can judge, MET or NOT MET."""
     lines = []
     if "text" in results:
@@ -87,10 +92,9 @@ def report_targets(results: dict, reference: float) -> int:
         lines.append(("combined whole training < 30 min", whole < COMBINED_SECONDS, f"{whole:.0f} s"))
     for name, met, figure in lines:
         print(f"target {name}: {figure}: {'MET' if met else 'NOT MET'}")
-    return 0
 
 
-def tfidf_reference(products) -> float:
+def tfidf_reference(products: Splits) -> float:
     """Test accuracy (per product) of TF-IDF on name + description, sublinear tf, and logistic regression."""
     import polars as pl
     from sklearn.feature_extraction.text import TfidfVectorizer
