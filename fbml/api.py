@@ -27,7 +27,6 @@ from urllib.parse import parse_qs
 import attrs
 import msgspec
 import numpy as np
-import polars as pl
 import torch
 from litestar import Litestar, Request, Response, get, post
 from litestar.di import Provide
@@ -54,8 +53,9 @@ from contracts.api import (
     request_bodies,
 )
 from fbml import __version__
-from fbml.bundle import BUNDLE_FORMAT, Bundle, ImageSettings, TextSettings, load_bundle
-from fbml.cleaning import ascii_text
+from contracts.bundle import BUNDLE_FORMAT
+from fbml.bundle import Bundle, ImageSettings, load_bundle
+from fbml.inference import Batch, listing_queries, predictor_probabilities
 from fbml.errors import FbmlError
 from fbml.search import MAX_K, Neighbour, SearchIndex, UnknownProductError
 
@@ -157,10 +157,11 @@ class Service:
     decoder: ThreadPoolExecutor
     batchers: Mapping[str, MicroBatcher[Example, np.ndarray]]
 
-    def require(self, kind: str) -> None:
-        """404 unless the bundle has the model of ``kind``."""
-        if kind not in self.bundle.models:
-            raise ApiError(404, f"the bundle has no {kind} model (it has: {', '.join(sorted(self.bundle.models)) or 'none'})")
+    def require(self, role: str) -> None:
+        """404 unless the bundle has the predictor of ``role``."""
+        if role not in self.bundle.predictors:
+            served = ", ".join(sorted(self.bundle.predictors)) or "none"
+            raise ApiError(404, f"the bundle has no {role} model (it has: {served})")
 
     def require_index(self) -> SearchIndex:
         """The search index; 404 when the bundle has none."""
@@ -280,7 +281,7 @@ def health(service: Served) -> Health:
     """Readiness, the models served, the class count and the bundle format."""
     bundle = service.bundle
     indexed = None if bundle.index is None else len(bundle.index)
-    return Health(True, sorted(bundle.models), bundle.codec.num_classes, BUNDLE_FORMAT, indexed)
+    return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed)
 
 
 async def predict_image(request: Request, service: Served) -> Prediction:
@@ -397,49 +398,17 @@ def prepared_image(data: bytes, settings: ImageSettings, max_pixels: int, field:
     return eval_transform(settings.size, settings.mean, settings.std)(pixels)
 
 
-def token_ids(texts: Sequence[str], settings: TextSettings) -> Tensor:
-    """Texts normalised as training text was (``ascii_text``), tokenised and encoded: int64 (n, length).
-
-    Only non-ASCII texts go through ``ascii_text``: on ASCII text it changes nothing but whitespace,
-    which no token holds, and it costs milliseconds per call.
-    """
-    foreign = [text for text in texts if not text.isascii()]
-    normalised = dict(zip(foreign, _ascii_texts(foreign), strict=True)) if foreign else {}
-    readable = [normalised.get(text, text) for text in texts]
-    return torch.from_numpy(settings.vocabulary.encode_texts(readable, settings.length))
-
-
-def _ascii_texts(texts: list[str]) -> list[str]:
-    frame = pl.DataFrame({"text": texts}, schema={"text": pl.String})
-    return frame.select(ascii_text(pl.col("text"))).to_series().to_list()
-
-
-def class_probabilities(bundle: Bundle, kind: str, examples: list[Example]) -> list[np.ndarray]:
-    """Each example's class probabilities under the ``kind`` model."""
-    inputs = []
-    if kind in ("image", "combined"):
-        inputs.append(torch.stack([example.image for example in examples]))
-    if kind in ("text", "combined"):
-        inputs.append(token_ids([example.text for example in examples], bundle.text))
-    with torch.inference_mode():
-        logits = bundle.models[kind].module(*inputs).logits
-        return list(torch.softmax(logits.float(), dim=1).numpy())
+def class_probabilities(bundle: Bundle, role: str, examples: list[Example]) -> list[np.ndarray]:
+    """Each example's class probabilities under the ``role`` predictor."""
+    images = [example.image for example in examples if example.image is not None]
+    texts = [example.text for example in examples if example.text is not None]
+    batch = Batch(torch.stack(images) if images else None, texts or None)
+    return list(predictor_probabilities(bundle, role, batch))
 
 
 def query_vectors(bundle: Bundle, examples: list[Example]) -> list[np.ndarray]:
-    """Each example's combined-model embedding; a missing photo or text leaves its half zero."""
-    model = bundle.models["combined"].module
-    with_image = [row for row, example in enumerate(examples) if example.image is not None]
-    with_text = [row for row, example in enumerate(examples) if example.text is not None]
-    split = model.image.embedding_dim
-    with torch.inference_mode():
-        vectors = torch.zeros(len(examples), model.embedding_dim)
-        if with_image:
-            vectors[with_image, :split] = model.image(torch.stack([examples[row].image for row in with_image])).embedding
-        if with_text:
-            tokens = token_ids([examples[row].text for row in with_text], bundle.text)
-            vectors[with_text, split:] = model.text(tokens).embedding
-        return list(vectors.numpy())
+    """Each example's listing vector (a photo and/or text)."""
+    return list(listing_queries(bundle, [example.image for example in examples], [example.text for example in examples]))
 
 
 def _service(bundle: Bundle, limits: Limits, max_batch: int) -> Service:
@@ -448,9 +417,9 @@ def _service(bundle: Bundle, limits: Limits, max_batch: int) -> Service:
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-inference")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode")
     batchers: dict[str, MicroBatcher[Example, np.ndarray]] = {
-        kind: MicroBatcher(_bound(class_probabilities, bundle, kind), inference, max_batch) for kind in bundle.models
+        role: MicroBatcher(_bound(class_probabilities, bundle, role), inference, max_batch) for role in bundle.predictors
     }
-    if "combined" in bundle.models:
+    if bundle.index is not None:
         batchers["embed"] = MicroBatcher(_bound(query_vectors, bundle), inference, max_batch)
     return Service(bundle, limits, decoder, batchers)
 

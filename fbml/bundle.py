@@ -1,42 +1,72 @@
-"""Bundles: one directory with the models, their shared codec, vocabulary and word vectors.
+"""Bundles: one directory with the models, the predictors each endpoint serves, and their shared settings.
 
-Weights are safetensors, everything else JSON (or ``.npy`` loaded without pickle). Every file but
-the manifest ``bundle.json`` is named after its content's hash and written before the manifest,
-which is replaced atomically last: a crash leaves the previous bundle whole, never half a new one.
+Weights are safetensors, everything else JSON (or ``.npy`` loaded without pickle). The manifest
+``bundle.json`` is a typed ``contracts.bundle.Manifest`` that pins every factory argument, so a bundle
+rebuilds what was trained whatever today's defaults are. Every other file is named after its
+content's hash and written before the manifest, which is replaced atomically last: a crash leaves
+the previous bundle whole, never half a new one. Loading reads only files the manifest names inside
+the bundle, checks each checksum, and never downloads anything (models are built without weights,
+then loaded from the bundle).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import numpy as np
 import torch
 from torch import nn
 
+from contracts.bundle import (
+    BUNDLE_FORMAT,
+    CombinedNnEntry,
+    CombinedOptions,
+    FileRef,
+    ImageEntry,
+    ImageModelEntry,
+    ImageOptions,
+    IndexEntry,
+    Manifest,
+    Member,
+    ModelEntry,
+    PredictorEntry,
+    TextCnnEntry,
+    TextCnnOptions,
+    TextEntry,
+    TextLinearEntry,
+)
+from fbml.backbones import NO_WEIGHTS, backbone
 from fbml.encoding import LabelCodec
+from fbml.ensembles import Ensemble
 from fbml.errors import FbmlError
-from fbml.models import combined_model, image_model, text_model
+from fbml.files import write_atomically
+from fbml.linear_text import LinearTextModel
+from fbml.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model, image_model, text_model
 from fbml.search import SearchIndex
 from fbml.text import Vocabulary
 from fbml.word2vec import WordVectors
 
-BUNDLE_FORMAT = "fbml.bundle/1"
 MANIFEST = "bundle.json"
-MODEL_KINDS = ("image", "text", "combined")
-CONTENT_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}\.(json|npy|safetensors)")
+MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
+PREDICTOR_ROLES = ("text", "image", "combined")
+CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)")
+TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
+Model = nn.Module | LinearTextModel
 
 
 @attrs.frozen
 class ImageSettings:
-    """How photos are prepared for the image branches."""
+    """How photos are prepared for the image branches: the backbone, the side, its normalisation."""
 
+    backbone: str
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -44,7 +74,7 @@ class ImageSettings:
 
 @attrs.frozen
 class TextSettings:
-    """How text is prepared for the text branches: the vocabulary, its word vectors, the length."""
+    """How text is prepared for the text CNN: the vocabulary, its word vectors, the length."""
 
     vocabulary: Vocabulary
     word_vectors: WordVectors
@@ -53,196 +83,362 @@ class TextSettings:
 
 @attrs.frozen
 class BundleModel:
-    """A trained model with the factory options that rebuild it and what its training reported."""
+    """A trained model of one kind, the factory arguments that rebuild it (None for the linear text
+    model, whose parameters are the model) and what its training reported."""
 
     kind: str = attrs.field(validator=attrs.validators.in_(MODEL_KINDS))
-    module: nn.Module = attrs.field(eq=False)
-    options: Mapping[str, Any]
+    module: Model = attrs.field(eq=False)
+    options: TorchOptions | None
+    report: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Predictor:
+    """What an endpoint serves: an ensemble of the bundle's models, and how it was chosen."""
+
+    ensemble: Ensemble
     report: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
 class Bundle:
-    """Models over one codec; ``image``/``text`` settings present when a model needs them, and the
-    search index over the combined model's embeddings when one was built."""
+    """Models over one codec; ``image``/``text`` settings present when a model needs them; the
+    predictor of each endpoint; the similar-listings index when one was built."""
 
     codec: LabelCodec
     image: ImageSettings | None = None
     text: TextSettings | None = None
     models: Mapping[str, BundleModel] = attrs.field(factory=dict)
+    predictors: Mapping[str, Predictor] = attrs.field(factory=dict)
     index: SearchIndex | None = None
 
     def with_model(self, model: BundleModel) -> Bundle:
         """This bundle with ``model`` added (or replacing the model of its kind)."""
         return attrs.evolve(self, models={**self.models, model.kind: model})
 
-    def model(self, kind: str) -> nn.Module:
-        """The model of ``kind`` in eval mode; a clear error when the bundle lacks it."""
+    def with_predictor(self, role: str, predictor: Predictor) -> Bundle:
+        """This bundle with the predictor of ``role`` set."""
+        _check_role(role)
+        return attrs.evolve(self, predictors={**self.predictors, role: predictor})
+
+    def model(self, kind: str) -> Model:
+        """The model of ``kind`` (torch modules in eval mode); a clear error when the bundle lacks it."""
         if kind not in self.models:
             raise FbmlError(f"the bundle has no {kind} model (it has: {', '.join(self.models) or 'none'})")
-        return self.models[kind].module.eval()
+        module = self.models[kind].module
+        return module.eval() if isinstance(module, nn.Module) else module
+
+    def predictor(self, role: str) -> Predictor:
+        """The predictor of ``role``; a clear error when the bundle has none."""
+        if role not in self.predictors:
+            raise FbmlError(f"the bundle has no {role} predictor (it has: {', '.join(self.predictors) or 'none'})")
+        return self.predictors[role]
 
 
-def build_model(kind: str, options: Mapping[str, Any], num_classes: int, text: TextSettings | None) -> nn.Module:
-    """A freshly initialised model of ``kind`` from its factory options (as saved in a bundle)."""
-    if kind == "image":
-        return image_model(num_classes, **options)
+def image_from_options(options: ImageOptions, num_classes: int, *, weights: str | Path = NO_WEIGHTS) -> ImageClassifier:
+    """The image model ``options`` describe, starting from ``weights``."""
+    return image_model(
+        num_classes, backbone=options.backbone, weights=weights, trainable_stages=options.trainable_stages,
+        embedding_dim=options.embedding_dim, dropout=options.dropout,
+    )
+
+
+def text_cnn_from_options(options: TextCnnOptions, embeddings: np.ndarray | torch.Tensor, num_classes: int) -> TextClassifier:
+    """The text CNN ``options`` describe over an initial embedding matrix."""
+    return text_model(
+        embeddings, num_classes, embedding_dim=options.embedding_dim, kernel_sizes=tuple(options.kernel_sizes),
+        channels=options.channels, dropout=options.dropout, freeze_embeddings=options.freeze_embeddings,
+        normalise_embeddings=options.normalise_embeddings, positions=options.positions,
+        word_dropout=options.word_dropout, branch_scale=options.branch_scale,
+    )
+
+
+def build_model(kind: str, options: TorchOptions, num_classes: int, text: TextSettings | None) -> nn.Module:
+    """A model of ``kind`` from its factory arguments, without weights (as a bundle rebuilds it)."""
+    if isinstance(options, ImageOptions) and kind == "image-cnn":
+        return image_from_options(options, num_classes)
     if text is None:
         raise FbmlError(f"a {kind} model needs text settings (vocabulary and word vectors)")
-    if kind == "text":
-        return text_model(_zero_embeddings(text), num_classes, **options)
-    image = image_model(num_classes, **options["image"])
-    return combined_model(image, text_model(_zero_embeddings(text), num_classes, **options["text"]), num_classes)
+    zeros = torch.zeros(len(text.vocabulary), text.word_vectors.dim)
+    if isinstance(options, TextCnnOptions) and kind == "text-cnn":
+        return text_cnn_from_options(options, zeros, num_classes)
+    if isinstance(options, CombinedOptions) and kind == "combined-nn":
+        image = image_from_options(options.image, num_classes)
+        return combined_model(image, text_cnn_from_options(options.text, zeros, num_classes), num_classes)
+    raise FbmlError(f"a {kind} model cannot be built from {type(options).__name__}")
 
 
 def save_bundle(bundle: Bundle, path: Path) -> None:
     """Write ``bundle`` to the directory ``path`` (created, or updated in place atomically)."""
     path.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"format": BUNDLE_FORMAT, "codec": _write_json(path, "codec", bundle.codec.to_json())}
-    if bundle.image is not None:
-        manifest["image"] = attrs.asdict(bundle.image)
-    if bundle.text is not None:
-        manifest["text"] = _write_text(path, bundle.text)
-    manifest["models"] = {kind: _write_model(path, model) for kind, model in bundle.models.items()}
-    if bundle.index is not None:
-        manifest["index"] = _write_index(path, bundle.index)
-    _write_atomically(path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    manifest = Manifest(
+        format=BUNDLE_FORMAT,
+        codec=_write_json(path, "codec", bundle.codec.to_json()),
+        image=None if bundle.image is None else _image_entry(bundle.image),
+        text=None if bundle.text is None else _write_text(path, bundle.text),
+        models={kind: _write_model(path, model) for kind, model in bundle.models.items()},
+        predictors={role: _predictor_entry(predictor) for role, predictor in bundle.predictors.items()},  # type: ignore[misc]
+        index=None if bundle.index is None else _write_index(path, bundle.index),
+    )
+    write_atomically(path / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n")
     _remove_unreferenced(path, manifest)
 
 
 def load_bundle(path: Path) -> Bundle:
     """Read and check a bundle: every file present and unchanged, every model fitting the codec."""
-    manifest = _read_manifest(path)
-    codec = LabelCodec.from_json(_read_json(path, manifest["codec"]))
-    image = _read_image(manifest["image"]) if "image" in manifest else None
-    text = _read_text(path, manifest["text"]) if "text" in manifest else None
-    models = {
-        kind: _read_model(path, kind, entry, codec, text) for kind, entry in manifest.get("models", {}).items()
-    }
-    index = _read_index(path, manifest["index"], models) if "index" in manifest else None
-    return Bundle(codec, image, text, models, index)
+    manifest = read_manifest(path)
+    codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
+    image = None if manifest.image is None else _read_image(path, manifest.image)
+    text = None if manifest.text is None else _read_text(path, manifest.text)
+    models = {kind: _read_model(path, kind, entry, codec, text) for kind, entry in manifest.models.items()}
+    predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
+    index = None if manifest.index is None else _read_index(path, manifest.index)
+    bundle = Bundle(codec, image, text, models, predictors, index)
+    _check_settings(path, bundle)
+    return bundle
 
 
-def _read_image(entry: Mapping[str, Any]) -> ImageSettings:
-    return ImageSettings(int(entry["size"]), tuple(entry["mean"]), tuple(entry["std"]))
+def read_manifest(path: Path) -> Manifest:
+    """``path/bundle.json`` as a typed ``Manifest``; ``FbmlError`` saying what is wrong otherwise."""
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise FbmlError(f"{path}: not a bundle (not a directory)")
+    try:
+        content = file.read_bytes()
+    except FileNotFoundError:
+        raise FbmlError(f"{path}: not a bundle (no {MANIFEST})") from None
+    except OSError as error:
+        raise FbmlError(f"{file}: cannot read ({error.strerror})") from None
+    older = _older_format(content)
+    if older is not None:
+        raise FbmlError(f"{file}: bundle format {older!r} is no longer read (this fbml reads {BUNDLE_FORMAT!r}); "
+                        "train the models again with `fbml train` to make a new bundle")
+    try:
+        return msgspec.json.decode(content, type=Manifest)
+    except msgspec.ValidationError as error:
+        raise FbmlError(f"{file}: not a valid {BUNDLE_FORMAT} manifest: {error}") from None
+    except msgspec.DecodeError as error:
+        raise FbmlError(f"{file}: not valid JSON ({error})") from None
 
 
-def _write_text(path: Path, text: TextSettings) -> dict[str, Any]:
-    vectors = _write_file(path, "vectors", ".npy", _npy_bytes(text.word_vectors.vectors))
-    return {
-        "length": text.length,
-        "vocabulary": _write_json(path, "vocabulary", text.vocabulary.to_json()),
-        "words": _write_json(path, "words", list(text.word_vectors.words)),
-        "vectors": vectors,
-    }
+def _older_format(content: bytes) -> str | None:
+    """The format of a manifest of an older version (``fbml.bundle/1``), or None."""
+    try:
+        value = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    found = value.get("format") if isinstance(value, dict) else None
+    return found if isinstance(found, str) and found.startswith("fbml.bundle/") and found != BUNDLE_FORMAT else None
 
 
-def _read_text(path: Path, entry: Mapping[str, Any]) -> TextSettings:
-    vocabulary = Vocabulary.from_json(_read_json(path, entry["vocabulary"]))
-    words = _read_json(path, entry["words"])
-    vectors = np.load(_checked(path, entry["vectors"]), allow_pickle=False)
-    return TextSettings(vocabulary, WordVectors(tuple(words), vectors), int(entry["length"]))
+def _image_entry(image: ImageSettings) -> ImageEntry:
+    return ImageEntry(image.backbone, image.size, list(image.mean), list(image.std))
 
 
-def _write_model(path: Path, model: BundleModel) -> dict[str, Any]:
-    from safetensors.torch import save
-
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.module.state_dict().items()}
-    return {
-        "weights": _write_file(path, model.kind, ".safetensors", save(state)),
-        "options": dict(model.options),
-        "report": dict(model.report),
-    }
+def _read_image(path: Path, entry: ImageEntry) -> ImageSettings:
+    try:
+        backbone(entry.backbone)
+    except FbmlError as error:
+        raise FbmlError(f"{path / MANIFEST}: {error}") from None
+    mean, std = entry.mean, entry.std
+    return ImageSettings(entry.backbone, entry.size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]))
 
 
-def _read_model(
-    path: Path, kind: str, entry: Mapping[str, Any], codec: LabelCodec, text: TextSettings | None
-) -> BundleModel:
+def _write_text(path: Path, text: TextSettings) -> TextEntry:
+    return TextEntry(
+        length=text.length,
+        vocabulary=_write_json(path, "vocabulary", text.vocabulary.to_json()),
+        words=_write_json(path, "words", list(text.word_vectors.words)),
+        vectors=_write_file(path, "vectors", ".npy", _npy_bytes(text.word_vectors.vectors)),
+    )
+
+
+def _read_text(path: Path, entry: TextEntry) -> TextSettings:
+    vocabulary = _read(path, entry.vocabulary, "vocabulary", Vocabulary.from_json)
+    words = _read(path, entry.words, "word list", _string_list)
+    vectors = _read_npy(path, entry.vectors, np.float32)
+    try:
+        return TextSettings(vocabulary, WordVectors(words, vectors), entry.length)
+    except FbmlError as error:
+        raise FbmlError(f"{path}: the word vectors do not fit their words: {error}") from None
+
+
+def _write_model(path: Path, model: BundleModel) -> ModelEntry:
+    report = dict(model.report)
+    if isinstance(model.module, LinearTextModel):
+        from safetensors.numpy import save
+
+        parameters = _write_json(path, "text-linear", model.module.to_json())
+        arrays = _write_file(path, "text-linear", ".safetensors", save(dict(model.module.arrays())))
+        return TextLinearEntry(parameters, arrays, report)
+    weights = _write_file(path, model.kind, ".safetensors", _safetensors_bytes(model.module))
+    options = model.options
+    if isinstance(options, ImageOptions):
+        return ImageModelEntry(weights, options, report)
+    if isinstance(options, TextCnnOptions):
+        return TextCnnEntry(weights, options, report)
+    if isinstance(options, CombinedOptions):
+        return CombinedNnEntry(weights, options, report)
+    raise FbmlError(f"the {model.kind} model has no factory options to save")
+
+
+def _read_model(path: Path, kind: str, entry: ModelEntry, codec: LabelCodec, text: TextSettings | None) -> BundleModel:
+    tag = type(entry).__struct_config__.tag
+    if tag != kind:
+        raise FbmlError(f"{path / MANIFEST}: model {kind!r} is described as a {tag!r} model")
+    if isinstance(entry, TextLinearEntry):
+        return BundleModel(kind, _read_linear(path, entry, codec), None, entry.report)
+    try:
+        module = build_model(kind, entry.options, codec.num_classes, text)
+    except FbmlError as error:
+        raise FbmlError(f"{path}: cannot rebuild the {kind} model: {error}") from None
+    _load_weights(path, kind, module, entry.weights)
+    return BundleModel(kind, module.eval(), entry.options, entry.report)
+
+
+def _read_linear(path: Path, entry: TextLinearEntry, codec: LabelCodec) -> LinearTextModel:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    parameters = _read(path, entry.parameters, "text-linear parameters", lambda value: value)
+    try:
+        arrays = load(_checked(path, entry.arrays).read_bytes())
+    except (SafetensorError, ValueError) as error:
+        raise FbmlError(f"{path}: bundle file {entry.arrays.file} is not a safetensors file ({error})") from None
+    try:
+        model = LinearTextModel.from_parts(parameters, arrays)
+    except FbmlError as error:
+        raise FbmlError(f"{path}: the text-linear model is broken: {error}") from None
+    if model.num_classes != codec.num_classes:
+        raise FbmlError(f"{path}: the text-linear model has {model.num_classes} classes, the codec {codec.num_classes}")
+    return model
+
+
+def _load_weights(path: Path, kind: str, module: nn.Module, ref: FileRef) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
-    if kind not in MODEL_KINDS:
-        raise FbmlError(f"{path / MANIFEST}: unknown model kind {kind!r}")
-    module = build_model(kind, entry["options"], codec.num_classes, text)
-    state = load(_checked(path, entry["weights"]).read_bytes())
+    try:
+        state = load(_checked(path, ref).read_bytes())
+    except (SafetensorError, ValueError) as error:
+        raise FbmlError(f"{path}: bundle file {ref.file} is not a safetensors file ({error})") from None
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
         detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise FbmlError(f"{path}: the {kind} weights do not fit its options, codec or vocabulary: {detail}") from None
-    return BundleModel(kind, module.eval(), entry["options"], entry.get("report", {}))
 
 
-def _write_index(path: Path, index: SearchIndex) -> dict[str, Any]:
-    return {
-        "vectors": _write_file(path, "index", ".npy", _npy_bytes(index.vectors)),
-        "catalogue": _write_json(path, "catalogue", index.catalogue_json()),
-        "report": dict(index.report),
-    }
+def _predictor_entry(predictor: Predictor) -> PredictorEntry:
+    members = [Member(name, weight) for name, weight in predictor.ensemble.members]
+    return PredictorEntry(members, list(predictor.ensemble.bias), dict(predictor.report))
 
 
-def _read_index(path: Path, entry: Mapping[str, Any], models: Mapping[str, BundleModel]) -> SearchIndex:
-    """The search index, checked: one vector per catalogue row, as wide as the combined model's embedding."""
-    if "combined" not in models:
-        raise FbmlError(f"{path}: the bundle has a search index but no combined model")
-    vectors = np.load(_checked(path, entry["vectors"]), allow_pickle=False)
+def _read_predictor(
+    path: Path, role: str, entry: PredictorEntry, models: Mapping[str, BundleModel], codec: LabelCodec
+) -> Predictor:
+    missing = [member.model for member in entry.members if member.model not in models]
+    if missing:
+        raise FbmlError(f"{path / MANIFEST}: the {role} predictor uses model(s) the bundle lacks: {', '.join(missing)}")
+    if len(entry.bias) != codec.num_classes:
+        raise FbmlError(f"{path / MANIFEST}: the {role} predictor has {len(entry.bias)} biases for {codec.num_classes} classes")
+    ensemble = Ensemble(tuple((member.model, member.weight) for member in entry.members), tuple(entry.bias))
+    return Predictor(ensemble, entry.report)
+
+
+def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
+    return IndexEntry(
+        vectors=_write_file(path, "index", ".npy", _npy_bytes(index.vectors)),
+        catalogue=_write_json(path, "catalogue", index.catalogue_json()),
+        report=dict(index.report),
+    )
+
+
+def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
+    """The search index, checked: one vector per catalogue row."""
+    vectors = _read_npy(path, entry.vectors, np.float32)
+    rows = _read(path, entry.catalogue, "catalogue", lambda value: value)
     try:
-        index = SearchIndex.from_json(vectors, _read_json(path, entry["catalogue"]), entry.get("report", {}))
+        return SearchIndex.from_json(vectors, rows, entry.report)
     except FbmlError as error:
         raise FbmlError(f"{path}: {error}") from None
-    width = models["combined"].module.embedding_dim
-    if index.dim != width:
-        raise FbmlError(f"{path}: the search index has {index.dim}-dim vectors, the combined model embeds in {width}")
-    return index
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FbmlError(f"{path}: not a bundle (no {MANIFEST})") from None
-    except ValueError as error:
-        raise FbmlError(f"{path / MANIFEST}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise FbmlError(f"{path / MANIFEST}: unsupported bundle format (expected {BUNDLE_FORMAT!r})")
-    return manifest
+def _check_settings(path: Path, bundle: Bundle) -> None:
+    """Image models need image settings of their backbone; the index needs what embeds its queries."""
+    for kind, model in bundle.models.items():
+        options = model.options.image if isinstance(model.options, CombinedOptions) else model.options
+        if isinstance(options, ImageOptions):
+            if bundle.image is None:
+                raise FbmlError(f"{path / MANIFEST}: the {kind} model needs image settings")
+            if options.backbone != bundle.image.backbone:
+                raise FbmlError(f"{path / MANIFEST}: the {kind} model's backbone {options.backbone} is not the "
+                                f"bundle's {bundle.image.backbone}")
+    if bundle.index is not None:
+        from fbml.listings import check_index
+
+        try:
+            check_index(bundle)
+        except FbmlError as error:
+            raise FbmlError(f"{path}: {error}") from None
 
 
-def _write_json(path: Path, stem: str, value: Any) -> dict[str, str]:
+def _check_role(role: str) -> None:
+    if role not in PREDICTOR_ROLES:
+        raise FbmlError(f"unknown predictor {role!r} (one of {', '.join(PREDICTOR_ROLES)})")
+
+
+def _write_json(path: Path, stem: str, value: Any) -> FileRef:
     return _write_file(path, stem, ".json", (json.dumps(value, indent=1) + "\n").encode())
 
 
-def _read_json(path: Path, entry: Mapping[str, str]) -> Any:
-    return json.loads(_checked(path, entry).read_text(encoding="utf-8"))
+def _read(path: Path, ref: FileRef, what: str, parse: Any) -> Any:
+    """A JSON file of the bundle through ``parse``; ``FbmlError`` naming the file when either fails."""
+    file = _checked(path, ref)
+    try:
+        return parse(json.loads(file.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise FbmlError(f"{path}: bundle file {ref.file} is not valid JSON ({error})") from None
+    except FbmlError as error:
+        raise FbmlError(f"{path}: bundle file {ref.file} is not a valid {what}: {error}") from None
 
 
-def _write_file(path: Path, stem: str, suffix: str, content: bytes) -> dict[str, str]:
+def _read_npy(path: Path, ref: FileRef, dtype: type[np.floating[Any]]) -> np.ndarray:
+    try:
+        array = np.load(BytesIO(_checked(path, ref).read_bytes()), allow_pickle=False)
+    except ValueError as error:
+        raise FbmlError(f"{path}: bundle file {ref.file} is not a plain .npy array ({str(error).splitlines()[0]})") from None
+    if array.dtype != dtype or array.ndim != 2:
+        raise FbmlError(f"{path}: bundle file {ref.file} holds {array.dtype} {array.shape}, not a 2-D {np.dtype(dtype)} array")
+    return array
+
+
+def _string_list(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise FbmlError("expected a JSON list of strings")
+    return value
+
+
+def _write_file(path: Path, stem: str, suffix: str, content: bytes) -> FileRef:
     digest = hashlib.sha256(content).hexdigest()
     name = f"{stem}-{digest[:16]}{suffix}"
     if not (path / name).is_file():
-        _write_atomically(path / name, content)
-    return {"file": name, "sha256": digest}
+        write_atomically(path / name, content)
+    return FileRef(name, digest)
 
 
-def _checked(path: Path, entry: Mapping[str, str]) -> Path:
-    file = path / entry["file"]
-    if not file.is_file():
-        raise FbmlError(f"{path}: bundle file {entry['file']} is missing")
-    if hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
-        raise FbmlError(f"{path}: bundle file {entry['file']} does not match its checksum")
+def _checked(path: Path, ref: FileRef) -> Path:
+    """The bundle's file ``ref`` names (a plain file inside the bundle) with its checksum verified."""
+    file = path / ref.file
+    if file.is_symlink() or not file.is_file():
+        raise FbmlError(f"{path}: bundle file {ref.file} is missing")
+    if hashlib.sha256(file.read_bytes()).hexdigest() != ref.sha256:
+        raise FbmlError(f"{path}: bundle file {ref.file} does not match its checksum")
     return file
 
 
-def _write_atomically(target: Path, content: bytes) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
-
-
-def _remove_unreferenced(path: Path, manifest: Mapping[str, Any]) -> None:
-    referenced = {MANIFEST, *_file_names(manifest)}
+def _remove_unreferenced(path: Path, manifest: Manifest) -> None:
+    referenced = {MANIFEST, *_file_names(msgspec.to_builtins(manifest))}
     for file in path.iterdir():
         if file.is_file() and file.name not in referenced and CONTENT_NAME.fullmatch(file.name):
             file.unlink()
@@ -255,13 +451,17 @@ def _file_names(value: Any) -> list[str]:
     return []
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    from io import BytesIO
+def _safetensors_bytes(module: nn.Module) -> bytes:
+    from safetensors.torch import save
 
+    return save({name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()})
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
-def _zero_embeddings(text: TextSettings) -> torch.Tensor:
-    return torch.zeros(len(text.vocabulary), text.word_vectors.dim)
+__all__ = ["CombinedClassifier", "MANIFEST", "Bundle", "BundleModel", "ImageSettings", "Predictor", "TextSettings",
+           "build_model", "load_bundle", "read_manifest", "save_bundle"]

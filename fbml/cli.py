@@ -104,10 +104,18 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     _add_raw_inputs(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle directory (created or extended)")
     parser.add_argument("--epochs", type=_positive_int, default=None, help="most epochs (default: the model's recipe)")
-    parser.add_argument("--image-size", type=_positive_int, default=224, help="photo side in pixels (default 224)")
-    parser.add_argument("--weights", default="none", help="ResNet-50 start: none, imagenet (downloads) or a file")
-    parser.add_argument("--trainable-stages", type=int, default=1, choices=range(0, 5), help="ResNet stages trained")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="image backbone: efficientnet_lite0 (default: ImageNet weights shipped offline) or resnet50")
+    parser.add_argument("--image-size", type=_positive_int, default=None, help="photo side in pixels (default: the backbone's)")
+    parser.add_argument("--weights", default=None,
+                        help="backbone start: none, imagenet or a weights file (default: the backbone's; "
+                             "resnet50's imagenet weights download)")
+    parser.add_argument("--trainable-stages", type=int, default=None, help="backbone stages trained (default: the backbone's)")
     parser.add_argument("--no-feature-cache", action="store_true", help="run the frozen stages every epoch")
+    parser.add_argument("--no-refit", action="store_true",
+                        help="keep the models trained on the training split (default: once chosen on validation, "
+                             "train them again on training + validation)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="split and training seed")
     parser.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default BUNDLE.work/runs/MODEL)")
     parser.add_argument("--work-dir", type=Path, default=None, help="caches and checkpoints (default BUNDLE.work)")
@@ -115,21 +123,24 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    parser = _command(commands, "evaluate", _run_evaluate, "Score every model of a bundle on raw inputs.")
+    parser = _command(commands, "evaluate", _run_evaluate, "Score every predictor and model of a bundle on raw inputs.")
     parser.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_raw_inputs(parser)
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR", help="write an HTML report with pictures here")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_index(commands: argparse._SubParsersAction) -> None:
     parser = _command(
         commands, "index", _run_index,
-        "Rebuild a bundle's search index from its combined model over a catalogue; print precision@10.",
+        "Rebuild a bundle's similar-listings index over a catalogue; print its precision@10.",
     )
     parser.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_raw_inputs(parser)
-    parser.add_argument("--seed", type=int, default=None, help="split seed of the test products (default: training's)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="photo cache (default BUNDLE.work)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="photo and feature caches (default BUNDLE.work)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -187,18 +198,20 @@ def _run_baselines(args: argparse.Namespace) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from fbml.experiment import train_request, train_into_bundle
+    from fbml.devices import resolve_device
+    from fbml.experiment import train_into_bundle, train_request
     from fbml.pipeline import clean_tables
 
     request = train_request(
-        args.model, epochs=args.epochs, image_size=args.image_size, weights=args.weights,
+        args.model, epochs=args.epochs, backbone=args.backbone, image_size=args.image_size, weights=args.weights,
         trainable_stages=args.trainable_stages, feature_cache=not args.no_feature_cache, seed=args.seed,
+        device=str(resolve_device(args.device)), refit=not args.no_refit,
     )
     work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
     tables = clean_tables(args.products, args.images)
     result = train_into_bundle(
         tables, args.image_dir, args.out, request, work_dir=work_dir,
-        logdir=args.logdir or work_dir / "runs" / args.model, resume=args.resume,
+        logdir=args.logdir or work_dir / "runs", resume=args.resume,
     )
     print(result.summary())
 
@@ -208,13 +221,27 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import tempfile
 
     from fbml.bundle import load_bundle
-    from fbml.experiment import evaluate_bundle, scores_table
+    from fbml.devices import resolve_device
+    from fbml.experiment import evaluations, scores_table
     from fbml.pipeline import clean_tables
 
+    device = str(resolve_device(args.device))
+    if args.report is not None:
+        from fbml.html_report import report_files
+
+        report_files(args.report)  # a folder the report may not replace stops here, before any work
     bundle = load_bundle(args.bundle)
     tables = clean_tables(args.products, args.images)
     with tempfile.TemporaryDirectory(prefix="fbml-evaluate-") as work_dir:
-        scores = evaluate_bundle(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json)
+        results = evaluations(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json, device=device)
+    scores = {name: result.scores for name, result in results.items()}
+    if args.report is not None:
+        from fbml.evaluation_report import write_evaluation_report
+
+        manifest = None if tables.manifest is None else tables.manifest.images
+        page = write_evaluation_report(args.report, bundle, results, bundle_path=args.bundle, products=str(args.products),
+                                       manifest=manifest, image_dir=args.image_dir)
+        print(f"report: {page}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps({kind: score.to_json() for kind, score in scores.items()}, indent=2))
     else:
@@ -222,17 +249,22 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _run_index(args: argparse.Namespace) -> None:
-    from fbml.bundle import load_bundle, save_bundle
-    from fbml.pipeline import clean_tables
-    from fbml.search import index_summary, indexed_bundle, training_split_seed
+    import json
 
+    from fbml.bundle import load_bundle, save_bundle
+    from fbml.devices import resolve_device
+    from fbml.experiment import reindex
+    from fbml.listings import index_summary
+    from fbml.pipeline import clean_tables
+
+    device = str(resolve_device(args.device))
     bundle = load_bundle(args.bundle)
     tables = clean_tables(args.products, args.images)
-    seed = training_split_seed(bundle) if args.seed is None else args.seed
     work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
-    bundle = indexed_bundle(bundle, tables, args.image_dir, work_dir=work_dir, split_seed=seed)
+    bundle = reindex(bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json)
     save_bundle(bundle, args.bundle)
-    print(index_summary(bundle.index))
+    assert bundle.index is not None
+    print(json.dumps(dict(bundle.index.report), indent=2) if args.json else index_summary(bundle.index.report))
 
 
 def _run_serve(args: argparse.Namespace) -> None:

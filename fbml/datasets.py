@@ -16,15 +16,13 @@ import polars as pl
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.models import WeightsEnum
 from torchvision.transforms import v2
 
+from fbml.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fbml.encoding import LabelCodec
 from fbml.errors import FbmlError
 from fbml.photos import ImageCache, rejected_rows
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_CROP_SCALE = (0.7, 1.0)
 TRAIN_JITTER = 0.1
 NOT_CACHED = "photo not in the image cache"
@@ -324,17 +322,6 @@ def _cached(manifest: pl.DataFrame, cache: ImageCache, codec: LabelCodec) -> _Ca
 def _check_token_rows(token_ids: np.ndarray | Tensor, frame: pl.DataFrame) -> None:
     if len(token_ids) != frame.height:
         raise FbmlError(f"token ids have {len(token_ids)} rows for {frame.height} manifest rows")
-
-
-def normalisation(weights: WeightsEnum | None = None) -> tuple[Stats, Stats]:
-    """The (mean, std) that ``weights`` were trained with (from its ``.transforms()``), ImageNet's without."""
-    if weights is None:
-        return IMAGENET_MEAN, IMAGENET_STD
-    preset = weights.transforms()
-    mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
-    if mean is None or std is None:
-        raise FbmlError(f"{weights} has no mean and std in its transforms")
-    return tuple(mean), tuple(std)
 
 
 def eval_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Compose:

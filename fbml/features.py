@@ -2,12 +2,17 @@
 
 Frozen stages do not change during training, so with deterministic (evaluation) transforms their
 output for a photo is the same every epoch. Caching it turns each epoch's forward pass through the
-early ResNet stages into a memory read. The price: no augmentation on those photos.
+early backbone stages into a memory read, and the features live on disk so that every training
+of the same backbone over the same photos reads them. The price: no augmentation on those photos.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -16,7 +21,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from fbml.datasets import eval_transform
+from fbml.files import atomic_directory
 from fbml.models import CombinedClassifier, ImageClassifier, ModelOutput
+from fbml.photos import ImageCache
+
+FEATURE_BATCH = 16
+FEATURES_FILE = "features.npy"
+FEATURES_INDEX = "index.json"
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 @attrs.frozen
@@ -89,14 +102,64 @@ def frozen_features(
     pixels: np.ndarray,
     transform: Callable[[Tensor], Tensor],
     *,
-    batch_size: int = 64,
+    batch_size: int = FEATURE_BATCH,
     progress: bool = True,
 ) -> np.ndarray:
-    """The frozen stages' output (float16) for every photo of ``pixels`` (uint8, N x 3 x S x S)."""
-    model.eval()
+    """The frozen stages' output (float16) for every photo of ``pixels`` (uint8, N x 3 x S x S).
+
+    The frozen stages run on a channels-last copy in small batches: about 2.5x the photos per
+    second of the default layout in batches of 64 for EfficientNet-Lite0 on two CPU cores.
+    """
+    frozen = copy.deepcopy(model.frozen).eval().to(memory_format=torch.channels_last)
     parts = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(pixels), batch_size), desc="frozen features", disable=not progress):
-            batch = torch.from_numpy(np.array(pixels[start : start + batch_size]))
-            parts.append(model.frozen_features(transform(batch)).to(torch.float16).numpy())
+            batch = transform(torch.from_numpy(np.array(pixels[start : start + batch_size])))
+            parts.append(frozen(batch.contiguous(memory_format=torch.channels_last)).to(torch.float16).numpy())
     return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float16)
+
+
+def feature_cache(
+    model: ImageClassifier, photos: ImageCache, settings: Stats, directory: Path, *, progress: bool = True
+) -> np.ndarray:
+    """``frozen_features`` of every photo of ``photos`` (row ``i`` is its row ``i``), memory-mapped from
+    ``directory/features-<key>``, computed there once: the key digests the frozen weights, the photos
+    and their preprocessing, so the image and combined models of one backbone share it."""
+    key = _feature_key(model.frozen, photos, settings)
+    target = directory / f"features-{key[:16]}"
+    cached = _cached_features(target, key)
+    if cached is not None:
+        return cached
+    transform = eval_transform(photos.size, settings[0], settings[1])
+    with atomic_directory(target) as building:
+        features = frozen_features(model, photos.pixels, transform, progress=progress)
+        np.save(building / FEATURES_FILE, features, allow_pickle=False)
+        (building / FEATURES_INDEX).write_text(json.dumps({"key": key, "shape": list(features.shape)}), encoding="utf-8")
+    return np.load(target / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _feature_key(frozen: nn.Module, photos: ImageCache, settings: Stats) -> str:
+    parts = [weights_digest(frozen), photos.manifest_key, str(photos.size), json.dumps(settings)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _cached_features(target: Path, key: str) -> np.ndarray | None:
+    """The features in ``target`` when they were computed for ``key`` and are whole."""
+    try:
+        index = json.loads((target / FEATURES_INDEX).read_text(encoding="utf-8"))
+        features = np.load(target / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("key") != key or list(features.shape) != index.get("shape"):
+        return None
+    return features

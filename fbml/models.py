@@ -1,4 +1,4 @@
-"""Model factories: ResNet-50 image classifier, word2vec text CNN, and the two combined.
+"""Model factories: image classifier on a registered backbone, word2vec text CNN, and the two combined.
 
 Plain functions with keyword-only options, in the manner of torchvision's builders. Every model
 returns ``ModelOutput(logits, embedding)``: the embedding (``embedding_dim`` wide) serves the
@@ -7,7 +7,6 @@ recommendations, the logits the classification.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fbml.backbones import DEFAULT_BACKBONE
+from fbml.backbones import backbone as get_backbone
 from fbml.errors import FbmlError
 
-RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-RESNET_FEATURES = 2048
 DEFAULT_EMBEDDING_DIM = 128
 DEFAULT_KERNEL_SIZES = (1, 2, 3)
 DEFAULT_TEXT_CHANNELS = 64
@@ -57,7 +56,7 @@ class EmbeddingHead(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """A ResNet-50 split where training starts: ``frozen`` stages, then ``trainable`` ones and the head.
+    """A backbone split where training starts: ``frozen`` stages, then ``trainable`` ones and the head.
 
     ``frozen`` never changes during training, so its output can be computed once and cached
     (``forward_features``); ``forward`` runs the whole network.
@@ -187,32 +186,22 @@ class CombinedClassifier(nn.Module):
 def image_model(
     num_classes: int,
     *,
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
-    trainable_stages: int = 1,
+    trainable_stages: int | None = None,
     embedding_dim: int = DEFAULT_EMBEDDING_DIM,
     dropout: float = 0.3,
 ) -> ImageClassifier:
-    """ResNet-50 with its first ``4 - trainable_stages`` stages frozen and a new head.
+    """A registered ``backbone`` (``fbml.backbones``) cut where training starts, and a new head.
 
-    ``weights``: ``None`` (random), ``"imagenet"`` (torchvision's weights API, which downloads them
-    on first use) or the path of a local ResNet-50 state dict (``.pth``/``.pt`` loaded with
-    ``weights_only=True``, or ``.safetensors``).
+    ``weights``: ``"none"``, ``"imagenet"`` or a local weights file (default: the backbone's own
+    default, ImageNet for the offline EfficientNet-Lite). ``trainable_stages``: how many of the last
+    stages train (default: the backbone's); the rest is frozen.
     """
-    from torchvision.models import ResNet50_Weights, resnet50
-
-    if not 0 <= trainable_stages <= len(RESNET_STAGES):
-        raise FbmlError(f"trainable_stages must be between 0 and {len(RESNET_STAGES)}, got {trainable_stages}")
-    network = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2 if weights == "imagenet" else None)
-    if weights not in (None, "imagenet"):
-        _load_into(network, Path(weights))
-    cut = len(RESNET_STAGES) - trainable_stages
-    stem = [network.conv1, network.bn1, network.relu, network.maxpool]
-    stages = [getattr(network, name) for name in RESNET_STAGES]
-    frozen = nn.Sequential(*stem, *stages[:cut])
-    trainable = nn.Sequential(*stages[cut:], network.avgpool, nn.Flatten())
-    frozen.requires_grad_(False)
-    head = EmbeddingHead(RESNET_FEATURES, embedding_dim, num_classes, dropout, normalise_input=True)
-    return ImageClassifier(frozen, trainable, head)
+    spec = get_backbone(backbone)
+    network = spec.network(weights=spec.default_weights if weights is None else weights, trainable_stages=trainable_stages)
+    head = EmbeddingHead(spec.features, embedding_dim, num_classes, dropout, normalise_input=True)
+    return ImageClassifier(network.frozen, network.trainable, head)
 
 
 def text_model(
@@ -279,27 +268,3 @@ def _copy_branch_heads(model: CombinedClassifier, image_weight: float) -> None:
     with torch.no_grad():
         model.classify.weight.copy_(torch.cat([image.weight * image_weight, text.weight], dim=1))
         model.classify.bias.copy_(image.bias * image_weight + text.bias)
-
-
-def _load_into(network: nn.Module, path: Path) -> None:
-    try:
-        network.load_state_dict(_local_state_dict(path))
-    except RuntimeError as error:
-        raise FbmlError(f"{path}: does not fit ResNet-50: {str(error).splitlines()[0]}") from None
-
-
-def _local_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FbmlError(f"{path}: no such weights file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise FbmlError(f"{path}: not a ResNet-50 state dict ({error})") from None
-    if not isinstance(state, Mapping):
-        raise FbmlError(f"{path}: not a ResNet-50 state dict (holds a {type(state).__name__})")
-    return state

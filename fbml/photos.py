@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -28,6 +26,7 @@ from tqdm import tqdm
 
 from contracts import Rejected
 from fbml.errors import FbmlError, InputError
+from fbml.files import atomic_directory
 from fbml.images import clean_image, open_image
 
 MAX_PIXELS = 89_478_485
@@ -150,14 +149,8 @@ def build_image_cache(
     if reusable is not None:
         return reusable
     _check_replaceable(cache_dir)
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", suffix=".tmp", dir=cache_dir.parent))
-    try:
+    with atomic_directory(cache_dir) as building:
         _write_cache(building, manifest, image_dir, size=size, key=key, workers=workers, progress=progress, max_pixels=max_pixels)
-        _publish(building, cache_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return ImageCache.open(cache_dir)
 
 
@@ -335,15 +328,6 @@ def _truncate_npy(path: Path, rows: int) -> None:
         if file.tell() != data_offset:
             raise FbmlError(f"{path}: the new .npy header does not fit the old one")
         file.truncate(data_offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)
-
-
-def _publish(building: Path, cache_dir: Path) -> None:
-    """Rename the finished cache into place, first moving any old one aside and deleting it."""
-    if cache_dir.exists():
-        stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", suffix=".old", dir=cache_dir.parent))
-        os.replace(cache_dir, stale / cache_dir.name)
-        shutil.rmtree(stale)
-    os.replace(building, cache_dir)
 
 
 def _read_index(directory: Path) -> dict[str, Any]:

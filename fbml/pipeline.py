@@ -70,6 +70,15 @@ def write_clean_tables(tables: CleanTables, out: Path) -> None:
         frame.write_parquet(path)
 
 
+def restricted_tables(tables: CleanTables, keep: pl.Expr) -> CleanTables:
+    """``tables`` with only the products (and photos) where ``keep`` holds; rejected rows as they were."""
+    cleaned = attrs.evolve(tables.cleaned, products=tables.cleaned.products.filter(keep))
+    if tables.manifest is None:
+        return attrs.evolve(tables, cleaned=cleaned)
+    manifest = attrs.evolve(tables.manifest, images=tables.manifest.images.filter(keep))
+    return attrs.evolve(tables, cleaned=cleaned, manifest=manifest)
+
+
 @attrs.frozen
 class SplitTables:
     """Products and (when there is a manifest) photos split by product, by one assignment."""

@@ -12,12 +12,13 @@ from fbml.baselines import run_baselines
 from fbml.errors import FbmlError
 from fbml.experiment import TrainResult, train_into_bundle, train_request
 from fbml.images import clean_images
-from fbml.pipeline import CleanTables, clean_tables, write_clean_tables
+from fbml.backbones import DEFAULT_BACKBONE
+from fbml.pipeline import CleanTables, clean_tables, restricted_tables, write_clean_tables
 from fbml.sample import SampleMarketplace, write_sample
 
 QUICKSTART_IMAGE_SIZE = 128
-TRAINING_IMAGE_SIZE = 64
-QUICK_RECIPES = {"text": (15, 16), "image": (10, 32), "combined": (6, 32)}
+TRAINING_IMAGE_SIZE = 96
+QUICK_RECIPES = {"text": (15, 16), "image": (20, 32), "combined": (6, 32)}
 
 
 def quickstart(out: Path, *, products: int = 650, seed: int = 0, image_size: int = QUICKSTART_IMAGE_SIZE) -> None:
@@ -42,9 +43,13 @@ def quickstart(out: Path, *, products: int = 650, seed: int = 0, image_size: int
     _step("4. baselines on the product-level test split")
     print(run_baselines(tables, out / "images", seed=seed).table())
 
-    _step(f"5. train the text, image and combined models -> {out / 'bundle'}")
+    _step(f"5. train the text, image (pretrained {DEFAULT_BACKBONE}) and combined models -> {out / 'bundle'}")
     results = _train_all(tables, out, seed)
     print(_results_table(results))
+
+    _step(f"6. evaluate the bundle on the test products -> {out / 'report'}")
+    page = _test_report(out, tables, seed)
+    print(f"report: {page}")
 
     _serve_demo(out / "bundle", sample)
 
@@ -66,14 +71,30 @@ def _train_all(tables: CleanTables, out: Path, seed: int) -> list[TrainResult]:
 
 
 def _results_table(results: list[TrainResult]) -> str:
-    lines = [f"{'model':10}{'epochs':>8}{'seconds':>9}{'test acc/example':>18}{'test acc/product':>18}{'macro-F1':>10}"]
+    lines = [f"{'model':10}{'seconds':>9}{'test acc/example':>18}{'test acc/product':>18}{'macro-F1':>10}  chosen on validation"]
     for result in results:
         example, product = result.test.per_example, result.test.per_product
         lines.append(
-            f"{result.kind:10}{len(result.history.epochs):>8}{result.seconds:>9.0f}"
-            f"{example.accuracy:>18.3f}{product.accuracy:>18.3f}{product.macro_f1:>10.3f}"
+            f"{result.kind:10}{result.seconds:>9.0f}"
+            f"{example.accuracy:>18.3f}{product.accuracy:>18.3f}{product.macro_f1:>10.3f}  {' + '.join(result.choice['members'])}"
         )
     return "\n".join(lines)
+
+
+def _test_report(out: Path, tables: CleanTables, seed: int) -> Path:
+    """The HTML report of the bundle on the test split's products (the products no model trained on)."""
+    from fbml.bundle import load_bundle
+    from fbml.evaluation_report import write_evaluation_report
+    from fbml.experiment import evaluations
+    from fbml.pipeline import split_tables
+
+    test_ids = split_tables(tables, seed=seed).products.test["id"]
+    test = restricted_tables(tables, pl.col("id").is_in(test_ids.implode()))
+    bundle = load_bundle(out / "bundle")
+    results = evaluations(bundle, test, out / "images", work_dir=out / "work", progress=False)
+    manifest = None if test.manifest is None else test.manifest.images
+    return write_evaluation_report(out / "report", bundle, results, bundle_path=out / "bundle",
+                                   products="the sample's test products", manifest=manifest, image_dir=out / "images")
 
 
 def _photos_with_files(manifest: pl.DataFrame, image_dir: Path) -> int:
@@ -92,7 +113,7 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
     from fbml.api import create_app, serving
     from fbml.bundle import load_bundle
 
-    _step(f"6. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
+    _step(f"7. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
     bundle = load_bundle(bundle_dir)
     listing, photo = _demo_listing(sample)
     text = f"{listing['product_name']} {listing['product_description']}"

@@ -1,15 +1,14 @@
-"""Similar listings: an exact cosine search over the catalogue's combined-model embeddings.
+"""The search index: unit-length listing vectors beside their catalogue rows, searched by cosine.
 
-A product's vector is the L2-normalised mean of its photos' combined-model embeddings (eval mode,
-deterministic transforms). A query is one matrix product with every row and a partial sort. The
-index travels in the bundle: vectors as ``.npy``, the catalogue (id, name, category, price) as JSON.
+A query is one matrix product with every row and a partial sort (exact). The index travels in the
+bundle: vectors as ``.npy``, the catalogue (id, name, category, price) as JSON. How a listing
+becomes a vector is ``fbml.listings``' job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -17,17 +16,9 @@ import polars as pl
 
 from fbml.errors import FbmlError
 
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from fbml.bundle import Bundle, TextSettings
-    from fbml.models import CombinedClassifier
-    from fbml.pipeline import CleanTables
-
 CATALOGUE_SCHEMA = {"id": pl.String, "product_name": pl.String, "category": pl.String, "price": pl.Float64}
 MAX_K = 100
 PRECISION_K = 10
-EMBEDDING_BATCH = 64
 
 
 class UnknownProductError(FbmlError):
@@ -107,7 +98,7 @@ class SearchIndex:
 
     def nearest(self, vector: np.ndarray, k: int) -> list[Neighbour]:
         """The ``k`` rows most similar to one query vector (normalised here)."""
-        rows, scores = self.search(_unit_rows(np.atleast_2d(vector)), k)
+        rows, scores = self.search(unit_rows(np.atleast_2d(vector)), k)
         return _neighbours(rows[0], scores[0])
 
     def neighbours(self, product_id: str, k: int) -> list[Neighbour]:
@@ -141,127 +132,8 @@ def _neighbours(rows: np.ndarray, scores: np.ndarray) -> list[Neighbour]:
     return [Neighbour(int(row), float(score)) for row, score in zip(rows, scores, strict=True)]
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Each row scaled to length 1 (a zero row stays zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
-
-
-def index_from_embeddings(embeddings: np.ndarray, photos: pl.DataFrame, report: Mapping[str, Any] | None = None) -> SearchIndex:
-    """Per product (``photos["id"]``, one row per photo beside ``embeddings``): the unit mean of its photos' embeddings."""
-    if len(embeddings) != photos.height:
-        raise FbmlError(f"{len(embeddings)} embeddings for {photos.height} photos")
-    ids, inverse = np.unique(photos["id"].to_numpy().astype(str), return_inverse=True)
-    sums = np.zeros((len(ids), embeddings.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, embeddings)
-    means = sums / np.bincount(inverse, minlength=len(ids))[:, None]
-    catalogue = (
-        pl.DataFrame({"id": ids.tolist()}, schema={"id": pl.String})
-        .join(photos.unique("id", keep="first").select(list(CATALOGUE_SCHEMA)), on="id", how="left", maintain_order="left")
-        .cast(CATALOGUE_SCHEMA)
-    )
-    return SearchIndex(_unit_rows(means), catalogue, report or {})
-
-
-def photo_embeddings(
-    model: CombinedClassifier,
-    pixels: np.ndarray,
-    positions: np.ndarray,
-    tokens: np.ndarray,
-    transform: Callable[[Tensor], Tensor],
-    *,
-    progress: bool = True,
-) -> np.ndarray:
-    """The combined model's embedding (float32) of photo ``pixels[positions[i]]`` with ``tokens[i]``."""
-    import torch
-    from tqdm import tqdm
-
-    model.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(positions), EMBEDDING_BATCH), desc="index embeddings", disable=not progress):
-            chosen = positions[start : start + EMBEDDING_BATCH]
-            images: Tensor = transform(torch.from_numpy(np.array(pixels[chosen])))
-            batch_tokens = torch.from_numpy(tokens[start : start + EMBEDDING_BATCH])
-            parts.append(model(images, batch_tokens).embedding.float().numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), dtype=np.float32)
-
-
-def product_tokens(frame: pl.DataFrame, text: TextSettings) -> np.ndarray:
-    """Token ids of each row's name and description, as the text models read them."""
-    from fbml.text import product_text
-
-    texts = frame.select(product_text(pl.col("product_name"), pl.col("product_description"))).to_series()
-    return text.vocabulary.encode_texts(texts, text.length)
-
-
-def catalogue_index(
-    bundle: Bundle, manifest: pl.DataFrame, image_dir: Path, *, work_dir: Path, progress: bool = True
-) -> SearchIndex:
-    """The index of every product of ``manifest`` (one row per photo) with at least one readable photo.
-
-    Photos are decoded through the image cache in ``work_dir`` (the one training built, when the
-    manifest lists the same photos in the same order).
-    """
-    from fbml.datasets import eval_transform
-    from fbml.photos import build_image_cache
-
-    model = bundle.model("combined")
-    settings = bundle.image
-    cache = build_image_cache(manifest, image_dir, work_dir / f"photos-{settings.size}", size=settings.size, progress=progress)
-    photos = manifest.filter(pl.Series(cache.cached(manifest["image_id"])))
-    if photos.is_empty():
-        raise FbmlError(f"{image_dir}: no readable photo of any catalogue product")
-    transform = eval_transform(settings.size, settings.mean, settings.std)
-    tokens = product_tokens(photos, bundle.text)
-    embeddings = photo_embeddings(model, cache.pixels, cache.rows_for(photos["image_id"]), tokens, transform, progress=progress)
-    return index_from_embeddings(embeddings, photos)
-
-
-def precision_at_k(index: SearchIndex, product_ids: Sequence[str] | pl.Series, k: int = PRECISION_K) -> float | None:
-    """Share of each query product's ``k`` nearest other products with its category, over the products
-    of ``product_ids`` the index holds (None when it holds none of them, or nothing else)."""
-    rows = np.array([index.row(product_id) for product_id in product_ids if product_id in index], dtype=np.int64)
-    if rows.size == 0 or len(index) < 2:
-        return None
-    neighbours, _ = index.search(index.vectors[rows], k, exclude=rows)
-    categories = index.catalogue["category"].to_numpy()
-    return float((categories[neighbours] == categories[rows][:, None]).mean())
-
-
-def indexed_bundle(
-    bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, split_seed: int = 0, progress: bool = True
-) -> Bundle:
-    """``bundle`` with the index of ``tables``' whole catalogue, reporting precision@10 for its
-    product-level test split (the split training used for ``split_seed``) against the catalogue."""
-    from fbml.pipeline import split_tables
-
-    if tables.manifest is None or image_dir is None:
-        raise FbmlError("building the search index needs an images table and a photo folder")
-    splits = split_tables(tables, seed=split_seed)
-    photos = pl.concat([splits.images.train, splits.images.validation, splits.images.test])
-    index = catalogue_index(bundle, photos, image_dir, work_dir=work_dir, progress=progress)
-    test_ids = splits.products.test["id"]
-    report = {
-        "products": len(index),
-        "split_seed": split_seed,
-        "test_products": sum(product_id in index for product_id in test_ids),
-        f"precision_at_{PRECISION_K}": precision_at_k(index, test_ids),
-    }
-    return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
-
-
-def training_split_seed(bundle: Bundle) -> int:
-    """The split seed the bundle's combined model was trained with (0 when it does not say)."""
-    return int(bundle.models["combined"].report.get("config", {}).get("split_seed", 0)) if "combined" in bundle.models else 0
-
-
-def index_summary(index: SearchIndex) -> str:
-    """What the index holds and how well its neighbours share a category."""
-    report = index.report
-    precision = report.get(f"precision_at_{PRECISION_K}")
-    summary = f"search index: {len(index)} products, {index.dim}-dim vectors"
-    if precision is None:
-        return summary
-    return f"{summary}; precision@{PRECISION_K} {precision:.3f} over {report.get('test_products')} test products"

@@ -1,34 +1,50 @@
 """Training: ``fit(model, data, config) -> History`` with early stopping, checkpoints and TensorBoard.
 
-A dataset brings its own ``collate`` (items -> batch); a batch has ``inputs`` (the model's
-positional arguments), ``labels`` and ``rows``; the model returns ``ModelOutput(logits, embedding)``.
+A dataset brings its own ``collate`` (items -> batch); a batch is a frozen attrs class with
+``inputs`` (the model's positional arguments), ``labels`` and ``rows``, whose tensor fields move to
+the device together (``fbml.devices.to_device``); the model returns ``ModelOutput(logits, embedding)``.
+Training and prediction run on any device (``fbml.devices.resolve_device``), in mixed precision on CUDA.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+from fbml.devices import (
+    Loaded,
+    LoaderSettings,
+    LoadingCollate,
+    autocast,
+    grad_scaler,
+    loader_settings,
+    resolve_device,
+    rng_state,
+    seeded_rng,
+    set_rng_state,
+    to_device,
+)
 from fbml.errors import FbmlError
 
 CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"
 
 
-class Batch(Protocol):
-    """What the training loop needs of a batch."""
+class Batch(attrs.AttrsInstance, Protocol):
+    """What the training loop needs of a batch (an attrs class: ``to_device`` moves its tensor fields)."""
 
     @property
     def inputs(self) -> tuple[Tensor, ...]: ...
@@ -135,75 +151,75 @@ def fit(
     class_names: Sequence[str] | None = None,
     progress: bool = True,
     keep_start: bool = False,
+    keep_last: bool = False,
+    device: torch.device | str = "cpu",
 ) -> History:
     """Train ``model`` in place on ``data``; it ends with the weights of its best validation epoch.
 
-    Validation runs in ``eval()`` mode under ``inference_mode``. With ``checkpoint_dir`` every epoch
-    is checkpointed (model, optimiser, schedule, history, random state) and ``resume`` continues
-    after the last completed epoch. ``keep_start``: the starting weights are scored on validation
-    first and kept unless an epoch beats them (for a model started from trained parts).
+    The model trains on ``device`` (``resolve_device``: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``; mixed
+    precision on CUDA) and is back on the CPU when ``fit`` returns or raises, for callers to save it.
+    Training draws its shuffles, dropout and augmentation from torch's global generators forked and
+    seeded by ``config.seed``: the caller's RNG states are the same after ``fit``. (Loader workers,
+    ``num_workers > 0``, are seeded from ``config.seed`` once per ``fit`` and kept between epochs, so
+    augmentation in workers after a resume differs from the uninterrupted run's.)
+    Validation runs in ``eval()`` mode under ``inference_mode``, scored with the training loss. With
+    ``checkpoint_dir`` every epoch is checkpointed (model, optimiser, schedule, loss scale, history,
+    random state; CPU tensors, so a run resumes on any device) and ``resume`` continues after the last
+    completed epoch. ``keep_start``: the starting weights are scored on validation first and kept
+    unless an epoch beats them (for a model started from trained parts). ``keep_last``: train every
+    epoch of ``config`` and end with the last one's weights (a refit whose epoch count was chosen on
+    validation before, the validation data now being part of its training data).
     """
-    seed_everything(config.seed)
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = _optimizer(parameters, config)
-    schedule = _schedule(optimizer, config)
-    loss_function = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    state = _resume(checkpoint_dir, model, optimizer, schedule) if resume else None
-    if state is None:
-        state = _starting_state(model, data, config, loss_function) if keep_start else _TrainingState()
-        if checkpoint_dir is not None and state.start is not None:
-            _save_checkpoint(checkpoint_dir, model, optimizer, schedule, state)
+    target = resolve_device(device)
+    model.to(target)
     writer = _writer(logdir)
     try:
-        for epoch in range(len(state.history) + 1, config.epochs + 1):
-            if state.epochs_without_improvement >= config.patience:
-                break
-            started = time.perf_counter()
-            rate = optimizer.param_groups[0]["lr"]
-            train_loss, train_accuracy = _train_epoch(model, data, config, optimizer, loss_function, epoch, progress)
-            schedule.step()
-            validation = predict(model, data.validation, batch_size=config.batch_size)
-            validation_loss, validation_accuracy = _loss_and_accuracy(validation, loss_function)
-            metrics = EpochMetrics(
-                epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, rate,
-                time.perf_counter() - started,
-            )
-            state = state.after(metrics, model)
-            _log_epoch(writer, metrics, progress)
-            if checkpoint_dir is not None:
-                _save_checkpoint(checkpoint_dir, model, optimizer, schedule, state)
-        if state.best_weights is not None:
-            model.load_state_dict(state.best_weights)
-        history = state.to_history(config)
-        if writer is not None:
-            _log_summary(writer, model, data, config, history, class_names)
-        return history
+        with seeded_rng(target, config.seed):
+            trainer = _trainer(model, data, config, target)
+            state = _first_state(trainer, checkpoint_dir, resume, keep_start)
+            for epoch in range(len(state.history) + 1, config.epochs + 1):
+                if state.epochs_without_improvement >= config.patience and not keep_last:
+                    break
+                metrics = trainer.epoch(epoch, progress)
+                state = state.after(metrics, model, trainer.scaler.state_dict())
+                _log_epoch(writer, metrics, progress)
+                if checkpoint_dir is not None:
+                    trainer.checkpoint(checkpoint_dir, state)
+            if state.best_weights is not None and not keep_last:
+                model.load_state_dict(state.best_weights)
+            history = state.to_history(config)
+            if writer is not None:
+                _log_summary(writer, trainer.validate(), config, history, class_names)
+            return history
     finally:
+        model.to("cpu")
         if writer is not None:
             writer.close()
 
 
 def predict(
-    model: nn.Module, dataset: BatchedDataset, *, batch_size: int = 64, progress: bool = False
+    model: nn.Module,
+    dataset: BatchedDataset,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
 ) -> Predictions:
-    """Probabilities, labels, rows and embeddings for every example, in ``eval()`` under ``inference_mode``."""
-    was_training = model.training
-    model.eval()
-    parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="predicting", leave=False, disable=not progress):
-            output = model(*batch.inputs)
-            parts.append((torch.softmax(output.logits, dim=1), batch.labels, batch.rows, output.embedding))
-    model.train(was_training)
-    if not parts:
-        raise FbmlError("nothing to predict: the dataset is empty")
-    probabilities, labels, rows, embeddings = (torch.cat(column).numpy() for column in zip(*parts, strict=True))
-    return Predictions(probabilities, labels, rows, embeddings)
+    """Probabilities, labels, rows and embeddings (CPU, float32) for every example, in ``eval()`` under
+    ``inference_mode`` on ``device``; the model goes back to the device it was on."""
+    target = resolve_device(device)
+    home = _device_of(model)
+    model.to(target)
+    try:
+        loader = _loader(dataset, batch_size, loader_settings(target, num_workers))
+        return _predictions(model, loader, target, progress)
+    finally:
+        model.to(home)
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
+    """Seed Python, NumPy and torch (``fit`` does not call it: it forks torch's RNG; kept for callers)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -211,17 +227,26 @@ def seed_everything(seed: int) -> None:
 
 @attrs.frozen
 class _TrainingState:
+    """What a checkpoint holds besides the model, optimiser and schedule."""
+
     history: list[EpochMetrics] = attrs.Factory(list)
     best_weights: dict[str, Tensor] | None = None
     best_accuracy: float = -1.0
     epochs_without_improvement: int = 0
     start: StartMetrics | None = None
+    loss_scaling: dict[str, Any] = attrs.Factory(dict)
 
-    def after(self, metrics: EpochMetrics, model: nn.Module) -> _TrainingState:
+    def after(self, metrics: EpochMetrics, model: nn.Module, loss_scaling: dict[str, Any]) -> _TrainingState:
         history = [*self.history, metrics]
         if metrics.validation_accuracy > self.best_accuracy:
-            return _TrainingState(history, _weights(model), metrics.validation_accuracy, 0, self.start)
-        return attrs.evolve(self, history=history, epochs_without_improvement=self.epochs_without_improvement + 1)
+            return attrs.evolve(
+                self, history=history, best_weights=_weights(model), best_accuracy=metrics.validation_accuracy,
+                epochs_without_improvement=0, loss_scaling=loss_scaling,
+            )
+        return attrs.evolve(
+            self, history=history, epochs_without_improvement=self.epochs_without_improvement + 1,
+            loss_scaling=loss_scaling,
+        )
 
     def to_history(self, config: TrainConfig) -> History:
         if not self.history:
@@ -232,51 +257,182 @@ class _TrainingState:
         return History(tuple(self.history), 0 if kept_start else best.epoch, stopped, self.start)
 
 
-def _starting_state(model: nn.Module, data: TrainData, config: TrainConfig, loss_function: nn.Module) -> _TrainingState:
+@attrs.frozen(eq=False)
+class _Shuffled:
+    """The training batches, each epoch in an order drawn from the seed and the epoch alone (a resumed run repeats it)."""
+
+    loader: DataLoader[Loaded[Any]]
+    order: torch.Generator
+    seed: int
+
+    def epoch(self, number: int) -> DataLoader[Loaded[Any]]:
+        self.order.manual_seed(self.seed * 1000 + number)
+        return self.loader
+
+
+@attrs.frozen(eq=False)
+class _Trainer:
+    """One ``fit``: the model on its device, its optimisation and its loaders."""
+
+    model: nn.Module
+    config: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_function: nn.CrossEntropyLoss
+    train: _Shuffled
+    validation: DataLoader[Loaded[Any]]
+
+    def epoch(self, number: int, progress: bool) -> EpochMetrics:
+        """Train one epoch, step the schedule, score validation."""
+        started = time.perf_counter()
+        rate = self.optimizer.param_groups[0]["lr"]
+        batches = tqdm(self.train.epoch(number), desc=f"epoch {number}/{self.config.epochs}", leave=False,
+                       disable=not progress)
+        train_loss, train_accuracy = self._train(batches, progress)
+        self.schedule.step()
+        validation_loss, validation_accuracy = _loss_and_accuracy(self.validate(), self.loss_function)
+        return EpochMetrics(
+            number, train_loss, train_accuracy, validation_loss, validation_accuracy, rate,
+            time.perf_counter() - started,
+        )
+
+    def validate(self) -> Predictions:
+        return _predictions(self.model, self.validation, self.device)
+
+    def checkpoint(self, directory: Path, state: _TrainingState) -> None:
+        _save_checkpoint(directory, self.model, self.optimizer, self.schedule, state)
+
+    def _train(self, batches: tqdm[Loaded[Any]], progress: bool) -> tuple[float, float]:
+        """Mean loss and accuracy over the epoch, summed on the device (read once, unless ``progress`` shows them)."""
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        for loaded in batches:
+            batch = to_device(loaded.batch, self.device)
+            logits, loss = self._step(batch)
+            total_loss += loss * len(batch.labels)
+            correct += (logits.argmax(dim=1) == batch.labels).sum()
+            seen += len(batch.labels)
+            if progress:
+                batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}", accuracy=f"{int(correct) / seen:.3f}")
+        return float(total_loss) / max(seen, 1), int(correct) / max(seen, 1)
+
+    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """One optimiser step on ``batch`` (forward under autocast, loss in float32, scaled if float16)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device):
+            logits = self.model(*batch.inputs).logits.float()
+        loss = self.loss_function(logits, batch.labels)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logits.detach(), loss.detach()
+
+
+def _trainer(model: nn.Module, data: TrainData, config: TrainConfig, device: torch.device) -> _Trainer:
+    """The optimiser, schedule, loss scaler, loss and loaders for ``model``, already on ``device``."""
+    settings = loader_settings(device, config.num_workers)
+    optimizer = _optimizer([parameter for parameter in model.parameters() if parameter.requires_grad], config)
+    order = torch.Generator()
+    train = _loader(
+        data.train, config.batch_size, settings, sampler=RandomSampler(data.train, generator=order), seed=config.seed,
+        drop_last=len(data.train) > config.batch_size,
+    )
+    return _Trainer(
+        model, config, device, optimizer, _schedule(optimizer, config), grad_scaler(device),
+        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), _Shuffled(train, order, config.seed),
+        _loader(data.validation, config.batch_size, settings),
+    )
+
+
+def _first_state(trainer: _Trainer, checkpoint_dir: Path | None, resume: bool, keep_start: bool) -> _TrainingState:
+    """The resumed state (restoring model, optimiser, schedule, loss scale and RNG), else a fresh one."""
+    state = _resume(checkpoint_dir, trainer.model, trainer.optimizer, trainer.schedule) if resume else None
+    if state is not None:
+        if state.loss_scaling:  # empty when saved where no loss was scaled; ignored by a disabled scaler
+            trainer.scaler.load_state_dict(state.loss_scaling)
+        return state
+    state = _starting_state(trainer) if keep_start else _TrainingState()
+    if checkpoint_dir is not None and state.start is not None:
+        trainer.checkpoint(checkpoint_dir, state)
+    return state
+
+
+def _starting_state(trainer: _Trainer) -> _TrainingState:
     """The starting weights as the best so far, with their validation figures."""
-    validation = predict(model, data.validation, batch_size=config.batch_size)
-    loss, accuracy = _loss_and_accuracy(validation, loss_function)
-    return _TrainingState(best_weights=_weights(model), best_accuracy=accuracy, start=StartMetrics(loss, accuracy))
+    loss, accuracy = _loss_and_accuracy(trainer.validate(), trainer.loss_function)
+    return _TrainingState(best_weights=_weights(trainer.model), best_accuracy=accuracy, start=StartMetrics(loss, accuracy))
+
+
+def _loader(
+    dataset: BatchedDataset,
+    batch_size: int,
+    settings: LoaderSettings,
+    *,
+    sampler: RandomSampler | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader[Loaded[Any]]:
+    """``dataset``'s batches in ``Loaded`` (pinned where ``settings`` say); workers seeded from ``seed``,
+    not from the global RNG."""
+    return DataLoader(
+        cast("Dataset[Any]", dataset), batch_size=batch_size, sampler=sampler, collate_fn=LoadingCollate(dataset.collate),
+        generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **attrs.asdict(settings),
+    )
+
+
+def _predictions(
+    model: nn.Module, loader: DataLoader[Loaded[Any]], device: torch.device, progress: bool = False
+) -> Predictions:
+    """``predict`` for a model already on ``device``."""
+    was_training = model.training
+    model.eval()
+    parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    try:
+        with torch.inference_mode(), autocast(device):
+            for loaded in tqdm(loader, desc="predicting", leave=False, disable=not progress):
+                output = model(*to_device(loaded.batch, device).inputs)
+                scores = torch.softmax(output.logits.float(), dim=1)
+                parts.append((scores, output.embedding.float(), loaded.batch.labels, loaded.batch.rows))
+    finally:
+        model.train(was_training)
+    if not parts:
+        raise FbmlError("nothing to predict: the dataset is empty")
+    probabilities, embeddings, labels, rows = (torch.cat(column).cpu().numpy() for column in zip(*parts, strict=True))
+    return Predictions(probabilities, labels, rows, embeddings)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (or buffer) is; the CPU for a model without either."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def _weights(model: nn.Module) -> dict[str, Tensor]:
-    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+    """A CPU copy of ``model``'s state."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
-def _train_epoch(
-    model: nn.Module,
-    data: TrainData,
-    config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    loss_function: nn.Module,
-    epoch: int,
-    progress: bool,
-) -> tuple[float, float]:
-    model.train()
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    loader = DataLoader(
-        data.train, batch_size=config.batch_size, shuffle=True, generator=generator, collate_fn=data.train.collate,
-        num_workers=config.num_workers, drop_last=len(data.train) > config.batch_size,
-    )
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress)
-    for batch in bar:
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(*batch.inputs).logits
-        loss = loss_function(logits, batch.labels)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(batch.labels)
-        correct += int((logits.argmax(dim=1) == batch.labels).sum())
-        seen += len(batch.labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", accuracy=f"{correct / seen:.3f}")
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+def _on_cpu(value: Any) -> Any:
+    """``value`` (a state dict: nested dicts, lists and tuples) with every tensor on the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def _loss_and_accuracy(predictions: Predictions, loss_function: nn.Module) -> tuple[float, float]:
+    """The training loss and the accuracy of ``predictions``: the loss of the log-probabilities equals the
+    loss of the logits (log_softmax of log p is log p), label smoothing included."""
     probabilities = torch.from_numpy(predictions.probabilities).clamp_min(1e-12)
     labels = torch.from_numpy(predictions.labels)
-    loss = nn.functional.nll_loss(probabilities.log(), labels).item()
+    loss = float(loss_function(probabilities.log(), labels))
     accuracy = float((probabilities.argmax(dim=1) == labels).float().mean())
     return loss, accuracy
 
@@ -300,16 +456,18 @@ def _save_checkpoint(
     schedule: torch.optim.lr_scheduler.LRScheduler,
     state: _TrainingState,
 ) -> None:
+    """``last.pt`` (and ``best.pt`` when this epoch is the best), every tensor on the CPU."""
     directory.mkdir(parents=True, exist_ok=True)
     checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": _on_cpu(model.state_dict()),
+        "optimizer": _on_cpu(optimizer.state_dict()),
         "schedule": schedule.state_dict(),
+        "loss_scaling": state.loss_scaling,
         "history": json.dumps([attrs.asdict(metrics) for metrics in state.history]),
         "best_accuracy": state.best_accuracy,
         "epochs_without_improvement": state.epochs_without_improvement,
         "start": json.dumps(None if state.start is None else attrs.asdict(state.start)),
-        "torch_rng": torch.get_rng_state(),
+        "rng": rng_state(_device_of(model)),
     }
     if state.epochs_without_improvement == 0 and state.best_weights is not None:
         _atomic_save(state.best_weights, directory / BEST_WEIGHTS)  # before the checkpoint that names it best
@@ -322,20 +480,21 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
 ) -> _TrainingState | None:
+    """Load ``last.pt`` into the model (on any device), optimiser, schedule and the forked RNG; its state."""
     if directory is None or not (directory / CHECKPOINT).is_file():
         return None
     checkpoint = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    optimizer.load_state_dict(checkpoint["optimizer"])  # moves the optimiser's state to its parameters' device
     schedule.load_state_dict(checkpoint["schedule"])
-    torch.set_rng_state(checkpoint["torch_rng"])
+    set_rng_state(_device_of(model), checkpoint["rng"] if "rng" in checkpoint else {"cpu": checkpoint["torch_rng"]})
     history = [EpochMetrics(**metrics) for metrics in json.loads(checkpoint["history"])]
     best_path = directory / BEST_WEIGHTS
     best = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None
     start = json.loads(checkpoint.get("start", "null"))
     return _TrainingState(
         history, best, checkpoint["best_accuracy"], checkpoint["epochs_without_improvement"],
-        None if start is None else StartMetrics(**start),
+        None if start is None else StartMetrics(**start), checkpoint.get("loss_scaling", {}),
     )
 
 
@@ -374,15 +533,13 @@ def _log_epoch(writer: Any, metrics: EpochMetrics, progress: bool) -> None:
 
 def _log_summary(
     writer: Any,
-    model: nn.Module,
-    data: TrainData,
+    validation: Predictions,
     config: TrainConfig,
     history: History,
     class_names: Sequence[str] | None,
 ) -> None:
     from fbml.reports import confusion_matrix, confusion_matrix_image
 
-    validation = predict(model, data.validation, batch_size=config.batch_size)
     names = list(class_names) if class_names else [str(index) for index in range(validation.probabilities.shape[1])]
     matrix = confusion_matrix(validation.labels, validation.probabilities.argmax(axis=1), len(names))
     writer.add_image("confusion_matrix/validation", confusion_matrix_image(matrix, names), history.best_epoch,

@@ -1,16 +1,19 @@
-"""The HTTP API over a tiny bundle of freshly initialised models: every endpoint, every refusal,
-answers equal to the models' own, fuzzed bodies and schemathesis against the app's OpenAPI schema."""
+"""The HTTP API over a small bundle built here (an EfficientNet-Lite0 without weights, a text CNN, a
+linear text model, a combined network; the text, image and combined predictors as ensembles of them;
+a search index of a small catalogue): every endpoint, every refusal, answers equal to the
+predictors' ensembles of the models' own outputs computed by hand, fuzzed bodies and schemathesis
+against the app's OpenAPI schema."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import attrs
 import numpy as np
@@ -26,86 +29,180 @@ from httpx import Response
 from litestar import Litestar
 from litestar.testing import TestClient
 from PIL import Image
-from torch import nn
 
+from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
 from fbml import cleaning
-from fbml.api import MicroBatcher, create_app, token_ids
-from fbml.bundle import Bundle, BundleModel, ImageSettings, TextSettings, build_model
-from fbml.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from fbml.api import Example, MicroBatcher, class_probabilities, create_app, prepared_image, query_vectors
+from fbml.backbones import backbone
+from fbml.bundle import Bundle, BundleModel, ImageSettings, Predictor, TextSettings, image_from_options, text_cnn_from_options
+from fbml.datasets import eval_transform
 from fbml.encoding import LabelCodec
+from fbml.ensembles import Ensemble
 from fbml.images import clean_image, open_image
-from fbml.models import ModelOutput
-from fbml.search import catalogue_index
+from fbml.inference import Batch, model_outputs, predictor_probabilities, token_ids
+from fbml.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
+from fbml.listings import ListingParts, ListingWeights, check_index
+from fbml.models import ImageClassifier, combined_model
+from fbml.search import SearchIndex
 from fbml.text import Vocabulary
-from fbml.word2vec import WordVectors
+from fbml.word2vec import WordVectors, embedding_matrix
 
+BACKBONE = "efficientnet_lite0"
 SIZE = 32
 CATEGORIES = ("Appliances", "Books", "Toys")
-WORDS = ("red", "blue", "kettle", "novel", "doll", "cafe", "bike", "toaster")
+# the words of each category (by index) and words every category uses
+CATEGORY_WORDS = (("kettle", "toaster", "lamp"), ("novel", "story", "poems"), ("doll", "bike", "puzzle"))
+SHARED_WORDS = ("red", "blue", "cafe", "small", "new")
+WORDS = (*(word for words in CATEGORY_WORDS for word in words), *SHARED_WORDS)
+EMBEDDING_DIM = {"image-cnn": 8, "text-cnn": 6}
 MAX_BODY = 3 * 2**20
 MAX_TEXT = 200
 MAX_PIXELS = 1_000_000
 URLENCODED = "application/x-www-form-urlencoded"
 POST_PATHS = ("/predict/image", "/predict/text", "/predict/combined", "/recommend")
 ERROR_STATUSES = {400, 404, 413, 415, 422}
+FLOOR = 1e-7  # log-linear pooling clips each probability to at least this (fbml.ensembles)
+# each predictor's members (model kind, weight) and per-class bias: softmax(sum w log p + bias)
+PREDICTORS: Mapping[str, tuple[tuple[tuple[str, float], ...], tuple[float, ...]]] = {
+    "text": ((("text-cnn", 0.7), ("text-linear", 1.6)), (0.3, -0.2, 0.1)),
+    "image": ((("image-cnn", 2.5),), (0.0, 0.0, 0.0)),  # temperature scaling: T = 0.4
+    "combined": ((("text-cnn", 0.5), ("text-linear", 1.2), ("image-cnn", 0.8), ("combined-nn", 0.6)), (-0.1, 0.2, 0.0)),
+}
+INDEX_WEIGHTS = ListingWeights(text=1.0, image=0.5, classes=2.0)
+CATALOGUE_SIZE = 12
+PHOTOGRAPHED = 9  # products p0 .. p8 have a photo, p9 .. p11 text alone
 
 
-def tiny_bundle() -> Bundle:
-    """Image, text and combined models over three classes, freshly initialised (word embeddings random)."""
-    torch.manual_seed(0)
-    vectors = np.random.default_rng(0).normal(size=(len(WORDS), 6)).astype(np.float32)
-    text = TextSettings(Vocabulary(("<pad>", "<unk>", *WORDS)), WordVectors(WORDS, vectors), 10)
-    image_options = {"trainable_stages": 1, "embedding_dim": 8}
-    text_options = {"embedding_dim": 8, "channels": 4, "kernel_sizes": [2, 3]}
-    options = {"image": image_options, "text": text_options, "combined": {"image": image_options, "text": text_options}}
-    models = {}
-    for kind, kind_options in options.items():
-        module = build_model(kind, kind_options, len(CATEGORIES), text)
-        for embedding in (part for part in module.modules() if isinstance(part, nn.Embedding)):
-            nn.init.normal_(embedding.weight)
-        models[kind] = BundleModel(kind, module.eval(), kind_options)
-    return Bundle(LabelCodec(CATEGORIES), ImageSettings(SIZE, IMAGENET_MEAN, IMAGENET_STD), text, models)
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small tensors on a busy 2-core machine: a second intra-op thread mostly waits, so this module
+    computes on one and restores the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def photo_bytes(seed: int, size: tuple[int, int] = (48, 40), format: str = "JPEG") -> bytes:
-    """A random photo, encoded."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    """A random photo (a tint of its own under noise), encoded."""
+    rng = np.random.default_rng(seed)
+    tint = rng.integers(0, 256, size=3)
+    noise = rng.integers(0, 256, size=(size[1], size[0], 3))
+    pixels = ((tint + noise) // 2).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format)
     return buffer.getvalue()
 
 
-def catalogue(photo_dir: Path) -> pl.DataFrame:
-    """Twelve products, one or two photos each (product p11's only photo is not an image): a manifest."""
-    rows = []
-    for product in range(12):
-        for photo in range(1 + product % 2):
-            image_id = f"img{product}-{photo}"
-            data = b"not an image" if product == 11 else photo_bytes(100 * product + photo)
-            (photo_dir / f"{image_id}.jpg").write_bytes(data)
-            rows.append(
-                {
-                    "id": f"p{product}", "image_id": image_id, "product_name": f"{WORDS[product % 8]} thing",
-                    "product_description": f"a {WORDS[(product + 3) % 8]}", "category": CATEGORIES[product % 3],
-                    "price": float(product),
-                }
-            )
-    return pl.DataFrame(rows)
+def synthetic_texts(count: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Listing texts whose first category word tells their category, with shared words and a word of a random category."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % len(CATEGORIES)
+    texts = [
+        f"{rng.choice(SHARED_WORDS)} {rng.choice(CATEGORY_WORDS[label])} {rng.choice(SHARED_WORDS)} "
+        f"{rng.choice(CATEGORY_WORDS[rng.integers(len(CATEGORIES))])}"  # a word of any category: not separable
+        for label in labels
+    ]
+    return texts, labels
+
+
+def product_text(product: int) -> str:
+    words = CATEGORY_WORDS[product % 3]
+    return f"{SHARED_WORDS[product % 5]} {words[product % 3]} for {SHARED_WORDS[(product + 2) % 5]} {words[(product + 1) % 3]}"
+
+
+def catalogue() -> pl.DataFrame:
+    """The indexed products: id, name, category, price (a search index's catalogue)."""
+    return pl.DataFrame(
+        {
+            "id": [f"p{product}" for product in range(CATALOGUE_SIZE)],
+            "product_name": [product_text(product) for product in range(CATALOGUE_SIZE)],
+            "category": [CATEGORIES[product % 3] for product in range(CATALOGUE_SIZE)],
+            "price": [float(product) + 0.5 for product in range(CATALOGUE_SIZE)],
+        }
+    )
+
+
+def catalogue_photo(product: int) -> bytes | None:
+    return photo_bytes(100 + product) if product < PHOTOGRAPHED else None
+
+
+def calibrated_image_model(options: ImageOptions) -> ImageClassifier:
+    """A randomly initialised image model whose head's input batch norm has the statistics of photos'
+    pooled features (as training would leave it): its embeddings and classes then vary by photo."""
+    model = image_from_options(options, len(CATEGORIES)).eval()
+    photos = torch.stack([prepared_image(photo_bytes(500 + seed), image_settings(), 10**8) for seed in range(16)])
+    with torch.inference_mode():
+        features = model.trainable(model.frozen(photos))
+    normalise = model.head.normalise
+    assert isinstance(normalise, torch.nn.BatchNorm1d)
+    normalise.running_mean.copy_(features.mean(dim=0))
+    normalise.running_var.copy_(features.var(dim=0) + 1e-6)
+    with torch.no_grad():
+        model.head.classify[-1].weight.mul_(4.0)
+    return model
+
+
+def image_settings() -> ImageSettings:
+    preprocessing = backbone(BACKBONE).preprocessing
+    return ImageSettings(BACKBONE, SIZE, preprocessing.mean, preprocessing.std)
+
+
+def models_bundle() -> Bundle:
+    """The four models and the three predictors of ``PREDICTORS`` (no index)."""
+    torch.manual_seed(0)
+    vectors = np.random.default_rng(0).normal(size=(len(WORDS), 6)).astype(np.float32)
+    text = TextSettings(Vocabulary(("<pad>", "<unk>", *WORDS)), WordVectors(WORDS, vectors), 10)
+    image_options = ImageOptions(BACKBONE, trainable_stages=1, embedding_dim=EMBEDDING_DIM["image-cnn"], dropout=0.0)
+    text_options = TextCnnOptions(
+        embedding_dim=EMBEDDING_DIM["text-cnn"], kernel_sizes=[2, 3], channels=4, dropout=0.0, freeze_embeddings=False,
+        normalise_embeddings=True, positions=4, word_dropout=0.0, branch_scale=5.0,
+    )
+    image_cnn = calibrated_image_model(image_options)
+    text_cnn = text_cnn_from_options(text_options, embedding_matrix(text.word_vectors, text.vocabulary), len(CATEGORIES))
+    with torch.no_grad():
+        text_cnn.head.classify[-1].weight.mul_(3.0)
+    combined = combined_model(copy.deepcopy(image_cnn), copy.deepcopy(text_cnn), len(CATEGORIES))
+    with torch.no_grad():
+        combined.classify.weight.mul_(3.0)
+    texts, labels = synthetic_texts(36, seed=1)
+    linear = fit_linear_text(texts, labels, len(CATEGORIES))
+    bundle = Bundle(LabelCodec(CATEGORIES), image_settings(), text)
+    for model in (
+        BundleModel("image-cnn", image_cnn.eval(), image_options),
+        BundleModel("text-cnn", text_cnn.eval(), text_options),
+        BundleModel("text-linear", linear, None),
+        BundleModel("combined-nn", combined.eval(), CombinedOptions(image_options, text_options)),
+    ):
+        bundle = bundle.with_model(model)
+    for role, (members, bias) in PREDICTORS.items():
+        bundle = bundle.with_predictor(role, Predictor(Ensemble(members, bias)))
+    return bundle
+
+
+def indexed(bundle: Bundle) -> Bundle:
+    """``bundle`` with the index of ``catalogue()`` built as ``fbml.listings`` builds a catalogue's: the
+    text CNN's embedding and the text predictor's classes for every product; for those with a photo,
+    the image model's embedding and the combined predictor's classes."""
+    products = catalogue()
+    texts = products["product_name"].to_list()
+    with_photos = list(range(PHOTOGRAPHED))
+    photos = torch.stack([prepared_image(catalogue_photo(row), bundle.image, MAX_PIXELS) for row in with_photos])
+    text_embeddings = model_outputs(bundle, "text-cnn", Batch(texts=texts)).embeddings
+    classes = predictor_probabilities(bundle, "text", Batch(texts=texts))
+    image = np.zeros((CATALOGUE_SIZE, EMBEDDING_DIM["image-cnn"]), dtype=np.float32)
+    image[with_photos] = model_outputs(bundle, "image-cnn", Batch(images=photos)).embeddings
+    classes[with_photos] = predictor_probabilities(bundle, "combined", Batch(photos, [texts[row] for row in with_photos]))
+    parts = ListingParts(np.asarray(text_embeddings), image, classes)
+    index = SearchIndex(parts.vectors(INDEX_WEIGHTS), products, {"weights": INDEX_WEIGHTS.to_json()})
+    return attrs.evolve(bundle, index=index)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, pl.DataFrame, Path]:
-    """The tiny bundle with its search index, the manifest it indexes and the photo folder."""
-    photo_dir = tmp_path_factory.mktemp("photos")
-    manifest = catalogue(photo_dir)
-    bundle = tiny_bundle()
-    index = catalogue_index(bundle, manifest, photo_dir, work_dir=tmp_path_factory.mktemp("work"), progress=False)
-    return attrs.evolve(bundle, index=index), manifest, photo_dir
-
-
-@pytest.fixture(scope="module")
-def bundle(built: tuple[Bundle, pl.DataFrame, Path]) -> Bundle:
-    return built[0]
+def bundle(one_thread: None) -> Bundle:
+    built = indexed(models_bundle())
+    check_index(built)  # what loading a bundle checks of its index
+    return built
 
 
 def app_over(bundle: Bundle) -> Litestar:
@@ -118,32 +215,90 @@ def client(bundle: Bundle) -> Iterator[TestClient]:
         yield client
 
 
+# --- the models and predictors by hand -----------------------------------------------------------
+
+
 def ascii_text(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    """As the cleaning writes text: NFKD, non-ASCII dropped, one space between words."""
+    return " ".join(unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().split())
 
 
 def direct_image(image: bytes) -> torch.Tensor:
     """A photo prepared by hand as training photos are (``fbml.photos``: decoded straight to about
-    ``SIZE``, letterboxed), then the deterministic eval transform."""
+    ``SIZE``, letterboxed), then the deterministic eval transform with EfficientNet-Lite's statistics (0.5)."""
     with open_image(io.BytesIO(image), size=SIZE, max_pixels=10**8) as decoded:
         square = clean_image(decoded, SIZE)
     pixels = torch.from_numpy(np.asarray(square).transpose(2, 0, 1).copy())
-    return eval_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD)(pixels)[None]
+    return eval_transform(SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(pixels)[None]
 
 
 def direct_tokens(bundle: Bundle, text: str) -> torch.Tensor:
+    assert bundle.text is not None
     return torch.from_numpy(bundle.text.vocabulary.encode_texts([ascii_text(text)], bundle.text.length))
 
 
-def direct(bundle: Bundle, kind: str, image: bytes | None = None, text: str | None = None) -> ModelOutput:
-    """The model's own output for one example."""
-    inputs = [*([direct_image(image)] if image is not None else []), *([direct_tokens(bundle, text)] if text is not None else [])]
+def direct(bundle: Bundle, kind: str, image: bytes | None = None, text: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``kind`` model's own probabilities (float64) and embedding for one listing, run by hand."""
+    module = bundle.models[kind].module
+    if isinstance(module, LinearTextModel):
+        assert text is not None
+        return module.predict_proba([ascii_text(text)])[0].astype(np.float64), None
+    inputs = []
+    if kind in ("image-cnn", "combined-nn"):
+        assert image is not None
+        inputs.append(direct_image(image))
+    if kind in ("text-cnn", "combined-nn"):
+        assert text is not None
+        inputs.append(direct_tokens(bundle, text))
     with torch.inference_mode():
-        return bundle.models[kind].module(*inputs)
+        output = module(*inputs)
+    return torch.softmax(output.logits.double(), dim=1)[0].numpy(), output.embedding[0].double().numpy()
 
 
-def direct_probabilities(bundle: Bundle, kind: str, image: bytes | None = None, text: str | None = None) -> np.ndarray:
-    return torch.softmax(direct(bundle, kind, image, text).logits, dim=1)[0].numpy()
+def pooled(members: tuple[tuple[str, float], ...], bias: tuple[float, ...], probabilities: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Log-linear pooling in numpy: softmax(sum_m w_m log max(p_m, FLOOR) + bias)."""
+    scores = np.array(bias, dtype=np.float64)
+    for kind, weight in members:
+        scores = scores + weight * np.log(np.clip(probabilities[kind], FLOOR, 1.0))
+    exponentials = np.exp(scores - scores.max())
+    return exponentials / exponentials.sum()
+
+
+def member_probabilities(bundle: Bundle, role: str, image: bytes | None, text: str | None) -> dict[str, np.ndarray]:
+    return {kind: direct(bundle, kind, image, text)[0] for kind, _ in PREDICTORS[role][0]}
+
+
+def expected_prediction(bundle: Bundle, role: str, image: bytes | None = None, text: str | None = None) -> np.ndarray:
+    """What the ``role`` predictor answers, by hand: its members run on the listing, pooled."""
+    members, bias = PREDICTORS[role]
+    return pooled(members, bias, member_probabilities(bundle, role, image, text))
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm > 0 else vector
+
+
+def expected_vector(bundle: Bundle, image: bytes | None, text: str | None) -> np.ndarray:
+    """A listing's vector by hand: the unit text-cnn embedding, the unit image-cnn embedding (zero
+    where absent) and the square roots of the predictor's classes (text alone: the text predictor;
+    a photo alone: the image predictor; both: the combined one), weighted, joined, unit length."""
+    text_part, image_part = np.zeros(EMBEDDING_DIM["text-cnn"]), np.zeros(EMBEDDING_DIM["image-cnn"])
+    if text is not None:
+        text_part = unit(direct(bundle, "text-cnn", text=text)[1])
+    if image is not None:
+        image_part = unit(direct(bundle, "image-cnn", image=image)[1])
+    role = "combined" if image is not None and text is not None else "image" if image is not None else "text"
+    classes = np.sqrt(expected_prediction(bundle, role, image, text))
+    weights = INDEX_WEIGHTS
+    return unit(np.concatenate([text_part * weights.text, image_part * weights.image, classes * weights.classes]))
+
+
+def exact_search(index: SearchIndex, query: np.ndarray, k: int, exclude: int | None = None) -> list[tuple[str, float]]:
+    """Every catalogue row scored by cosine against ``query`` (unit length), best first, ties by row."""
+    scores = index.vectors.astype(np.float64) @ query
+    rows = [row for row in np.lexsort((np.arange(len(scores)), -scores)) if row != exclude][:k]
+    return [(index.catalogue["id"][int(row)], float(scores[row])) for row in rows]
 
 
 def multipart(**fields: bytes | str) -> dict[str, tuple[str | None, bytes | str]]:
@@ -160,63 +315,95 @@ def assert_error(response: Response, status: int, field: str | None = None, deta
         assert body["field"] == field
 
 
-# --- every endpoint ------------------------------------------------------------------------------
-
-
-def test_health_reports_models_classes_format_and_index(client: TestClient, bundle: Bundle) -> None:
-    assert client.get("/health").json() == {
-        "ready": True, "models": ["combined", "image", "text"], "classes": 3, "bundle_format": "fbml.bundle/1",
-        "indexed_products": len(bundle.index),
-    }
-
-
-@pytest.mark.parametrize(
-    "request_kwargs",
-    [
-        {"json": {"text": "red kettle for the kitchen"}},
-        {"data": {"text": "red kettle for the kitchen"}},
-        {"files": multipart(text="red kettle for the kitchen")},
-    ],
-    ids=["json", "form", "multipart"],
-)
-def test_predict_text_equals_the_model(client: TestClient, bundle: Bundle, request_kwargs: dict) -> None:
-    response = client.post("/predict/text", **request_kwargs)
-    assert response.status_code == 200, response.text
-    expected = direct_probabilities(bundle, "text", text="red kettle for the kitchen")
-    assert_prediction(response.json(), expected)
-
-
 def assert_prediction(answer: dict, expected: np.ndarray) -> None:
+    """The answer's probabilities equal ``expected`` (1e-5), sum to 1, and its category is the argmax."""
+    assert set(answer["probabilities"]) == set(CATEGORIES)
     got = np.array([answer["probabilities"][name] for name in CATEGORIES])
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert got.sum() == pytest.approx(1.0, abs=1e-5)
     assert answer["category"] == CATEGORIES[int(np.argmax(expected))]
     assert [entry["category"] for entry in answer["top"]] == [CATEGORIES[i] for i in np.argsort(-expected, kind="stable")]
     assert answer["top"][0]["probability"] == max(answer["probabilities"].values())
 
 
-def test_predict_image_equals_the_model(client: TestClient, bundle: Bundle) -> None:
+def assert_pooling_matters(bundle: Bundle, role: str, image: bytes | None, text: str | None) -> None:
+    """The pooled prediction differs from each member's own: serving one member would fail the test."""
+    expected = expected_prediction(bundle, role, image, text)
+    for kind, probabilities in member_probabilities(bundle, role, image, text).items():
+        assert np.abs(expected - probabilities).max() > 1e-3, kind
+
+
+# --- every endpoint ------------------------------------------------------------------------------
+
+
+def test_health_reports_the_predictors_classes_format_and_index(client: TestClient, bundle: Bundle) -> None:
+    assert sorted(bundle.models) == ["combined-nn", "image-cnn", "text-cnn", "text-linear"]
+    assert client.get("/health").json() == {
+        "ready": True, "models": ["combined", "image", "text"], "classes": 3, "bundle_format": "fbml.bundle/2",
+        "indexed_products": CATALOGUE_SIZE,
+    }
+
+
+TEXT = "red kettle for a small novel"
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [{"json": {"text": TEXT}}, {"data": {"text": TEXT}}, {"files": multipart(text=TEXT)}],
+    ids=["json", "form", "multipart"],
+)
+def test_predict_text_is_the_text_predictors_ensemble(client: TestClient, bundle: Bundle, request_kwargs: dict) -> None:
+    response = client.post("/predict/text", **request_kwargs)
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json(), expected_prediction(bundle, "text", text=TEXT))
+
+
+def test_the_text_predictor_pools_both_text_models(bundle: Bundle) -> None:
+    assert_pooling_matters(bundle, "text", None, TEXT)
+
+
+def test_predict_image_is_the_image_predictors_tempered_model(client: TestClient, bundle: Bundle) -> None:
     photo = photo_bytes(7, size=(80, 50))
     response = client.post("/predict/image", files=multipart(image=photo))
     assert response.status_code == 200, response.text
-    assert_prediction(response.json(), direct_probabilities(bundle, "image", image=photo))
+    assert_prediction(response.json(), expected_prediction(bundle, "image", image=photo))
+    assert_pooling_matters(bundle, "image", photo, None)
 
 
-def test_predict_combined_equals_the_model(client: TestClient, bundle: Bundle) -> None:
-    photo = photo_bytes(8, format="PNG")
-    response = client.post("/predict/combined", files=multipart(image=photo, text="blue doll"))
+def test_predict_combined_is_the_fusion_of_every_model(client: TestClient, bundle: Bundle) -> None:
+    photo, text = photo_bytes(8, format="PNG"), "blue doll and a puzzle"
+    response = client.post("/predict/combined", files=multipart(image=photo, text=text))
     assert response.status_code == 200, response.text
-    assert_prediction(response.json(), direct_probabilities(bundle, "combined", image=photo, text="blue doll"))
+    assert_prediction(response.json(), expected_prediction(bundle, "combined", photo, text))
+    assert_pooling_matters(bundle, "combined", photo, text)
 
 
 def test_text_is_normalised_to_ascii_as_training_text_was(client: TestClient) -> None:
     plain = client.post("/predict/text", json={"text": "cafe bike"}).json()
     accented = client.post("/predict/text", json={"text": "Café\u00a0\u00a0BIKE\r\n"}).json()
+    assert "probabilities" in plain
     assert accented == plain
+
+
+@pytest.mark.parametrize(
+    "analyzer", ["char_wb", "char"]
+)
+def test_ascii_text_with_messy_whitespace_is_answered_as_its_cleaned_form(bundle: Bundle, analyzer: str) -> None:
+    """Training text was cleaned (one space between words, stripped): so is a request's, ASCII or not."""
+    texts, labels = synthetic_texts(36, seed=1)
+    linear = fit_linear_text(texts, labels, len(CATEGORIES), options=LinearTextOptions(char_analyzer=analyzer))
+    served = attrs.evolve(bundle.with_model(BundleModel("text-linear", linear, None)), index=None)
+    with TestClient(create_app(served)) as client:
+        clean = client.post("/predict/text", json={"text": "cafe bike"}).json()
+        messy = client.post("/predict/text", json={"text": "  cafe \t bike \r\n"}).json()
+    assert "probabilities" in clean
+    assert messy == clean
 
 
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(alphabet=st.characters(codec="ascii"), max_size=40))
 def test_token_ids_equal_the_training_normalisation(bundle: Bundle, text: str) -> None:
+    assert bundle.text is not None
     normalised = pl.DataFrame({"text": [text]}).select(cleaning.ascii_text(pl.col("text"))).to_series()
     expected = bundle.text.vocabulary.encode_texts(normalised, bundle.text.length)
     np.testing.assert_array_equal(token_ids([text, "red bike"], bundle.text).numpy()[:1], expected)
@@ -227,7 +414,30 @@ def test_concurrent_requests_are_batched_without_changing_answers(client: TestCl
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(pool.map(lambda photo: client.post("/predict/image", files=multipart(image=photo)).json(), photos))
     for photo, answer in zip(photos, answers, strict=True):
-        assert_prediction(answer, direct_probabilities(bundle, "image", image=photo))
+        assert_prediction(answer, expected_prediction(bundle, "image", image=photo))
+
+
+def test_a_batch_of_listings_gets_each_listings_own_probabilities(bundle: Bundle) -> None:
+    """What the micro-batcher runs: several listings in one batch, each answered as if alone."""
+    photos = [photo_bytes(seed) for seed in (31, 32, 33)]
+    texts = ["novel story", "small red toaster", "bike for a doll"]
+    examples = [Example(prepared_image(photo, bundle.image, MAX_PIXELS), text) for photo, text in zip(photos, texts, strict=True)]
+    for got, photo, text in zip(class_probabilities(bundle, "combined", examples), photos, texts, strict=True):
+        np.testing.assert_allclose(got, expected_prediction(bundle, "combined", photo, text), rtol=0, atol=1e-5)
+    text_only = class_probabilities(bundle, "text", [Example(text=text) for text in texts])
+    for got, text in zip(text_only, texts, strict=True):
+        np.testing.assert_allclose(got, expected_prediction(bundle, "text", text=text), rtol=0, atol=1e-5)
+
+
+def test_a_batch_of_mixed_queries_gets_each_querys_own_vector(bundle: Bundle) -> None:
+    """Queries by text, by photo and by both in one batch: each its own vector, in order."""
+    queries = [(photo_bytes(41), None), (None, "blue kettle"), (photo_bytes(42), "story of a doll"), (None, "new poems"),
+               (photo_bytes(43), None)]
+    examples = [Example(None if photo is None else prepared_image(photo, bundle.image, MAX_PIXELS), text) for photo, text in queries]
+    vectors = query_vectors(bundle, examples)
+    assert len(vectors) == len(queries)
+    for got, (photo, text) in zip(vectors, queries, strict=True):
+        np.testing.assert_allclose(got, expected_vector(bundle, photo, text), rtol=0, atol=1e-5)
 
 
 def listings(response: Response) -> list[str]:
@@ -235,66 +445,72 @@ def listings(response: Response) -> list[str]:
     return [listing["id"] for listing in response.json()["results"]]
 
 
+def assert_results(response: Response, expected: list[tuple[str, float]]) -> None:
+    assert listings(response) == [product for product, _ in expected]
+    scores = [result["score"] for result in response.json()["results"]]
+    np.testing.assert_allclose(scores, [score for _, score in expected], rtol=0, atol=1e-5)
+
+
+def test_the_index_holds_each_products_vector_built_from_its_parts(bundle: Bundle) -> None:
+    index = bundle.index
+    assert index is not None and len(index) == CATALOGUE_SIZE
+    assert index.dim == EMBEDDING_DIM["text-cnn"] + EMBEDDING_DIM["image-cnn"] + len(CATEGORIES)
+    for product in (0, 5, 10):  # photographed (0, 5), text alone (10)
+        expected = expected_vector(bundle, catalogue_photo(product), product_text(product))
+        np.testing.assert_allclose(index.vectors[index.row(f"p{product}")], expected, rtol=0, atol=1e-5)
+    assert index.listing(index.row("p5")) == {"id": "p5", "product_name": product_text(5), "category": "Toys", "price": 5.5}
+
+
 def test_recommend_by_product_id_leaves_the_product_out(client: TestClient, bundle: Bundle) -> None:
+    index = bundle.index
+    assert index is not None
     response = client.post("/recommend", json={"product_id": "p3", "k": 4})
-    expected = [bundle.index.catalogue["id"][n.row] for n in bundle.index.neighbours("p3", 4)]
-    assert listings(response) == expected
+    expected = exact_search(index, index.vectors[index.row("p3")].astype(np.float64), 4, exclude=index.row("p3"))
+    assert_results(response, expected)
+    assert "p3" not in listings(response) and len(expected) == 4
     results = response.json()["results"]
-    assert "p3" not in expected and len(results) == 4
-    assert [result["score"] for result in results] == sorted((result["score"] for result in results), reverse=True)
-    row = bundle.index.listing(bundle.index.row(expected[0]))
+    row = index.listing(index.row(expected[0][0]))
     first = {"id": row["id"], "name": row["product_name"], "category": row["category"], "price": row["price"]}
     assert results[0] == first | {"score": results[0]["score"]}
 
 
 def test_recommend_k_defaults_to_10_and_is_capped_by_the_catalogue(client: TestClient, bundle: Bundle) -> None:
     assert len(listings(client.post("/recommend", json={"product_id": "p0"}))) == 10
-    assert len(listings(client.post("/recommend", json={"product_id": "p0", "k": 100}))) == len(bundle.index) - 1
+    assert len(listings(client.post("/recommend", json={"product_id": "p0", "k": 100}))) == CATALOGUE_SIZE - 1
     assert len(listings(client.post("/recommend", json={"product_id": "p0", "k": 3.0}))) == 3
-
-
-def expected_neighbours(bundle: Bundle, image: bytes | None, text: str | None, k: int) -> list[str]:
-    """The combined model's embedding halves (the absent one zero), searched in the index."""
-    model = bundle.models["combined"].module
-    halves = [torch.zeros(model.image.embedding_dim), torch.zeros(model.text.embedding_dim)]
-    with torch.inference_mode():
-        if image is not None:
-            halves[0] = model.image(direct_image(image)).embedding[0]
-        if text is not None:
-            halves[1] = model.text(direct_tokens(bundle, text)).embedding[0]
-    neighbours = bundle.index.nearest(torch.cat(halves).numpy(), k)
-    return [bundle.index.catalogue["id"][neighbour.row] for neighbour in neighbours]
+    assert len(listings(client.post("/recommend", json={"text": "red lamp"}))) == 10
+    assert len(listings(client.post("/recommend", json={"text": "red lamp", "k": 100}))) == CATALOGUE_SIZE
+    assert len(listings(client.post("/recommend", files=multipart(text="red lamp")))) == 10
 
 
 @pytest.mark.parametrize(("image", "text"), [(True, False), (False, True), (True, True)], ids=["image", "text", "both"])
-def test_recommend_by_image_and_or_text_searches_the_combined_embedding(
+def test_recommend_by_image_and_or_text_searches_the_listing_vector(
     client: TestClient, bundle: Bundle, image: bool, text: bool
 ) -> None:
+    assert bundle.index is not None
     photo = photo_bytes(21) if image else None
     words = "novel about a red bike" if text else None
-    fields = {**({"image": photo} if image else {}), **({"text": words} if text else {}), "k": "5"}
-    assert listings(client.post("/recommend", files=multipart(**fields))) == expected_neighbours(bundle, photo, words, 5)
+    fields = {**({"image": photo} if photo is not None else {}), **({"text": words} if words is not None else {}), "k": "5"}
+    expected = exact_search(bundle.index, expected_vector(bundle, photo, words), 5)
+    assert_results(client.post("/recommend", files=multipart(**fields)), expected)
 
 
 def test_recommend_by_text_reads_json_too(client: TestClient, bundle: Bundle) -> None:
+    assert bundle.index is not None
     words = "blue toaster"
-    assert listings(client.post("/recommend", json={"text": words, "k": 3})) == expected_neighbours(bundle, None, words, 3)
+    expected = exact_search(bundle.index, expected_vector(bundle, None, words), 3)
+    assert_results(client.post("/recommend", json={"text": words, "k": 3}), expected)
 
 
-def test_the_index_holds_each_products_mean_photo_embedding(built: tuple[Bundle, pl.DataFrame, Path]) -> None:
-    bundle, manifest, photo_dir = built
-    index = bundle.index
-    assert "p11" not in index and len(index) == 11  # its only photo is not an image
-    product = manifest.filter(pl.col("id") == "p5")
-    name, description = product["product_name"][0], product["product_description"][0]
-    embeddings = [
-        direct(bundle, "combined", (photo_dir / f"{image_id}.jpg").read_bytes(), f"{name} {description}").embedding[0].numpy()
-        for image_id in product["image_id"]
-    ]
-    assert len(embeddings) == 2
-    mean = np.mean(embeddings, axis=0)
-    np.testing.assert_allclose(index.vectors[index.row("p5")], mean / np.linalg.norm(mean), rtol=1e-4, atol=1e-6)
-    assert index.listing(index.row("p5")) == {"id": "p5", "product_name": name, "category": "Toys", "price": 5.0}
+@pytest.mark.parametrize("product", [2, 7, 10], ids=["photographed", "photographed-again", "text-alone"])
+def test_a_products_own_photo_and_text_find_it_first(client: TestClient, product: int) -> None:
+    """The query vector of a listing is the one the index stores for it (its own parts)."""
+    photo = catalogue_photo(product)
+    fields = {**({"image": photo} if photo is not None else {}), "text": product_text(product), "k": "2"}
+    results = client.post("/recommend", files=multipart(**fields)).json()["results"]
+    assert results[0]["id"] == f"p{product}"
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert results[1]["score"] < 1.0 - 1e-4
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -392,15 +608,29 @@ def test_a_field_given_twice_is_422(client: TestClient) -> None:
     assert_error(client.post("/predict/text", **form), 422, "text", "more than once")
 
 
-def test_endpoints_whose_model_the_bundle_lacks_are_404(bundle: Bundle) -> None:
-    text_only = Bundle(bundle.codec, None, bundle.text, {"text": bundle.models["text"]})
+def test_endpoints_whose_predictor_the_bundle_lacks_are_404(bundle: Bundle) -> None:
+    """Only the text predictor (all four models still there): the other endpoints are 404."""
+    text_only = attrs.evolve(bundle, predictors={"text": bundle.predictors["text"]}, index=None)
     with TestClient(create_app(text_only)) as client:
-        assert client.post("/predict/text", json={"text": "kettle"}).status_code == 200
-        assert_error(client.post("/predict/image", files=multipart(image=photo_bytes(1))), 404, None, "no image model")
-        combined = client.post("/predict/combined", files=multipart(image=photo_bytes(1), text="a"))
-        assert_error(combined, 404, None, "no combined model")
+        response = client.post("/predict/text", json={"text": TEXT})
+        assert response.status_code == 200, response.text
+        assert_prediction(response.json(), expected_prediction(bundle, "text", text=TEXT))
+        image = client.post("/predict/image", files=multipart(image=photo_bytes(1)))
+        assert_error(image, 404, None, "the bundle has no image model (it has: text)")
+        combined = client.post("/predict/combined", files=multipart(image=photo_bytes(1), text="a kettle"))
+        assert_error(combined, 404, None, "the bundle has no combined model (it has: text)")
         assert_error(client.post("/recommend", json={"product_id": "p1"}), 404, None, "no search index")
-        assert client.get("/health").json()["models"] == ["text"]
+        assert_error(client.post("/recommend", json={"text": "kettle"}), 404, None, "no search index")
+        assert client.get("/health").json() == {
+            "ready": True, "models": ["text"], "classes": 3, "bundle_format": "fbml.bundle/2", "indexed_products": None,
+        }
+
+
+def test_a_bundle_without_an_index_serves_predictions_but_not_recommendations(bundle: Bundle) -> None:
+    with TestClient(create_app(attrs.evolve(bundle, index=None))) as client:
+        assert client.post("/predict/image", files=multipart(image=photo_bytes(2))).status_code == 200
+        assert_error(client.post("/recommend", files=multipart(text="kettle")), 404, None, "no search index")
+        assert client.get("/health").json()["models"] == ["combined", "image", "text"]
 
 
 def test_uploads_are_never_written_to_disk(client: TestClient, bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -413,7 +643,7 @@ def test_uploads_are_never_written_to_disk(client: TestClient, bundle: Bundle, m
     photo = photo_bytes(5, size=(820, 820), format="PNG")
     assert len(photo) > 2**20  # past the 1 MiB where Litestar's own uploads spill to a file
     response = client.post("/predict/image", files=multipart(image=photo))
-    assert_prediction(response.json(), direct_probabilities(bundle, "image", image=photo))
+    assert_prediction(response.json(), expected_prediction(bundle, "image", image=photo))
 
 
 # --- the micro-batcher ---------------------------------------------------------------------------

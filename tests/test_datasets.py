@@ -9,14 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
-from torchvision.models import ResNet50_Weights
-from torchvision.models.optical_flow import Raft_Small_Weights
-from torchvision.models.video import R3D_18_Weights
 
 from contracts import Rejected
+from fbml.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fbml.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     NOT_CACHED,
     ImageBatch,
     ImageDataset,
@@ -29,7 +25,6 @@ from fbml.datasets import (
     TextSample,
     eval_transform,
     image_dataset,
-    normalisation,
     product_dataset,
     text_dataset,
     train_transform,
@@ -174,16 +169,6 @@ def test_batches_pin_memory() -> None:
     assert batch.images.is_pinned() and batch.rows.is_pinned()
 
 
-def test_normalisation_reads_the_weights_transforms() -> None:
-    assert normalisation() == (IMAGENET_MEAN, IMAGENET_STD)
-    assert normalisation(ResNet50_Weights.IMAGENET1K_V2) == (IMAGENET_MEAN, IMAGENET_STD)
-    mean, std = normalisation(R3D_18_Weights.KINETICS400_V1)
-    assert mean == pytest.approx((0.43216, 0.394666, 0.37645)) and std == pytest.approx((0.22803, 0.22145, 0.216989))
-    with pytest.raises(FbmlError, match="no mean and std"):
-        normalisation(Raft_Small_Weights.C_T_V2)
-
-
-@pytest.mark.parametrize("workers", [0, 2])
 def test_a_dataloader_over_the_sample_yields_image_batches(manifest: pl.DataFrame, cache: ImageCache, workers: int) -> None:
     prepared = image_dataset(manifest, cache, label_codec(manifest["category"]), train_transform(8))
     loader = DataLoader(prepared.dataset, batch_size=16, shuffle=True, num_workers=workers, collate_fn=ImageBatch.collate)

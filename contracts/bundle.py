@@ -1,0 +1,163 @@
+"""The bundle manifest (``bundle.json``): typed msgspec structs, validated when a bundle is loaded.
+
+The manifest pins everything needed to rebuild what was trained, whatever the code's defaults are
+today: every factory argument of every model, the backbone and its preprocessing, the tokenizer and
+text normalisation versions. It names files only by content-addressed names inside the bundle
+(``FILE_NAME``), never paths, and holds no weights choice, so loading reads nothing outside the
+bundle and downloads nothing. Numbers are bounded so that a hostile manifest cannot ask for
+absurd allocations.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+BUNDLE_FORMAT = "fbml.bundle/2"
+TOKENIZER = "fbml.tokens/1"
+NORMALISATION = "fbml.ascii-nfkd/1"
+FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)$"
+MODEL_NAME = r"^[a-z][a-z0-9-]{0,31}$"
+
+FileName = Annotated[str, msgspec.Meta(pattern=FILE_NAME)]
+Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Width = Annotated[int, msgspec.Meta(ge=1, le=8192)]
+Side = Annotated[int, msgspec.Meta(ge=8, le=1024)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
+Stat = Annotated[float, msgspec.Meta(gt=-10.0, lt=10.0)]
+Spread = Annotated[float, msgspec.Meta(gt=0.0, lt=10.0)]
+ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_NAME)]
+Finite = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
+
+
+class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A manifest struct: immutable, and unknown fields are an error."""
+
+
+class FileRef(Struct):
+    """A file of the bundle by its content-addressed name, and the SHA-256 it must have."""
+
+    file: FileName
+    sha256: Digest
+
+
+class ImageEntry(Struct):
+    """How photos are prepared for the image branches: the backbone's preprocessing, at ``size``."""
+
+    backbone: str
+    size: Side
+    mean: Annotated[list[Stat], msgspec.Meta(min_length=3, max_length=3)]
+    std: Annotated[list[Spread], msgspec.Meta(min_length=3, max_length=3)]
+
+
+class TextEntry(Struct):
+    """How text is prepared for the text CNN: its vocabulary, word vectors and sequence length."""
+
+    length: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    vocabulary: FileRef
+    words: FileRef
+    vectors: FileRef
+    tokenizer: Literal["fbml.tokens/1"] = TOKENIZER
+    normalisation: Literal["fbml.ascii-nfkd/1"] = NORMALISATION
+
+
+class ImageOptions(Struct):
+    """Every argument of ``image_model`` but the starting weights (the bundle has its own)."""
+
+    backbone: str
+    trainable_stages: Annotated[int, msgspec.Meta(ge=0, le=16)]
+    embedding_dim: Width
+    dropout: Fraction
+
+
+class TextCnnOptions(Struct):
+    """Every argument of ``text_model`` (the embedding matrix's shape comes from the vocabulary and vectors)."""
+
+    embedding_dim: Width
+    kernel_sizes: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=16)]], msgspec.Meta(min_length=1, max_length=8)]
+    channels: Width
+    dropout: Fraction
+    freeze_embeddings: bool
+    normalise_embeddings: bool
+    positions: Annotated[int, msgspec.Meta(ge=0, le=4096)]
+    word_dropout: Fraction
+    branch_scale: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)]
+
+
+class CombinedOptions(Struct):
+    """The two branches of ``combined_model``."""
+
+    image: ImageOptions
+    text: TextCnnOptions
+
+
+class ImageModelEntry(Struct, tag="image-cnn"):
+    """An image classifier's weights and factory arguments."""
+
+    weights: FileRef
+    options: ImageOptions
+    report: dict[str, object] = {}
+
+
+class TextCnnEntry(Struct, tag="text-cnn"):
+    """A word2vec text CNN's weights and factory arguments."""
+
+    weights: FileRef
+    options: TextCnnOptions
+    report: dict[str, object] = {}
+
+
+class TextLinearEntry(Struct, tag="text-linear"):
+    """A TF-IDF linear text model: its vocabularies and calibration (JSON) and its arrays (safetensors)."""
+
+    parameters: FileRef
+    arrays: FileRef
+    report: dict[str, object] = {}
+
+
+class CombinedNnEntry(Struct, tag="combined-nn"):
+    """The image and text branches joined by one linear layer: weights and both branches' arguments."""
+
+    weights: FileRef
+    options: CombinedOptions
+    report: dict[str, object] = {}
+
+
+ModelEntry = ImageModelEntry | TextCnnEntry | TextLinearEntry | CombinedNnEntry
+
+
+class Member(Struct):
+    """A model of the bundle and the weight of its log-probabilities in an ensemble."""
+
+    model: ModelName
+    weight: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+
+
+class PredictorEntry(Struct):
+    """What one endpoint serves: ``softmax(sum(weight * log p(model)) + bias)`` over its members."""
+
+    members: Annotated[list[Member], msgspec.Meta(min_length=1, max_length=8)]
+    bias: list[Finite]
+    report: dict[str, object] = {}
+
+
+class IndexEntry(Struct):
+    """The similar-listings index: product vectors (``.npy``), the catalogue (JSON) and how it was built."""
+
+    vectors: FileRef
+    catalogue: FileRef
+    method: Literal["exact"] = "exact"
+    report: dict[str, object] = {}
+
+
+class Manifest(Struct):
+    """``bundle.json``: the codec, preparation settings, models, predictors and the index."""
+
+    format: Literal["fbml.bundle/2"]
+    codec: FileRef
+    image: ImageEntry | None = None
+    text: TextEntry | None = None
+    models: dict[ModelName, ModelEntry] = {}
+    predictors: dict[Literal["text", "image", "combined"], PredictorEntry] = {}
+    index: IndexEntry | None = None

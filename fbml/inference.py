@@ -1,0 +1,119 @@
+"""Predictions for listings as a service receives them: prepared photos and raw texts, a batch at a time.
+
+``predictor_probabilities`` is what an endpoint answers: its predictor's ensemble over the models'
+probabilities; ``listing_queries`` embeds queries as ``fbml.listings`` embeds the catalogue. Models
+run in ``eval()`` mode under ``inference_mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import attrs
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+from fbml.bundle import Bundle, TextSettings
+from fbml.cleaning import ascii_text
+from fbml.linear_text import LinearTextModel
+from fbml.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts, listing_weights
+
+T = TypeVar("T")
+
+
+@attrs.frozen(eq=False)
+class Batch:
+    """Prepared photos (float32 (B, 3, S, S)) and/or raw texts of the same listings."""
+
+    images: Tensor | None = None
+    texts: Sequence[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.texts or ())
+
+
+@attrs.frozen(eq=False)
+class Outputs:
+    """A model's class probabilities (float32 (B, C)) and its embeddings of the batch (None for a linear model)."""
+
+    probabilities: np.ndarray
+    embeddings: np.ndarray | None
+
+
+def model_outputs(bundle: Bundle, kind: str, batch: Batch) -> Outputs:
+    """The ``kind`` model's outputs for ``batch`` (which has what the model reads)."""
+    model = bundle.model(kind)
+    if isinstance(model, LinearTextModel):
+        return Outputs(model.predict_proba(readable_texts(_needed(batch.texts, kind))), None)
+    inputs: list[Tensor] = []
+    if kind in ("image-cnn", "combined-nn"):
+        inputs.append(_needed(batch.images, kind))
+    if kind in ("text-cnn", "combined-nn"):
+        assert bundle.text is not None
+        inputs.append(token_ids(_needed(batch.texts, kind), bundle.text))
+    with torch.inference_mode():
+        output = model(*inputs)
+        probabilities = torch.softmax(output.logits.float(), dim=1).numpy()
+        return Outputs(probabilities, output.embedding.float().numpy())
+
+
+def predictor_probabilities(bundle: Bundle, role: str, batch: Batch) -> np.ndarray:
+    """The probabilities the ``role`` predictor gives each listing of ``batch``."""
+    ensemble = bundle.predictor(role).ensemble
+    return ensemble.combine({kind: model_outputs(bundle, kind, batch).probabilities for kind in ensemble.names})
+
+
+def listing_queries(bundle: Bundle, images: Sequence[Tensor | None], texts: Sequence[str | None]) -> np.ndarray:
+    """Each query's listing vector (photo and/or text), as ``fbml.listings`` makes the catalogue's."""
+    count = len(images)
+    text_dim = int(getattr(bundle.model(TEXT_MODEL), "embedding_dim"))
+    image_dim = int(getattr(bundle.model(IMAGE_MODEL), "embedding_dim"))
+    parts = ListingParts(np.zeros((count, text_dim), np.float32), np.zeros((count, image_dim), np.float32),
+                         np.zeros((count, bundle.codec.num_classes), np.float32))
+    for rows, role in _query_groups(images, texts):
+        batch = Batch(_stacked([images[row] for row in rows]) if role != "text" else None,
+                      [str(texts[row]) for row in rows] if role != "image" else None)
+        if batch.texts is not None:
+            parts.text[rows] = _embeddings(bundle, TEXT_MODEL, batch)
+        if batch.images is not None:
+            parts.image[rows] = _embeddings(bundle, IMAGE_MODEL, batch)
+        parts.classes[rows] = predictor_probabilities(bundle, role, batch)
+    return parts.vectors(listing_weights(bundle))
+
+
+def token_ids(texts: Sequence[str], settings: TextSettings) -> Tensor:
+    """Texts normalised as training text was (``ascii_text``), tokenised and encoded: int64 (n, length)."""
+    return torch.from_numpy(settings.vocabulary.encode_texts(readable_texts(texts), settings.length))
+
+
+def readable_texts(texts: Sequence[str]) -> list[str]:
+    """Texts as cleaning makes them (ASCII, one space between words), by the cleaning's own expression."""
+    frame = pl.DataFrame({"text": list(texts)}, schema={"text": pl.String})
+    return frame.select(ascii_text(pl.col("text"))).to_series().to_list()
+
+
+def _query_groups(images: Sequence[Tensor | None], texts: Sequence[str | None]) -> list[tuple[list[int], str]]:
+    """The query rows that have both, only a photo and only text, with the predictor each gets."""
+    groups: dict[str, list[int]] = {"combined": [], "image": [], "text": []}
+    for row, (image, text) in enumerate(zip(images, texts, strict=True)):
+        groups["combined" if image is not None and text is not None else "image" if image is not None else "text"].append(row)
+    return [(rows, role) for role, rows in groups.items() if rows]
+
+
+def _embeddings(bundle: Bundle, kind: str, batch: Batch) -> np.ndarray:
+    embeddings = model_outputs(bundle, kind, batch).embeddings
+    assert embeddings is not None
+    return embeddings
+
+
+def _stacked(images: Sequence[Tensor | None]) -> Tensor:
+    return torch.stack([image for image in images if image is not None])
+
+
+def _needed(value: T | None, kind: str) -> T:
+    if value is None:
+        raise ValueError(f"the {kind} model needs {'photos' if kind == 'image-cnn' else 'texts'}")
+    return value

@@ -1,0 +1,202 @@
+"""Similar listings: how a listing (its text, its photos, or both) becomes one vector of the search index.
+
+A listing's vector joins three unit-length parts, each weighted: the text CNN's embedding of its
+text, the image model's embedding of its photos (their mean), and the square roots of its class
+probabilities (so that their dot product is the Bhattacharyya coefficient of two predictions). A
+part the listing lacks (no photo, or a query by text alone) is zero. The weights are chosen on the
+validation products by precision@10 (same top-level category) and saved with the index.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+import polars as pl
+
+from fbml.bundle import Bundle
+from fbml.errors import FbmlError
+from fbml.search import PRECISION_K, SearchIndex, unit_rows
+
+if TYPE_CHECKING:
+    from fbml.experiment import _Run
+
+TEXT_MODEL = "text-cnn"
+IMAGE_MODEL = "image-cnn"
+PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
+
+
+@attrs.frozen
+class ListingWeights:
+    """How much each part counts in a listing's vector."""
+
+    text: float
+    image: float
+    classes: float
+
+    def to_json(self) -> dict[str, float]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ListingParts:
+    """Per listing: the text embedding, the photos' mean embedding and the class probabilities (zero rows: absent)."""
+
+    text: np.ndarray
+    image: np.ndarray
+    classes: np.ndarray
+
+    def vectors(self, weights: ListingWeights) -> np.ndarray:
+        """Unit-length float32 vectors joining the weighted unit-length parts."""
+        parts = [unit_rows(self.text) * weights.text, unit_rows(self.image) * weights.image,
+                 np.sqrt(np.clip(self.classes, 0.0, 1.0)) * weights.classes]
+        return unit_rows(np.concatenate(parts, axis=1))
+
+    def subset(self, rows: np.ndarray) -> ListingParts:
+        return ListingParts(self.text[rows], self.image[rows], self.classes[rows])
+
+
+def listing_weights(bundle: Bundle) -> ListingWeights:
+    """The weights the bundle's index was built with."""
+    if bundle.index is None:
+        raise FbmlError("the bundle has no search index")
+    weights = bundle.index.report.get("weights")
+    if not isinstance(weights, Mapping) or set(weights) != {"text", "image", "classes"}:
+        raise FbmlError("the search index does not say how its vectors were built")
+    return ListingWeights(float(weights["text"]), float(weights["image"]), float(weights["classes"]))
+
+
+def vector_width(bundle: Bundle) -> int:
+    """The width of a listing vector for this bundle's models."""
+    text, image = bundle.model(TEXT_MODEL), bundle.model(IMAGE_MODEL)
+    return int(getattr(text, "embedding_dim")) + int(getattr(image, "embedding_dim")) + bundle.codec.num_classes
+
+
+def check_index(bundle: Bundle) -> None:
+    """The index's vectors are as wide as the bundle's models make a listing's, and their weights known."""
+    assert bundle.index is not None
+    for needed in (TEXT_MODEL, IMAGE_MODEL):
+        bundle.model(needed)
+    for role in ("text", "image", "combined"):
+        bundle.predictor(role)
+    listing_weights(bundle)
+    if bundle.index.dim != vector_width(bundle):
+        raise FbmlError(f"the search index has {bundle.index.dim}-dim vectors, the bundle's models make {vector_width(bundle)}")
+
+
+def catalogue_parts(bundle: Bundle, run: _Run, products: pl.DataFrame, photos: pl.DataFrame) -> ListingParts:
+    """The parts of every product of ``products``; ``photos`` (decoded) are theirs, some have none."""
+    text = run.outputs(bundle, TEXT_MODEL, bundle.model(TEXT_MODEL), products).embeddings
+    classes = run.predictor_probabilities(bundle, "text", products)
+    image = np.zeros((products.height, int(getattr(bundle.model(IMAGE_MODEL), "embedding_dim"))), dtype=np.float32)
+    if photos.height:
+        rows = _product_rows(products, photos)
+        image_embeddings = run.outputs(bundle, IMAGE_MODEL, bundle.model(IMAGE_MODEL), photos).embeddings
+        combined = run.predictor_probabilities(bundle, "combined", photos)
+        image = _row_means(image_embeddings, rows, products.height, image)
+        with_photos = np.unique(rows)
+        classes[with_photos] = _row_means(combined, rows, products.height, classes)[with_photos]
+    return ListingParts(np.asarray(text, np.float32), image, np.asarray(classes, np.float32))
+
+
+def chosen_weights(parts: ListingParts, catalogue: pl.DataFrame) -> tuple[ListingWeights, float]:
+    """The part weights with the best precision@10 among these listings (ties: the earlier in the grid)."""
+    best: tuple[ListingWeights, float] | None = None
+    rows = np.arange(catalogue.height)
+    for text, image, classes in itertools.product(PART_WEIGHTS, repeat=3):
+        if text == image == classes == 0.0:
+            continue
+        weights = ListingWeights(text, image, classes)
+        precision = precision_at_k(SearchIndex(parts.vectors(weights), catalogue), rows)
+        if best is None or precision > best[1]:
+            best = (weights, precision)
+    assert best is not None
+    return best
+
+
+def precision_at_k(index: SearchIndex, rows: np.ndarray, k: int = PRECISION_K) -> float:
+    """Share of each query row's ``k`` nearest other rows with its category."""
+    if rows.size == 0 or len(index) < 2:
+        return 0.0
+    neighbours, _ = index.search(index.vectors[rows], k, exclude=rows)
+    categories = index.catalogue["category"].to_numpy()
+    return float((categories[neighbours] == categories[rows][:, None]).mean())
+
+
+def catalogue_index(bundle: Bundle, run: _Run, products: pl.DataFrame, weights: ListingWeights) -> SearchIndex:
+    """The index of every product of ``products`` (with their decoded photos)."""
+    photos = _decoded_photos(run, bundle, products)
+    parts = catalogue_parts(bundle, run, products, photos)
+    catalogue = products.select(CATALOGUE_COLUMNS)
+    return SearchIndex(parts.vectors(weights), catalogue, {"weights": weights.to_json()})
+
+
+def indexed_bundle(bundle: Bundle, run: _Run, *, split_seed: int) -> Bundle:
+    """``bundle`` with the index of the whole catalogue: part weights chosen on the validation
+    products; precision@10 reported for the test products against the whole catalogue."""
+    splits = run.splits.products
+    validation = splits.validation
+    parts = catalogue_parts(bundle, run, validation, _decoded_photos(run, bundle, validation))
+    weights, validation_precision = chosen_weights(parts, validation.select(CATALOGUE_COLUMNS))
+    everything = pl.concat([splits.train, splits.validation, splits.test])
+    index = catalogue_index(bundle, run, everything, weights)
+    test_rows = np.arange(splits.train.height + splits.validation.height, everything.height)
+    report = {
+        "weights": weights.to_json(),
+        "products": len(index),
+        "split_seed": split_seed,
+        "validation_precision_at_10": validation_precision,
+        "test_products": int(test_rows.size),
+        f"precision_at_{PRECISION_K}": precision_at_k(index, test_rows),
+    }
+    return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
+
+
+def reindexed_bundle(bundle: Bundle, run: _Run) -> Bundle:
+    """``bundle`` with its index rebuilt over ``run``'s catalogue (every product, with its part weights
+    as they were), reporting precision@10 over all of that catalogue."""
+    weights = listing_weights(bundle)
+    index = catalogue_index(bundle, run, run.tables.cleaned.products, weights)
+    report = {"weights": weights.to_json(), "products": len(index),
+              f"precision_at_{PRECISION_K}": precision_at_k(index, np.arange(len(index)))}
+    return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
+
+
+def index_summary(report: Mapping[str, Any]) -> str:
+    """What the index holds and how well its neighbours share a category."""
+    precision = report.get(f"precision_at_{PRECISION_K}")
+    summary = f"search index: {report.get('products')} products"
+    if precision is None:
+        return summary
+    over = f"{report['test_products']} test products" if "test_products" in report else "the catalogue"
+    return f"{summary}; precision@{PRECISION_K} {precision:.3f} over {over}"
+
+
+def _decoded_photos(run: _Run, bundle: Bundle, products: pl.DataFrame) -> pl.DataFrame:
+    """The decoded photos of ``products`` (some products may have none)."""
+    manifest = run.tables.manifest
+    if manifest is None or run.image_dir is None:
+        raise FbmlError("building the search index needs an images table and a photo folder")
+    photos = manifest.images.filter(pl.col("id").is_in(products["id"].implode()))
+    return run.with_photos(photos, bundle)
+
+
+def _product_rows(products: pl.DataFrame, photos: pl.DataFrame) -> np.ndarray:
+    """The ``products`` row of each photo."""
+    ids = products["id"].to_list()
+    return pl.Series(photos["id"]).replace_strict(ids, range(len(ids)), return_dtype=pl.Int64).to_numpy()
+
+
+def _row_means(values: np.ndarray, rows: np.ndarray, count: int, base: np.ndarray) -> np.ndarray:
+    """Per row of ``count``, the mean of ``values`` whose ``rows`` it is; ``base`` where there are none."""
+    sums = np.zeros((count, values.shape[1]), dtype=np.float64)
+    np.add.at(sums, rows, values)
+    counts = np.bincount(rows, minlength=count)
+    means = np.asarray(base, dtype=np.float64).copy()
+    present = counts > 0
+    means[present] = sums[present] / counts[present, None]
+    return means.astype(np.float32)

@@ -1,0 +1,404 @@
+"""Vector indexes for cosine search over unit-length float32 vectors: exact (numpy) and HNSW (faiss).
+
+``vector_index(vectors)`` picks one; both answer ``search(queries, k, exclude)`` with ``(rows, scores)``
+best first and save as ``to_bytes()`` (a ``.npy`` array, or faiss' own binary index format, never
+pickle) beside the JSON ``parameters()``; ``load_vector_index`` checks one against the other. faiss is
+imported only when an HNSW index is built or loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import attrs
+import numpy as np
+
+from fbml.errors import FbmlError
+
+Method = Literal["auto", "exact", "hnsw"]
+METRIC = "inner_product"
+FORMAT = 1
+
+# ``auto`` stays exact while rows * dim <= this. One exact query is one pass over all the vectors (past
+# the CPU cache it runs at memory speed, ~0.36 ms per million floats here), so its cost follows
+# rows * dim. Measured with ``benchmarks/bench_index.py --threshold`` on the 2-core dev machine,
+# 256 wide (listing vectors are ~270), OpenBLAS on one thread: one-query p50 1.8 ms at 20k rows,
+# 3.4 ms at 30k (repeats within 10%). With OpenBLAS' two threads the p50 is lower on a quiet machine
+# (1.1 ms at 20k, 2.5 ms at 40k) but jumps to 8 ms when another job holds the second core.
+EXACT_MAX_FLOATS = 20_000 * 256
+
+# HNSW settings, tuned with benchmarks/bench_index.py on 500k and 1M clustered 256-wide vectors on the
+# 2-core dev machine. ef_construction 64 builds 500k in ~2.5 min (133 CPU s); 128 lifts recall further
+# (1.000 at ef_search 128) but builds 2.4x longer, too close to 10 min when the machine is shared.
+# ef_search is the cheap knob: recall@10 at 500k 0.970 (64), 0.993 (128); at 1M 0.954 (128), 0.980 (256),
+# one-query p50 still ~0.6 ms at 1M.
+HNSW_M = 32  # links per node (64 at the base layer)
+HNSW_EF_CONSTRUCTION = 64  # candidates kept while inserting
+HNSW_EF_SEARCH = 256  # candidates kept while searching (at least k + 1 is used)
+
+# Exact search scores at most this many (query, row) pairs at once: 128 MiB of float32.
+_SCORE_BLOCK = 1 << 25
+
+
+class VectorIndex(Protocol):
+    """What every index answers: cosine top-k over its rows, and its own saved form."""
+
+    @property
+    def method(self) -> str:
+        """``"exact"`` or ``"hnsw"``."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """The width of each vector."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (int64) and scores (float32), each (Q, k'), best first."""
+        ...
+
+    def parameters(self) -> dict[str, Any]:
+        """JSON describing the saved bytes: method, metric, count, dim, library and its settings."""
+        ...
+
+    def to_bytes(self) -> bytes:
+        """The index in its library's own binary format (never pickle)."""
+        ...
+
+
+def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], vectors: np.ndarray) -> None:
+    check_vectors(vectors)
+
+
+def check_vectors(vectors: np.ndarray) -> None:
+    """``FbmlError`` unless ``vectors`` is a float32 (N, D) array with D >= 1."""
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] < 1:
+        raise FbmlError(f"index vectors must be a float32 (N, D) array with D >= 1, got {vectors.dtype} {vectors.shape}")
+
+
+@attrs.frozen
+class ExactIndex:
+    """Every row scored against every query: one matrix product and a partial sort, ties by row."""
+
+    vectors: np.ndarray = attrs.field(validator=_check_vectors, eq=attrs.cmp_using(eq=np.array_equal))
+
+    @property
+    def method(self) -> str:
+        """Always ``"exact"``."""
+        return "exact"
+
+    @property
+    def dim(self) -> int:
+        """The width of each vector."""
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores (each (Q, k'), best first, ties by row) of the ``k`` rows most similar to each
+        query; ``exclude[q]`` (a row) is left out of query ``q``'s answer. ``k' = min(k, rows left)``."""
+        batch = checked_queries(queries, self.dim)
+        skip = checked_exclude(exclude, len(batch), len(self))
+        take = answer_width(k, len(self), skip is not None)
+        if take == 0:
+            return empty_answer(len(batch))
+        block = max(1, _SCORE_BLOCK // len(self))
+        parts = [
+            exact_top(batch[start : start + block], self.vectors, take, None if skip is None else skip[start : start + block])
+            for start in range(0, max(1, len(batch)), block)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([rows for rows, _ in parts]), np.concatenate([scores for _, scores in parts])
+
+    def parameters(self) -> dict[str, Any]:
+        """JSON describing ``to_bytes()``."""
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "metric": METRIC,
+            "count": len(self),
+            "dim": self.dim,
+            "library": "numpy",
+            "library_version": np.__version__,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The vectors as a ``.npy`` file (loaded without pickle)."""
+        buffer = io.BytesIO()
+        np.save(buffer, self.vectors, allow_pickle=False)
+        return buffer.getvalue()
+
+
+@attrs.frozen(eq=False)
+class HnswIndex:
+    """A faiss ``IndexHNSWFlat`` (inner product) over the rows: approximate, far faster past ~20k rows.
+    Compares by identity (the graph is not compared)."""
+
+    index: Any = attrs.field(repr=False)
+    m: int
+    ef_construction: int
+    ef_search: int
+    seed: int
+
+    @property
+    def method(self) -> str:
+        """Always ``"hnsw"``."""
+        return "hnsw"
+
+    @property
+    def dim(self) -> int:
+        """The width of each vector."""
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores (each (Q, k'), best first, ties by row) of about the ``k`` rows most similar to
+        each query; ``exclude[q]`` (a row) is left out of query ``q``'s answer. ``k' = min(k, rows left)``."""
+        faiss = _faiss()
+        batch = checked_queries(queries, self.dim)
+        skip = checked_exclude(exclude, len(batch), len(self))
+        take = answer_width(k, len(self), skip is not None)
+        if take == 0:
+            return empty_answer(len(batch))
+        want = min(take + (skip is not None), len(self))
+        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, want))
+        scores, rows = self.index.search(batch, want, params=params)
+        short = np.flatnonzero((rows < 0).any(axis=1))
+        if len(short):  # the graph walk found fewer than ``want`` rows: score those queries exactly
+            scores[short], rows[short] = faiss.downcast_index(self.index.storage).search(batch[short], want)
+        return best_first(*drop_excluded(rows, scores, skip, take))
+
+    def parameters(self) -> dict[str, Any]:
+        """JSON describing ``to_bytes()``."""
+        faiss = _faiss()
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "metric": METRIC,
+            "count": len(self),
+            "dim": self.dim,
+            "library": "faiss-cpu",
+            "library_version": faiss.__version__,
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "seed": self.seed,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The index in faiss' binary format (``faiss.serialize_index``): graph and vectors."""
+        faiss = _faiss()
+        return bytes(faiss.serialize_index(self.index))
+
+
+def vector_index(
+    vectors: np.ndarray,
+    *,
+    method: Method = "auto",
+    seed: int = 0,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    ef_search: int = HNSW_EF_SEARCH,
+    exact_max_floats: int = EXACT_MAX_FLOATS,
+) -> VectorIndex:
+    """An index over unit-length float32 ``vectors`` (row ``i`` answers as ``i``). ``auto`` is exact
+    while ``rows * dim <= exact_max_floats`` and HNSW past it; the same vectors and seed give the same
+    index (faiss' HNSW build is deterministic whatever its thread count)."""
+    vectors = np.ascontiguousarray(vectors)
+    check_vectors(vectors)
+    if method not in ("auto", "exact", "hnsw"):
+        raise FbmlError(f"an index method is 'auto', 'exact' or 'hnsw', got {method!r}")
+    if method == "exact" or (method == "auto" and vectors.size <= exact_max_floats):
+        return ExactIndex(vectors)
+    return build_hnsw(vectors, seed=seed, m=m, ef_construction=ef_construction, ef_search=ef_search)
+
+
+def build_hnsw(vectors: np.ndarray, *, seed: int, m: int, ef_construction: int, ef_search: int) -> HnswIndex:
+    """A faiss HNSW graph over ``vectors``, built in one ``add`` (adding in parts gives another graph)."""
+    faiss = _faiss()
+
+    for name, value in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
+        _check_positive(name, value)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise FbmlError(f"an index seed is an integer between 0 and 2**63 - 1, got {seed!r}")
+    index = faiss.IndexHNSWFlat(int(vectors.shape[1]), m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.hnsw.efSearch = ef_search
+    index.hnsw.rng = faiss.RandomGenerator(seed)
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return HnswIndex(index, int(m), int(ef_construction), int(ef_search), int(seed))
+
+
+def load_vector_index(parameters: Any, content: bytes) -> VectorIndex:
+    """The index ``to_bytes()`` wrote, checked against its ``parameters()``; ``FbmlError`` when the JSON
+    is malformed, the bytes do not load, or what loaded disagrees with the JSON."""
+    if not isinstance(parameters, Mapping):
+        raise FbmlError(f"vector index parameters are a JSON object, got {type(parameters).__name__}")
+    _expect(parameters, "format", FORMAT)
+    _expect(parameters, "metric", METRIC)
+    method = parameters.get("method")
+    if method == "exact":
+        index: VectorIndex = _load_exact(content)
+    elif method == "hnsw":
+        index = _load_hnsw(parameters, content)
+    else:
+        raise FbmlError(f"vector index method is 'exact' or 'hnsw', got {method!r}")
+    for key, loaded in (("count", len(index)), ("dim", index.dim)):
+        _expect(parameters, key, loaded, what="the loaded index has")
+    return index
+
+
+def _load_exact(content: bytes) -> ExactIndex:
+    try:
+        vectors = np.load(io.BytesIO(content), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise FbmlError(f"exact index bytes are not a plain .npy array ({str(error).splitlines()[0]})") from None
+    if not isinstance(vectors, np.ndarray):
+        raise FbmlError("exact index bytes are not a plain .npy array")
+    return ExactIndex(vectors)
+
+
+def _load_hnsw(parameters: Mapping[str, Any], content: bytes) -> HnswIndex:
+    faiss = _faiss()
+
+    try:
+        index = faiss.deserialize_index(np.frombuffer(content, dtype=np.uint8))  # its own class, owning itself
+    except RuntimeError as error:
+        raise FbmlError(f"hnsw index bytes do not load in faiss ({str(error).strip().splitlines()[-1]})") from None
+    if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise FbmlError(f"hnsw index bytes hold a {type(index).__name__}, not an inner-product IndexHNSWFlat")
+    check_graph(index)
+    m, ef_construction, ef_search = (_setting(parameters, key, 1) for key in ("m", "ef_construction", "ef_search"))
+    _expect(parameters, "m", int(index.hnsw.nb_neighbors(1)), what="the loaded index has")
+    _expect(parameters, "ef_construction", int(index.hnsw.efConstruction), what="the loaded index has")
+    return HnswIndex(index, m, ef_construction, ef_search, _setting(parameters, "seed", 0))
+
+
+def check_graph(index: Any) -> None:
+    """``FbmlError`` unless the HNSW graph only links rows it holds at layers they are on, so a search
+    of a loaded index stays inside its arrays (faiss trusts the graph it reads)."""
+    faiss = _faiss()
+
+    count, hnsw = int(index.ntotal), index.hnsw
+    storage = faiss.downcast_index(index.storage)
+    if not isinstance(storage, faiss.IndexFlat) or storage.ntotal != count or storage.d != index.d:
+        raise FbmlError("hnsw index storage does not hold the index's vectors")
+    levels = faiss.vector_to_array(hnsw.levels).astype(np.int64)
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+    cumulative = faiss.vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64)
+    neighbours = faiss.vector_to_array(hnsw.neighbors)
+    layers = len(cumulative) - 1
+    if len(levels) != count or len(offsets) != count + 1 or layers < 1 or (count and not 1 <= levels.min() <= levels.max() <= layers):
+        raise FbmlError("hnsw index graph levels do not fit its row count")
+    if offsets[0] != 0 or not np.array_equal(np.diff(offsets), cumulative[levels]) or offsets[-1] != len(neighbours):
+        raise FbmlError("hnsw index graph offsets do not fit its levels")
+    if len(neighbours) and not -1 <= int(neighbours.min()) <= int(neighbours.max()) < count:
+        raise FbmlError("hnsw index graph links rows it does not hold")
+    top = int(levels.max()) - 1 if count else -1
+    if hnsw.max_level != top or not (count == 0 and hnsw.entry_point == -1 or 0 <= hnsw.entry_point < count and levels[hnsw.entry_point] - 1 == top):
+        raise FbmlError("hnsw index graph entry point does not fit its levels")
+    for node in np.flatnonzero(levels > 1):  # upper layers: ~1/M of the rows
+        for layer in range(1, int(levels[node])):
+            linked = neighbours[offsets[node] + cumulative[layer] : offsets[node] + cumulative[layer + 1]]
+            if (levels[linked[linked >= 0]] <= layer).any():
+                raise FbmlError("hnsw index graph links a row at a layer it is not on")
+
+
+def checked_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """``queries`` as a C-contiguous float32 (Q, dim) array (one vector is one query)."""
+    batch = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
+    if batch.ndim != 2 or batch.shape[1] != dim:
+        raise FbmlError(f"queries must be {dim} wide (a (Q, {dim}) array), got shape {np.shape(queries)}")
+    return batch
+
+
+def checked_exclude(exclude: Sequence[int] | None, queries: int, rows: int) -> np.ndarray | None:
+    """``exclude`` as int64, one row per query, each a row of the index."""
+    if exclude is None:
+        return None
+    skip = np.asarray(exclude, dtype=np.int64).reshape(-1)
+    if len(skip) != queries:
+        raise FbmlError(f"exclude gives {len(skip)} rows for {queries} queries")
+    if len(skip) and not 0 <= int(skip.min()) <= int(skip.max()) < rows:
+        raise FbmlError(f"exclude rows must be between 0 and {rows - 1}, got {skip.min()}..{skip.max()}")
+    return skip
+
+
+def answer_width(k: int, rows: int, excluding: bool) -> int:
+    """``k' = min(k, rows left)``; ``FbmlError`` when ``k < 1``."""
+    _check_positive("k", k)
+    return max(0, min(k, rows - excluding))
+
+
+def empty_answer(queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(Q, 0)`` rows and scores."""
+    return np.zeros((queries, 0), dtype=np.int64), np.zeros((queries, 0), dtype=np.float32)
+
+
+def exact_top(queries: np.ndarray, vectors: np.ndarray, take: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``take`` best rows per query by inner product, ties by row, ``exclude[q]`` left out."""
+    scores = queries @ vectors.T
+    if exclude is not None:
+        scores[np.arange(len(scores)), exclude] = -np.inf
+    rows = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    top = np.take_along_axis(scores, rows, axis=1)
+    for query in _cut_ties(scores, top):  # a tie straddles the cut: keep the lower rows, as a full sort would
+        rows[query] = np.lexsort((np.arange(scores.shape[1]), -scores[query]))[:take]
+        top[query] = scores[query, rows[query]]
+    return best_first(rows.astype(np.int64, copy=False), top)
+
+
+def _cut_ties(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The queries whose ``take``-th best score is shared with a row left out."""
+    worst = top.min(axis=1, keepdims=True)
+    tied = (scores == worst).sum(axis=1) > (top == worst).sum(axis=1)
+    return np.flatnonzero(tied)
+
+
+def drop_excluded(rows: np.ndarray, scores: np.ndarray, exclude: np.ndarray | None, take: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``take`` answers of each query that are not its excluded row."""
+    if exclude is None:
+        return rows[:, :take], scores[:, :take]
+    keep = np.argsort(rows == exclude[:, None], axis=1, kind="stable")[:, :take]
+    return np.take_along_axis(rows, keep, axis=1), np.take_along_axis(scores, keep, axis=1)
+
+
+def best_first(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's answers by score, highest first, ties by row; rows int64, scores float32."""
+    order = np.lexsort((rows, -scores), axis=1)
+    return (
+        np.take_along_axis(rows, order, axis=1).astype(np.int64, copy=False),
+        np.take_along_axis(scores, order, axis=1).astype(np.float32, copy=False),
+    )
+
+
+def _faiss() -> Any:
+    """faiss, imported on first use (its type stubs are partial, so it is typed ``Any``)."""
+    return importlib.import_module("faiss")
+
+
+def _setting(parameters: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = parameters.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise FbmlError(f"vector index parameter {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise FbmlError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _expect(parameters: Mapping[str, Any], key: str, actual: object, *, what: str = "expected") -> None:
+    value = parameters.get(key)
+    if type(value) is not type(actual) or value != actual:
+        raise FbmlError(f"vector index parameters say {key}={value!r}, {what} {actual!r}")

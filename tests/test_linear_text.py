@@ -1,0 +1,351 @@
+"""The TF-IDF linear text classifier: learning, calibration, determinism, and its JSON + arrays form."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from fbml.errors import FbmlError
+from fbml.linear_text import (
+    LINEAR_TEXT_FORMAT,
+    LinearTextModel,
+    LinearTextOptions,
+    _fit_uncalibrated,
+    _out_of_fold_scores,
+    fit_linear_text,
+    fit_temperature,
+    normalise_text,
+)
+
+WORDS = (
+    ("sofa", "table", "chair", "lamp", "wardrobe", "cushion"),
+    ("phone", "charger", "screen", "battery", "iphone", "samsung"),
+    ("bike", "helmet", "tent", "football", "racket", "kayak"),
+)
+FILLER = ("good", "condition", "collection", "only", "used", "new")
+CLASSES = len(WORDS)
+
+
+def corpus(per_class: int, seed: int, purity: float = 0.75) -> tuple[list[str], np.ndarray]:
+    """Listings of a name and a description; each word is its class's with probability ``purity``."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for label in range(CLASSES):
+        for _ in range(per_class):
+            words = [rng.choice(WORDS[label] if rng.random() < purity else rng.choice(WORDS)) for _ in range(5)]
+            texts.append(" ".join([*words[:2], *words[2:], *rng.sample(FILLER, 2)]).capitalize())
+            labels.append(label)
+    return texts, np.array(labels, dtype=np.int64)
+
+
+TEXTS, LABELS = corpus(20, seed=0)
+PURE = [f"{a} {b} {c}" for words in WORDS for a, b, c in zip(words, words[1:], words[2:])]
+PURE_LABELS = np.repeat(np.arange(CLASSES), len(WORDS[0]) - 2)
+PROBE = [*PURE, "", "!!! ???", "xyzzy quux", "Café Sofa", "SOFA   TABLE"]
+
+
+@pytest.fixture(scope="module")
+def model() -> LinearTextModel:
+    return fit_linear_text(TEXTS, LABELS, CLASSES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def vector_model() -> LinearTextModel:
+    return fit_linear_text(TEXTS, LABELS, CLASSES, options=LinearTextOptions(calibration="vector"), seed=0)
+
+
+def test_it_learns_separable_classes(model: LinearTextModel) -> None:
+    probabilities = model.predict_proba(PURE)
+    assert probabilities.argmax(axis=1).tolist() == PURE_LABELS.tolist()
+    assert probabilities.max(axis=1).min() > 0.5
+    assert model.num_classes == CLASSES
+
+
+def test_probabilities_are_float32_rows_summing_to_one(model: LinearTextModel) -> None:
+    probabilities = model.predict_proba(PROBE)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (len(PROBE), CLASSES)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert model.predict_proba([]).shape == (0, CLASSES)
+
+
+@settings(max_examples=60)
+@given(texts=st.lists(st.text(max_size=80) | st.lists(st.sampled_from(sum(WORDS, ())), max_size=6).map(" ".join), max_size=5))
+def test_any_text_gives_valid_probabilities(model: LinearTextModel, texts: list[str]) -> None:
+    probabilities = model.predict_proba(texts)
+    assert probabilities.shape == (len(texts), CLASSES) and np.isfinite(probabilities).all()
+    assert (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_texts_without_known_ngrams_get_the_calibrated_prior(model: LinearTextModel) -> None:
+    empty, punctuation = model.predict_proba(["", "!!! ???"])
+    logits = model.intercept.astype(np.float64) / model.calibration.temperature
+    prior = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(empty, prior, atol=1e-6)
+    np.testing.assert_array_equal(empty, punctuation)
+    assert not model.features(["", "!!! ???"]).nnz
+
+
+def test_non_ascii_text_is_read_as_the_cleaning_writes_it(model: LinearTextModel) -> None:
+    assert normalise_text("Café ÉCRAN ﬁne") == "cafe ecran fine"
+    np.testing.assert_array_equal(model.predict_proba(["Sófa Tablé"]), model.predict_proba(["sofa table"]))
+
+
+def test_temperature_is_fitted_on_out_of_fold_scores(model: LinearTextModel) -> None:
+    calibration = model.calibration
+    assert calibration.method == "temperature" and calibration.folds == 5
+    out_of_fold = _out_of_fold_scores(TEXTS, LABELS, CLASSES, model.options, 0, 5)
+    assert calibration.temperature == fit_temperature(out_of_fold, LABELS)
+    in_sample = _fit_uncalibrated(TEXTS, LABELS, CLASSES, model.options, 0).decision_function(TEXTS)
+    assert not math.isclose(fit_temperature(in_sample, LABELS), calibration.temperature, rel_tol=0.05)
+    assert not math.isclose(calibration.temperature, 1.0, rel_tol=0.05)
+    assert calibration.oof_nll < calibration.oof_nll_raw
+    assert model.to_json()["calibration"]["temperature"] == calibration.temperature
+
+
+def test_probabilities_are_the_softmax_of_tempered_scores(model: LinearTextModel) -> None:
+    logits = model.decision_function(PROBE) / model.calibration.temperature
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(model.predict_proba(PROBE), expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
+
+
+def test_vector_scaling_fits_a_scale_and_bias_per_class(vector_model: LinearTextModel, model: LinearTextModel) -> None:
+    calibration = vector_model.calibration
+    assert calibration.method == "vector" and calibration.temperature == 1.0
+    assert len(calibration.scale) == len(calibration.bias) == CLASSES and len(set(calibration.bias)) > 1
+    assert calibration.oof_nll <= model.calibration.oof_nll + 1e-9  # it nests temperature scaling
+    assert set(vector_model.to_json()["calibration"]) >= {"scale", "bias"}
+
+
+def json_and_arrays(model: LinearTextModel) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    return json.loads(json.dumps(model.to_json())), load_safetensors(save_safetensors(model.arrays()))
+
+
+@pytest.mark.parametrize("kind", ["temperature", "vector"])
+def test_round_trip_gives_identical_probabilities(kind: str, model: LinearTextModel, vector_model: LinearTextModel) -> None:
+    fitted = model if kind == "temperature" else vector_model
+    direct = LinearTextModel.from_parts(fitted.to_json(), fitted.arrays())
+    stored = LinearTextModel.from_parts(*json_and_arrays(fitted))
+    assert direct == fitted and stored == fitted
+    for loaded in (direct, stored):
+        np.testing.assert_array_equal(loaded.predict_proba(PROBE), fitted.predict_proba(PROBE))
+    assert fitted.to_json()["format"] == LINEAR_TEXT_FORMAT
+    assert {name: array.dtype.name for name, array in stored.arrays().items()} == {
+        "word_idf": "float64", "char_idf": "float64", "coef": "float32", "intercept": "float32",
+    }
+    assert fitted.coef.shape == (CLASSES, len(fitted.word_vocabulary) + len(fitted.char_vocabulary))
+
+
+def test_arrays_are_c_contiguous_for_safetensors(model: LinearTextModel) -> None:
+    fortran = attrs.evolve(model, coef=np.asfortranarray(model.coef))
+    assert all(array.flags.c_contiguous for array in fortran.arrays().values())
+    np.testing.assert_array_equal(LinearTextModel.from_parts(*json_and_arrays(fortran)).coef, model.coef)
+
+
+def test_fitting_is_deterministic_for_a_seed(model: LinearTextModel) -> None:
+    again = fit_linear_text(TEXTS, LABELS, CLASSES, seed=0)
+    assert again == model and again.to_json() == model.to_json()
+    np.testing.assert_array_equal(again.predict_proba(PROBE), model.predict_proba(PROBE))
+
+
+def test_two_classes_and_logistic_regression_work() -> None:
+    keep = LABELS < 2
+    options = LinearTextOptions(classifier="logistic", c=10.0, word_ngrams=(1, 1), char_ngrams=(3, 4), char_analyzer="char")
+    binary = fit_linear_text(np.array(TEXTS)[keep].tolist(), LABELS[keep], 2, options=options, seed=3)
+    probabilities = binary.predict_proba(PURE[:8])
+    assert probabilities.argmax(axis=1).tolist() == PURE_LABELS[:8].tolist()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(LinearTextModel.from_parts(*json_and_arrays(binary)).predict_proba(PROBE), binary.predict_proba(PROBE))
+
+
+@pytest.mark.parametrize(
+    ("texts", "labels", "num_classes", "message"),
+    [
+        (TEXTS, LABELS[:-1], CLASSES, "one label per text"),
+        (TEXTS, LABELS, 2, "labels must lie in"),
+        (TEXTS, LABELS.astype(np.float64), CLASSES, "integers"),
+        (TEXTS[:-19], LABELS[:-19], CLASSES, "class 2 has 1 training text"),
+        (TEXTS, LABELS, 4, "class 3 has 0 training text"),
+        ([*TEXTS[:-1], None], LABELS, CLASSES, "every text must be a string"),
+        (["", "!!"] * 3, np.array([0, 1] * 3), 2, "cannot build the word n-gram vocabulary"),
+        (TEXTS, LABELS, 1, "num_classes must be"),
+    ],
+)
+def test_fit_refuses_bad_input(texts: Any, labels: np.ndarray, num_classes: int, message: str) -> None:
+    with pytest.raises(FbmlError, match=message):
+        fit_linear_text(texts, labels, num_classes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"word_ngrams": (2, 1)}, {"char_ngrams": (0, 3)}, {"char_analyzer": "word"}, {"min_df": 0}, {"c": -1.0},
+     {"c": math.nan}, {"classifier": "svm"}, {"class_weight": "auto"}, {"calibration": "platt"}, {"folds": 1},
+     {"sublinear_tf": 1}, {"max_iter": True}],
+)
+def test_options_refuse_bad_values(changes: dict[str, Any]) -> None:
+    with pytest.raises(FbmlError):
+        LinearTextOptions(**changes)
+
+
+def test_options_round_trip_through_json() -> None:
+    options = LinearTextOptions(word_ngrams=(1, 3), char_analyzer="char", class_weight=None, calibration="vector")
+    assert LinearTextOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
+
+
+# --- from_parts refuses what is not a model: each mutation makes a valid document invalid --------------
+
+
+def _set(path: tuple[str, ...], value: Any) -> Any:
+    def mutate(document: dict[str, Any]) -> None:
+        target = document
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return mutate
+
+
+def _delete(path: tuple[str, ...]) -> Any:
+    def mutate(document: dict[str, Any]) -> None:
+        target = document
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+    return mutate
+
+
+def _duplicate(key: str, index: int) -> Any:
+    def mutate(document: dict[str, Any]) -> None:
+        vocabulary = document[key]
+        vocabulary[(index + 1) % len(vocabulary)] = vocabulary[index % len(vocabulary)]
+    return mutate
+
+
+def _drop_entry(key: str) -> Any:
+    return lambda document: document[key].pop()
+
+
+TOP_KEYS = ("format", "num_classes", "options", "calibration", "word_vocabulary", "char_vocabulary")
+OPTION_KEYS = tuple(field.name for field in attrs.fields(LinearTextOptions))
+NON_STRINGS = st.sampled_from([None, 3, 1.5, True, ["a"], {"a": 1}, ""])
+VOCABULARIES = st.sampled_from(["word_vocabulary", "char_vocabulary"])
+
+json_mutations = st.one_of(
+    st.sampled_from(TOP_KEYS).map(lambda key: _delete((key,))),
+    st.sampled_from(OPTION_KEYS).map(lambda key: _delete(("options", key))),
+    st.sampled_from(("method", "temperature", "folds", "oof_nll", "oof_nll_raw")).map(lambda key: _delete(("calibration", key))),
+    st.text(max_size=20).filter(lambda text: text != LINEAR_TEXT_FORMAT).map(lambda text: _set(("format",), text)),
+    st.sampled_from([LINEAR_TEXT_FORMAT.replace("/1", "/2"), None, 1]).map(lambda value: _set(("format",), value)),
+    st.sampled_from([2, 4, 0, -3, 3.0, "3", None, True]).map(lambda value: _set(("num_classes",), value)),
+    st.tuples(VOCABULARIES, st.integers(0, 10_000)).map(lambda pair: _duplicate(*pair)),
+    st.tuples(VOCABULARIES, st.integers(0, 10_000), NON_STRINGS).map(lambda triple: _set((triple[0], triple[1] % 40), triple[2])),
+    st.tuples(VOCABULARIES, st.sampled_from(["sofa", None, 7, {"sofa": 0}, []])).map(lambda pair: _set((pair[0],), pair[1])),
+    VOCABULARIES.map(_drop_entry),
+    st.sampled_from([0.0, -1.0, math.inf, math.nan, "1", None, [1.0]]).map(lambda value: _set(("calibration", "temperature"), value)),
+    st.sampled_from(["platt", None, 1]).map(lambda value: _set(("calibration", "method"), value)),
+    st.sampled_from([[2, 1], [0, 2], [1], [1, 2, 3], "1-2", [1.0, 2.0], None]).map(lambda value: _set(("options", "word_ngrams"), value)),
+    st.sampled_from(["word", None, 5]).map(lambda value: _set(("options", "char_analyzer"), value)),
+    st.sampled_from([0.0, -1, "1", None, math.inf]).map(lambda value: _set(("options", "c"), value)),
+    st.text(min_size=1, max_size=8).filter(lambda key: key not in TOP_KEYS).map(lambda key: _set((key,), 1)),
+)
+
+array_mutations = st.one_of(
+    st.sampled_from(("word_idf", "char_idf", "coef", "intercept")).map(lambda name: lambda arrays: arrays.pop(name)),
+    st.sampled_from(("word_idf", "char_idf", "intercept")).map(lambda name: lambda arrays: arrays.update({name: arrays[name][:-1]})),
+    st.sampled_from(("coef", "intercept", "word_idf")).map(lambda name: lambda arrays: arrays.update({name: arrays[name].astype(np.float16)})),
+    st.just(lambda arrays: arrays.update(coef=arrays["coef"][:, :-1])),
+    st.just(lambda arrays: arrays.update(coef=arrays["coef"][:-1])),
+    st.just(lambda arrays: arrays.update(coef=arrays["coef"].ravel())),
+    st.just(lambda arrays: arrays.update(coef=arrays["coef"].tolist())),
+    st.just(lambda arrays: arrays.update(extra=np.zeros(1, dtype=np.float32))),
+    st.tuples(st.sampled_from(["coef", "intercept", "word_idf", "char_idf"]), st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(0, 10_000)).map(
+        lambda triple: lambda arrays: arrays[triple[0]].reshape(-1).__setitem__(triple[2] % arrays[triple[0]].size, triple[1])
+    ),
+    st.sampled_from(("word_idf", "char_idf")).map(lambda name: lambda arrays: arrays[name].__setitem__(0, -1.0)),
+)
+
+
+@settings(max_examples=150)
+@given(mutation=json_mutations)
+def test_from_parts_refuses_a_mutated_json_document(model: LinearTextModel, mutation: Any) -> None:
+    document, arrays = json_and_arrays(model)
+    mutation(document)
+    with pytest.raises(FbmlError, match="^not a linear text model: "):
+        LinearTextModel.from_parts(document, arrays)
+
+
+@settings(max_examples=100)
+@given(mutation=array_mutations)
+def test_from_parts_refuses_mutated_arrays(model: LinearTextModel, mutation: Any) -> None:
+    document, arrays = json_and_arrays(model)
+    arrays = {name: array.copy() for name, array in arrays.items()}
+    mutation(arrays)
+    with pytest.raises(FbmlError, match="^not a linear text model: "):
+        LinearTextModel.from_parts(document, arrays)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [prefix] + [path for key, item in value.items() for path in _paths(item, (*prefix, key))]
+    if isinstance(value, list):
+        return [prefix] + [path for index, item in enumerate(value[:3]) for path in _paths(item, (*prefix, index))]
+    return [prefix]
+
+
+@settings(max_examples=150)
+@given(data=st.data(), replacement=json_values)
+def test_from_parts_gives_a_model_or_an_fbml_error_for_any_json(model: LinearTextModel, data: st.DataObject, replacement: Any) -> None:
+    document, arrays = json_and_arrays(model)
+    path = data.draw(st.sampled_from(_paths(document)))
+    if path:
+        _set(path, replacement)(document)
+    else:
+        document = replacement
+    try:
+        loaded = LinearTextModel.from_parts(document, arrays)
+    except FbmlError as error:
+        assert str(error).startswith("not a linear text model: ") and "\n" not in str(error)
+    else:
+        assert loaded.predict_proba(PURE[:2]).shape == (2, CLASSES)
+
+
+def test_a_few_named_refusals(model: LinearTextModel) -> None:
+    document, arrays = json_and_arrays(model)
+    cases = [
+        ({**document, "format": "fbml.linear-text/0"}, arrays, "format must be 'fbml.linear-text/1'"),
+        ({**document, "word_vocabulary": [*document["word_vocabulary"][:-1], document["word_vocabulary"][0]]}, arrays, "duplicate word vocabulary"),
+        ({**document, "char_vocabulary": "abc"}, arrays, "char vocabulary must be a list of strings"),
+        ({key: value for key, value in document.items() if key != "options"}, arrays, "lacks options"),
+        (document, {**arrays, "coef": np.full_like(arrays["coef"], np.nan)}, "coef has non-finite values"),
+        (document, {**arrays, "coef": arrays["coef"][:, 1:]}, "coef must have shape"),
+        (document, {**arrays, "intercept": arrays["intercept"][:2]}, r"intercept must have shape \(3,\)"),
+        ({**document, "num_classes": 4}, arrays, "coef must have 4 rows"),
+        (copy.deepcopy(document) | {"calibration": {**document["calibration"], "temperature": -1}}, arrays, "temperature must be a positive"),
+    ]
+    for json_value, parts, message in cases:
+        with pytest.raises(FbmlError, match=message):
+            LinearTextModel.from_parts(json_value, parts)
+
+
+def test_prediction_refuses_a_single_string_or_non_strings(model: LinearTextModel) -> None:
+    with pytest.raises(FbmlError, match="not one string"):
+        model.predict_proba("sofa table")
+    with pytest.raises(FbmlError, match="every text must be a string"):
+        model.predict_proba(["sofa", None])  # type: ignore[list-item]
