@@ -132,7 +132,7 @@ def _photo_reference(tables: CleanTables, image_dir: Path, out: Path, bundle: Bu
     from fbml.reports import per_product
 
     run = _Run(tables, image_dir, out / "work", TrainRequest("image", image=ImageRecipe()), None, False, False)
-    model = bundle.model("image")
+    model = bundle.model("image-cnn")
     assert isinstance(model, ImageClassifier) and bundle.image is not None
     features = run.features(model, bundle.image)
     cache = run.photo_cache(bundle.image.size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
@@ -209,10 +210,13 @@ def read_manifest(path: Path) -> Manifest:
         raise FbmlError(f"{path}: not a bundle (no {MANIFEST})") from None
     except OSError as error:
         raise FbmlError(f"{file}: cannot read ({error.strerror})") from None
-    older = _older_format(content)
-    if older is not None:
-        raise FbmlError(f"{file}: bundle format {older!r} is no longer read (this fbml reads {BUNDLE_FORMAT!r}); "
+    other = _other_format(content)
+    if other is not None and _format_version(other) < _format_version(BUNDLE_FORMAT):
+        raise FbmlError(f"{file}: bundle format {other!r} is no longer read (this fbml reads {BUNDLE_FORMAT!r}); "
                         "train the models again with `fbml train` to make a new bundle")
+    if other is not None:
+        raise FbmlError(f"{file}: bundle format {other!r} is newer than this fbml reads ({BUNDLE_FORMAT!r}); "
+                        "upgrade fbml to load it")
     try:
         return msgspec.json.decode(content, type=Manifest)
     except msgspec.ValidationError as error:
@@ -221,14 +225,20 @@ def read_manifest(path: Path) -> Manifest:
         raise FbmlError(f"{file}: not valid JSON ({error})") from None
 
 
-def _older_format(content: bytes) -> str | None:
-    """The format of a manifest of an older version (``fbml.bundle/1``), or None."""
+def _other_format(content: bytes) -> str | None:
+    """The format of a manifest of another version of fbml's bundles (``fbml.bundle/N``), or None."""
     try:
         value = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return None
     found = value.get("format") if isinstance(value, dict) else None
-    return found if isinstance(found, str) and found.startswith("fbml.bundle/") and found != BUNDLE_FORMAT else None
+    if isinstance(found, str) and re.fullmatch(r"fbml\.bundle/[0-9]{1,6}", found) and found != BUNDLE_FORMAT:
+        return found
+    return None
+
+
+def _format_version(name: str) -> int:
+    return int(name.rsplit("/", 1)[1])
 
 
 def _image_entry(image: ImageSettings) -> ImageEntry:
@@ -302,7 +312,7 @@ def _read_linear(path: Path, entry: TextLinearEntry, codec: LabelCodec) -> Linea
 
     parameters = _read(path, entry.parameters, "text-linear parameters", lambda value: value)
     try:
-        arrays = load(_checked(path, entry.arrays).read_bytes())
+        arrays = load(_checked(path, entry.arrays))
     except (SafetensorError, ValueError) as error:
         raise FbmlError(f"{path}: bundle file {entry.arrays.file} is not a safetensors file ({error})") from None
     try:
@@ -319,7 +329,7 @@ def _load_weights(path: Path, kind: str, module: nn.Module, ref: FileRef) -> Non
     from safetensors.torch import load
 
     try:
-        state = load(_checked(path, ref).read_bytes())
+        state = load(_checked(path, ref))
     except (SafetensorError, ValueError) as error:
         raise FbmlError(f"{path}: bundle file {ref.file} is not a safetensors file ({error})") from None
     try:
@@ -394,9 +404,9 @@ def _write_json(path: Path, stem: str, value: Any) -> FileRef:
 
 def _read(path: Path, ref: FileRef, what: str, parse: Any) -> Any:
     """A JSON file of the bundle through ``parse``; ``FbmlError`` naming the file when either fails."""
-    file = _checked(path, ref)
+    content = _checked(path, ref)
     try:
-        return parse(json.loads(file.read_text(encoding="utf-8")))
+        return parse(json.loads(content.decode("utf-8")))
     except (ValueError, UnicodeDecodeError) as error:
         raise FbmlError(f"{path}: bundle file {ref.file} is not valid JSON ({error})") from None
     except FbmlError as error:
@@ -405,9 +415,12 @@ def _read(path: Path, ref: FileRef, what: str, parse: Any) -> Any:
 
 def _read_npy(path: Path, ref: FileRef, dtype: type[np.floating[Any]]) -> np.ndarray:
     try:
-        array = np.load(BytesIO(_checked(path, ref).read_bytes()), allow_pickle=False)
-    except ValueError as error:
-        raise FbmlError(f"{path}: bundle file {ref.file} is not a plain .npy array ({str(error).splitlines()[0]})") from None
+        array = np.load(BytesIO(_checked(path, ref)), allow_pickle=False)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise FbmlError(f"{path}: bundle file {ref.file} is not a plain .npy array ({detail})") from None
+    if not isinstance(array, np.ndarray):
+        raise FbmlError(f"{path}: bundle file {ref.file} is not a plain .npy array (an .npz archive)")
     if array.dtype != dtype or array.ndim != 2:
         raise FbmlError(f"{path}: bundle file {ref.file} holds {array.dtype} {array.shape}, not a 2-D {np.dtype(dtype)} array")
     return array
@@ -427,14 +440,18 @@ def _write_file(path: Path, stem: str, suffix: str, content: bytes) -> FileRef:
     return FileRef(name, digest)
 
 
-def _checked(path: Path, ref: FileRef) -> Path:
-    """The bundle's file ``ref`` names (a plain file inside the bundle) with its checksum verified."""
+def _checked(path: Path, ref: FileRef) -> bytes:
+    """The content of the bundle's file ``ref`` names (a plain file inside the bundle), its checksum
+    verified on the very bytes that are then parsed."""
     file = path / ref.file
-    if file.is_symlink() or not file.is_file():
+    if file.is_symlink():
+        raise FbmlError(f"{path}: bundle file {ref.file} is a symbolic link; a bundle's files must be its own")
+    if not file.is_file():
         raise FbmlError(f"{path}: bundle file {ref.file} is missing")
-    if hashlib.sha256(file.read_bytes()).hexdigest() != ref.sha256:
+    content = file.read_bytes()
+    if hashlib.sha256(content).hexdigest() != ref.sha256:
         raise FbmlError(f"{path}: bundle file {ref.file} does not match its checksum")
-    return file
+    return content
 
 
 def _remove_unreferenced(path: Path, manifest: Manifest) -> None:

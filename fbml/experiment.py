@@ -534,7 +534,8 @@ def _train_image(bundle: Bundle, run: _Run) -> tuple[Bundle, TrainResult]:
 
 
 def _train_combined(bundle: Bundle, run: _Run) -> tuple[Bundle, TrainResult]:
-    """The seed's combined network and late fusion; the ``combined`` predictor chosen on validation.
+    """The seed's combined network and late fusion of the text predictor's models with the image
+    model (and with the network too); the ``combined`` predictor is the best of those on validation.
 
     The network is trained from the branches as the training split alone made them, so its validation
     figures are fair; with refitting, it is then trained again from the refitted branches."""
@@ -550,7 +551,8 @@ def _train_combined(bundle: Bundle, run: _Run) -> tuple[Bundle, TrainResult]:
     bundle = bundle.with_model(BundleModel("combined-nn", network, options, _report(history, run)))
     _, validation, test = run.frames("photos", bundle)
     fusion = (*bundle.predictor("text").ensemble.names, "image-cnn")
-    bundle, result = _with_chosen(bundle, "combined", [("combined-nn",), fusion], (validation, test), histories, run)
+    candidates = [("combined-nn",), fusion, (*fusion, "combined-nn")]
+    bundle, result = _with_chosen(bundle, "combined", candidates, (validation, test), histories, run)
     from fbml.listings import indexed_bundle
 
     bundle = indexed_bundle(bundle, run, split_seed=run.request.split_seed)

@@ -67,6 +67,8 @@ def listing_weights(bundle: Bundle) -> ListingWeights:
     weights = bundle.index.report.get("weights")
     if not isinstance(weights, Mapping) or set(weights) != {"text", "image", "classes"}:
         raise FbmlError("the search index does not say how its vectors were built")
+    if not all(type(value) in (int, float) and 0.0 <= value <= 100.0 for value in weights.values()):
+        raise FbmlError(f"the search index's part weights must be numbers from 0 to 100, got {dict(weights)}")
     return ListingWeights(float(weights["text"]), float(weights["image"]), float(weights["classes"]))
 
 

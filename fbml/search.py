@@ -119,7 +119,7 @@ class SearchIndex:
         try:
             catalogue = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
-            raise FbmlError(f"bad index catalogue: {error}") from None
+            raise FbmlError(f"bad index catalogue: {str(error).splitlines()[0]}") from None
         return cls(vectors, catalogue, report)
 
 

@@ -596,15 +596,12 @@ def test_the_old_format_says_how_to_retrain(copy: Path) -> None:
     assert "fbml train" in str(error) and "'fbml.bundle/2'" in str(error)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "fbml/bundle.py _older_format: any 'fbml.bundle/N' other than /2 is called 'no longer read' with advice "
-    "to retrain, a newer format (/3, written by a newer fbml) included"))
 def test_a_newer_format_is_not_called_old(copy: Path) -> None:
     manifest = manifest_of(copy)
     manifest["format"] = "fbml.bundle/3"
     write_manifest(copy, manifest)
-    error = load_error(copy, r"fbml\.bundle/3")
-    assert "no longer read" not in str(error)
+    error = load_error(copy, r"fbml\.bundle/3' is newer than this fbml reads")
+    assert "no longer read" not in str(error) and "upgrade fbml" in str(error)
 
 
 @pytest.mark.parametrize("format_", ["acme.bundle/2", None, 2, "FBML.BUNDLE/2"])
@@ -823,7 +820,7 @@ def test_a_symlink_out_of_the_bundle_is_refused(copy: Path, tmp_path: Path, wher
     shutil.move(copy / ref["file"], outside)  # the right content, the right checksum, but not in the bundle
     (copy / ref["file"]).symlink_to(outside)
     assert hashlib.sha256((copy / ref["file"]).read_bytes()).hexdigest() == ref["sha256"]
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} is missing")
+    load_error(copy, rf"bundle file {re.escape(ref['file'])} is a symbolic link")
 
 
 @pytest.mark.parametrize("where", [("models", "text-cnn", "weights"), ("models", "text-linear", "arrays")])
@@ -887,10 +884,6 @@ def _npz_bytes() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.xfail(strict=True, raises=(EOFError, zipfile.BadZipFile, AttributeError), reason=(
-    "fbml/bundle.py _read_npy catches only ValueError from np.load: an empty .npy (EOFError), a broken zip "
-    "(zipfile.BadZipFile) and an .npz (np.load returns an NpzFile, then AttributeError on .dtype) escape "
-    "as other exceptions"))
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip", _npz_bytes()], ids=["empty", "bad-zip", "npz"])
 def test_an_npy_that_is_empty_or_a_zip(copy: Path, content: bytes) -> None:
     manifest = manifest_of(copy)
@@ -1071,9 +1064,6 @@ def test_a_catalogue_that_is_not_one(copy: Path, change: Callable[[list], object
         load_error(copy, message)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "fbml/search.py SearchIndex.from_json: 'bad index catalogue: {error}' embeds polars' multi-line message, "
-    "so the FbmlError is not one line"))
 def test_a_catalogue_price_that_is_not_a_number(copy: Path) -> None:
     manifest = manifest_of(copy)
     ref = manifest["index"]["catalogue"]
@@ -1091,9 +1081,6 @@ def test_an_index_without_its_weights(copy: Path, report: dict[str, Any]) -> Non
     load_error(copy, r": the search index does not say how its vectors were built")
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, TypeError, OverflowError), reason=(
-    "fbml/listings.py listing_weights: float(weights[...]) on a manifest value that is not a number raises "
-    "ValueError/TypeError/OverflowError, which _check_settings does not turn into an FbmlError"))
 @pytest.mark.parametrize("value", ["heavy", None, [1.0], 10**400], ids=["text", "null", "list", "huge-int"])
 def test_an_index_with_weights_that_are_not_numbers(copy: Path, value: object) -> None:
     manifest = manifest_of(copy)
@@ -1114,15 +1101,8 @@ def test_an_index_needs_every_predictor(copy: Path) -> None:
 # the values a mutation puts in place of another
 ODD_VALUES = [None, True, False, 0, 1, -1, 2.5, "", "x", [], {}, [1, 2], {"a": 1}, "fbml.bundle/1", "text-cnn"]
 HUGE_NUMBERS = [10**12, -(10**12), 2**63, -(2**63) - 1, 10**30, -1, -0.5, 1e300, -1e300, 1e-300]
-# fbml/listings.py listing_weights crashes on a non-number weight (see the xfail above): left out here,
-# so that this property stays about everything else
-KNOWN_BUG = ("index", "report", "weights")
-
-
 def nodes(value: Any, where: tuple = ()) -> Iterator[tuple]:
     """The position of every value of a JSON document (the document itself included)."""
-    if where[: len(KNOWN_BUG)] == KNOWN_BUG:
-        return
     yield where
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:

@@ -169,6 +169,7 @@ def test_batches_pin_memory() -> None:
     assert batch.images.is_pinned() and batch.rows.is_pinned()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_a_dataloader_over_the_sample_yields_image_batches(manifest: pl.DataFrame, cache: ImageCache, workers: int) -> None:
     prepared = image_dataset(manifest, cache, label_codec(manifest["category"]), train_transform(8))
     loader = DataLoader(prepared.dataset, batch_size=16, shuffle=True, num_workers=workers, collate_fn=ImageBatch.collate)
