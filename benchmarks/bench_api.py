@@ -62,7 +62,7 @@ class LoadResult:
 
 
 def main() -> None:
-    from fbml.api import serving_threads
+    from fbml.serving.app import serving_threads
 
     args = _arguments()
     with tempfile.TemporaryDirectory(prefix="fbml-bench-api-") as scratch:
@@ -96,10 +96,10 @@ def _arguments() -> argparse.Namespace:
 
 def small_bundle(scratch: Path) -> Path:
     """Text, image and combined models (one epoch each, 64 px) trained on the sample marketplace."""
-    from fbml.experiment import train_into_bundle, train_request
-    from fbml.images import clean_images
-    from fbml.pipeline import clean_tables
-    from fbml.sample import write_sample
+    from fbml.workflows.train import train_into_bundle, train_request
+    from fbml.vision.cleaning import clean_images
+    from fbml.tables.clean import clean_tables
+    from fbml.sample.marketplace import write_sample
 
     print("no --bundle: training a small one on the sample marketplace", file=sys.stderr)
     sample = write_sample(scratch / "sample", products=650, seed=0, progress=False)
@@ -115,7 +115,7 @@ def payloads_for(bundle_dir: Path) -> Payloads:
     """Synthetic photos, and the catalogue's names and ids (stock texts when the bundle has no index)."""
     from PIL import Image
 
-    from fbml.bundle import load_bundle
+    from fbml.bundle.store import load_bundle
 
     rng = np.random.default_rng(0)
     photos = []
@@ -135,8 +135,8 @@ def direct_rates(bundle_dir: Path, payloads: Payloads, *, seconds: float, thread
     input (decoding the photo, normalising the text) and the model call (and the search)."""
     import torch
 
-    from fbml.api import DEFAULT_MAX_IMAGE_PIXELS, Example, class_probabilities, prepared_image, query_vectors
-    from fbml.bundle import load_bundle
+    from fbml.serving.app import DEFAULT_MAX_IMAGE_PIXELS, Example, class_probabilities, prepared_image, query_vectors
+    from fbml.bundle.store import load_bundle
 
     torch.set_num_threads(threads)
     bundle = load_bundle(bundle_dir)
@@ -175,11 +175,11 @@ def server(bundle_dir: Path, *, workers: int, threads: int) -> Iterator[str]:
     """uvicorn serving the bundle on a free loopback port, until the block ends."""
     import httpx
 
-    from fbml.api import free_port
+    from fbml.serving.app import free_port
 
     port = free_port()
     command = [
-        sys.executable, "-m", "uvicorn", "fbml.api:app_from_env", "--factory", "--host", "127.0.0.1",
+        sys.executable, "-m", "uvicorn", "fbml.serving.app:app_from_env", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
     ]
     env = {**os.environ, "FBML_BUNDLE": str(bundle_dir.resolve()), "FBML_TORCH_THREADS": str(threads)}

@@ -1,5 +1,5 @@
 """Benchmark one epoch of photos through a DataLoader: the original PIL-per-item dataset against the
-decoded cache (`fbml.photos.build_image_cache` + `fbml.datasets.ImageDataset`), same eval transform.
+decoded cache (`fbml.vision.cache.build_image_cache` + `fbml.modeling.datasets.ImageDataset`), same eval transform.
 
 Usage: uv run python benchmarks/bench_datasets.py [--image-dir DIR] [--size 224] [--limit 2000]
 """
@@ -18,11 +18,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional
 
-from fbml.datasets import ImageBatch, eval_transform, image_dataset
-from fbml.encoding import label_codec
-from fbml.photos import build_image_cache
-from fbml.pipeline import clean_tables
-from fbml.sample import write_sample
+from fbml.modeling.datasets import ImageBatch, eval_transform, image_dataset
+from fbml.text.labels import label_codec
+from fbml.vision.cache import build_image_cache
+from fbml.tables.clean import clean_tables
+from fbml.sample.marketplace import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 MARKETPLACE = REPO.parent / "shared" / "data" / "marketplace"

@@ -1,4 +1,4 @@
-"""Benchmark `fbml.images.clean_images` against the original system's single-process PIL loop.
+"""Benchmark `fbml.vision.cleaning.clean_images` against the original system's single-process PIL loop.
 
 Usage: uv run python benchmarks/bench_images.py [--src DIR] [--size 512] [--workers N]
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fbml.images import clean_images
+from fbml.vision.cleaning import clean_images
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "marketplace" / "raw_images"

@@ -28,9 +28,9 @@ import attrs
 import numpy as np
 
 if TYPE_CHECKING:
-    from fbml.bundle import Bundle
-    from fbml.experiment import TrainResult
-    from fbml.pipeline import CleanTables
+    from fbml.bundle.store import Bundle
+    from fbml.workflows.train import TrainResult
+    from fbml.tables.clean import CleanTables
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "marketplace"
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(data: Path, out: Path, device: str) -> None:
-    from fbml.devices import resolve_device
-    from fbml.experiment import train_into_bundle, train_request
-    from fbml.pipeline import clean_tables
+    from fbml.modeling.devices import resolve_device
+    from fbml.workflows.train import train_into_bundle, train_request
+    from fbml.tables.clean import clean_tables
 
     tables = clean_tables(data / "Products.csv", data / "Images.csv")
     results: dict[str, TrainResult] = {}
@@ -77,7 +77,7 @@ def run(data: Path, out: Path, device: str) -> None:
 
 def reference_figures(tables: CleanTables, image_dir: Path, out: Path) -> dict[str, float]:
     """Test accuracy per product of the issue's references, fitted on the same training split."""
-    from fbml.bundle import load_bundle
+    from fbml.bundle.store import load_bundle
 
     bundle = load_bundle(out / "bundle")
     texts, text_lr = _text_references(tables)
@@ -101,8 +101,8 @@ def _text_references(tables: CleanTables) -> tuple[dict[str, float], TextLR]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    from fbml.pipeline import split_tables
-    from fbml.text import product_text
+    from fbml.tables.splits import split_tables
+    from fbml.text.vocabulary import product_text
 
     splits = split_tables(tables, seed=0).products
     text = product_text(pl.col("product_name"), pl.col("product_description"))
@@ -127,11 +127,11 @@ def _photo_reference(tables: CleanTables, image_dir: Path, out: Path, bundle: Bu
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from fbml.experiment import ImageRecipe, TrainRequest, _Run
-    from fbml.models import ImageClassifier
-    from fbml.reports import per_product
+    from fbml.workflows.runs import Run
+    from fbml.modeling.models import ImageClassifier
+    from fbml.modeling.metrics import per_product
 
-    run = _Run(tables, image_dir, out / "work", TrainRequest("image", image=ImageRecipe()), None, False, False)
+    run = Run(tables, image_dir, out / "work", progress=False)
     model = bundle.model("image-cnn")
     assert isinstance(model, ImageClassifier) and bundle.image is not None
     features = run.features(model, bundle.image)

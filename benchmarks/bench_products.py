@@ -41,8 +41,8 @@ def replicate(products: Path, rows: int, out: Path) -> None:
 
 def run_fbml(path: str) -> dict[str, float]:
     """fbml: read (all strings) and clean, contracts checked on the way in and out."""
-    from fbml.cleaning import clean_products
-    from fbml.sources import read_products
+    from fbml.tables.cleaning import clean_products
+    from fbml.tables.sources import read_products
 
     register_pandera_backends()
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -98,8 +98,8 @@ def run_profile(path: str) -> dict[str, float]:
     import polars as pl
 
     from contracts import CleanProducts, RawProducts, Rejected
-    from fbml import cleaning
-    from fbml.sources import read_table
+    from fbml.tables import cleaning
+    from fbml.tables.sources import read_table
 
     seconds: dict[str, float] = {}
 

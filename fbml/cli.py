@@ -159,14 +159,14 @@ def _add_quickstart(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from fbml.sample import write_sample
+    from fbml.sample.marketplace import write_sample
 
     sample = write_sample(args.out_dir, products=args.products, seed=args.seed, progress=True)
     print(f"wrote {sample.products_csv}, {sample.images_csv} and photos in {sample.image_dir}")
 
 
 def _run_clean_products(args: argparse.Namespace) -> None:
-    from fbml.pipeline import clean_tables, write_clean_tables
+    from fbml.tables.clean import clean_tables, write_clean_tables
 
     tables = clean_tables(args.products, args.images)
     write_clean_tables(tables, args.out)
@@ -175,7 +175,7 @@ def _run_clean_products(args: argparse.Namespace) -> None:
 
 
 def _run_clean_images(args: argparse.Namespace) -> None:
-    from fbml.images import clean_images
+    from fbml.vision.cleaning import clean_images
 
     report = clean_images(args.src, args.dst, size=args.size, workers=args.workers)
     print(f"photos: {report.cleaned + report.rejected} read, {report.cleaned} cleaned, {report.rejected} rejected")
@@ -186,8 +186,8 @@ def _run_clean_images(args: argparse.Namespace) -> None:
 def _run_baselines(args: argparse.Namespace) -> None:
     import json
 
-    from fbml.baselines import run_baselines
-    from fbml.pipeline import clean_tables
+    from fbml.workflows.baselines import run_baselines
+    from fbml.tables.clean import clean_tables
 
     tables = clean_tables(args.products, args.images)
     baselines = run_baselines(
@@ -198,9 +198,9 @@ def _run_baselines(args: argparse.Namespace) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from fbml.devices import resolve_device
-    from fbml.experiment import train_into_bundle, train_request
-    from fbml.pipeline import clean_tables
+    from fbml.modeling.devices import resolve_device
+    from fbml.workflows.train import train_into_bundle, train_request
+    from fbml.tables.clean import clean_tables
 
     request = train_request(
         args.model, epochs=args.epochs, backbone=args.backbone, image_size=args.image_size, weights=args.weights,
@@ -220,14 +220,14 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import json
     import tempfile
 
-    from fbml.bundle import load_bundle
-    from fbml.devices import resolve_device
-    from fbml.experiment import evaluations, scores_table
-    from fbml.pipeline import clean_tables
+    from fbml.bundle.store import load_bundle
+    from fbml.modeling.devices import resolve_device
+    from fbml.workflows.evaluate import evaluations, scores_table
+    from fbml.tables.clean import clean_tables
 
     device = str(resolve_device(args.device))
     if args.report is not None:
-        from fbml.html_report import report_files
+        from fbml.workflows.report import report_files
 
         report_files(args.report)  # a folder the report may not replace stops here, before any work
     bundle = load_bundle(args.bundle)
@@ -236,7 +236,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         results = evaluations(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json, device=device)
     scores = {name: result.scores for name, result in results.items()}
     if args.report is not None:
-        from fbml.evaluation_report import write_evaluation_report
+        from fbml.workflows.evaluate import write_evaluation_report
 
         manifest = None if tables.manifest is None else tables.manifest.images
         page = write_evaluation_report(args.report, bundle, results, bundle_path=args.bundle, products=str(args.products),
@@ -251,11 +251,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 def _run_index(args: argparse.Namespace) -> None:
     import json
 
-    from fbml.bundle import load_bundle, save_bundle
-    from fbml.devices import resolve_device
-    from fbml.experiment import reindex
-    from fbml.listings import index_summary
-    from fbml.pipeline import clean_tables
+    from fbml.bundle.store import load_bundle, save_bundle
+    from fbml.modeling.devices import resolve_device
+    from fbml.workflows.index import reindex
+    from fbml.workflows.index import index_summary
+    from fbml.tables.clean import clean_tables
 
     device = str(resolve_device(args.device))
     bundle = load_bundle(args.bundle)
@@ -268,13 +268,13 @@ def _run_index(args: argparse.Namespace) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> None:
-    from fbml.api import serve
+    from fbml.serving.app import serve
 
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers)
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:
-    from fbml.quickstart import quickstart
+    from fbml.workflows.quickstart import quickstart
 
     quickstart(args.out, products=args.products, seed=args.seed)
 

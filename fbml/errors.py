@@ -14,3 +14,14 @@ class InputError(FbmlError):
         super().__init__(f"{source}: {problem}")
         self.source = str(source)
         self.problem = problem
+
+
+class ContractError(FbmlError):
+    """A frame that breaks its contract where it enters a stage: the contract, the column and the check."""
+
+    def __init__(self, contract: str, column: str | None, check: str, detail: str = "") -> None:
+        where = f"column {column!r}" if column else "the frame"
+        super().__init__(f"{contract}: {where} fails {check}" + (f" ({detail})" if detail else ""))
+        self.contract = contract
+        self.column = column
+        self.check = check

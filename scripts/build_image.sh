@@ -195,10 +195,10 @@ import numpy as np
 import torch
 
 import fbml
-from fbml.bundle import Bundle, BundleModel, ImageSettings, TextSettings, build_model, load_bundle, save_bundle
-from fbml.encoding import LabelCodec
-from fbml.text import Vocabulary
-from fbml.word2vec import WordVectors
+from fbml.bundle.store import Bundle, BundleModel, ImageSettings, TextSettings, build_model, load_bundle, save_bundle
+from fbml.text.labels import LabelCodec
+from fbml.text.vocabulary import Vocabulary
+from fbml.text.word2vec import WordVectors
 
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, fbml {getattr(fbml, '__version__', '?')}, "
       f"imports {time.perf_counter() - start:.1f}s")
@@ -227,15 +227,15 @@ with tempfile.TemporaryDirectory() as tmp:
           f" text logits {tuple(text_logits.shape)}, image logits {tuple(image_logits.shape)}")
 
     try:
-        import fbml.api as api
+        import fbml.serving.app as api
     except ModuleNotFoundError as error:
-        if error.name != "fbml.api":
+        if error.name != "fbml.serving.app":
             raise
-        print("fbml.api: not in this image yet; GET /health skipped")
+        print("fbml.serving.app: not in this image yet; GET /health skipped")
     else:
         create_app = getattr(api, "create_app", None)
         if create_app is None:
-            print("fbml.api imported; it has no create_app, GET /health skipped")
+            print("fbml.serving.app imported; it has no create_app, GET /health skipped")
         else:
             from litestar.testing import TestClient
 

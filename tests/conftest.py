@@ -25,6 +25,6 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory: pytest.TempPathFactory):
     """The default sample marketplace, written once per test session."""
-    from fbml.sample import write_sample
+    from fbml.sample.marketplace import write_sample
 
     return write_sample(tmp_path_factory.mktemp("sample"), products=650, seed=0)

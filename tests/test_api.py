@@ -31,21 +31,22 @@ from litestar.testing import TestClient
 from PIL import Image
 
 from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
-from fbml import cleaning
-from fbml.api import Example, MicroBatcher, class_probabilities, create_app, prepared_image, query_vectors
-from fbml.backbones import backbone
-from fbml.bundle import Bundle, BundleModel, ImageSettings, Predictor, TextSettings, image_from_options, text_cnn_from_options
-from fbml.datasets import eval_transform
-from fbml.encoding import LabelCodec
-from fbml.ensembles import Ensemble
-from fbml.images import clean_image, open_image
-from fbml.inference import Batch, model_outputs, predictor_probabilities, token_ids
-from fbml.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
-from fbml.listings import ListingParts, ListingWeights, check_index
-from fbml.models import ImageClassifier, combined_model
-from fbml.search import SearchIndex
-from fbml.text import Vocabulary
-from fbml.word2vec import WordVectors, embedding_matrix
+from fbml.tables import cleaning
+from fbml.serving.app import Example, MicroBatcher, class_probabilities, create_app, prepared_image, query_vectors
+from fbml.modeling.backbones import backbone
+from fbml.bundle.store import Bundle, BundleModel, ImageSettings, Predictor, TextSettings, image_from_options, text_cnn_from_options
+from fbml.modeling.datasets import eval_transform
+from fbml.text.labels import LabelCodec
+from fbml.modeling.ensembles import Ensemble
+from fbml.vision.cleaning import clean_image, open_image
+from fbml.serving.inference import Batch, model_outputs, predictor_probabilities, token_ids
+from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
+from fbml.bundle.listings import ListingParts, ListingWeights
+from fbml.bundle.store import _check_index as check_index
+from fbml.modeling.models import ImageClassifier, combined_model
+from fbml.bundle.search import SearchIndex
+from fbml.text.vocabulary import Vocabulary
+from fbml.text.word2vec import WordVectors, embedding_matrix
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 32
@@ -61,7 +62,7 @@ MAX_PIXELS = 1_000_000
 URLENCODED = "application/x-www-form-urlencoded"
 POST_PATHS = ("/predict/image", "/predict/text", "/predict/combined", "/recommend")
 ERROR_STATUSES = {400, 404, 413, 415, 422}
-FLOOR = 1e-7  # log-linear pooling clips each probability to at least this (fbml.ensembles)
+FLOOR = 1e-7  # log-linear pooling clips each probability to at least this (fbml.modeling.ensembles)
 # each predictor's members (model kind, weight) and per-class bias: softmax(sum w log p + bias)
 PREDICTORS: Mapping[str, tuple[tuple[tuple[str, float], ...], tuple[float, ...]]] = {
     "text": ((("text-cnn", 0.7), ("text-linear", 1.6)), (0.3, -0.2, 0.1)),
@@ -181,7 +182,7 @@ def models_bundle() -> Bundle:
 
 
 def indexed(bundle: Bundle) -> Bundle:
-    """``bundle`` with the index of ``catalogue()`` built as ``fbml.listings`` builds a catalogue's: the
+    """``bundle`` with the index of ``catalogue()`` built as ``fbml.workflows.index`` builds a catalogue's: the
     text CNN's embedding and the text predictor's classes for every product; for those with a photo,
     the image model's embedding and the combined predictor's classes."""
     products = catalogue()
@@ -224,7 +225,7 @@ def ascii_text(text: str) -> str:
 
 
 def direct_image(image: bytes) -> torch.Tensor:
-    """A photo prepared by hand as training photos are (``fbml.photos``: decoded straight to about
+    """A photo prepared by hand as training photos are (``fbml.vision.cache``: decoded straight to about
     ``SIZE``, letterboxed), then the deterministic eval transform with EfficientNet-Lite's statistics (0.5)."""
     with open_image(io.BytesIO(image), size=SIZE, max_pixels=10**8) as decoded:
         square = clean_image(decoded, SIZE)

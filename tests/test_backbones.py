@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fbml.backbones import (
+from fbml.modeling.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
     IMAGENET,

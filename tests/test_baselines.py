@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fbml.baselines import image_baseline, price_baseline, run_baselines
-from fbml.photos import Photos
-from fbml.pipeline import clean_tables
+from fbml.workflows.baselines import image_baseline, price_baseline, run_baselines
+from fbml.vision.cache import Photos
+from fbml.tables.clean import clean_tables
 
 
 def products(categories: list[str], prices: list[float]) -> pl.DataFrame:

@@ -29,11 +29,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import fbml.backbones
-import fbml.bundle as bundle_module
-import fbml.models
+import fbml.modeling.backbones
+import fbml.bundle.store as bundle_module
+import fbml.modeling.models
 from contracts.bundle import BUNDLE_FORMAT, CombinedOptions, ImageOptions, Manifest, TextCnnOptions
-from fbml.bundle import (
+from fbml.bundle.store import (
     MANIFEST,
     Bundle,
     BundleModel,
@@ -47,15 +47,15 @@ from fbml.bundle import (
     save_bundle,
     text_cnn_from_options,
 )
-from fbml.encoding import LabelCodec
-from fbml.ensembles import Ensemble
+from fbml.text.labels import LabelCodec
+from fbml.modeling.ensembles import Ensemble
 from fbml.errors import FbmlError
-from fbml.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
-from fbml.listings import vector_width
-from fbml.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model
-from fbml.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
-from fbml.text import RESERVED, Vocabulary
-from fbml.word2vec import WordVectors, embedding_matrix
+from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
+
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model
+from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
+from fbml.text.vocabulary import RESERVED, Vocabulary
+from fbml.text.word2vec import WordVectors, embedding_matrix
 
 CLASSES = ("bikes", "books", "chairs", "phones")
 CODEC = LabelCodec(CLASSES)
@@ -176,7 +176,7 @@ def assert_same_model(left: nn.Module, right: nn.Module, kind: str, text: TextSe
 
 
 def make_index(bundle: Bundle, seed: int = 0, rows: int = 5) -> SearchIndex:
-    vectors = unit_rows(np.random.default_rng(seed).normal(size=(rows, vector_width(bundle))))
+    vectors = unit_rows(np.random.default_rng(seed).normal(size=(rows, bundle.listing_width())))
     catalogue = pl.DataFrame(
         {
             "id": [f"p{seed}-{row}" for row in range(rows)],
@@ -536,19 +536,19 @@ def test_changed_defaults_do_not_change_a_saved_bundle(
     for name, value in (("DEFAULT_EMBEDDING_DIM", 32), ("DEFAULT_KERNEL_SIZES", (4,)), ("DEFAULT_TEXT_CHANNELS", 3),
                         ("DEFAULT_TEXT_DROPOUT", 0.9), ("DEFAULT_WORD_DROPOUT", 0.9), ("DEFAULT_POSITIONS", 2),
                         ("DEFAULT_BRANCH_SCALE", 1.0)):
-        monkeypatch.setattr(fbml.models, name, value)
+        monkeypatch.setattr(fbml.modeling.models, name, value)
     # the factories bind their defaults when defined: change those too, as an edit of models.py would
-    monkeypatch.setattr(fbml.models.text_model, "__kwdefaults__", {
+    monkeypatch.setattr(fbml.modeling.models.text_model, "__kwdefaults__", {
         "embedding_dim": 32, "kernel_sizes": (4,), "channels": 3, "dropout": 0.9, "freeze_embeddings": True,
         "normalise_embeddings": False, "positions": 2, "word_dropout": 0.9, "branch_scale": 1.0,
     })
-    monkeypatch.setattr(fbml.models.image_model, "__kwdefaults__", {
+    monkeypatch.setattr(fbml.modeling.models.image_model, "__kwdefaults__", {
         "backbone": "resnet50", "weights": "none", "trainable_stages": 3, "embedding_dim": 32, "dropout": 0.9,
     })
-    lite = fbml.backbones.BACKBONES["efficientnet_lite0"]
+    lite = fbml.modeling.backbones.BACKBONES["efficientnet_lite0"]
     other_default = attrs.evolve(lite, default_trainable_stages=3)
-    monkeypatch.setitem(fbml.backbones.BACKBONES, "efficientnet_lite0", other_default)  # type: ignore[arg-type]
-    changed = fbml.models.text_model(np.ones((5, 4), np.float32), 3)
+    monkeypatch.setitem(fbml.modeling.backbones.BACKBONES, "efficientnet_lite0", other_default)  # type: ignore[arg-type]
+    changed = fbml.modeling.models.text_model(np.ones((5, 4), np.float32), 3)
     assert changed.branch_scale == 1.0 and changed.embedding_dim == 32  # the patches do bite
 
     reloaded = load_bundle(grown.path)
@@ -1193,10 +1193,10 @@ def test_loading_downloads_nothing_and_reads_only_the_bundle(
     monkeypatch.setattr(urllib.request, "urlopen", forbid("urlopen"))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", forbid("load_state_dict_from_url"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", forbid("download_url_to_file"))
-    monkeypatch.setattr(fbml.backbones, "local_state_dict", forbid("local_state_dict"))
-    for name, spec in list(fbml.backbones.BACKBONES.items()):
+    monkeypatch.setattr(fbml.modeling.backbones, "local_state_dict", forbid("local_state_dict"))
+    for name, spec in list(fbml.modeling.backbones.BACKBONES.items()):
         refusing = attrs.evolve(spec, imagenet_state=forbid(f"{name} weights"))
-        monkeypatch.setitem(fbml.backbones.BACKBONES, name, refusing)  # type: ignore[arg-type]
+        monkeypatch.setitem(fbml.modeling.backbones.BACKBONES, name, refusing)  # type: ignore[arg-type]
     opened: list[Path] = []
     real_open = builtins.open
 
@@ -1230,15 +1230,15 @@ def test_a_pretrained_image_model_loads_without_its_starting_weights(
     save_bundle(bundle.with_predictor("image", Predictor(IMAGE_ENSEMBLE)), tmp_path)
 
     calls: list[str] = []
-    lite = fbml.backbones.BACKBONES["efficientnet_lite0"]
+    lite = fbml.modeling.backbones.BACKBONES["efficientnet_lite0"]
 
     def counted() -> Any:
         calls.append("imagenet")
         raise Forbidden("the packaged ImageNet weights")
 
     counting = attrs.evolve(lite, imagenet_state=counted)
-    monkeypatch.setitem(fbml.backbones.BACKBONES, "efficientnet_lite0", counting)  # type: ignore[arg-type]
-    monkeypatch.setattr(fbml.backbones, "local_state_dict", forbid("local_state_dict"))
+    monkeypatch.setitem(fbml.modeling.backbones.BACKBONES, "efficientnet_lite0", counting)  # type: ignore[arg-type]
+    monkeypatch.setattr(fbml.modeling.backbones, "local_state_dict", forbid("local_state_dict"))
     reloaded = load_bundle(tmp_path)
     assert calls == []
     assert_same_model(reloaded.model("image-cnn"), pretrained, "image-cnn", parts.text)

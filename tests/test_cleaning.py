@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts import CleanProducts, ImageManifest, RawProducts
-from fbml.cleaning import (
+from fbml.tables.cleaning import (
     COMMON_BLOCKS,
     ascii_text,
     category_fields,
@@ -242,7 +242,7 @@ def test_image_manifest_keeps_every_photo_and_reports_the_rest() -> None:
 
 
 def test_real_products_and_images(real_data) -> None:
-    from fbml.pipeline import clean_tables
+    from fbml.tables.clean import clean_tables
 
     tables = clean_tables(real_data / "Products.csv", real_data / "Images.csv")
     products, manifest = tables.cleaned.products, tables.manifest

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from contracts import Rejected
-from fbml.backbones import IMAGENET_MEAN, IMAGENET_STD
-from fbml.datasets import (
+from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
+from fbml.modeling.datasets import (
     NOT_CACHED,
     ImageBatch,
     ImageDataset,
@@ -29,11 +29,11 @@ from fbml.datasets import (
     text_dataset,
     train_transform,
 )
-from fbml.encoding import label_codec
+from fbml.text.labels import label_codec
 from fbml.errors import FbmlError
-from fbml.photos import ImageCache, build_image_cache
-from fbml.pipeline import clean_tables
-from fbml.text import build_vocabulary, product_text, tokens
+from fbml.vision.cache import ImageCache, build_image_cache
+from fbml.tables.clean import clean_tables
+from fbml.text.vocabulary import build_vocabulary, product_text, tokens
 
 CACHE_SIZE = 12
 CACHED_ROWS = 40

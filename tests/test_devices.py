@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fbml import devices
-from fbml.datasets import ImageBatch, ProductBatch, TextBatch
-from fbml.devices import (
+from fbml.modeling import devices
+from fbml.modeling.datasets import ImageBatch, ProductBatch, TextBatch
+from fbml.modeling.devices import (
     LoaderSettings,
     Precision,
     autocast,
@@ -28,9 +28,9 @@ from fbml.devices import (
     to_device,
 )
 from fbml.errors import FbmlError
-from fbml.features import FeatureBatch, FeatureDataset, FeatureProductBatch
-from fbml.models import ModelOutput
-from fbml.training import CHECKPOINT, TrainConfig, TrainData, fit, predict
+from fbml.modeling.features import FeatureBatch, FeatureDataset, FeatureProductBatch
+from fbml.modeling.models import ModelOutput
+from fbml.modeling.training import CHECKPOINT, TrainConfig, TrainData, fit, predict
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available())")
@@ -213,7 +213,7 @@ def feature_data(count: int = 32) -> TrainData:
 
 @needs_cuda
 def test_a_pinned_batch_moves_to_cuda() -> None:
-    from fbml.devices import Loaded
+    from fbml.modeling.devices import Loaded
 
     cuda = resolve_device("cuda")
     for batch in every_batch_kind():

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fbml.encoding import LabelCodec, UnknownLabelError, label_codec
+from fbml.text.labels import LabelCodec, UnknownLabelError, label_codec
 from fbml.errors import FbmlError
-from fbml.splits import SPLIT_NAMES, product_splits, split_by_product
+from fbml.tables.splits import SPLIT_NAMES, product_splits, split_by_product
 
 labels = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30)
 
@@ -114,7 +114,7 @@ def test_bad_fractions_are_a_clear_error() -> None:
 
 
 def test_real_data_splits(real_data) -> None:
-    from fbml.pipeline import clean_tables
+    from fbml.tables.clean import clean_tables
 
     tables = clean_tables(real_data / "Products.csv", real_data / "Images.csv")
     splits = split_by_product(tables.cleaned.products, seed=0)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fbml.ensembles import Ensemble, cross_validated_accuracy, fit_ensemble, product_accuracy
+from fbml.modeling.ensembles import Ensemble, cross_validated_accuracy, fit_ensemble, product_accuracy
 from fbml.errors import FbmlError
 
 CLASSES = 5

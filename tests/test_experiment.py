@@ -13,10 +13,11 @@ import polars as pl
 import pytest
 import torch
 
-from fbml import training
-from fbml.bundle import MANIFEST, load_bundle
+from fbml.modeling import training
+from fbml.bundle.store import MANIFEST, load_bundle
 from fbml.cli import main
-from fbml.pipeline import clean_tables, split_tables
+from fbml.tables.clean import clean_tables
+from fbml.tables.splits import split_tables
 
 PRODUCTS = 160
 IMAGE_SIZE = 32
@@ -38,8 +39,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 160-product sample with its photos cleaned to 32 px."""
-    from fbml.images import clean_images
-    from fbml.sample import write_sample
+    from fbml.vision.cleaning import clean_images
+    from fbml.sample.marketplace import write_sample
 
     root = tmp_path_factory.mktemp("market")
     sample = write_sample(root / "raw", products=PRODUCTS, seed=0)

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
 from fbml.errors import FbmlError
-from fbml.html_report import (
+from fbml.workflows.report import (
     INDEX,
     ModelResults,
     calibration_bins,

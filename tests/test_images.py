@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fbml.errors import FbmlError, InputError
-from fbml.images import ImageCleaningReport, clean_image, clean_images, open_image
+from fbml.vision.cleaning import ImageCleaningReport, clean_image, clean_images, open_image
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "marketplace" / "raw_images"
 ORIENTATION = 0x0112

@@ -17,7 +17,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from fbml.errors import FbmlError
-from fbml.linear_text import (
+from fbml.modeling.linear_text import (
     LINEAR_TEXT_FORMAT,
     LinearTextModel,
     LinearTextOptions,

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from fbml.backbones import RESNET_STAGES, backbone
+from fbml.modeling.backbones import RESNET_STAGES, backbone
 from fbml.errors import FbmlError
-from fbml.models import (
+from fbml.modeling.models import (
     CombinedClassifier,
     ImageClassifier,
     ModelOutput,

@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import fbml.photos
+import fbml.vision.cache
 from contracts import ImageManifest, Rejected
-from fbml.cleaning import MANIFEST_COLUMNS
+from fbml.tables.cleaning import MANIFEST_COLUMNS
 from fbml.errors import FbmlError, InputError
-from fbml.images import clean_image, open_image
-from fbml.photos import (
+from fbml.vision.cleaning import clean_image, open_image
+from fbml.vision.cache import (
     INDEX_FILE,
     MISSING,
     PIXELS_FILE,
@@ -31,7 +31,7 @@ from fbml.photos import (
     build_image_cache,
     load_photos,
 )
-from fbml.pipeline import clean_tables
+from fbml.tables.clean import clean_tables
 
 CATEGORIES = ("Appliances", "Home & Garden", "Other Goods")
 FILE_KINDS = ("jpg", "png", "missing")
@@ -108,7 +108,7 @@ def photo_sets(draw: st.DrawFn) -> list[PhotoSpec]:
     return [*specs[: (at := draw(st.integers(0, len(specs))))], corrupt, *specs[at:]]
 
 
-def assert_accounts_for_every_row(photos: fbml.photos.Photos, manifest: pl.DataFrame, specs: list[PhotoSpec], size: int) -> None:
+def assert_accounts_for_every_row(photos: fbml.vision.cache.Photos, manifest: pl.DataFrame, specs: list[PhotoSpec], size: int) -> None:
     """Loaded rows are the stored photos, rejected rows the rest with their reasons, pixels well-formed."""
     Rejected.validate(photos.rejected)
     rejected_rows = (photos.rejected["source_row"] - 1).to_list()
@@ -196,7 +196,7 @@ def test_a_valid_cache_is_reused_without_decoding(photo_dir: Path, tmp_path: Pat
         decoded.append(path)
         return open_image(path, **options)
 
-    monkeypatch.setattr(fbml.photos, "open_image", counted)
+    monkeypatch.setattr(fbml.vision.cache, "open_image", counted)
     first = build_image_cache(photo_manifest(), photo_dir, cache_dir, size=8, progress=False)
     stamp = (cache_dir / PIXELS_FILE).stat().st_mtime_ns
     assert len(decoded) == 5
@@ -252,7 +252,7 @@ def test_an_interrupted_build_leaves_nothing_behind(photo_dir: Path, tmp_path: P
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fbml.photos, "clean_image", interrupted)
+    monkeypatch.setattr(fbml.vision.cache, "clean_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_image_cache(photo_manifest(), photo_dir, tmp_path / "cache", size=8, progress=False)
     assert os.listdir(tmp_path) == ["photos"]
@@ -287,7 +287,7 @@ def test_a_manifest_needs_an_image_id_on_every_row(photo_dir: Path, tmp_path: Pa
 
 
 def test_importing_photos_does_not_import_torch() -> None:
-    code = "import sys, fbml.photos; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, fbml.vision.cache; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from fbml.sample import TOP_LEVEL_CATEGORIES, SampleDefects, SampleMarketplace, write_sample
+from fbml.sample.marketplace import TOP_LEVEL_CATEGORIES, SampleDefects, SampleMarketplace, write_sample
 
 PRODUCT_HEADER = ["", "id", "product_name", "category", "product_description", "price", "location"]
 IMAGE_HEADER = ["", "id", "product_id", "bucket_link", "image_ref", "create_time"]

@@ -1,7 +1,7 @@
 """The search index: exact top-k equal to brute force, ties, self-exclusion, k bounds, unknown products,
-vectors and catalogue agreeing, the JSON catalogue, and precision@k (``fbml.listings``) on a hand example.
+vectors and catalogue agreeing, the JSON catalogue, and precision@k (``fbml.workflows.index``) on a hand example.
 
-How listings become vectors is tested with ``fbml.listings``; saving the index into a bundle with the bundle."""
+How listings become vectors is tested with ``fbml.workflows.index``; saving the index into a bundle with the bundle."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fbml.errors import FbmlError
-from fbml.search import (
+from fbml.bundle.search import (
     CATALOGUE_SCHEMA,
     MAX_K,
     Neighbour,
@@ -235,7 +235,7 @@ def test_unit_rows() -> None:
 
 
 def test_precision_at_k_counts_neighbours_of_the_same_category() -> None:
-    from fbml.listings import precision_at_k
+    from fbml.bundle.listings import precision_at_k
 
     vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
     catalogue = pl.DataFrame(

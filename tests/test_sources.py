@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fbml.errors import InputError
-from fbml.pipeline import clean_tables
-from fbml.sources import read_images, read_products
+from fbml.tables.clean import clean_tables
+from fbml.tables.sources import read_images, read_products
 
 PRODUCTS_CSV = (
     ',id,product_name,category,product_description,price,location\n'

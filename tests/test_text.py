@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fbml.errors import FbmlError, InputError
-from fbml.text import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokenize, tokens
+from fbml.text.vocabulary import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokenize, tokens
 
 word = st.text(alphabet="abcdefghij0123", min_size=1, max_size=4)
 token_lists = st.lists(st.lists(word, max_size=8), max_size=12)
@@ -163,12 +163,12 @@ def test_unreadable_vocabulary_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_importing_text_loads_neither_torch_nor_gensim() -> None:
-    code = "import sys, fbml.text; print(sorted({'torch', 'gensim'} & set(sys.modules)))"
+    code = "import sys, fbml.text.vocabulary; print(sorted({'torch', 'gensim'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_real_products_vocabulary(real_data: Path) -> None:
-    from fbml.pipeline import clean_tables
+    from fbml.tables.clean import clean_tables
 
     products = clean_tables(real_data / "Products.csv").cleaned.products
     text = products.select(product_text(pl.col("product_name"), pl.col("product_description"))).to_series()

@@ -21,11 +21,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fbml import training
+from fbml.modeling import training
 from fbml.errors import FbmlError
-from fbml.features import FeatureDataset
-from fbml.models import ModelOutput
-from fbml.training import BEST_WEIGHTS, CHECKPOINT, History, TrainConfig, TrainData, fit, predict
+from fbml.modeling.features import FeatureDataset
+from fbml.modeling.models import ModelOutput
+from fbml.modeling.training import BEST_WEIGHTS, CHECKPOINT, History, TrainConfig, TrainData, fit, predict
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -351,8 +351,8 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from test_training import blob_data, new_mlp, RESUME
-    from fbml.features import FeatureDataset
-    from fbml.training import fit
+    from fbml.modeling.features import FeatureDataset
+    from fbml.modeling.training import fit
 
     class Slow(FeatureDataset):
         def collate(self, indices):
@@ -497,7 +497,7 @@ def test_tensorboard_curves_and_confusion_matrix(tmp_path: Path) -> None:
     assert "confusion_matrix/validation" in tags["images"]
     (image,) = accumulator.Images("confusion_matrix/validation")
     assert image.step == history.best_epoch
-    from fbml.reports import CELL, LABEL_WIDTH
+    from fbml.modeling.metrics import CELL, LABEL_WIDTH
 
     assert (image.width, image.height) == (LABEL_WIDTH + 4 * CELL + 10, LABEL_WIDTH // 2 + 4 * CELL + 10)
     from io import BytesIO

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fbml.errors import FbmlError
-from fbml.vector_index import (
+from fbml.bundle.vector_index import (
     EXACT_MAX_FLOATS,
     ExactIndex,
     HnswIndex,
@@ -185,7 +185,7 @@ def test_building_refuses_bad_input(vectors: np.ndarray) -> None:
 
 
 def test_import_does_not_load_faiss() -> None:
-    code = "import sys, fbml, fbml.vector_index; assert 'faiss' not in sys.modules, 'faiss imported'"
+    code = "import sys, fbml, fbml.bundle.vector_index; assert 'faiss' not in sys.modules, 'faiss imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fbml.errors import FbmlError, InputError
-from fbml.text import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokens
-from fbml.word2vec import WordVectors, coverage, embedding_matrix, train_word2vec
+from fbml.text.vocabulary import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokens
+from fbml.text.word2vec import WordVectors, coverage, embedding_matrix, train_word2vec
 
 TOPICS = {name: [f"{name}{index}" for index in range(12)] for name in ("pet", "car", "food")}
 
@@ -52,7 +52,7 @@ def test_same_seed_same_vectors_other_seed_other_vectors(corpus: list[list[str]]
 
 def test_training_does_not_depend_on_the_python_hash_seed(corpus: list[list[str]], trained: WordVectors) -> None:
     code = (
-        "import json, sys; from fbml.word2vec import train_word2vec; "
+        "import json, sys; from fbml.text.word2vec import train_word2vec; "
         "vectors = train_word2vec(json.load(sys.stdin), dim=16, window=4, epochs=20); "
         "sys.stdout.write(vectors.vectors.tobytes().hex())"
     )
@@ -162,7 +162,7 @@ def test_unknown_rows_are_seeded_and_scaled_like_the_vectors(trained: WordVector
 
 
 def test_real_products_word_vectors(real_data: Path) -> None:
-    from fbml.pipeline import clean_tables
+    from fbml.tables.clean import clean_tables
 
     products = clean_tables(real_data / "Products.csv").cleaned.products
     token_lists = products.select(tokens(product_text(pl.col("product_name"), pl.col("product_description"))))

@@ -13,7 +13,7 @@ import numpy as np
 from gensim.models import Word2Vec
 
 from fbml.errors import FbmlError, InputError
-from fbml.text import PAD_ID, RESERVED, Vocabulary
+from fbml.text.vocabulary import PAD_ID, RESERVED, Vocabulary
 
 VECTORS_FILE = "vectors.npy"
 WORDS_FILE = "words.json"

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from fbml.datasets import eval_transform
+from fbml.modeling.datasets import eval_transform
 from fbml.files import atomic_directory
-from fbml.models import CombinedClassifier, ImageClassifier, ModelOutput
-from fbml.photos import ImageCache
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput
+from fbml.vision.cache import ImageCache
 
 FEATURE_BATCH = 16
 FEATURES_FILE = "features.npy"

@@ -2,7 +2,7 @@
 
 The model reads one text per listing, the product name then its description (``product_text``).
 Two TF-IDF blocks, each L2-normalised, are concatenated: word n-grams (the tokens of
-``fbml.text.TOKEN_PATTERN``) and character n-grams. A one-vs-rest ``LinearSVC`` (or a logistic
+``fbml.text.vocabulary.TOKEN_PATTERN``) and character n-grams. A one-vs-rest ``LinearSVC`` (or a logistic
 regression) scores them, and a calibration fitted on out-of-fold scores of the training texts
 (temperature scaling, or per-class vector scaling) turns the scores into probabilities.
 
@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import normalize
 
 from fbml.errors import FbmlError
-from fbml.text import TOKEN_PATTERN
+from fbml.text.vocabulary import TOKEN_PATTERN
 
 LINEAR_TEXT_FORMAT = "fbml.linear-text/1"
 CHAR_ANALYZERS = ("char_wb", "char")

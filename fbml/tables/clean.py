@@ -1,4 +1,4 @@
-"""Compositions of the stages that the CLI, the quickstart and other services share."""
+"""The cleaned tables: products and photos read, cleaned and joined, with every rejected row; written as parquet."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 import attrs
 import polars as pl
 
-from fbml.cleaning import Cleaned, Manifest, clean_products, image_manifest
-from fbml.sources import StorageOptions, read_images, read_products
-from fbml.splits import DEFAULT_FRACTIONS, Splits, product_splits, splits_from_assignment
+from fbml.tables.cleaning import Cleaned, Manifest, clean_products, image_manifest
+from fbml.tables.sources import StorageOptions, read_images, read_products
 
 
 @attrs.frozen
@@ -77,25 +76,6 @@ def restricted_tables(tables: CleanTables, keep: pl.Expr) -> CleanTables:
         return attrs.evolve(tables, cleaned=cleaned)
     manifest = attrs.evolve(tables.manifest, images=tables.manifest.images.filter(keep))
     return attrs.evolve(tables, cleaned=cleaned, manifest=manifest)
-
-
-@attrs.frozen
-class SplitTables:
-    """Products and (when there is a manifest) photos split by product, by one assignment."""
-
-    assignment: pl.DataFrame
-    products: Splits
-    images: Splits | None
-
-
-def split_tables(
-    tables: CleanTables, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0
-) -> SplitTables:
-    """Split the clean products (stratified by category) and carry the split over to their photos."""
-    products = tables.cleaned.products
-    assignment = product_splits(products, fractions, seed)
-    images = None if tables.manifest is None else splits_from_assignment(tables.manifest.images, assignment)
-    return SplitTables(assignment, splits_from_assignment(products, assignment), images)
 
 
 def _reason_lines(counts: dict[str, int]) -> list[str]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from contracts import Rejected
 from fbml.errors import FbmlError, InputError
 from fbml.files import atomic_directory
-from fbml.images import clean_image, open_image
+from fbml.vision.cleaning import clean_image, open_image
 
 MAX_PIXELS = 89_478_485
 CACHE_FORMAT = "fbml.image-cache/1"

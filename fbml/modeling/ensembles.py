@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fbml.errors import FbmlError
-from fbml.reports import per_product
+from fbml.modeling.metrics import per_product
 
 FLOOR = 1e-7
 BIAS_PENALTY = 1e-3

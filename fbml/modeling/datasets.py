@@ -18,10 +18,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from fbml.backbones import IMAGENET_MEAN, IMAGENET_STD
-from fbml.encoding import LabelCodec
+from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
+from fbml.text.labels import LabelCodec
 from fbml.errors import FbmlError
-from fbml.photos import ImageCache, rejected_rows
+from fbml.vision.cache import ImageCache, rejected_rows
 
 TRAIN_CROP_SCALE = (0.7, 1.0)
 TRAIN_JITTER = 0.1

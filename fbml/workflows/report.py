@@ -22,8 +22,8 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from fbml.errors import FbmlError
-from fbml.images import clean_image, open_image
-from fbml.reports import confusion_matrix, macro_f1
+from fbml.vision.cleaning import clean_image, open_image
+from fbml.modeling.metrics import confusion_matrix, macro_f1
 
 INDEX = "index.html"
 MARKER = ".fbml-report.json"
@@ -367,7 +367,7 @@ def _write(directory: Path, previous: tuple[str, ...], pictures: Sequence[_Pictu
         stale = directory / name
         if stale.is_file() and not stale.is_symlink():
             stale.unlink()
-    marker = {"written_by": "fbml.html_report", "files": names}
+    marker = {"written_by": "fbml.workflows.report", "files": names}
     (directory / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     for picture in pictures:
         _save(picture, directory / picture.name)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fbml.backbones import DEFAULT_BACKBONE
-from fbml.backbones import backbone as get_backbone
+from fbml.modeling.backbones import DEFAULT_BACKBONE
+from fbml.modeling.backbones import backbone as get_backbone
 from fbml.errors import FbmlError
 
 DEFAULT_EMBEDDING_DIM = 128
@@ -192,7 +192,7 @@ def image_model(
     embedding_dim: int = DEFAULT_EMBEDDING_DIM,
     dropout: float = 0.3,
 ) -> ImageClassifier:
-    """A registered ``backbone`` (``fbml.backbones``) cut where training starts, and a new head.
+    """A registered ``backbone`` (``fbml.modeling.backbones``) cut where training starts, and a new head.
 
     ``weights``: ``"none"``, ``"imagenet"`` or a local weights file (default: the backbone's own
     default, ImageNet for the offline EfficientNet-Lite). ``trainable_stages``: how many of the last

@@ -2,7 +2,7 @@
 
 A query is one matrix product with every row and a partial sort (exact). The index travels in the
 bundle: vectors as ``.npy``, the catalogue (id, name, category, price) as JSON. How a listing
-becomes a vector is ``fbml.listings``' job.
+becomes a vector is ``fbml.workflows.index``' job.
 """
 
 from __future__ import annotations

@@ -1,96 +1,29 @@
-"""Similar listings: how a listing (its text, its photos, or both) becomes one vector of the search index.
-
-A listing's vector joins three unit-length parts, each weighted: the text CNN's embedding of its
-text, the image model's embedding of its photos (their mean), and the square roots of its class
-probabilities (so that their dot product is the Bhattacharyya coefficient of two predictions). A
-part the listing lacks (no photo, or a query by text alone) is zero. The weights are chosen on the
-validation products by precision@10 (same top-level category) and saved with the index.
-"""
+"""Build the similar-listings index over a catalogue: every product's listing vector (``fbml.bundle.listings``),
+with the part weights chosen on the validation products by precision@10 (same top-level category)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
 import polars as pl
 
-from fbml.bundle import Bundle
+from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts, ListingWeights, precision_at_k
+from fbml.bundle.search import PRECISION_K, SearchIndex
+from fbml.bundle.store import Bundle
 from fbml.errors import FbmlError
-from fbml.search import PRECISION_K, SearchIndex, unit_rows
+from fbml.tables.clean import CleanTables
+from fbml.workflows.runs import Run, known_categories
 
-if TYPE_CHECKING:
-    from fbml.experiment import _Run
-
-TEXT_MODEL = "text-cnn"
-IMAGE_MODEL = "image-cnn"
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
 
 
-@attrs.frozen
-class ListingWeights:
-    """How much each part counts in a listing's vector."""
-
-    text: float
-    image: float
-    classes: float
-
-    def to_json(self) -> dict[str, float]:
-        return attrs.asdict(self)
-
-
-@attrs.frozen
-class ListingParts:
-    """Per listing: the text embedding, the photos' mean embedding and the class probabilities (zero rows: absent)."""
-
-    text: np.ndarray
-    image: np.ndarray
-    classes: np.ndarray
-
-    def vectors(self, weights: ListingWeights) -> np.ndarray:
-        """Unit-length float32 vectors joining the weighted unit-length parts."""
-        parts = [unit_rows(self.text) * weights.text, unit_rows(self.image) * weights.image,
-                 np.sqrt(np.clip(self.classes, 0.0, 1.0)) * weights.classes]
-        return unit_rows(np.concatenate(parts, axis=1))
-
-    def subset(self, rows: np.ndarray) -> ListingParts:
-        return ListingParts(self.text[rows], self.image[rows], self.classes[rows])
-
-
-def listing_weights(bundle: Bundle) -> ListingWeights:
-    """The weights the bundle's index was built with."""
-    if bundle.index is None:
-        raise FbmlError("the bundle has no search index")
-    weights = bundle.index.report.get("weights")
-    if not isinstance(weights, Mapping) or set(weights) != {"text", "image", "classes"}:
-        raise FbmlError("the search index does not say how its vectors were built")
-    if not all(type(value) in (int, float) and 0.0 <= value <= 100.0 for value in weights.values()):
-        raise FbmlError(f"the search index's part weights must be numbers from 0 to 100, got {dict(weights)}")
-    return ListingWeights(float(weights["text"]), float(weights["image"]), float(weights["classes"]))
-
-
-def vector_width(bundle: Bundle) -> int:
-    """The width of a listing vector for this bundle's models."""
-    text, image = bundle.model(TEXT_MODEL), bundle.model(IMAGE_MODEL)
-    return int(getattr(text, "embedding_dim")) + int(getattr(image, "embedding_dim")) + bundle.codec.num_classes
-
-
-def check_index(bundle: Bundle) -> None:
-    """The index's vectors are as wide as the bundle's models make a listing's, and their weights known."""
-    assert bundle.index is not None
-    for needed in (TEXT_MODEL, IMAGE_MODEL):
-        bundle.model(needed)
-    for role in ("text", "image", "combined"):
-        bundle.predictor(role)
-    listing_weights(bundle)
-    if bundle.index.dim != vector_width(bundle):
-        raise FbmlError(f"the search index has {bundle.index.dim}-dim vectors, the bundle's models make {vector_width(bundle)}")
-
-
-def catalogue_parts(bundle: Bundle, run: _Run, products: pl.DataFrame, photos: pl.DataFrame) -> ListingParts:
+def catalogue_parts(bundle: Bundle, run: Run, products: pl.DataFrame, photos: pl.DataFrame) -> ListingParts:
     """The parts of every product of ``products``; ``photos`` (decoded) are theirs, some have none."""
     text = run.outputs(bundle, TEXT_MODEL, bundle.model(TEXT_MODEL), products).embeddings
     classes = run.predictor_probabilities(bundle, "text", products)
@@ -120,16 +53,7 @@ def chosen_weights(parts: ListingParts, catalogue: pl.DataFrame) -> tuple[Listin
     return best
 
 
-def precision_at_k(index: SearchIndex, rows: np.ndarray, k: int = PRECISION_K) -> float:
-    """Share of each query row's ``k`` nearest other rows with its category."""
-    if rows.size == 0 or len(index) < 2:
-        return 0.0
-    neighbours, _ = index.search(index.vectors[rows], k, exclude=rows)
-    categories = index.catalogue["category"].to_numpy()
-    return float((categories[neighbours] == categories[rows][:, None]).mean())
-
-
-def catalogue_index(bundle: Bundle, run: _Run, products: pl.DataFrame, weights: ListingWeights) -> SearchIndex:
+def catalogue_index(bundle: Bundle, run: Run, products: pl.DataFrame, weights: ListingWeights) -> SearchIndex:
     """The index of every product of ``products`` (with their decoded photos)."""
     photos = _decoded_photos(run, bundle, products)
     parts = catalogue_parts(bundle, run, products, photos)
@@ -137,7 +61,7 @@ def catalogue_index(bundle: Bundle, run: _Run, products: pl.DataFrame, weights: 
     return SearchIndex(parts.vectors(weights), catalogue, {"weights": weights.to_json()})
 
 
-def indexed_bundle(bundle: Bundle, run: _Run, *, split_seed: int) -> Bundle:
+def indexed_bundle(bundle: Bundle, run: Run, *, split_seed: int) -> Bundle:
     """``bundle`` with the index of the whole catalogue: part weights chosen on the validation
     products; precision@10 reported for the test products against the whole catalogue."""
     splits = run.splits.products
@@ -158,10 +82,10 @@ def indexed_bundle(bundle: Bundle, run: _Run, *, split_seed: int) -> Bundle:
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
 
 
-def reindexed_bundle(bundle: Bundle, run: _Run) -> Bundle:
+def reindexed_bundle(bundle: Bundle, run: Run) -> Bundle:
     """``bundle`` with its index rebuilt over ``run``'s catalogue (every product, with its part weights
     as they were), reporting precision@10 over all of that catalogue."""
-    weights = listing_weights(bundle)
+    weights = bundle.listing_weights()
     index = catalogue_index(bundle, run, run.tables.cleaned.products, weights)
     report = {"weights": weights.to_json(), "products": len(index),
               f"precision_at_{PRECISION_K}": precision_at_k(index, np.arange(len(index)))}
@@ -178,7 +102,7 @@ def index_summary(report: Mapping[str, Any]) -> str:
     return f"{summary}; precision@{PRECISION_K} {precision:.3f} over {over}"
 
 
-def _decoded_photos(run: _Run, bundle: Bundle, products: pl.DataFrame) -> pl.DataFrame:
+def _decoded_photos(run: Run, bundle: Bundle, products: pl.DataFrame) -> pl.DataFrame:
     """The decoded photos of ``products`` (some products may have none)."""
     manifest = run.tables.manifest
     if manifest is None or run.image_dir is None:
@@ -202,3 +126,12 @@ def _row_means(values: np.ndarray, rows: np.ndarray, count: int, base: np.ndarra
     present = counts > 0
     means[present] = sums[present] / counts[present, None]
     return means.astype(np.float32)
+
+
+def reindex(
+    bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
+    device: str = "cpu",
+) -> Bundle:
+    """``bundle`` with its similar-listings index rebuilt over the products of ``tables`` it knows the category of."""
+    known = known_categories(tables, bundle.codec)
+    return reindexed_bundle(bundle, Run(known, image_dir, work_dir, device=device, progress=progress))

@@ -54,10 +54,10 @@ from contracts.api import (
 )
 from fbml import __version__
 from contracts.bundle import BUNDLE_FORMAT
-from fbml.bundle import Bundle, ImageSettings, load_bundle
-from fbml.inference import Batch, listing_queries, predictor_probabilities
+from fbml.bundle.store import Bundle, ImageSettings, load_bundle
+from fbml.serving.inference import Batch, listing_queries, predictor_probabilities
 from fbml.errors import FbmlError
-from fbml.search import MAX_K, Neighbour, SearchIndex, UnknownProductError
+from fbml.bundle.search import MAX_K, Neighbour, SearchIndex, UnknownProductError
 
 BUNDLE_ENV = "FBML_BUNDLE"
 THREADS_ENV = "FBML_TORCH_THREADS"
@@ -245,7 +245,7 @@ def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, worker
         return
     os.environ[BUNDLE_ENV] = str(bundle_dir.resolve())
     os.environ[THREADS_ENV] = str(threads)
-    uvicorn.run("fbml.api:app_from_env", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("fbml.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers)
 
 
 @contextlib.contextmanager
@@ -382,8 +382,8 @@ def prepared_image(data: bytes, settings: ImageSettings, max_pixels: int, field:
     upright RGB letterboxed to ``settings.size``, normalised; 422 naming ``field`` when unusable."""
     from PIL import Image, UnidentifiedImageError
 
-    from fbml.datasets import eval_transform
-    from fbml.images import clean_image, open_image
+    from fbml.modeling.datasets import eval_transform
+    from fbml.vision.cleaning import clean_image, open_image
 
     try:
         with open_image(BytesIO(data), size=settings.size, max_pixels=max_pixels) as image:

@@ -1,7 +1,7 @@
 """Predictions for listings as a service receives them: prepared photos and raw texts, a batch at a time.
 
 ``predictor_probabilities`` is what an endpoint answers: its predictor's ensemble over the models'
-probabilities; ``listing_queries`` embeds queries as ``fbml.listings`` embeds the catalogue. Models
+probabilities; ``listing_queries`` embeds queries as ``fbml.workflows.index`` embeds the catalogue. Models
 run in ``eval()`` mode under ``inference_mode``.
 """
 
@@ -16,10 +16,10 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from fbml.bundle import Bundle, TextSettings
-from fbml.cleaning import ascii_text
-from fbml.linear_text import LinearTextModel
-from fbml.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts, listing_weights
+from fbml.bundle.store import Bundle, TextSettings
+from fbml.tables.cleaning import ascii_text
+from fbml.modeling.linear_text import LinearTextModel
+from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ def predictor_probabilities(bundle: Bundle, role: str, batch: Batch) -> np.ndarr
 
 
 def listing_queries(bundle: Bundle, images: Sequence[Tensor | None], texts: Sequence[str | None]) -> np.ndarray:
-    """Each query's listing vector (photo and/or text), as ``fbml.listings`` makes the catalogue's."""
+    """Each query's listing vector (photo and/or text), as ``fbml.workflows.index`` makes the catalogue's."""
     count = len(images)
     text_dim = int(getattr(bundle.model(TEXT_MODEL), "embedding_dim"))
     image_dim = int(getattr(bundle.model(IMAGE_MODEL), "embedding_dim"))
@@ -81,7 +81,7 @@ def listing_queries(bundle: Bundle, images: Sequence[Tensor | None], texts: Sequ
         if batch.images is not None:
             parts.image[rows] = _embeddings(bundle, IMAGE_MODEL, batch)
         parts.classes[rows] = predictor_probabilities(bundle, role, batch)
-    return parts.vectors(listing_weights(bundle))
+    return parts.vectors(bundle.listing_weights())
 
 
 def token_ids(texts: Sequence[str], settings: TextSettings) -> Tensor:

@@ -8,13 +8,13 @@ from typing import Any
 
 import polars as pl
 
-from fbml.baselines import run_baselines
+from fbml.workflows.baselines import run_baselines
 from fbml.errors import FbmlError
-from fbml.experiment import TrainResult, train_into_bundle, train_request
-from fbml.images import clean_images
-from fbml.backbones import DEFAULT_BACKBONE
-from fbml.pipeline import CleanTables, clean_tables, restricted_tables, write_clean_tables
-from fbml.sample import SampleMarketplace, write_sample
+from fbml.workflows.train import TrainResult, train_into_bundle, train_request
+from fbml.vision.cleaning import clean_images
+from fbml.modeling.backbones import DEFAULT_BACKBONE
+from fbml.tables.clean import CleanTables, clean_tables, restricted_tables, write_clean_tables
+from fbml.sample.marketplace import SampleMarketplace, write_sample
 
 QUICKSTART_IMAGE_SIZE = 128
 TRAINING_IMAGE_SIZE = 96
@@ -83,10 +83,9 @@ def _results_table(results: list[TrainResult]) -> str:
 
 def _test_report(out: Path, tables: CleanTables, seed: int) -> Path:
     """The HTML report of the bundle on the test split's products (the products no model trained on)."""
-    from fbml.bundle import load_bundle
-    from fbml.evaluation_report import write_evaluation_report
-    from fbml.experiment import evaluations
-    from fbml.pipeline import split_tables
+    from fbml.bundle.store import load_bundle
+    from fbml.workflows.evaluate import evaluations, write_evaluation_report
+    from fbml.tables.splits import split_tables
 
     test_ids = split_tables(tables, seed=seed).products.test["id"]
     test = restricted_tables(tables, pl.col("id").is_in(test_ids.implode()))
@@ -110,8 +109,8 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
     """Serve the bundle on a free loopback port, ask each endpoint once about a sample listing, stop."""
     import httpx
 
-    from fbml.api import create_app, serving
-    from fbml.bundle import load_bundle
+    from fbml.serving.app import create_app, serving
+    from fbml.bundle.store import load_bundle
 
     _step(f"7. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
     bundle = load_bundle(bundle_dir)
@@ -133,7 +132,7 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
 
 def _demo_listing(sample: SampleMarketplace) -> tuple[dict[str, Any], Path]:
     """The first clean listing whose raw photo decodes, and that photo."""
-    from fbml.images import open_image
+    from fbml.vision.cleaning import open_image
 
     tables = clean_tables(sample.products_csv, sample.images_csv)
     files = {path.stem: path for path in sample.image_dir.iterdir()}

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from fbml.errors import FbmlError
+from fbml.tables.clean import CleanTables
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -94,3 +95,22 @@ def _largest_remainder(count: int, fractions: tuple[float, float, float]) -> tup
 def _check_fractions(fractions: tuple[float, float, float]) -> None:
     if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
         raise FbmlError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+
+
+@attrs.frozen
+class SplitTables:
+    """Products and (when there is a manifest) photos split by product, by one assignment."""
+
+    assignment: pl.DataFrame
+    products: Splits
+    images: Splits | None
+
+
+def split_tables(
+    tables: CleanTables, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0
+) -> SplitTables:
+    """Split the clean products (stratified by category) and carry the split over to their photos."""
+    products = tables.cleaned.products
+    assignment = product_splits(products, fractions, seed)
+    images = None if tables.manifest is None else splits_from_assignment(tables.manifest.images, assignment)
+    return SplitTables(assignment, splits_from_assignment(products, assignment), images)

@@ -2,8 +2,8 @@
 
 A dataset brings its own ``collate`` (items -> batch); a batch is a frozen attrs class with
 ``inputs`` (the model's positional arguments), ``labels`` and ``rows``, whose tensor fields move to
-the device together (``fbml.devices.to_device``); the model returns ``ModelOutput(logits, embedding)``.
-Training and prediction run on any device (``fbml.devices.resolve_device``), in mixed precision on CUDA.
+the device together (``fbml.modeling.devices.to_device``); the model returns ``ModelOutput(logits, embedding)``.
+Training and prediction run on any device (``fbml.modeling.devices.resolve_device``), in mixed precision on CUDA.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from fbml.devices import (
+from fbml.modeling.devices import (
     Loaded,
     LoaderSettings,
     LoadingCollate,
@@ -538,7 +538,7 @@ def _log_summary(
     history: History,
     class_names: Sequence[str] | None,
 ) -> None:
-    from fbml.reports import confusion_matrix, confusion_matrix_image
+    from fbml.modeling.metrics import confusion_matrix, confusion_matrix_image
 
     names = list(class_names) if class_names else [str(index) for index in range(validation.probabilities.shape[1])]
     matrix = confusion_matrix(validation.labels, validation.probabilities.argmax(axis=1), len(names))

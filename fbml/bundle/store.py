@@ -44,16 +44,17 @@ from contracts.bundle import (
     TextEntry,
     TextLinearEntry,
 )
-from fbml.backbones import NO_WEIGHTS, backbone
-from fbml.encoding import LabelCodec
-from fbml.ensembles import Ensemble
+from fbml.modeling.backbones import NO_WEIGHTS, backbone
+from fbml.text.labels import LabelCodec
+from fbml.modeling.ensembles import Ensemble
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
-from fbml.linear_text import LinearTextModel
-from fbml.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model, image_model, text_model
-from fbml.search import SearchIndex
-from fbml.text import Vocabulary
-from fbml.word2vec import WordVectors
+from fbml.modeling.linear_text import LinearTextModel
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model, image_model, text_model
+from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingWeights
+from fbml.bundle.search import SearchIndex
+from fbml.text.vocabulary import Vocabulary
+from fbml.text.word2vec import WordVectors
 
 MANIFEST = "bundle.json"
 MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
@@ -128,6 +129,17 @@ class Bundle:
             raise FbmlError(f"the bundle has no {kind} model (it has: {', '.join(self.models) or 'none'})")
         module = self.models[kind].module
         return module.eval() if isinstance(module, nn.Module) else module
+
+    def listing_weights(self) -> ListingWeights:
+        """The part weights the similar-listings index was built with."""
+        if self.index is None:
+            raise FbmlError("the bundle has no search index")
+        return ListingWeights.from_report(self.index.report)
+
+    def listing_width(self) -> int:
+        """The width of a listing vector made by this bundle's models."""
+        text, image = self.model(TEXT_MODEL), self.model(IMAGE_MODEL)
+        return int(getattr(text, "embedding_dim")) + int(getattr(image, "embedding_dim")) + self.codec.num_classes
 
     def predictor(self, role: str) -> Predictor:
         """The predictor of ``role``; a clear error when the bundle has none."""
@@ -385,12 +397,22 @@ def _check_settings(path: Path, bundle: Bundle) -> None:
                 raise FbmlError(f"{path / MANIFEST}: the {kind} model's backbone {options.backbone} is not the "
                                 f"bundle's {bundle.image.backbone}")
     if bundle.index is not None:
-        from fbml.listings import check_index
-
         try:
-            check_index(bundle)
+            _check_index(bundle)
         except FbmlError as error:
             raise FbmlError(f"{path}: {error}") from None
+
+
+def _check_index(bundle: Bundle) -> None:
+    """The index's vectors are as wide as the bundle's models make a listing's, and their weights known."""
+    assert bundle.index is not None
+    for needed in (TEXT_MODEL, IMAGE_MODEL):
+        bundle.model(needed)
+    for role in PREDICTOR_ROLES:
+        bundle.predictor(role)
+    bundle.listing_weights()
+    if bundle.index.dim != bundle.listing_width():
+        raise FbmlError(f"the search index has {bundle.index.dim}-dim vectors, the bundle's models make {bundle.listing_width()}")
 
 
 def _check_role(role: str) -> None:
@@ -478,7 +500,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
-
-
-__all__ = ["CombinedClassifier", "MANIFEST", "Bundle", "BundleModel", "ImageSettings", "Predictor", "TextSettings",
-           "build_model", "load_bundle", "read_manifest", "save_bundle"]

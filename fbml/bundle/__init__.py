@@ -1,0 +1,1 @@
+"""Bundles: the stored models, predictors and similar-listings index."""

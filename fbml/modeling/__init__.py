@@ -1,0 +1,1 @@
+"""Models: backbones, factories, datasets, training, devices, metrics and ensembles."""

@@ -1,0 +1,1 @@
+"""Serving: the HTTP API over a bundle."""

@@ -1,0 +1,1 @@
+"""Tables: read, clean and split the products and images tables."""

@@ -1,0 +1,1 @@
+"""Text: tokens, vocabularies, word vectors and the label codec."""

@@ -1,0 +1,1 @@
+"""Photos: clean them, decode them and cache them at a training size."""

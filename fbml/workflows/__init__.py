@@ -1,0 +1,1 @@
+"""Workflows: train, evaluate, index, baselines and the quickstart, composed from the layers below."""

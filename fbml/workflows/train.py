@@ -1,0 +1,406 @@
+"""Train models into a bundle, choosing on the validation split only and scoring the test split once.
+
+``train_into_bundle`` trains one of the three things ``fbml train`` offers, on the product-level
+training split:
+
+* ``text``: the word2vec text CNN and the TF-IDF linear model; the bundle's ``text`` predictor is
+  the CNN, the linear model or both (log-linear pooling), whichever scores best on validation
+  (cross-validated over validation products), with its weights fitted there;
+* ``image``: a classifier on a pretrained backbone whose frozen part's output is computed once per
+  photo and cached on disk; the ``image`` predictor is it, temperature-scaled on validation;
+* ``combined``: the seed's architecture (both branches to 128, concatenated, one linear layer) and
+  late fusion of the models; the ``combined`` predictor is whichever scores best there. It also
+  builds the similar-listings index. Text or image models the bundle lacks are trained first.
+
+Once chosen, the models are trained again on the training and validation splits together (the
+epochs validation chose; ``refit``), and the test split is scored with them, once.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
+from fbml.bundle.store import (
+    MANIFEST,
+    Bundle,
+    BundleModel,
+    ImageSettings,
+    Predictor,
+    TextSettings,
+    image_from_options,
+    load_bundle,
+    save_bundle,
+    text_cnn_from_options,
+)
+from fbml.errors import FbmlError
+from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
+from fbml.modeling.devices import seeded_rng
+from fbml.modeling.ensembles import cross_validated_accuracy, fit_ensemble
+from fbml.modeling.linear_text import LinearTextOptions, fit_linear_text
+from fbml.modeling.models import (
+    DEFAULT_BRANCH_SCALE,
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_KERNEL_SIZES,
+    DEFAULT_POSITIONS,
+    DEFAULT_TEXT_CHANNELS,
+    DEFAULT_TEXT_DROPOUT,
+    DEFAULT_WORD_DROPOUT,
+    CombinedClassifier,
+    ImageClassifier,
+    TextClassifier,
+    combined_model,
+)
+from fbml.modeling.training import History, TrainConfig
+from fbml.tables.clean import CleanTables
+from fbml.text.labels import label_codec
+from fbml.text.vocabulary import build_vocabulary, product_text, tokens
+from fbml.text.word2vec import embedding_matrix, train_word2vec
+from fbml.workflows.runs import Run, Scores, ValidationStore, examples, listing_texts, scored
+
+
+MODEL_KINDS = ("image", "text", "combined")
+
+@attrs.frozen
+class TextRecipe:
+    """How the text models are prepared: vocabulary, word2vec, sequence length, the CNN and the linear model."""
+
+    length: int = 64
+    min_count: int = 2
+    word2vec_dim: int = 100
+    word2vec_epochs: int = 10
+    word2vec_window: int = 5
+    cnn: TextCnnOptions = TextCnnOptions(
+        embedding_dim=DEFAULT_EMBEDDING_DIM, kernel_sizes=list(DEFAULT_KERNEL_SIZES), channels=DEFAULT_TEXT_CHANNELS,
+        dropout=DEFAULT_TEXT_DROPOUT, freeze_embeddings=False, normalise_embeddings=True, positions=DEFAULT_POSITIONS,
+        word_dropout=DEFAULT_WORD_DROPOUT, branch_scale=DEFAULT_BRANCH_SCALE,
+    )
+    linear: LinearTextOptions = LinearTextOptions()
+
+@attrs.frozen
+class ImageRecipe:
+    """How the image branch is built and fed: backbone, photo side (None: the backbone's), starting
+    weights (None: the backbone's default), trainable stages (None: the backbone's default)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    size: int | None = None
+    weights: str | None = None
+    trainable_stages: int | None = None
+    feature_cache: bool = True
+    embedding_dim: int = DEFAULT_EMBEDDING_DIM
+    dropout: float = 0.3
+
+    def options(self) -> ImageOptions:
+        """The factory arguments this recipe pins in the bundle."""
+        spec = backbone(self.backbone)
+        stages = spec.default_trainable_stages if self.trainable_stages is None else self.trainable_stages
+        return ImageOptions(self.backbone, stages, self.embedding_dim, self.dropout)
+
+    def start(self) -> str:
+        """The weights the new model starts from."""
+        return backbone(self.backbone).default_weights if self.weights is None else self.weights
+
+@attrs.frozen
+class TrainRequest:
+    """What ``fbml train`` asks for."""
+
+    kind: str = attrs.field(validator=attrs.validators.in_(MODEL_KINDS))
+    config: TrainConfig = TrainConfig()
+    image: ImageRecipe = ImageRecipe()
+    text: TextRecipe = TextRecipe()
+    split_seed: int = 0
+    device: str = "cpu"
+    refit: bool = True
+
+@attrs.frozen
+class TrainResult:
+    """What one ``fbml train`` did: per model trained, its history; the test scores of the predictor
+    it set and of each model; the seconds it took; the search index summary for ``combined``."""
+
+    kind: str
+    histories: Mapping[str, History]
+    test: Scores
+    model_tests: Mapping[str, Scores]
+    choice: Mapping[str, Any]
+    seconds: float
+    index: Mapping[str, Any] | None = None
+
+    def summary(self) -> str:
+        """What was trained, what was chosen on validation and how it scored on the test split."""
+        lines = [f"{self.kind}: trained {', '.join(self.histories) or 'no network'} in {self.seconds:.0f} s; "
+                 f"chose {' + '.join(self.choice['members'])} (validation accuracy per product "
+                 f"{self.choice['validation_accuracy']:.3f})"]
+        for name, scores in {self.kind: self.test, **self.model_tests}.items():
+            lines.append(f"  {name:12} test accuracy {scores.per_example.accuracy:.3f} per example, "
+                         f"{scores.per_product.accuracy:.3f} per product; macro-F1 {scores.per_product.macro_f1:.3f}")
+        if self.index is not None:
+            from fbml.workflows.index import index_summary
+
+            lines.append(f"  {index_summary(self.index)}")
+        return "\n".join(lines)
+
+RECIPES = {
+    "text": TrainConfig(epochs=20, learning_rate=1e-2, weight_decay=1e-2, patience=5, label_smoothing=0.1),
+    "image": TrainConfig(epochs=30, learning_rate=1e-3, weight_decay=1e-4, patience=5, label_smoothing=0.1),
+    "combined": TrainConfig(epochs=10, learning_rate=1e-3, weight_decay=1e-2, patience=3),
+}
+
+def train_request(
+    kind: str,
+    *,
+    epochs: int | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    image_size: int | None = None,
+    weights: str | None = None,
+    trainable_stages: int | None = None,
+    feature_cache: bool = True,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    refit: bool = True,
+) -> TrainRequest:
+    """A request with ``kind``'s recipe, as ``fbml train`` builds it. ``refit``: once chosen on
+    validation, the models are trained again on the training and validation splits together."""
+    overrides = {"epochs": epochs, "batch_size": batch_size}
+    config = attrs.evolve(RECIPES[kind], seed=seed, **{key: value for key, value in overrides.items() if value})
+    image = ImageRecipe(backbone=backbone, size=image_size, weights=weights, trainable_stages=trainable_stages,
+                        feature_cache=feature_cache)
+    image.options()  # an unknown backbone or a trainable_stages out of range stops here, before any work
+    return TrainRequest(kind, config=config, image=image, split_seed=seed, device=device, refit=refit)
+
+def train_into_bundle(
+    tables: CleanTables,
+    image_dir: Path | None,
+    bundle_dir: Path,
+    request: TrainRequest,
+    *,
+    work_dir: Path,
+    logdir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``request.kind`` on the product-level train split and add it to the bundle at ``bundle_dir``."""
+    started = time.perf_counter()
+    if request.kind in ("image", "combined") and (tables.manifest is None or image_dir is None):
+        raise FbmlError(f"a {request.kind} model needs an images table and --image-dir")
+    run = Run(tables, image_dir, work_dir, config=request.config, device=request.device, split_seed=request.split_seed,
+              feature_cache=request.image.feature_cache, logdir=logdir, resume=resume, progress=progress)
+    bundle = _starting_bundle(bundle_dir, tables, request.image)
+    if request.kind == "combined":
+        bundle = _with_branches(bundle, bundle_dir, run, request)
+    bundle, outcome = TRAINERS[request.kind](bundle, attrs.evolve(run, config=request.config), request)
+    save_bundle(bundle, bundle_dir)
+    return attrs.evolve(outcome, seconds=time.perf_counter() - started)
+
+def _train_text(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
+    """The text CNN and the linear model; the ``text`` predictor chosen among them on validation."""
+    train, validation, test = run.frames("products", bundle)
+    if bundle.text is None:
+        bundle = attrs.evolve(bundle, text=_text_settings(train, request.text, request.config.seed))
+    recipe, seed = request.text, request.config.seed
+    cnn = _new_text_cnn(bundle, recipe, seed)
+    history = run.fit(bundle, "text-cnn", cnn)
+    linear = fit_linear_text(listing_texts(train), bundle.codec.encode(train["category"]), bundle.codec.num_classes,
+                             options=recipe.linear, seed=seed)
+    keys = validation["id"].to_list()
+    run.store.save("text-cnn", keys, run.outputs(bundle, "text-cnn", cnn, validation).probabilities, cnn)
+    run.store.save("text-linear", keys, linear.predict_proba(listing_texts(validation)))
+    histories = {"text-cnn": history}
+    if request.refit:
+        cnn = _new_text_cnn(bundle, recipe, seed)
+        histories |= _refit_history("text-cnn", run.refit(bundle, "text-cnn", cnn, history.best_epoch))
+        both = pl.concat([train, validation])
+        linear = fit_linear_text(listing_texts(both), bundle.codec.encode(both["category"]), bundle.codec.num_classes,
+                                 options=recipe.linear, seed=seed)
+    bundle = bundle.with_model(BundleModel("text-cnn", cnn, recipe.cnn, _report(history, request)))
+    bundle = bundle.with_model(BundleModel("text-linear", linear, None, {"config": attrs.asdict(recipe.linear)}))
+    candidates = [("text-cnn",), ("text-linear",), ("text-cnn", "text-linear")]
+    return _with_chosen(bundle, "text", candidates, (validation, test), histories, run, request)
+
+def _train_image(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
+    """A classifier on the backbone's cached frozen features; the ``image`` predictor is it, calibrated."""
+    recipe = request.image
+    bundle = attrs.evolve(bundle, image=_image_settings(bundle.image, recipe))
+    model = _new_image_cnn(bundle, recipe, request.config.seed)
+    history = run.fit(bundle, "image-cnn", model)
+    _, validation, test = run.frames("photos", bundle)
+    run.store.save("image-cnn", validation["image_id"].to_list(), run.outputs(bundle, "image-cnn", model, validation).probabilities, model)
+    histories = {"image-cnn": history}
+    if request.refit:
+        model = _new_image_cnn(bundle, recipe, request.config.seed)
+        histories |= _refit_history("image-cnn", run.refit(bundle, "image-cnn", model, history.best_epoch))
+    bundle = bundle.with_model(BundleModel("image-cnn", model, recipe.options(), _report(history, request)))
+    return _with_chosen(bundle, "image", [("image-cnn",)], (validation, test), histories, run, request)
+
+def _train_combined(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
+    """The seed's combined network and late fusion of the text predictor's models with the image
+    model (and with the network too); the ``combined`` predictor is the best of those on validation.
+
+    The network is trained from the branches as the training split alone made them, so its validation
+    figures are fair; with refitting, it is then trained again from the refitted branches."""
+    branches = _training_split_branches(bundle, run.store)
+    network, options = _combined_network(branches)
+    history = run.fit(branches, "combined-nn", network, keep_start=True)
+    _, validation, _ = run.frames("photos", bundle)
+    run.store.save("combined-nn", validation["image_id"].to_list(), run.outputs(bundle, "combined-nn", network, validation).probabilities)
+    histories = {"combined-nn": history}
+    if request.refit:
+        network, options = _combined_network(bundle)
+        histories |= _refit_history("combined-nn", run.refit(bundle, "combined-nn", network, history.best_epoch))
+    bundle = bundle.with_model(BundleModel("combined-nn", network, options, _report(history, request)))
+    _, validation, test = run.frames("photos", bundle)
+    fusion = (*bundle.predictor("text").ensemble.names, "image-cnn")
+    candidates = [("combined-nn",), fusion, (*fusion, "combined-nn")]
+    bundle, result = _with_chosen(bundle, "combined", candidates, (validation, test), histories, run, request)
+    from fbml.workflows.index import indexed_bundle
+
+    bundle = indexed_bundle(bundle, run, split_seed=request.split_seed)
+    assert bundle.index is not None
+    return bundle, attrs.evolve(result, index=dict(bundle.index.report))
+
+def _new_text_cnn(bundle: Bundle, recipe: TextRecipe, seed: int) -> TextClassifier:
+    assert bundle.text is not None
+    embeddings = embedding_matrix(bundle.text.word_vectors, bundle.text.vocabulary, seed=seed)
+    with seeded_rng(torch.device("cpu"), seed):
+        return text_cnn_from_options(recipe.cnn, embeddings, bundle.codec.num_classes)
+
+def _new_image_cnn(bundle: Bundle, recipe: ImageRecipe, seed: int) -> ImageClassifier:
+    with seeded_rng(torch.device("cpu"), seed):
+        return image_from_options(recipe.options(), bundle.codec.num_classes, weights=recipe.start())
+
+def _refit_history(kind: str, history: History | None) -> dict[str, History]:
+    return {} if history is None else {f"{kind}-refit": history}
+
+def _training_split_branches(bundle: Bundle, store: ValidationStore) -> Bundle:
+    """``bundle`` with its image and text CNNs as the training split alone made them."""
+    branches = {kind: copy.deepcopy(bundle.models[kind]) for kind in ("image-cnn", "text-cnn")}
+    for kind, entry in branches.items():
+        assert isinstance(entry.module, nn.Module)
+        store.load_weights(kind, entry.module)
+    return attrs.evolve(bundle, models={**bundle.models, **branches})
+
+TRAINERS = {"text": _train_text, "image": _train_image, "combined": _train_combined}
+
+def _with_branches(bundle: Bundle, bundle_dir: Path, run: Run, request: TrainRequest) -> Bundle:
+    """The bundle with text and image predictors, training (and saving) the missing ones first."""
+    for kind in ("text", "image"):
+        if kind not in bundle.predictors:
+            if run.progress:
+                print(f"the combined model needs a trained {kind} model: training it first", flush=True)
+            branch = _branch_request(request, kind)
+            bundle, _ = TRAINERS[kind](bundle, attrs.evolve(run, config=branch.config), branch)
+            save_bundle(bundle, bundle_dir)
+    return bundle
+
+def _branch_request(request: TrainRequest, kind: str) -> TrainRequest:
+    config = attrs.evolve(RECIPES[kind], seed=request.config.seed, batch_size=request.config.batch_size)
+    return attrs.evolve(request, kind=kind, config=config)
+
+def _with_chosen(
+    bundle: Bundle,
+    role: str,
+    candidates: Sequence[tuple[str, ...]],
+    frames: tuple[pl.DataFrame, pl.DataFrame],
+    histories: Mapping[str, History],
+    run: Run,
+    request: TrainRequest,
+) -> tuple[Bundle, TrainResult]:
+    """The bundle with ``role``'s predictor: the candidate ensemble (members, with or without a class
+    bias) best on validation by cross-validated per-product accuracy (ties: fewer members, then no
+    bias), fitted on all of validation, with the validation predictions of the models trained on the
+    training split alone; then scored on the test split once, with the bundle's (refitted) models."""
+    validation, test = frames
+    names = sorted({name for members in candidates for name in members})
+    validated = {name: run.store.probabilities(name, _keys(name, validation)) for name in names}
+    labels = {"validation": bundle.codec.encode(validation["category"]), "test": bundle.codec.encode(test["category"])}
+    products = validation["id"].to_list()
+    tried = {
+        _candidate_name(members, bias): cross_validated_accuracy(
+            {name: validated[name] for name in members}, labels["validation"], products,
+            seed=request.config.seed, fit_bias=bias,
+        )
+        for members in candidates
+        for bias in (False, True)
+    }
+    best, bias = max(((members, bias) for members in candidates for bias in (False, True)),
+                     key=lambda choice: (tried[_candidate_name(*choice)], -len(choice[0]), not choice[1]))
+    ensemble = fit_ensemble({name: validated[name] for name in best}, labels["validation"], fit_bias=bias)
+    choice = {"members": list(best), "bias": bias, "validation_accuracy": tried[_candidate_name(best, bias)],
+              "candidates": tried, "weights": dict(ensemble.members), "refit": request.refit}
+    tested = {name: run.model_probabilities(bundle, name, test) for name in names}
+    test_scores = scored(ensemble.combine(tested), labels["test"], test, 0)
+    model_tests = {name: scored(tested[name], labels["test"], test, 0) for name in names}
+    bundle = bundle.with_predictor(role, Predictor(ensemble, {"choice": choice, "test": test_scores.to_json()}))
+    return bundle, TrainResult(role, histories, test_scores, model_tests, choice, 0.0)
+
+def _keys(kind: str, frame: pl.DataFrame) -> list[str]:
+    """The validation store's keys of ``frame``'s rows for ``kind``: product ids for text, photo ids otherwise."""
+    return frame["id" if examples(kind) == "products" else "image_id"].to_list()
+
+def _candidate_name(members: tuple[str, ...], bias: bool) -> str:
+    return " + ".join(members) + (" + bias" if bias else "")
+
+def _combined_network(bundle: Bundle) -> tuple[CombinedClassifier, CombinedOptions]:
+    """The seed's combined model from copies of the trained branches: the text branch frozen (trained
+    already; tuning it again on photo rows only over-fits it), the output layer starting as the text
+    model's with the photo's weights at zero, so it starts scoring exactly as the text CNN."""
+    image, text = bundle.models["image-cnn"], bundle.models["text-cnn"]
+    assert isinstance(image.options, ImageOptions) and isinstance(text.options, TextCnnOptions)
+    image_branch = copy.deepcopy(bundle.model("image-cnn"))
+    text_branch = copy.deepcopy(bundle.model("text-cnn"))
+    assert isinstance(image_branch, ImageClassifier) and isinstance(text_branch, TextClassifier)
+    text_branch.requires_grad_(False)
+    network = combined_model(image_branch, text_branch, bundle.codec.num_classes, from_branch_heads=True, image_weight=0.0)
+    return network, CombinedOptions(image.options, text.options)
+
+def _report(history: History, request: TrainRequest) -> dict[str, Any]:
+    return {"history": history.to_json(), "config": attrs.asdict(request, value_serializer=_serialisable)}
+
+def _serialisable(_instance: object, _field: object, value: object) -> object:
+    import msgspec
+
+    return msgspec.to_builtins(value) if isinstance(value, msgspec.Struct) else value
+
+def _starting_bundle(bundle_dir: Path, tables: CleanTables, recipe: ImageRecipe) -> Bundle:
+    categories = tables.cleaned.products["category"]
+    if not (bundle_dir / MANIFEST).is_file():
+        return Bundle(label_codec(categories))
+    bundle = load_bundle(bundle_dir)
+    unknown = sorted(set(categories) - set(bundle.codec.classes))
+    if unknown:
+        raise FbmlError(f"{bundle_dir}: the data has categories the bundle's codec lacks: {unknown[:5]}")
+    if bundle.image is not None:
+        _image_settings(bundle.image, recipe)
+    return bundle
+
+def _text_settings(train: pl.DataFrame, recipe: TextRecipe, seed: int) -> TextSettings:
+    token_lists = train.select(tokens(product_text(pl.col("product_name"), pl.col("product_description")))).to_series()
+    vocabulary = build_vocabulary(token_lists, min_count=recipe.min_count)
+    vectors = train_word2vec(
+        token_lists.to_list(), dim=recipe.word2vec_dim, epochs=recipe.word2vec_epochs, window=recipe.word2vec_window,
+        seed=seed,
+    )
+    return TextSettings(vocabulary, vectors, recipe.length)
+
+def _image_settings(existing: ImageSettings | None, recipe: ImageRecipe) -> ImageSettings:
+    """The bundle's image settings, or new ones from the recipe's backbone; a recipe that disagrees
+    with the bundle's stops here."""
+    preprocessing = backbone(recipe.backbone).preprocessing
+    size = recipe.size or (existing.size if existing is not None else preprocessing.size)
+    if existing is not None:
+        if existing.backbone != recipe.backbone:
+            raise FbmlError(f"the bundle's image models use the {existing.backbone} backbone, not {recipe.backbone}")
+        if existing.size != size:
+            raise FbmlError(f"the bundle's image models use {existing.size} px photos, not {size}")
+        return existing
+    return ImageSettings(recipe.backbone, size, preprocessing.mean, preprocessing.std)
