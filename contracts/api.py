@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 
-from fbml.bundle.search import MAX_K
+from contracts.limits import MAX_K
 
 DEFAULT_K = 10
 TOP_CATEGORIES = 5

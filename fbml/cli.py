@@ -274,7 +274,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:
-    from fbml.workflows.quickstart import quickstart
+    from fbml.quickstart import quickstart
 
     quickstart(args.out, products=args.products, seed=args.seed)
 

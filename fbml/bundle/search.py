@@ -14,10 +14,10 @@ import attrs
 import numpy as np
 import polars as pl
 
+from contracts.limits import MAX_K
 from fbml.errors import FbmlError
 
 CATALOGUE_SCHEMA = {"id": pl.String, "product_name": pl.String, "category": pl.String, "price": pl.Float64}
-MAX_K = 100
 PRECISION_K = 10
 
 
