@@ -10,13 +10,13 @@ absurd allocations.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
-BUNDLE_FORMAT = "fbml.bundle/2"
-TOKENIZER = "fbml.tokens/1"
-NORMALISATION = "fbml.ascii-nfkd/1"
+BUNDLE_FORMAT: Final = "fbml.bundle/2"
+TOKENIZER: Final = "fbml.tokens/1"
+NORMALISATION: Final = "fbml.ascii-nfkd/1"
 FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)$"
 MODEL_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 
@@ -35,14 +35,14 @@ class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A manifest struct: immutable, and unknown fields are an error."""
 
 
-class FileRef(Struct):
+class FileRef(Struct, frozen=True):
     """A file of the bundle by its content-addressed name, and the SHA-256 it must have."""
 
     file: FileName
     sha256: Digest
 
 
-class ImageEntry(Struct):
+class ImageEntry(Struct, frozen=True):
     """How photos are prepared for the image branches: the backbone's preprocessing, at ``size``."""
 
     backbone: str
@@ -51,7 +51,7 @@ class ImageEntry(Struct):
     std: Annotated[list[Spread], msgspec.Meta(min_length=3, max_length=3)]
 
 
-class TextEntry(Struct):
+class TextEntry(Struct, frozen=True):
     """How text is prepared for the text CNN: its vocabulary, word vectors and sequence length."""
 
     length: Annotated[int, msgspec.Meta(ge=1, le=4096)]
@@ -62,7 +62,7 @@ class TextEntry(Struct):
     normalisation: Literal["fbml.ascii-nfkd/1"] = NORMALISATION
 
 
-class ImageOptions(Struct):
+class ImageOptions(Struct, frozen=True):
     """Every argument of ``image_model`` but the starting weights (the bundle has its own)."""
 
     backbone: str
@@ -71,7 +71,7 @@ class ImageOptions(Struct):
     dropout: Fraction
 
 
-class TextCnnOptions(Struct):
+class TextCnnOptions(Struct, frozen=True):
     """Every argument of ``text_model`` (the embedding matrix's shape comes from the vocabulary and vectors)."""
 
     embedding_dim: Width
@@ -85,14 +85,14 @@ class TextCnnOptions(Struct):
     branch_scale: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)]
 
 
-class CombinedOptions(Struct):
+class CombinedOptions(Struct, frozen=True):
     """The two branches of ``combined_model``."""
 
     image: ImageOptions
     text: TextCnnOptions
 
 
-class ImageModelEntry(Struct, tag="image-cnn"):
+class ImageModelEntry(Struct, tag="image-cnn", frozen=True):
     """An image classifier's weights and factory arguments."""
 
     weights: FileRef
@@ -100,7 +100,7 @@ class ImageModelEntry(Struct, tag="image-cnn"):
     report: dict[str, object] = {}
 
 
-class TextCnnEntry(Struct, tag="text-cnn"):
+class TextCnnEntry(Struct, tag="text-cnn", frozen=True):
     """A word2vec text CNN's weights and factory arguments."""
 
     weights: FileRef
@@ -108,7 +108,7 @@ class TextCnnEntry(Struct, tag="text-cnn"):
     report: dict[str, object] = {}
 
 
-class TextLinearEntry(Struct, tag="text-linear"):
+class TextLinearEntry(Struct, tag="text-linear", frozen=True):
     """A TF-IDF linear text model: its vocabularies and calibration (JSON) and its arrays (safetensors)."""
 
     parameters: FileRef
@@ -116,7 +116,7 @@ class TextLinearEntry(Struct, tag="text-linear"):
     report: dict[str, object] = {}
 
 
-class CombinedNnEntry(Struct, tag="combined-nn"):
+class CombinedNnEntry(Struct, tag="combined-nn", frozen=True):
     """The image and text branches joined by one linear layer: weights and both branches' arguments."""
 
     weights: FileRef
@@ -127,14 +127,14 @@ class CombinedNnEntry(Struct, tag="combined-nn"):
 ModelEntry = ImageModelEntry | TextCnnEntry | TextLinearEntry | CombinedNnEntry
 
 
-class Member(Struct):
+class Member(Struct, frozen=True):
     """A model of the bundle and the weight of its log-probabilities in an ensemble."""
 
     model: ModelName
     weight: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
 
 
-class PredictorEntry(Struct):
+class PredictorEntry(Struct, frozen=True):
     """What one endpoint serves: ``softmax(sum(weight * log p(model)) + bias)`` over its members."""
 
     members: Annotated[list[Member], msgspec.Meta(min_length=1, max_length=8)]
@@ -142,7 +142,7 @@ class PredictorEntry(Struct):
     report: dict[str, object] = {}
 
 
-class IndexEntry(Struct):
+class IndexEntry(Struct, frozen=True):
     """The similar-listings index: product vectors (``.npy``), the catalogue (JSON) and how it was built."""
 
     vectors: FileRef
@@ -151,7 +151,7 @@ class IndexEntry(Struct):
     report: dict[str, object] = {}
 
 
-class Manifest(Struct):
+class Manifest(Struct, frozen=True):
     """``bundle.json``: the codec, preparation settings, models, predictors and the index."""
 
     format: Literal["fbml.bundle/2"]

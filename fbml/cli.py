@@ -6,10 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from fbml.errors import FbmlError
 
 Command = Callable[[argparse.Namespace], None]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,20 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(commands: argparse._SubParsersAction, name: str, run: Command, help: str) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=help, description=help)
+def _command(commands: Commands, name: str, run: Command, help: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
     parser.set_defaults(run=run)
     return parser
 
 
-def _add_sample(commands: argparse._SubParsersAction) -> None:
+def _add_sample(commands: Commands) -> None:
     parser = _command(commands, "sample", _run_sample, "Write the built-in sample marketplace (raw CSVs and photos).")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--products", type=_positive_int, default=650, help="number of product rows (default 650)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _add_clean_products(commands: argparse._SubParsersAction) -> None:
+def _add_clean_products(commands: Commands) -> None:
     parser = _command(
         commands, "clean-products", _run_clean_products, "Clean a raw products table and join its images table."
     )
@@ -65,7 +67,7 @@ def _add_clean_products(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the parquet outputs")
 
 
-def _add_clean_images(commands: argparse._SubParsersAction) -> None:
+def _add_clean_images(commands: Commands) -> None:
     parser = _command(
         commands, "clean-images", _run_clean_images, "Scale photos to a square on black, RGB JPEG, in parallel."
     )
@@ -75,7 +77,7 @@ def _add_clean_images(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
 
 
-def _add_baselines(commands: argparse._SubParsersAction) -> None:
+def _add_baselines(commands: Commands) -> None:
     parser = _command(
         commands,
         "baselines",
@@ -98,7 +100,7 @@ def _add_raw_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-dir", type=Path, metavar="DIR", help="photos named <image id>.<ext>, raw or cleaned")
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
+def _add_train(commands: Commands) -> None:
     parser = _command(commands, "train", _run_train, "Train a model on raw inputs and add it to a bundle.")
     parser.add_argument("--model", required=True, choices=("image", "text", "combined"), help="which model")
     _add_raw_inputs(parser)
@@ -122,7 +124,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
 
-def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+def _add_evaluate(commands: Commands) -> None:
     parser = _command(commands, "evaluate", _run_evaluate, "Score every predictor and model of a bundle on raw inputs.")
     parser.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_raw_inputs(parser)
@@ -131,7 +133,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _add_index(commands: argparse._SubParsersAction) -> None:
+def _add_index(commands: Commands) -> None:
     parser = _command(
         commands, "index", _run_index,
         "Rebuild a bundle's similar-listings index over a catalogue; print its precision@10.",
@@ -143,7 +145,7 @@ def _add_index(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
 
 
-def _add_serve(commands: argparse._SubParsersAction) -> None:
+def _add_serve(commands: Commands) -> None:
     parser = _command(commands, "serve", _run_serve, "Serve a bundle over HTTP (predictions and recommendations).")
     parser.add_argument("bundle", type=Path, metavar="BUNDLE")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -151,7 +153,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=_positive_int, default=1, help="server processes (default 1)")
 
 
-def _add_quickstart(commands: argparse._SubParsersAction) -> None:
+def _add_quickstart(commands: Commands) -> None:
     parser = _command(commands, "quickstart", _run_quickstart, "Run the whole pipeline on the sample marketplace.")
     parser.add_argument("--out", type=Path, default=Path("fbml-quickstart"), help="working folder")
     parser.add_argument("--products", type=_positive_int, default=650, help="sample size (default 650)")
@@ -186,8 +188,8 @@ def _run_clean_images(args: argparse.Namespace) -> None:
 def _run_baselines(args: argparse.Namespace) -> None:
     import json
 
-    from fbml.workflows.baselines import run_baselines
     from fbml.tables.clean import clean_tables
+    from fbml.workflows.baselines import run_baselines
 
     tables = clean_tables(args.products, args.images)
     baselines = run_baselines(
@@ -199,8 +201,8 @@ def _run_baselines(args: argparse.Namespace) -> None:
 
 def _run_train(args: argparse.Namespace) -> None:
     from fbml.modeling.devices import resolve_device
-    from fbml.workflows.train import train_into_bundle, train_request
     from fbml.tables.clean import clean_tables
+    from fbml.workflows.train import train_into_bundle, train_request
 
     request = train_request(
         args.model, epochs=args.epochs, backbone=args.backbone, image_size=args.image_size, weights=args.weights,
@@ -222,8 +224,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     from fbml.bundle.store import load_bundle
     from fbml.modeling.devices import resolve_device
-    from fbml.workflows.evaluate import evaluations, scores_table
     from fbml.tables.clean import clean_tables
+    from fbml.workflows.evaluate import evaluations, scores_table
 
     device = str(resolve_device(args.device))
     if args.report is not None:
@@ -253,9 +255,8 @@ def _run_index(args: argparse.Namespace) -> None:
 
     from fbml.bundle.store import load_bundle, save_bundle
     from fbml.modeling.devices import resolve_device
-    from fbml.workflows.index import reindex
-    from fbml.workflows.index import index_summary
     from fbml.tables.clean import clean_tables
+    from fbml.workflows.index import index_summary, reindex
 
     device = str(resolve_device(args.device))
     bundle = load_bundle(args.bundle)

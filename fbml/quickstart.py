@@ -8,13 +8,13 @@ from typing import Any
 
 import polars as pl
 
-from fbml.workflows.baselines import run_baselines
 from fbml.errors import FbmlError
-from fbml.workflows.train import TrainResult, train_into_bundle, train_request
-from fbml.vision.cleaning import clean_images
 from fbml.modeling.backbones import DEFAULT_BACKBONE
-from fbml.tables.clean import CleanTables, clean_tables, restricted_tables, write_clean_tables
 from fbml.sample.marketplace import SampleMarketplace, write_sample
+from fbml.tables.clean import CleanTables, clean_tables, restricted_tables, write_clean_tables
+from fbml.vision.cleaning import clean_images
+from fbml.workflows.baselines import run_baselines
+from fbml.workflows.train import TrainResult, train_into_bundle, train_request
 
 QUICKSTART_IMAGE_SIZE = 128
 TRAINING_IMAGE_SIZE = 96
@@ -37,8 +37,8 @@ def quickstart(out: Path, *, products: int = 650, seed: int = 0, image_size: int
     print(f"photo files: {report.files.height} read, {report.cleaned} cleaned, {report.rejected} rejected")
     for reason, count in report.rejected_by_reason().items():
         print(f"  rejected {count:>6}  {reason}")
-    usable = _photos_with_files(tables.manifest.images, out / "images")
-    print(f"photos ready for training: {usable} of {tables.manifest.images.height} manifest rows")
+    usable = _photos_with_files(_photos(tables), out / "images")
+    print(f"photos ready for training: {usable} of {_photos(tables).height} manifest rows")
 
     _step("4. baselines on the product-level test split")
     print(run_baselines(tables, out / "images", seed=seed).table())
@@ -84,8 +84,8 @@ def _results_table(results: list[TrainResult]) -> str:
 def _test_report(out: Path, tables: CleanTables, seed: int) -> Path:
     """The HTML report of the bundle on the test split's products (the products no model trained on)."""
     from fbml.bundle.store import load_bundle
-    from fbml.workflows.evaluate import evaluations, write_evaluation_report
     from fbml.tables.splits import split_tables
+    from fbml.workflows.evaluate import evaluations, write_evaluation_report
 
     test_ids = split_tables(tables, seed=seed).products.test["id"]
     test = restricted_tables(tables, pl.col("id").is_in(test_ids.implode()))
@@ -94,6 +94,13 @@ def _test_report(out: Path, tables: CleanTables, seed: int) -> Path:
     manifest = None if test.manifest is None else test.manifest.images
     return write_evaluation_report(out / "report", bundle, results, bundle_path=out / "bundle",
                                    products="the sample's test products", manifest=manifest, image_dir=out / "images")
+
+
+def _photos(tables: CleanTables) -> pl.DataFrame:
+    """The sample's photo manifest (the sample always has an images table)."""
+    if tables.manifest is None:
+        raise FbmlError("the sample has no images table")
+    return tables.manifest.images
 
 
 def _photos_with_files(manifest: pl.DataFrame, image_dir: Path) -> int:
@@ -109,8 +116,8 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
     """Serve the bundle on a free loopback port, ask each endpoint once about a sample listing, stop."""
     import httpx
 
-    from fbml.serving.app import create_app, serving
     from fbml.bundle.store import load_bundle
+    from fbml.serving.app import create_app, serving
 
     _step(f"7. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
     bundle = load_bundle(bundle_dir)
@@ -136,7 +143,7 @@ def _demo_listing(sample: SampleMarketplace) -> tuple[dict[str, Any], Path]:
 
     tables = clean_tables(sample.products_csv, sample.images_csv)
     files = {path.stem: path for path in sample.image_dir.iterdir()}
-    for row in tables.manifest.images.filter(pl.col("image_id").is_in(list(files))).iter_rows(named=True):
+    for row in _photos(tables).filter(pl.col("image_id").is_in(list(files))).iter_rows(named=True):
         try:
             with open_image(files[row["image_id"]], size=None, max_pixels=50_000_000):
                 return row, files[row["image_id"]]

@@ -65,6 +65,6 @@ def precision_at_k(index: SearchIndex, rows: np.ndarray, k: int = PRECISION_K) -
     """Share of each query row's ``k`` nearest other rows with its category."""
     if rows.size == 0 or len(index) < 2:
         return 0.0
-    neighbours, _ = index.search(index.vectors[rows], k, exclude=rows)
+    neighbours, _ = index.search(index.vectors[rows], k, exclude=rows.tolist())
     categories = index.catalogue["category"].to_numpy()
     return float((categories[neighbours] == categories[rows][:, None]).mean())

@@ -24,8 +24,6 @@ import attrs
 import msgspec
 import numpy as np
 import torch
-from torch import nn
-
 from contracts.bundle import (
     BUNDLE_FORMAT,
     CombinedNnEntry,
@@ -44,15 +42,17 @@ from contracts.bundle import (
     TextEntry,
     TextLinearEntry,
 )
-from fbml.modeling.backbones import NO_WEIGHTS, backbone
-from fbml.text.labels import LabelCodec
-from fbml.modeling.ensembles import Ensemble
-from fbml.errors import FbmlError
-from fbml.files import write_atomically
-from fbml.modeling.linear_text import LinearTextModel
-from fbml.modeling.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model, image_model, text_model
+from torch import nn
+
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingWeights
 from fbml.bundle.search import SearchIndex
+from fbml.errors import FbmlError
+from fbml.files import write_atomically
+from fbml.modeling.backbones import NO_WEIGHTS, backbone
+from fbml.modeling.ensembles import Ensemble
+from fbml.modeling.linear_text import LinearTextModel
+from fbml.modeling.models import ImageClassifier, TextClassifier, combined_model, image_model, text_model
+from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors
 
@@ -139,7 +139,7 @@ class Bundle:
     def listing_width(self) -> int:
         """The width of a listing vector made by this bundle's models."""
         text, image = self.model(TEXT_MODEL), self.model(IMAGE_MODEL)
-        return int(getattr(text, "embedding_dim")) + int(getattr(image, "embedding_dim")) + self.codec.num_classes
+        return int(text.embedding_dim) + int(image.embedding_dim) + self.codec.num_classes
 
     def predictor(self, role: str) -> Predictor:
         """The predictor of ``role``; a clear error when the bundle has none."""
@@ -206,7 +206,7 @@ def load_bundle(path: Path) -> Bundle:
     models = {kind: _read_model(path, kind, entry, codec, text) for kind, entry in manifest.models.items()}
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
-    bundle = Bundle(codec, image, text, models, predictors, index)
+    bundle = Bundle(codec, image, text, models, {str(role): predictor for role, predictor in predictors.items()}, index)
     _check_settings(path, bundle)
     return bundle
 

@@ -127,19 +127,28 @@ def _load(model: nn.Module, state: StateDict, source: str, name: str) -> None:
 def _efficientnet_lite(variant: int) -> nn.Module:
     import timm
 
-    return timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    model: nn.Module = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    return model
 
 
 def _efficientnet_cut(model: nn.Module, trainable_stages: int) -> Network:
     """Stem, seven block stages (the head convolution counted with the last), pooling."""
-    stem = [model.conv_stem, model.bn1]
-    stages: list[nn.Module] = [*model.blocks]
-    stages[-1] = nn.Sequential(stages[-1], model.conv_head, model.bn2)
-    pool = [model.global_pool]
+    stem = [_part(model, "conv_stem"), _part(model, "bn1")]
+    stages: list[nn.Module] = list(_part(model, "blocks").children())
+    stages[-1] = nn.Sequential(stages[-1], _part(model, "conv_head"), _part(model, "bn2"))
+    pool = [_part(model, "global_pool")]
     cut = len(stages) - trainable_stages
     if trainable_stages == 0:
         return Network(nn.Sequential(*stem, *stages, *pool), nn.Sequential())
     return Network(nn.Sequential(*stem, *stages[:cut]), nn.Sequential(*stages[cut:], *pool))
+
+
+def _part(model: nn.Module, name: str) -> nn.Module:
+    """The submodule ``name`` of ``model``."""
+    part = getattr(model, name)
+    if not isinstance(part, nn.Module):
+        raise FbmlError(f"{type(model).__name__} has no submodule {name!r}")
+    return part
 
 
 def _packaged_lite_weights(variant: int) -> Callable[[], StateDict]:
@@ -176,8 +185,8 @@ def _efficientnet_key_map(model: nn.Module) -> dict[str, str]:
              "_fc.weight": "classifier.weight", "_fc.bias": "classifier.bias"}
     names |= _batch_norm_keys("_bn0", "bn1") | _batch_norm_keys("_bn1", "bn2")
     flat = 0
-    for stage_index, stage in enumerate(model.blocks):
-        for block_index, block in enumerate(stage):
+    for stage_index, stage in enumerate(_part(model, "blocks").children()):
+        for block_index, block in enumerate(stage.children()):
             source, target = f"_blocks.{flat}", f"blocks.{stage_index}.{block_index}"
             for ours, theirs in _block_layers(hasattr(block, "conv_pwl")):
                 if ours.startswith("_bn"):
@@ -207,13 +216,14 @@ RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 def _resnet50() -> nn.Module:
     from torchvision.models import resnet50
 
-    return resnet50(weights=None)
+    model: nn.Module = resnet50(weights=None)
+    return model
 
 
 def _resnet_cut(model: nn.Module, trainable_stages: int) -> Network:
-    stem = [model.conv1, model.bn1, model.relu, model.maxpool]
-    stages = [getattr(model, name) for name in RESNET_STAGES]
-    pool = [model.avgpool, nn.Flatten()]
+    stem = [_part(model, name) for name in ("conv1", "bn1", "relu", "maxpool")]
+    stages = [_part(model, name) for name in RESNET_STAGES]
+    pool = [_part(model, "avgpool"), nn.Flatten()]
     cut = len(stages) - trainable_stages
     if trainable_stages == 0:
         return Network(nn.Sequential(*stem, *stages, *pool), nn.Sequential())

@@ -8,7 +8,7 @@ carries ``row``, its row in the manifest it was built from, for per-product eval
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import attrs
 import numpy as np
@@ -18,9 +18,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from fbml.errors import FbmlError
 from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fbml.text.labels import LabelCodec
-from fbml.errors import FbmlError
 from fbml.vision.cache import ImageCache, rejected_rows
 
 TRAIN_CROP_SCALE = (0.7, 1.0)
@@ -29,7 +29,7 @@ NOT_CACHED = "photo not in the image cache"
 
 Transform = Callable[[Tensor], Tensor]
 Stats = tuple[float, ...]
-DatasetT = TypeVar("DatasetT", bound=Dataset)
+DatasetT = TypeVar("DatasetT", bound=Dataset[Any])
 
 
 @attrs.frozen(eq=False)
@@ -74,7 +74,8 @@ class _Batch:
         return self._map(Tensor.pin_memory)
 
     def _map(self, change: Callable[[Tensor], Tensor]) -> Self:
-        return type(self)(**{name: change(tensor) for name, tensor in attrs.asdict(self, recurse=False).items()})
+        fields = attrs.asdict(self, recurse=False)  # type: ignore[arg-type]  # every subclass is an attrs class
+        return type(self)(**{name: change(tensor) for name, tensor in fields.items()})
 
 
 @attrs.frozen(eq=False)
@@ -160,12 +161,12 @@ def _token_tensor(tokens: np.ndarray | Tensor) -> Tensor:
     return torch.from_numpy(array)
 
 
-def _check_pixels(_instance: object, _attribute: attrs.Attribute, pixels: np.ndarray) -> None:
+def _check_pixels(_instance: object, _attribute: attrs.Attribute[Any], pixels: np.ndarray) -> None:
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
         raise FbmlError(f"pixels must be uint8 (N, 3, H, W), got {pixels.dtype} {pixels.shape}")
 
 
-def _check_labels(_instance: object, _attribute: attrs.Attribute, labels: np.ndarray) -> None:
+def _check_labels(_instance: object, _attribute: attrs.Attribute[Any], labels: np.ndarray) -> None:
     if labels.size and labels.min() < 0:
         raise FbmlError("class indices must not be negative")
 

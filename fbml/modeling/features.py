@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from fbml.modeling.datasets import eval_transform
 from fbml.files import atomic_directory
+from fbml.modeling.datasets import eval_transform
 from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput
 from fbml.vision.cache import ImageCache
 
@@ -59,7 +59,7 @@ class FeatureProductBatch:
         return (self.features, self.tokens)
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(Dataset[int]):
     """Rows of a feature array (optionally with token ids), their labels and manifest rows."""
 
     def __init__(
@@ -135,7 +135,8 @@ def feature_cache(
         features = frozen_features(model, photos.pixels, transform, progress=progress)
         np.save(building / FEATURES_FILE, features, allow_pickle=False)
         (building / FEATURES_INDEX).write_text(json.dumps({"key": key, "shape": list(features.shape)}), encoding="utf-8")
-    return np.load(target / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+    computed: np.ndarray = np.load(target / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+    return computed
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -157,7 +158,7 @@ def _cached_features(target: Path, key: str) -> np.ndarray | None:
     """The features in ``target`` when they were computed for ``key`` and are whole."""
     try:
         index = json.loads((target / FEATURES_INDEX).read_text(encoding="utf-8"))
-        features = np.load(target / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+        features: np.ndarray = np.load(target / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return None
     if not isinstance(index, dict) or index.get("key") != key or list(features.shape) != index.get("shape"):

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fbml.errors import FbmlError
 from fbml.modeling.backbones import DEFAULT_BACKBONE
 from fbml.modeling.backbones import backbone as get_backbone
-from fbml.errors import FbmlError
 
 DEFAULT_EMBEDDING_DIM = 128
 DEFAULT_KERNEL_SIZES = (1, 2, 3)
@@ -50,6 +50,13 @@ class EmbeddingHead(nn.Module):
         self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embedding_dim), nn.ReLU())
         self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, num_classes))
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer: embedding -> class scores."""
+        layer = self.classify[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
     def forward(self, features: Tensor) -> ModelOutput:
         embedding = self.embed(self.normalise(features))
         return ModelOutput(self.classify(embedding), embedding)
@@ -70,7 +77,7 @@ class ImageClassifier(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.head.classify[-1].in_features
+        return self.head.output_layer.in_features
 
     def train(self, mode: bool = True) -> ImageClassifier:
         """As ``nn.Module.train``, but the frozen stages stay in eval mode (their batch-norm
@@ -81,11 +88,13 @@ class ImageClassifier(nn.Module):
 
     def frozen_features(self, images: Tensor) -> Tensor:
         """The frozen stages' output (what a feature cache stores)."""
-        return self.frozen(images)
+        features: Tensor = self.frozen(images)
+        return features
 
     def forward_features(self, features: Tensor) -> ModelOutput:
         """From the frozen stages' output on."""
-        return self.head(self.trainable(features))
+        output: ModelOutput = self.head(self.trainable(features))
+        return output
 
     def forward(self, images: Tensor) -> ModelOutput:
         return self.forward_features(self.frozen_features(images))
@@ -131,7 +140,7 @@ class TextClassifier(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.head.classify[-1].in_features
+        return self.head.output_layer.in_features
 
     def forward(self, tokens: Tensor) -> ModelOutput:
         if self.training and self.word_dropout > 0:
@@ -147,7 +156,8 @@ class TextClassifier(nn.Module):
         features = torch.cat(
             [nn.functional.normalize(view.nan_to_num(neginf=0.0), dim=1) * self.branch_scale for view in views], dim=1
         )
-        return self.head(features)
+        output: ModelOutput = self.head(features)
+        return output
 
     def _weighted_mean(self, words: Tensor, mask: Tensor) -> Tensor:
         """The mean of the (B, E, L) word vectors over the unmasked positions, position-weighted."""
@@ -232,7 +242,7 @@ def text_model(
     weights = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
     if normalise_embeddings:
         weights = weights / weights.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    embedding = nn.Embedding.from_pretrained(weights, freeze=freeze_embeddings, padding_idx=0)
+    embedding = nn.Embedding.from_pretrained(weights, freeze=freeze_embeddings, padding_idx=0)  # type: ignore[no-untyped-call]
     head = EmbeddingHead(channels * len(kernel_sizes) + weights.shape[1], embedding_dim, num_classes, dropout)
     return TextClassifier(
         embedding, tuple(kernel_sizes), channels, head,
@@ -262,7 +272,7 @@ def combined_model(
 
 
 def _copy_branch_heads(model: CombinedClassifier, image_weight: float) -> None:
-    image, text = model.image.head.classify[-1], model.text.head.classify[-1]
+    image, text = model.image.head.output_layer, model.text.head.output_layer
     if any(head.out_features != model.classify.out_features for head in (image, text)):
         raise FbmlError("the branches' class counts differ from the combined model's")
     with torch.no_grad():

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+from fbml.errors import FbmlError
 from fbml.modeling.devices import (
     Loaded,
     LoaderSettings,
@@ -37,7 +38,6 @@ from fbml.modeling.devices import (
     set_rng_state,
     to_device,
 )
-from fbml.errors import FbmlError
 
 CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"

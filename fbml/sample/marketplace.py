@@ -29,7 +29,7 @@ import math
 import random
 import string
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -551,7 +551,7 @@ def _with_defect(index: int, row: _Product, rows: Sequence[_Product], roles: _Ro
         return attrs.evolve(row, price=BAD_PRICES[roles.bad_price.index(index) % len(BAD_PRICES)])
     if index in roles.missing_field:
         missing = "product_name" if roles.missing_field.index(index) % 2 == 0 else "category"
-        return attrs.evolve(row, **{missing: None})
+        return attrs.evolve(row, product_name=None) if missing == "product_name" else attrs.evolve(row, category=None)
     if index in roles.duplicate_of:
         return attrs.evolve(row, id=rows[roles.duplicate_of[index]].id)
     if index in roles.outlier:
@@ -615,7 +615,8 @@ def _slots(top: int, rng: random.Random, town: str = "") -> dict[str, str]:
 def _word(top: int, kind: Literal["nouns", "words"], rng: random.Random) -> str:
     """A noun or descriptive word of category ``top``, or now and then of another category."""
     source = rng.randrange(len(_PROFILES)) if rng.random() < _BORROWED_WORD_RATE else top
-    return rng.choice(getattr(_PROFILES[source], kind))
+    words: Sequence[str] = getattr(_PROFILES[source], kind)
+    return rng.choice(words)
 
 
 def _capitalised(text: str) -> str:
@@ -712,7 +713,7 @@ def _write_images_csv(path: Path, photos: Sequence[_Photo], rng: random.Random) 
     _write_csv(path, columns)
 
 
-def _write_csv(path: Path, columns: dict[str, list[str | None]]) -> None:
+def _write_csv(path: Path, columns: Mapping[str, Sequence[str | None]]) -> None:
     """A CSV with a bare header (first name empty) and minimally quoted fields; ``\\r`` is quoted."""
     frame = pl.DataFrame(columns, schema=dict.fromkeys(columns, pl.String))
     body = frame.write_csv(include_header=False, quote_style="necessary", line_terminator="\n")
@@ -881,7 +882,8 @@ def _noisy(pixels: np.ndarray, noise: np.ndarray, rng: np.random.Generator) -> n
     top, left = rng.integers(0, noise.shape[0] - height + 1), rng.integers(0, noise.shape[1] - width + 1)
     crop = noise[top : top + height, left : left + width]
     strength = _HEAVY_NOISE if rng.random() < _HEAVY_NOISE_RATE else 1
-    return np.clip(pixels.astype(np.int16) + crop * strength, 0, 255).astype(np.uint8)
+    noisy: np.ndarray = np.clip(pixels.astype(np.int16) + crop * strength, 0, 255).astype(np.uint8)
+    return noisy
 
 
 def _encoded(picture: Image.Image, kind: PhotoKind, rng: np.random.Generator) -> bytes:

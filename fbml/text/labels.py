@@ -31,7 +31,7 @@ class LabelCodec:
     classes: tuple[str, ...] = attrs.field(converter=_sorted_unique)
 
     @classes.validator
-    def _not_empty(self, _attribute: attrs.Attribute, classes: tuple[str, ...]) -> None:
+    def _not_empty(self, _attribute: attrs.Attribute[Any], classes: tuple[str, ...]) -> None:
         if not classes:
             raise FbmlError("a label codec needs at least one class")
 
@@ -59,7 +59,8 @@ class LabelCodec:
 
     def one_hot(self, labels: Sequence[str] | pl.Series) -> np.ndarray:
         """One row per label with a 1.0 in its class column (float32)."""
-        return np.eye(self.num_classes, dtype=np.float32)[self.encode(labels)]
+        rows: np.ndarray = np.eye(self.num_classes, dtype=np.float32)[self.encode(labels)]
+        return rows
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready mapping."""

@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -48,7 +49,7 @@ def _token_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tokens
 
 
-def _check_tokens(instance: Vocabulary, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+def _check_tokens(instance: Vocabulary, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     if value[: len(RESERVED)] != RESERVED:
         raise FbmlError(f"a vocabulary must start with {PAD!r}, {UNK!r}; got {list(value[:2])}")
     if len(instance._ids) != len(value):

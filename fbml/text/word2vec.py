@@ -7,6 +7,7 @@ import json
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -25,7 +26,7 @@ def _read_only_float32(value: object) -> np.ndarray:
     return array
 
 
-def _check_vectors(instance: WordVectors, attribute: attrs.Attribute, value: np.ndarray) -> None:
+def _check_vectors(instance: WordVectors, attribute: attrs.Attribute[Any], value: np.ndarray) -> None:
     count = len(instance.words)
     if value.ndim != 2 or value.shape[0] != count:
         raise FbmlError(f"{count} words need a ({count}, dim) array, got shape {value.shape}")
@@ -48,7 +49,7 @@ class WordVectors:
     @property
     def dim(self) -> int:
         """The length of each vector."""
-        return self.vectors.shape[1]
+        return int(self.vectors.shape[1])
 
     def save(self, directory: str | Path) -> None:
         """Write ``vectors.npy`` and ``words.json`` into ``directory`` (no pickle)."""
@@ -82,7 +83,7 @@ class WordVectors:
             raise FbmlError("the word2vec text format cannot hold empty words or words with whitespace")
         with Path(path).open("w", encoding="utf-8") as file:
             file.write(f"{len(self)} {self.dim}\n")
-            for word, vector in zip(self.words, self.vectors):
+            for word, vector in zip(self.words, self.vectors, strict=False):
                 file.write(f"{word} {' '.join(format(value, '.9g') for value in vector.tolist())}\n")
 
 

@@ -8,10 +8,10 @@ import attrs
 import numpy as np
 import polars as pl
 
-from fbml.text.labels import label_codec
-from fbml.vision.cache import Photos, load_photos
 from fbml.tables.clean import CleanTables
 from fbml.tables.splits import split_tables
+from fbml.text.labels import label_codec
+from fbml.vision.cache import Photos, load_photos
 
 DEFAULT_PRICE_RANGE = (1.0, 1000.0)
 DEFAULT_PIXEL_SIZE = 32

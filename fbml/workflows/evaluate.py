@@ -124,7 +124,7 @@ def write_evaluation_report(
         "bundle": str(bundle_path),
         "products": products,
         "photos": str(image_dir) if image_dir else "none",
-        "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "written": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return write_report(directory, results, title="fbml evaluation", notes=notes)
 

@@ -27,7 +27,7 @@ def catalogue_parts(bundle: Bundle, run: Run, products: pl.DataFrame, photos: pl
     """The parts of every product of ``products``; ``photos`` (decoded) are theirs, some have none."""
     text = run.outputs(bundle, TEXT_MODEL, bundle.model(TEXT_MODEL), products).embeddings
     classes = run.predictor_probabilities(bundle, "text", products)
-    image = np.zeros((products.height, int(getattr(bundle.model(IMAGE_MODEL), "embedding_dim"))), dtype=np.float32)
+    image = np.zeros((products.height, int(bundle.model(IMAGE_MODEL).embedding_dim)), dtype=np.float32)
     if photos.height:
         rows = _product_rows(products, photos)
         image_embeddings = run.outputs(bundle, IMAGE_MODEL, bundle.model(IMAGE_MODEL), photos).embeddings

@@ -22,8 +22,8 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from fbml.errors import FbmlError
-from fbml.vision.cleaning import clean_image, open_image
 from fbml.modeling.metrics import confusion_matrix, macro_f1
+from fbml.vision.cleaning import clean_image, open_image
 
 INDEX = "index.html"
 MARKER = ".fbml-report.json"

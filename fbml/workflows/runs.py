@@ -35,7 +35,6 @@ from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import product_text
 from fbml.vision.cache import ImageCache, build_image_cache
 
-
 IMAGE_KINDS = ("image-cnn", "combined-nn")
 
 @attrs.frozen
@@ -127,6 +126,7 @@ class Run:
         rows = np.arange(frame.height)
         token_ids = listing_token_ids(frame, bundle.text) if kind in ("text-cnn", "combined-nn") and bundle.text else None
         if kind == "text-cnn":
+            assert token_ids is not None
             return model, TextDataset(token_ids, labels, rows)
         assert bundle.image is not None
         image = model.image if isinstance(model, CombinedClassifier) else model
@@ -135,6 +135,7 @@ class Run:
         positions = photos.rows_for(frame["image_id"])
         if self.feature_cache and any(True for _ in image.frozen.parameters()):
             features = self.features(image, bundle.image)
+            assert isinstance(model, ImageClassifier | CombinedClassifier)
             return FromFeatures(model), FeatureDataset(features[positions], labels, rows, token_ids)
         settings = bundle.image
         transform = (train_transform if augment else eval_transform)(settings.size, settings.mean, settings.std)
@@ -212,7 +213,8 @@ class ValidationStore:
         if missing or values.shape[0] != len(known):
             raise FbmlError(f"{self.directory}: the {kind} model's validation predictions are not of these products "
                             f"({len(missing)} missing); train it again on this data")
-        return values[[row_of[key] for key in keys]]
+        chosen: np.ndarray = values[[row_of[key] for key in keys]]
+        return chosen
 
     def load_weights(self, kind: str, model: nn.Module) -> nn.Module:
         """``model`` with the weights ``kind`` had when trained on the training split alone."""

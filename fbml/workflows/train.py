@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import polars as pl
 import torch
+from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
 from torch import nn
 
-from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
 from fbml.bundle.store import (
     MANIFEST,
     Bundle,
@@ -67,7 +66,6 @@ from fbml.text.labels import label_codec
 from fbml.text.vocabulary import build_vocabulary, product_text, tokens
 from fbml.text.word2vec import embedding_matrix, train_word2vec
 from fbml.workflows.runs import Run, Scores, ValidationStore, examples, listing_texts, scored
-
 
 MODEL_KINDS = ("image", "text", "combined")
 
@@ -171,8 +169,11 @@ def train_request(
 ) -> TrainRequest:
     """A request with ``kind``'s recipe, as ``fbml train`` builds it. ``refit``: once chosen on
     validation, the models are trained again on the training and validation splits together."""
-    overrides = {"epochs": epochs, "batch_size": batch_size}
-    config = attrs.evolve(RECIPES[kind], seed=seed, **{key: value for key, value in overrides.items() if value})
+    config = attrs.evolve(RECIPES[kind], seed=seed)
+    if epochs:
+        config = attrs.evolve(config, epochs=epochs)
+    if batch_size:
+        config = attrs.evolve(config, batch_size=batch_size)
     image = ImageRecipe(backbone=backbone, size=image_size, weights=weights, trainable_stages=trainable_stages,
                         feature_cache=feature_cache)
     image.options()  # an unknown backbone or a trainable_stages out of range stops here, before any work
