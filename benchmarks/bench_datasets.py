@@ -12,17 +12,17 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
+from fbml.modeling.datasets import ImageBatch, ImageDataset, eval_transform
+from fbml.sample.marketplace import write_sample
+from fbml.tables.clean import clean_tables
+from fbml.text.labels import label_codec
+from fbml.vision.cache import build_image_cache
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional
-
-from fbml.modeling.datasets import ImageBatch, eval_transform, image_dataset
-from fbml.text.labels import label_codec
-from fbml.vision.cache import build_image_cache
-from fbml.tables.clean import clean_tables
-from fbml.sample.marketplace import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 MARKETPLACE = REPO.parent / "shared" / "data" / "marketplace"
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         build_seconds = time.perf_counter() - start
         codec = label_codec(manifest["category"])
         transform = eval_transform(args.size)
-        cached = image_dataset(manifest, cache, codec, transform).dataset
+        kept = manifest.filter(pl.Series(cache.cached(manifest["image_id"])))
+        cached = ImageDataset(cache.pixels, codec.encode(kept["category"]), np.arange(kept.height), transform,
+                              positions=cache.rows_for(kept["image_id"]))
         paths = {path.stem: path for path in image_dir.iterdir()}
         baseline = PilDataset([paths[image_id] for image_id in cache.image_ids], cached.labels.tolist(), transform)
         items = len(cached)

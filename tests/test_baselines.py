@@ -61,4 +61,5 @@ def test_baselines_command_prints_json(sample) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert set(figures) == {"price", "image", "seed"}
-    assert 0 <= figures["image"]["accuracy"] <= 1
+    assert figures["image"]["accuracy"] > figures["image"]["majority_rate"]
+    assert figures["price"]["rmse"] > 0 and figures["price"]["test_products"] > 0

@@ -250,7 +250,7 @@ def test_loading_refuses_truncated_bytes(vectors: np.ndarray, hnsw: HnswIndex, m
     index = hnsw if method == "hnsw" else ExactIndex(vectors)
     content = index.to_bytes()
     for cut in (0, 10, 100, len(content) // 2, len(content) - 1):
-        with pytest.raises(FbmlError):
+        with pytest.raises(FbmlError, match="index"):
             load_vector_index(index.parameters(), content[:cut])
 
 

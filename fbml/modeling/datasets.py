@@ -8,11 +8,10 @@ carries ``row``, its row in the manifest it was built from, for per-product eval
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Self, TypeVar
+from typing import Any
 
 import attrs
 import numpy as np
-import polars as pl
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -20,16 +19,12 @@ from torchvision.transforms import v2
 
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
-from fbml.text.labels import LabelCodec
-from fbml.vision.cache import ImageCache, rejected_rows
 
 TRAIN_CROP_SCALE = (0.7, 1.0)
 TRAIN_JITTER = 0.1
-NOT_CACHED = "photo not in the image cache"
 
 Transform = Callable[[Tensor], Tensor]
 Stats = tuple[float, ...]
-DatasetT = TypeVar("DatasetT", bound=Dataset[Any])
 
 
 @attrs.frozen(eq=False)
@@ -60,26 +55,8 @@ class ProductSample:
     row: int
 
 
-class _Batch:
-    """Device moves for a frozen attrs batch whose fields are all tensors."""
-
-    __slots__ = ()
-
-    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Self:
-        """The batch on ``device``."""
-        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Self:
-        """The batch in pinned memory (``DataLoader(pin_memory=True)`` calls this)."""
-        return self._map(Tensor.pin_memory)
-
-    def _map(self, change: Callable[[Tensor], Tensor]) -> Self:
-        fields = attrs.asdict(self, recurse=False)  # type: ignore[arg-type]  # every subclass is an attrs class
-        return type(self)(**{name: change(tensor) for name, tensor in fields.items()})
-
-
 @attrs.frozen(eq=False)
-class ImageBatch(_Batch):
+class ImageBatch:
     """``images`` float32 (B, 3, H, W), ``labels`` and ``rows`` int64 (B,)."""
 
     images: Tensor
@@ -98,7 +75,7 @@ class ImageBatch(_Batch):
 
 
 @attrs.frozen(eq=False)
-class TextBatch(_Batch):
+class TextBatch:
     """``tokens`` int64 (B, L), ``labels`` and ``rows`` int64 (B,)."""
 
     tokens: Tensor
@@ -117,7 +94,7 @@ class TextBatch(_Batch):
 
 
 @attrs.frozen(eq=False)
-class ProductBatch(_Batch):
+class ProductBatch:
     """``images`` float32 (B, 3, H, W), ``tokens`` int64 (B, L), ``labels`` and ``rows`` int64 (B,)."""
 
     images: Tensor
@@ -268,61 +245,6 @@ class ProductDataset(Dataset[ProductSample]):
     def collate(self, samples: Sequence[ProductSample]) -> ProductBatch:
         """Batch this dataset's samples."""
         return ProductBatch.collate(samples)
-
-
-@attrs.frozen(eq=False)
-class Prepared(Generic[DatasetT]):
-    """A dataset built from a manifest, and the manifest rows it leaves out (``Rejected``)."""
-
-    dataset: DatasetT
-    excluded: pl.DataFrame
-
-
-@attrs.frozen(eq=False)
-class _Cached:
-    """The manifest rows with a cached photo: their pixel rows in the cache and labels; the rest ``excluded``."""
-
-    rows: np.ndarray
-    positions: np.ndarray
-    labels: np.ndarray
-    excluded: pl.DataFrame
-
-
-def image_dataset(manifest: pl.DataFrame, cache: ImageCache, codec: LabelCodec, transform: Transform) -> Prepared[ImageDataset]:
-    """The manifest's cached photos labelled by ``category``; rows without a cached photo are ``excluded``."""
-    cached = _cached(manifest, cache, codec)
-    dataset = ImageDataset(cache.pixels, cached.labels, cached.rows, transform, positions=cached.positions)
-    return Prepared(dataset, cached.excluded)
-
-
-def text_dataset(frame: pl.DataFrame, token_ids: np.ndarray | Tensor, codec: LabelCodec) -> TextDataset:
-    """Row ``i`` of ``frame`` as ``token_ids[i]`` labelled by its ``category``."""
-    _check_token_rows(token_ids, frame)
-    return TextDataset(token_ids, codec.encode(frame["category"]), np.arange(frame.height))
-
-
-def product_dataset(
-    manifest: pl.DataFrame, cache: ImageCache, token_ids: np.ndarray | Tensor, codec: LabelCodec, transform: Transform
-) -> Prepared[ProductDataset]:
-    """``image_dataset`` with each row's ``token_ids`` (one row per manifest row) alongside its photo."""
-    _check_token_rows(token_ids, manifest)
-    cached = _cached(manifest, cache, codec)
-    tokens = _int64_array(token_ids)[cached.rows]
-    dataset = ProductDataset(cache.pixels, tokens, cached.labels, cached.rows, transform, positions=cached.positions)
-    return Prepared(dataset, cached.excluded)
-
-
-def _cached(manifest: pl.DataFrame, cache: ImageCache, codec: LabelCodec) -> _Cached:
-    kept = cache.cached(manifest["image_id"])
-    rows = np.flatnonzero(kept)
-    selected = manifest[rows]
-    excluded = rejected_rows(manifest, dict.fromkeys(np.flatnonzero(~kept).tolist(), NOT_CACHED), source=str(cache.directory))
-    return _Cached(rows, cache.rows_for(selected["image_id"]), codec.encode(selected["category"]), excluded)
-
-
-def _check_token_rows(token_ids: np.ndarray | Tensor, frame: pl.DataFrame) -> None:
-    if len(token_ids) != frame.height:
-        raise FbmlError(f"token ids have {len(token_ids)} rows for {frame.height} manifest rows")
 
 
 def eval_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Compose:

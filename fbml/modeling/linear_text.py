@@ -17,7 +17,6 @@ TF-IDF block of the first words (where the name is) was tried and dropped: no ga
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -211,17 +210,10 @@ class Calibration:
         return cls("vector", 1.0, tuple(scale), tuple(bias), **report)
 
 
-def normalise_text(text: str) -> str:
-    """Lowercase ASCII as the cleaning gives it (NFKD, non-ASCII dropped: ``"Café"`` -> ``"cafe"``)."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    return text.lower()
-
-
 def _counter(options: LinearTextOptions, block: str, vocabulary: Sequence[str] | None = None) -> CountVectorizer:
     """The n-gram counter of a block (``"word"`` or ``"char"``), with a fixed vocabulary if given."""
     fixed = None if vocabulary is None else {term: column for column, term in enumerate(vocabulary)}
-    common: dict[str, Any] = {"preprocessor": normalise_text, "min_df": options.min_df, "dtype": np.float64}
+    common: dict[str, Any] = {"lowercase": True, "min_df": options.min_df, "dtype": np.float64}
     if block == "word":
         common.update(analyzer="word", token_pattern=TOKEN_PATTERN, ngram_range=options.word_ngrams)
     else:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import random
 import time
 from collections.abc import Iterable, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from fbml.errors import FbmlError
+from fbml.files import write_atomically
 from fbml.modeling.devices import (
     Loaded,
     LoaderSettings,
@@ -216,13 +216,6 @@ def predict(
         return _predictions(model, loader, target, progress)
     finally:
         model.to(home)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (``fit`` does not call it: it forks torch's RNG; kept for callers)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @attrs.frozen
@@ -499,9 +492,9 @@ def _resume(
 
 
 def _atomic_save(value: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(value, temporary)
-    os.replace(temporary, path)
+    buffer = BytesIO()
+    torch.save(value, buffer)
+    write_atomically(path, buffer.getvalue())
 
 
 def _writer(logdir: Path | None) -> Any:
