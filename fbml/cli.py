@@ -253,19 +253,17 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 def _run_index(args: argparse.Namespace) -> None:
     import json
 
-    from fbml.bundle.store import load_bundle, save_bundle
+    from fbml.bundle.store import read_manifest
     from fbml.modeling.devices import resolve_device
     from fbml.tables.clean import clean_tables
-    from fbml.workflows.index import index_summary, reindex
+    from fbml.workflows.index import index_bundle, index_summary
 
     device = str(resolve_device(args.device))
-    bundle = load_bundle(args.bundle)
+    read_manifest(args.bundle)  # not a bundle: stop before cleaning the tables
     tables = clean_tables(args.products, args.images)
     work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
-    bundle = reindex(bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json)
-    save_bundle(bundle, args.bundle)
-    assert bundle.index is not None
-    print(json.dumps(dict(bundle.index.report), indent=2) if args.json else index_summary(bundle.index.report))
+    report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json)
+    print(json.dumps(dict(report), indent=2) if args.json else index_summary(report))
 
 
 def _run_serve(args: argparse.Namespace) -> None:

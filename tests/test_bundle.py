@@ -33,6 +33,7 @@ import fbml.modeling.backbones
 import fbml.bundle.store as bundle_module
 import fbml.modeling.models
 from contracts.bundle import BUNDLE_FORMAT, CombinedOptions, ImageOptions, Manifest, TextCnnOptions
+from fbml.bundle.locks import FILES_LOCK, WRITER_LOCK
 from fbml.bundle.store import (
     MANIFEST,
     Bundle,
@@ -57,6 +58,7 @@ from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
 from fbml.text.vocabulary import RESERVED, Vocabulary
 from fbml.text.word2vec import WordVectors, embedding_matrix
 
+LOCK_FILES = (FILES_LOCK, WRITER_LOCK)
 CLASSES = ("bikes", "books", "chairs", "phones")
 CODEC = LabelCodec(CLASSES)
 SIDE = 32
@@ -306,7 +308,7 @@ def grown(tmp_path_factory: pytest.TempPathFactory, parts: Parts) -> Iterator[Gr
     # the tests' hard-linked copies left it as it was
     assert (path / MANIFEST).read_bytes() == stages["combined"]
     refs = [ref for _, ref in file_refs(manifest_of(path))]
-    assert {file.name for file in path.iterdir()} == {MANIFEST, *(ref["file"] for ref in refs)}
+    assert {file.name for file in path.iterdir() if file.name not in LOCK_FILES} == {MANIFEST, *(ref["file"] for ref in refs)}
     for ref in refs:
         assert hashlib.sha256((path / ref["file"]).read_bytes()).hexdigest() == ref["sha256"], ref["file"]
 
@@ -388,8 +390,8 @@ def test_a_fusion_predictor_round_trips(copy: Path, loaded: Bundle) -> None:
 
 def test_saving_a_loaded_bundle_writes_the_same_bytes(grown: Grown, loaded: Bundle, tmp_path: Path) -> None:
     save_bundle(loaded, tmp_path / "again")
-    original = {file.name: file.read_bytes() for file in grown.path.iterdir()}
-    again = {file.name: file.read_bytes() for file in (tmp_path / "again").iterdir()}
+    original = {file.name: file.read_bytes() for file in grown.path.iterdir() if file.name not in LOCK_FILES}
+    again = {file.name: file.read_bytes() for file in (tmp_path / "again").iterdir() if file.name not in LOCK_FILES}
     assert again == original
 
 
@@ -484,7 +486,7 @@ def test_unreferenced_files_are_removed_and_others_left_alone(copy: Path, loaded
     smaller = Bundle(CODEC, text=attrs.evolve(loaded.text, length=20), models={"text-linear": loaded.models["text-linear"]})
     save_bundle(smaller, copy)
     second = manifest_of(copy)
-    names = {file.name for file in copy.iterdir()}
+    names = {file.name for file in copy.iterdir() if file.name not in LOCK_FILES}
     assert second["text"]["vocabulary"] == first["text"]["vocabulary"]  # unchanged content keeps its file
     assert second["text"]["length"] == 20
     referenced = {MANIFEST, *(ref["file"] for _, ref in file_refs(second))}
@@ -497,7 +499,7 @@ def test_unreferenced_files_are_removed_and_others_left_alone(copy: Path, loaded
 def test_json_everywhere_but_weights_and_arrays(grown: Grown) -> None:
     from safetensors import safe_open
 
-    files = sorted(grown.path.iterdir())
+    files = sorted(file for file in grown.path.iterdir() if file.name not in LOCK_FILES)
     assert all(file.is_file() and not file.is_symlink() for file in files)
     assert not [file.name for file in files if file.name.startswith(".") or file.name.endswith(".tmp")]
     suffixes = [file.suffix for file in files]
@@ -580,8 +582,8 @@ def test_no_manifest(tmp_path: Path) -> None:
 def test_path_is_a_file_or_absent(tmp_path: Path) -> None:
     file = tmp_path / "bundle"
     file.write_text("{}")
-    load_error(file, r": not a bundle \(not a directory\)")
-    load_error(tmp_path / "absent", r": not a bundle \(not a directory\)")
+    load_error(file, r": not a bundle \(not a folder\)")
+    load_error(tmp_path / "absent", r": not a bundle \(no such folder\)")
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b"\xff\xfe\x00", b"{\"format\": \"fbml.bundle/2\", "])
@@ -1252,7 +1254,7 @@ class Crash(Exception):
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
-    return {file.name: file.read_bytes() for file in path.iterdir()}
+    return {file.name: file.read_bytes() for file in path.iterdir() if file.name not in LOCK_FILES}
 
 
 def changed_bundle(loaded: Bundle, parts: Parts, codec: LabelCodec) -> tuple[Bundle, TextClassifier]:

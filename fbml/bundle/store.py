@@ -45,13 +45,14 @@ from contracts.bundle import (
 from torch import nn
 
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingWeights
+from fbml.bundle.locks import bundle_files
 from fbml.bundle.search import SearchIndex
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
 from fbml.modeling.backbones import NO_WEIGHTS, backbone
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel
-from fbml.modeling.models import ImageClassifier, TextClassifier, combined_model, image_model, text_model
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model, image_model, text_model
 from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors
@@ -60,6 +61,7 @@ MANIFEST = "bundle.json"
 MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
 PREDICTOR_ROLES = ("text", "image", "combined")
 CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)")
+TEMPORARY_NAME = re.compile(r"\.([a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)|bundle\.json)\..+\.tmp")
 TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
 Model = nn.Module | LinearTextModel
 
@@ -136,10 +138,16 @@ class Bundle:
             raise FbmlError("the bundle has no search index")
         return ListingWeights.from_report(self.index.report)
 
+    def embedding_dim(self, kind: str) -> int:
+        """The width of the embedding the network of ``kind`` represents its input by."""
+        model = self.model(kind)
+        if not isinstance(model, ImageClassifier | TextClassifier | CombinedClassifier):
+            raise FbmlError(f"the {kind} model has no embedding")
+        return model.embedding_dim
+
     def listing_width(self) -> int:
         """The width of a listing vector made by this bundle's models."""
-        text, image = self.model(TEXT_MODEL), self.model(IMAGE_MODEL)
-        return int(text.embedding_dim) + int(image.embedding_dim) + self.codec.num_classes
+        return self.embedding_dim(TEXT_MODEL) + self.embedding_dim(IMAGE_MODEL) + self.codec.num_classes
 
     def predictor(self, role: str) -> Predictor:
         """The predictor of ``role``; a clear error when the bundle has none."""
@@ -182,8 +190,17 @@ def build_model(kind: str, options: TorchOptions, num_classes: int, text: TextSe
 
 
 def save_bundle(bundle: Bundle, path: Path) -> None:
-    """Write ``bundle`` to the directory ``path`` (created, or updated in place atomically)."""
+    """Write ``bundle`` to the directory ``path`` (created, or updated in place atomically).
+
+    A read-modify-write holds ``fbml.bundle.locks.bundle_writer`` around its load and this save."""
+    if path.exists() and not path.is_dir():
+        raise FbmlError(f"{path}: exists and is not a bundle folder")
     path.mkdir(parents=True, exist_ok=True)
+    with bundle_files(path, shared=False):
+        _save(bundle, path)
+
+
+def _save(bundle: Bundle, path: Path) -> None:
     manifest = Manifest(
         format=BUNDLE_FORMAT,
         codec=_write_json(path, "codec", bundle.codec.to_json()),
@@ -199,6 +216,13 @@ def save_bundle(bundle: Bundle, path: Path) -> None:
 
 def load_bundle(path: Path) -> Bundle:
     """Read and check a bundle: every file present and unchanged, every model fitting the codec."""
+    if not path.is_dir():
+        raise FbmlError(f"{path}: not a bundle (no such folder)" if not path.exists() else f"{path}: not a bundle (not a folder)")
+    with bundle_files(path, shared=True):
+        return _load(path)
+
+
+def _load(path: Path) -> Bundle:
     manifest = read_manifest(path)
     codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
     image = None if manifest.image is None else _read_image(path, manifest.image)
@@ -477,9 +501,11 @@ def _checked(path: Path, ref: FileRef) -> bytes:
 
 
 def _remove_unreferenced(path: Path, manifest: Manifest) -> None:
+    """Remove the content files the manifest no longer names, and temporary files a killed write left."""
     referenced = {MANIFEST, *_file_names(msgspec.to_builtins(manifest))}
     for file in path.iterdir():
-        if file.is_file() and file.name not in referenced and CONTENT_NAME.fullmatch(file.name):
+        unreferenced = CONTENT_NAME.fullmatch(file.name) and file.name not in referenced
+        if file.is_file() and not file.is_symlink() and (unreferenced or TEMPORARY_NAME.fullmatch(file.name)):
             file.unlink()
 
 

@@ -74,11 +74,16 @@ class Backbone:
     imagenet_state: Callable[[], StateDict] = attrs.field(repr=False)
     own_keys: Callable[[nn.Module, StateDict], StateDict] = attrs.field(repr=False)
 
-    def network(self, *, weights: str | Path = NO_WEIGHTS, trainable_stages: int | None = None) -> Network:
-        """The architecture with ``weights`` loaded, cut so that the last ``trainable_stages`` stages train."""
+    def trainable(self, trainable_stages: int | None) -> int:
+        """How many stages train: ``trainable_stages``, or the default; ``FbmlError`` when out of range."""
         stages = self.default_trainable_stages if trainable_stages is None else trainable_stages
         if not 0 <= stages <= self.stages:
             raise FbmlError(f"trainable_stages must be between 0 and {self.stages} for {self.name}, got {stages}")
+        return stages
+
+    def network(self, *, weights: str | Path = NO_WEIGHTS, trainable_stages: int | None = None) -> Network:
+        """The architecture with ``weights`` loaded, cut so that the last ``trainable_stages`` stages train."""
+        stages = self.trainable(trainable_stages)
         model = self.build()
         if str(weights) != NO_WEIGHTS:
             state = self.imagenet_state() if str(weights) == IMAGENET else local_state_dict(Path(weights))

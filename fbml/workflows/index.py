@@ -13,11 +13,12 @@ import numpy as np
 import polars as pl
 
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts, ListingWeights, precision_at_k
+from fbml.bundle.locks import bundle_writer
 from fbml.bundle.search import PRECISION_K, SearchIndex
-from fbml.bundle.store import Bundle
+from fbml.bundle.store import Bundle, load_bundle, save_bundle
 from fbml.errors import FbmlError
 from fbml.tables.clean import CleanTables
-from fbml.workflows.runs import Run, known_categories
+from fbml.workflows.runs import Run, check_output_folder, check_photo_folder, known_categories
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
@@ -27,7 +28,7 @@ def catalogue_parts(bundle: Bundle, run: Run, products: pl.DataFrame, photos: pl
     """The parts of every product of ``products``; ``photos`` (decoded) are theirs, some have none."""
     text = run.outputs(bundle, TEXT_MODEL, bundle.model(TEXT_MODEL), products).embeddings
     classes = run.predictor_probabilities(bundle, "text", products)
-    image = np.zeros((products.height, int(bundle.model(IMAGE_MODEL).embedding_dim)), dtype=np.float32)
+    image = np.zeros((products.height, bundle.embedding_dim(IMAGE_MODEL)), dtype=np.float32)
     if photos.height:
         rows = _product_rows(products, photos)
         image_embeddings = run.outputs(bundle, IMAGE_MODEL, bundle.model(IMAGE_MODEL), photos).embeddings
@@ -135,3 +136,18 @@ def reindex(
     """``bundle`` with its similar-listings index rebuilt over the products of ``tables`` it knows the category of."""
     known = known_categories(tables, bundle.codec)
     return reindexed_bundle(bundle, Run(known, image_dir, work_dir, device=device, progress=progress))
+
+
+def index_bundle(
+    bundle_dir: Path, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
+    device: str = "cpu",
+) -> Mapping[str, Any]:
+    """Rebuild the index of the bundle at ``bundle_dir`` over ``tables`` and save it (holding the bundle's
+    writer lock from the load to the save); the new index's report."""
+    check_photo_folder(image_dir)
+    with bundle_writer(bundle_dir, "fbml index"):
+        check_output_folder(work_dir)
+        bundle = reindex(load_bundle(bundle_dir), tables, image_dir, work_dir=work_dir, progress=progress, device=device)
+        save_bundle(bundle, bundle_dir)
+    assert bundle.index is not None
+    return bundle.index.report

@@ -243,3 +243,27 @@ def scored(probabilities: np.ndarray, labels: np.ndarray, frame: pl.DataFrame, e
 def known_categories(tables: CleanTables, codec: LabelCodec) -> CleanTables:
     """``tables`` without the products (and photos) whose category the codec does not know."""
     return restricted_tables(tables, pl.col("category").is_in(list(codec.classes)))
+
+
+def check_output_folder(folder: Path | None) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created."""
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise FbmlError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FbmlError(f"{folder}: cannot create the folder ({error.strerror})") from None
+
+
+def check_photo_folder(folder: Path | None) -> None:
+    """Refuse, before any work, a photo folder that is missing, not a folder or empty."""
+    if folder is None:
+        return
+    if not folder.exists():
+        raise FbmlError(f"{folder}: no such photo folder")
+    if not folder.is_dir():
+        raise FbmlError(f"{folder}: is a file, not a photo folder")
+    if not any(path.is_file() for path in folder.iterdir()):
+        raise FbmlError(f"{folder}: the photo folder has no files")

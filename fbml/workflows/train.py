@@ -30,6 +30,7 @@ import torch
 from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
 from torch import nn
 
+from fbml.bundle.locks import bundle_writer
 from fbml.bundle.store import (
     MANIFEST,
     Bundle,
@@ -65,7 +66,16 @@ from fbml.tables.clean import CleanTables
 from fbml.text.labels import label_codec
 from fbml.text.vocabulary import build_vocabulary, product_text, tokens
 from fbml.text.word2vec import embedding_matrix, train_word2vec
-from fbml.workflows.runs import Run, Scores, ValidationStore, examples, listing_texts, scored
+from fbml.workflows.runs import (
+    Run,
+    Scores,
+    ValidationStore,
+    check_output_folder,
+    check_photo_folder,
+    examples,
+    listing_texts,
+    scored,
+)
 
 MODEL_KINDS = ("image", "text", "combined")
 
@@ -100,8 +110,7 @@ class ImageRecipe:
 
     def options(self) -> ImageOptions:
         """The factory arguments this recipe pins in the bundle."""
-        spec = backbone(self.backbone)
-        stages = spec.default_trainable_stages if self.trainable_stages is None else self.trainable_stages
+        stages = backbone(self.backbone).trainable(self.trainable_stages)
         return ImageOptions(self.backbone, stages, self.embedding_dim, self.dropout)
 
     def start(self) -> str:
@@ -190,17 +199,25 @@ def train_into_bundle(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``request.kind`` on the product-level train split and add it to the bundle at ``bundle_dir``."""
+    """Train ``request.kind`` on the product-level train split and add it to the bundle at ``bundle_dir``.
+
+    The bundle's writer lock is held from before it is read until it is saved: a second training
+    into the same bundle is refused at once. Inputs and output folders are checked before any work."""
     started = time.perf_counter()
     if request.kind in ("image", "combined") and (tables.manifest is None or image_dir is None):
         raise FbmlError(f"a {request.kind} model needs an images table and --image-dir")
+    if request.kind != "text":
+        check_photo_folder(image_dir)
     run = Run(tables, image_dir, work_dir, config=request.config, device=request.device, split_seed=request.split_seed,
               feature_cache=request.image.feature_cache, logdir=logdir, resume=resume, progress=progress)
-    bundle = _starting_bundle(bundle_dir, tables, request.image)
-    if request.kind == "combined":
-        bundle = _with_branches(bundle, bundle_dir, run, request)
-    bundle, outcome = TRAINERS[request.kind](bundle, attrs.evolve(run, config=request.config), request)
-    save_bundle(bundle, bundle_dir)
+    with bundle_writer(bundle_dir, f"fbml train --model {request.kind}"):
+        for folder in (work_dir, logdir):
+            check_output_folder(folder)
+        bundle = _starting_bundle(bundle_dir, tables, request.image)
+        if request.kind == "combined":
+            bundle = _with_branches(bundle, bundle_dir, run, request)
+        bundle, outcome = TRAINERS[request.kind](bundle, attrs.evolve(run, config=request.config), request)
+        save_bundle(bundle, bundle_dir)
     return attrs.evolve(outcome, seconds=time.perf_counter() - started)
 
 def _train_text(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
