@@ -44,7 +44,7 @@ def evaluations(
     """``evaluate_bundle`` with the predictions behind each score (for reports)."""
     known = known_categories(tables, bundle.codec)
     run = Run(known, image_dir, work_dir, device=device, progress=progress)
-    frames = {"products": known.cleaned.products}
+    frames: dict[str, pl.DataFrame] = {"products": known.cleaned.products}
     if known.manifest is not None and image_dir is not None and bundle.image is not None:
         frames["photos"] = run.with_photos(known.manifest.images, bundle)
     totals = {"products": tables.cleaned.products.height, "photos": 0 if tables.manifest is None else tables.manifest.images.height}
