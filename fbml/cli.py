@@ -6,12 +6,19 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from fbml.errors import FbmlError
 
 Command = Callable[[argparse.Namespace], None]
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit 2), as every other fbml error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fbml: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per stage."""
-    parser = argparse.ArgumentParser(prog="fbml", description=__doc__.splitlines()[0] if __doc__ else None)
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    parser = Parser(prog="fbml", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", parser_class=Parser)
     _add_sample(commands)
     _add_clean_products(commands)
     _add_clean_images(commands)
@@ -149,7 +156,7 @@ def _add_serve(commands: Commands) -> None:
     parser = _command(commands, "serve", _run_serve, "Serve a bundle over HTTP (predictions and recommendations).")
     parser.add_argument("bundle", type=Path, metavar="BUNDLE")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_positive_int, default=8080, help="port (default 8080)")
+    parser.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     parser.add_argument("--workers", type=_positive_int, default=1, help="server processes (default 1)")
 
 
@@ -161,15 +168,19 @@ def _add_quickstart(commands: Commands) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
+    from fbml.files import check_output_folder
     from fbml.sample.marketplace import write_sample
 
+    check_output_folder(args.out_dir)
     sample = write_sample(args.out_dir, products=args.products, seed=args.seed, progress=True)
     print(f"wrote {sample.products_csv}, {sample.images_csv} and photos in {sample.image_dir}")
 
 
 def _run_clean_products(args: argparse.Namespace) -> None:
+    from fbml.files import check_output_folder
     from fbml.tables.clean import clean_tables, write_clean_tables
 
+    check_output_folder(args.out)
     tables = clean_tables(args.products, args.images)
     write_clean_tables(tables, args.out)
     print(tables.summary())
@@ -177,8 +188,10 @@ def _run_clean_products(args: argparse.Namespace) -> None:
 
 
 def _run_clean_images(args: argparse.Namespace) -> None:
+    from fbml.files import check_output_folder
     from fbml.vision.cleaning import clean_images
 
+    check_output_folder(args.dst)
     report = clean_images(args.src, args.dst, size=args.size, workers=args.workers)
     print(f"photos: {report.cleaned + report.rejected} read, {report.cleaned} cleaned, {report.rejected} rejected")
     for reason, count in report.rejected_by_reason().items():
@@ -267,22 +280,52 @@ def _run_index(args: argparse.Namespace) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> None:
+    from fbml.bundle.store import read_manifest
     from fbml.serving.app import serve
 
+    read_manifest(args.bundle)
+    _check_port(args.host, args.port)
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers)
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:
+    from fbml.files import check_output_folder
     from fbml.quickstart import quickstart
 
+    check_output_folder(args.out)
     quickstart(args.out, products=args.products, seed=args.seed)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, before loading anything, an address this machine cannot listen on."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        raise FbmlError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 1 and 65535, got {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
 
 
 if __name__ == "__main__":

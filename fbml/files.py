@@ -1,4 +1,5 @@
-"""Atomic writes: a file or a folder is either wholly there or not there at all, whatever kills the writer."""
+"""Files: atomic writes (a file or a folder is wholly there or not at all, whatever kills the writer), and
+output folders checked before the work that fills them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from fbml.errors import FbmlError
 
 
 def write_atomically(target: Path, content: bytes) -> None:
@@ -44,3 +47,15 @@ def _replace_directory(building: Path, target: Path) -> None:
         os.replace(target, stale / target.name)
         shutil.rmtree(stale)
     os.replace(building, target)
+
+
+def check_output_folder(folder: Path | None) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created."""
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise FbmlError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FbmlError(f"{folder}: cannot create the folder ({error.strerror})") from None

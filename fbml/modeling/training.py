@@ -476,6 +476,17 @@ def _resume(
     """Load ``last.pt`` into the model (on any device), optimiser, schedule and the forked RNG; its state."""
     if directory is None or not (directory / CHECKPOINT).is_file():
         return None
+    try:
+        return _resumed(directory, model, optimizer, schedule)
+    except Exception as error:  # a truncated, foreign or tampered checkpoint: torch, json and KeyError alike
+        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise FbmlError(f"{directory / CHECKPOINT}: cannot resume from this checkpoint ({type(error).__name__}: {detail}); "
+                        "train without --resume to start again") from None
+
+
+def _resumed(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler
+) -> _TrainingState:
     checkpoint = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])  # moves the optimiser's state to its parameters' device

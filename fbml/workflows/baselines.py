@@ -8,13 +8,16 @@ import attrs
 import numpy as np
 import polars as pl
 
+from fbml.errors import FbmlError
 from fbml.tables.clean import CleanTables
 from fbml.tables.splits import split_tables
+from fbml.workflows.runs import check_photo_folder
 from fbml.text.labels import label_codec
 from fbml.vision.cache import Photos, load_photos
 
 DEFAULT_PRICE_RANGE = (1.0, 1000.0)
 DEFAULT_PIXEL_SIZE = 32
+MIN_PRODUCTS = 20
 
 
 @attrs.frozen
@@ -130,6 +133,10 @@ def run_baselines(
     progress: bool = True,
 ) -> Baselines:
     """Both baselines on the product-level split of ``tables`` (the image one when photos are given)."""
+    if tables.cleaned.products.height < MIN_PRODUCTS:
+        raise FbmlError(f"the baselines need at least {MIN_PRODUCTS} clean products, "
+                        f"there are {tables.cleaned.products.height} (no clean products to split)")
+    check_photo_folder(image_dir)
     splits = split_tables(tables, seed=seed)
     price = price_baseline(splits.products.train, splits.products.test, price_range=price_range)
     if image_dir is None or splits.images is None:

@@ -17,8 +17,9 @@ from fbml.bundle.locks import bundle_writer
 from fbml.bundle.search import PRECISION_K, SearchIndex
 from fbml.bundle.store import Bundle, load_bundle, save_bundle
 from fbml.errors import FbmlError
+from fbml.files import check_output_folder
 from fbml.tables.clean import CleanTables
-from fbml.workflows.runs import Run, check_output_folder, check_photo_folder, known_categories
+from fbml.workflows.runs import Run, check_photo_folder, known_categories
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")

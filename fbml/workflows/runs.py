@@ -245,18 +245,6 @@ def known_categories(tables: CleanTables, codec: LabelCodec) -> CleanTables:
     return restricted_tables(tables, pl.col("category").is_in(list(codec.classes)))
 
 
-def check_output_folder(folder: Path | None) -> None:
-    """Refuse, before any work, an output folder that is a file or cannot be created."""
-    if folder is None:
-        return
-    if folder.exists() and not folder.is_dir():
-        raise FbmlError(f"{folder}: exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FbmlError(f"{folder}: cannot create the folder ({error.strerror})") from None
-
-
 def check_photo_folder(folder: Path | None) -> None:
     """Refuse, before any work, a photo folder that is missing, not a folder or empty."""
     if folder is None:

@@ -44,6 +44,7 @@ from fbml.bundle.store import (
     text_cnn_from_options,
 )
 from fbml.errors import FbmlError
+from fbml.files import check_output_folder
 from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
 from fbml.modeling.devices import seeded_rng
 from fbml.modeling.ensembles import cross_validated_accuracy, fit_ensemble
@@ -70,7 +71,6 @@ from fbml.workflows.runs import (
     Run,
     Scores,
     ValidationStore,
-    check_output_folder,
     check_photo_folder,
     examples,
     listing_texts,
