@@ -17,7 +17,7 @@ import msgspec
 BUNDLE_FORMAT: Final = "fbml.bundle/2"
 TOKENIZER: Final = "fbml.tokens/1"
 NORMALISATION: Final = "fbml.ascii-nfkd/1"
-FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)$"
+FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx)$"
 MODEL_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 
 FileName = Annotated[str, msgspec.Meta(pattern=FILE_NAME)]
@@ -92,12 +92,22 @@ class CombinedOptions(Struct, frozen=True):
     text: TextCnnOptions
 
 
+class OnnxEntry(Struct, frozen=True):
+    """A network's ONNX graph (``fbml export-onnx``): the file, its opset, its input and output names."""
+
+    graph: FileRef
+    opset: Annotated[int, msgspec.Meta(ge=7, le=30)]
+    inputs: Annotated[list[Literal["images", "tokens"]], msgspec.Meta(min_length=1, max_length=2)]
+    outputs: list[Literal["logits", "embedding"]]
+
+
 class ImageModelEntry(Struct, tag="image-cnn", frozen=True):
     """An image classifier's weights and factory arguments."""
 
     weights: FileRef
     options: ImageOptions
     report: dict[str, object] = {}
+    onnx: OnnxEntry | None = None
 
 
 class TextCnnEntry(Struct, tag="text-cnn", frozen=True):
@@ -106,6 +116,7 @@ class TextCnnEntry(Struct, tag="text-cnn", frozen=True):
     weights: FileRef
     options: TextCnnOptions
     report: dict[str, object] = {}
+    onnx: OnnxEntry | None = None
 
 
 class TextLinearEntry(Struct, tag="text-linear", frozen=True):
@@ -122,6 +133,7 @@ class CombinedNnEntry(Struct, tag="combined-nn", frozen=True):
     weights: FileRef
     options: CombinedOptions
     report: dict[str, object] = {}
+    onnx: OnnxEntry | None = None
 
 
 ModelEntry = ImageModelEntry | TextCnnEntry | TextLinearEntry | CombinedNnEntry

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_index(commands)
+    _add_export_onnx(commands)
     _add_serve(commands)
     _add_quickstart(commands)
     return parser
@@ -150,6 +151,12 @@ def _add_index(commands: Commands) -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="photo and feature caches (default BUNDLE.work)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
+
+
+def _add_export_onnx(commands: Commands) -> None:
+    parser = _command(commands, "export-onnx", _run_export_onnx,
+                      "Add ONNX graphs of a bundle's networks (for `fbml serve --runtime onnx`), checked against torch.")
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE")
 
 
 def _add_serve(commands: Commands) -> None:
@@ -277,6 +284,18 @@ def _run_index(args: argparse.Namespace) -> None:
     work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
     report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json)
     print(json.dumps(dict(report), indent=2) if args.json else index_summary(report))
+
+
+def _run_export_onnx(args: argparse.Namespace) -> None:
+    import warnings
+
+    from fbml.bundle.store import read_manifest
+    from fbml.workflows.export import export_onnx
+
+    read_manifest(args.bundle)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # the CLI's own output: the exporter's notices are noise
+    for kind, difference in export_onnx(args.bundle).items():
+        print(f"{kind}: ONNX graph added; largest probability difference from torch {difference:.1e}")
 
 
 def _run_serve(args: argparse.Namespace) -> None:

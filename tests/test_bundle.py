@@ -41,19 +41,24 @@ from fbml.bundle.store import (
     ImageSettings,
     Predictor,
     TextSettings,
-    build_model,
-    image_from_options,
     load_bundle,
     read_manifest,
     save_bundle,
-    text_cnn_from_options,
 )
 from fbml.text.labels import LabelCodec
 from fbml.modeling.ensembles import Ensemble
 from fbml.errors import FbmlError
 from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
 
-from fbml.modeling.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model
+from fbml.modeling.models import (
+    CombinedClassifier,
+    ImageClassifier,
+    TextClassifier,
+    build_model,
+    combined_model,
+    image_from_options,
+    text_cnn_from_options,
+)
 from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
 from fbml.text.vocabulary import RESERVED, Vocabulary
 from fbml.text.word2vec import WordVectors, embedding_matrix
@@ -409,7 +414,7 @@ def test_build_model_needs_text_settings_and_matching_options(parts: Parts) -> N
     with pytest.raises(FbmlError, match="a text-cnn model needs text settings"):
         build_model("text-cnn", TEXT_CNN, len(CLASSES), None)
     with pytest.raises(FbmlError, match="a combined-nn model cannot be built from TextCnnOptions"):
-        build_model("combined-nn", TEXT_CNN, len(CLASSES), parts.text)
+        build_model("combined-nn", TEXT_CNN, len(CLASSES), (len(parts.text.vocabulary), parts.text.word_vectors.dim))
     model = build_model("image-cnn", IMAGE, len(CLASSES), None)
     assert isinstance(model, ImageClassifier) and model.embedding_dim == 8
 

@@ -18,12 +18,11 @@ import zipfile
 from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import msgspec
 import numpy as np
-import torch
 from contracts.bundle import (
     BUNDLE_FORMAT,
     CombinedNnEntry,
@@ -36,23 +35,22 @@ from contracts.bundle import (
     Manifest,
     Member,
     ModelEntry,
+    OnnxEntry,
     PredictorEntry,
     TextCnnEntry,
     TextCnnOptions,
     TextEntry,
     TextLinearEntry,
 )
-from torch import nn
 
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingWeights
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.search import SearchIndex
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
-from fbml.modeling.backbones import NO_WEIGHTS, backbone
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel
-from fbml.modeling.models import CombinedClassifier, ImageClassifier, TextClassifier, combined_model, image_model, text_model
+from fbml.modeling.onnx_runtime import OnnxGraph
 from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors
@@ -60,10 +58,16 @@ from fbml.text.word2vec import WordVectors
 MANIFEST = "bundle.json"
 MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
 PREDICTOR_ROLES = ("text", "image", "combined")
-CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)")
-TEMPORARY_NAME = re.compile(r"\.([a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)|bundle\.json)\..+\.tmp")
+CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx)")
+TEMPORARY_NAME = re.compile(r"\.([a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx)|bundle\.json)\..+\.tmp")
+RUNTIMES = ("torch", "onnx")
 TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
-Model = nn.Module | LinearTextModel
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fbml.modeling.onnx_runtime import OnnxModel
+
+    Model = nn.Module | LinearTextModel | OnnxModel
 
 
 @attrs.frozen
@@ -94,6 +98,8 @@ class BundleModel:
     module: Model = attrs.field(eq=False)
     options: TorchOptions | None
     report: Mapping[str, Any] = attrs.field(factory=dict)
+    onnx: OnnxGraph | None = attrs.field(default=None, eq=False)
+    """The network's ONNX graph, when ``fbml export-onnx`` made one of these weights."""
 
 
 @attrs.frozen
@@ -126,11 +132,10 @@ class Bundle:
         return attrs.evolve(self, predictors={**self.predictors, role: predictor})
 
     def model(self, kind: str) -> Model:
-        """The model of ``kind`` (torch modules in eval mode); a clear error when the bundle lacks it."""
+        """The model of ``kind`` (a loaded bundle's networks are in eval mode); a clear error when the bundle lacks it."""
         if kind not in self.models:
             raise FbmlError(f"the bundle has no {kind} model (it has: {', '.join(self.models) or 'none'})")
-        module = self.models[kind].module
-        return module.eval() if isinstance(module, nn.Module) else module
+        return self.models[kind].module
 
     def listing_weights(self) -> ListingWeights:
         """The part weights the similar-listings index was built with."""
@@ -140,10 +145,10 @@ class Bundle:
 
     def embedding_dim(self, kind: str) -> int:
         """The width of the embedding the network of ``kind`` represents its input by."""
-        model = self.model(kind)
-        if not isinstance(model, ImageClassifier | TextClassifier | CombinedClassifier):
+        dim = getattr(self.model(kind), "embedding_dim", None)
+        if not isinstance(dim, int):
             raise FbmlError(f"the {kind} model has no embedding")
-        return model.embedding_dim
+        return dim
 
     def listing_width(self) -> int:
         """The width of a listing vector made by this bundle's models."""
@@ -154,39 +159,6 @@ class Bundle:
         if role not in self.predictors:
             raise FbmlError(f"the bundle has no {role} predictor (it has: {', '.join(self.predictors) or 'none'})")
         return self.predictors[role]
-
-
-def image_from_options(options: ImageOptions, num_classes: int, *, weights: str | Path = NO_WEIGHTS) -> ImageClassifier:
-    """The image model ``options`` describe, starting from ``weights``."""
-    return image_model(
-        num_classes, backbone=options.backbone, weights=weights, trainable_stages=options.trainable_stages,
-        embedding_dim=options.embedding_dim, dropout=options.dropout,
-    )
-
-
-def text_cnn_from_options(options: TextCnnOptions, embeddings: np.ndarray | torch.Tensor, num_classes: int) -> TextClassifier:
-    """The text CNN ``options`` describe over an initial embedding matrix."""
-    return text_model(
-        embeddings, num_classes, embedding_dim=options.embedding_dim, kernel_sizes=tuple(options.kernel_sizes),
-        channels=options.channels, dropout=options.dropout, freeze_embeddings=options.freeze_embeddings,
-        normalise_embeddings=options.normalise_embeddings, positions=options.positions,
-        word_dropout=options.word_dropout, branch_scale=options.branch_scale,
-    )
-
-
-def build_model(kind: str, options: TorchOptions, num_classes: int, text: TextSettings | None) -> nn.Module:
-    """A model of ``kind`` from its factory arguments, without weights (as a bundle rebuilds it)."""
-    if isinstance(options, ImageOptions) and kind == "image-cnn":
-        return image_from_options(options, num_classes)
-    if text is None:
-        raise FbmlError(f"a {kind} model needs text settings (vocabulary and word vectors)")
-    zeros = torch.zeros(len(text.vocabulary), text.word_vectors.dim)
-    if isinstance(options, TextCnnOptions) and kind == "text-cnn":
-        return text_cnn_from_options(options, zeros, num_classes)
-    if isinstance(options, CombinedOptions) and kind == "combined-nn":
-        image = image_from_options(options.image, num_classes)
-        return combined_model(image, text_cnn_from_options(options.text, zeros, num_classes), num_classes)
-    raise FbmlError(f"a {kind} model cannot be built from {type(options).__name__}")
 
 
 def save_bundle(bundle: Bundle, path: Path) -> None:
@@ -214,20 +186,26 @@ def _save(bundle: Bundle, path: Path) -> None:
     _remove_unreferenced(path, manifest)
 
 
-def load_bundle(path: Path) -> Bundle:
-    """Read and check a bundle: every file present and unchanged, every model fitting the codec."""
+def load_bundle(path: Path, *, runtime: str = "torch") -> Bundle:
+    """Read and check a bundle: every file present and unchanged, every model fitting the codec.
+
+    ``runtime="onnx"``: the networks are ONNX Runtime sessions over their exported graphs, and
+    nothing imports torch (``fbml export-onnx`` must have run since the networks were trained).
+    """
+    if runtime not in RUNTIMES:
+        raise FbmlError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     if not path.is_dir():
         raise FbmlError(f"{path}: not a bundle (no such folder)" if not path.exists() else f"{path}: not a bundle (not a folder)")
     with bundle_files(path, shared=True):
-        return _load(path)
+        return _load(path, runtime)
 
 
-def _load(path: Path) -> Bundle:
+def _load(path: Path, runtime: str) -> Bundle:
     manifest = read_manifest(path)
     codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
-    image = None if manifest.image is None else _read_image(path, manifest.image)
+    image = None if manifest.image is None else _read_image(path, manifest.image, check_backbone=runtime == "torch")
     text = None if manifest.text is None else _read_text(path, manifest.text)
-    models = {kind: _read_model(path, kind, entry, codec, text) for kind, entry in manifest.models.items()}
+    models = {kind: _read_model(path, kind, entry, codec, text, runtime) for kind, entry in manifest.models.items()}
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
     bundle = Bundle(codec, image, text, models, {str(role): predictor for role, predictor in predictors.items()}, index)
@@ -281,11 +259,14 @@ def _image_entry(image: ImageSettings) -> ImageEntry:
     return ImageEntry(image.backbone, image.size, list(image.mean), list(image.std))
 
 
-def _read_image(path: Path, entry: ImageEntry) -> ImageSettings:
-    try:
-        backbone(entry.backbone)
-    except FbmlError as error:
-        raise FbmlError(f"{path / MANIFEST}: {error}") from None
+def _read_image(path: Path, entry: ImageEntry, *, check_backbone: bool) -> ImageSettings:
+    if check_backbone:
+        from fbml.modeling.backbones import backbone
+
+        try:
+            backbone(entry.backbone)
+        except FbmlError as error:
+            raise FbmlError(f"{path / MANIFEST}: {error}") from None
     mean, std = entry.mean, entry.std
     return ImageSettings(entry.backbone, entry.size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]))
 
@@ -317,29 +298,63 @@ def _write_model(path: Path, model: BundleModel) -> ModelEntry:
         parameters = _write_json(path, "text-linear", model.module.to_json())
         arrays = _write_file(path, "text-linear", ".safetensors", save(dict(model.module.arrays())))
         return TextLinearEntry(parameters, arrays, report)
+    from fbml.modeling.onnx_runtime import OnnxModel
+
+    if isinstance(model.module, OnnxModel):
+        raise FbmlError(f"{path}: a bundle loaded for ONNX Runtime cannot be saved; load it with the torch runtime")
     weights = _write_file(path, model.kind, ".safetensors", _safetensors_bytes(model.module))
     options = model.options
+    onnx = None if model.onnx is None else _write_onnx(path, model.kind, model.onnx)
     if isinstance(options, ImageOptions):
-        return ImageModelEntry(weights, options, report)
+        return ImageModelEntry(weights, options, report, onnx)
     if isinstance(options, TextCnnOptions):
-        return TextCnnEntry(weights, options, report)
+        return TextCnnEntry(weights, options, report, onnx)
     if isinstance(options, CombinedOptions):
-        return CombinedNnEntry(weights, options, report)
+        return CombinedNnEntry(weights, options, report, onnx)
     raise FbmlError(f"the {model.kind} model has no factory options to save")
 
 
-def _read_model(path: Path, kind: str, entry: ModelEntry, codec: LabelCodec, text: TextSettings | None) -> BundleModel:
+def _read_model(
+    path: Path, kind: str, entry: ModelEntry, codec: LabelCodec, text: TextSettings | None, runtime: str
+) -> BundleModel:
     tag = type(entry).__struct_config__.tag
     if tag != kind:
         raise FbmlError(f"{path / MANIFEST}: model {kind!r} is described as a {tag!r} model")
     if isinstance(entry, TextLinearEntry):
         return BundleModel(kind, _read_linear(path, entry, codec), None, entry.report)
+    graph = None if entry.onnx is None else _read_onnx(path, entry.onnx)
+    if runtime == "onnx":
+        return BundleModel(kind, _onnx_session(path, kind, graph, codec), entry.options, entry.report, graph)
+    from fbml.modeling.models import build_model
+
+    words = None if text is None else (len(text.vocabulary), text.word_vectors.dim)
     try:
-        module = build_model(kind, entry.options, codec.num_classes, text)
+        module = build_model(kind, entry.options, codec.num_classes, words)
     except FbmlError as error:
         raise FbmlError(f"{path}: cannot rebuild the {kind} model: {error}") from None
     _load_weights(path, kind, module, entry.weights)
-    return BundleModel(kind, module.eval(), entry.options, entry.report)
+    return BundleModel(kind, module.eval(), entry.options, entry.report, graph)
+
+
+def _write_onnx(path: Path, kind: str, graph: OnnxGraph) -> OnnxEntry:
+    ref = _write_file(path, f"{kind}-graph", ".onnx", graph.content)
+    return OnnxEntry(ref, graph.opset, list(graph.inputs), list(graph.outputs))  # type: ignore[arg-type]
+
+
+def _read_onnx(path: Path, entry: OnnxEntry) -> OnnxGraph:
+    return OnnxGraph(_checked(path, entry.graph), entry.opset, tuple(entry.inputs), tuple(entry.outputs))
+
+
+def _onnx_session(path: Path, kind: str, graph: OnnxGraph | None, codec: LabelCodec) -> OnnxModel:
+    """The ONNX Runtime session of ``kind``'s graph; ``FbmlError`` when the bundle has none or it does not fit."""
+    from fbml.modeling.onnx_runtime import onnx_model
+
+    if graph is None:
+        raise FbmlError(f"{path}: the {kind} model has no ONNX graph; run `fbml export-onnx {path}` first")
+    try:
+        return onnx_model(kind, graph)
+    except FbmlError as error:
+        raise FbmlError(f"{path}: {error}") from None
 
 
 def _read_linear(path: Path, entry: TextLinearEntry, codec: LabelCodec) -> LinearTextModel:

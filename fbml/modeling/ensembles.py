@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 import numpy as np
-import torch
 
 from fbml.errors import FbmlError
 from fbml.modeling.metrics import per_product
@@ -50,6 +49,8 @@ def fit_ensemble(
     probabilities: Mapping[str, np.ndarray], labels: np.ndarray, *, fit_bias: bool = True
 ) -> Ensemble:
     """The non-negative weights (and per-class bias) that minimise the validation log-loss."""
+    import torch
+
     names = tuple(probabilities)
     if not names:
         raise FbmlError("an ensemble needs at least one member")

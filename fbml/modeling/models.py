@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
 from torch import Tensor, nn
 
 from fbml.errors import FbmlError
@@ -163,7 +164,7 @@ class TextClassifier(nn.Module):
         """The mean of the (B, E, L) word vectors over the unmasked positions, position-weighted."""
         weights = mask.float()
         if self.position_weights is not None:
-            index = torch.arange(words.shape[2], device=words.device).clamp_max(len(self.position_weights) - 1)
+            index = torch.arange(words.shape[2], device=words.device).clamp_max(self.position_weights.shape[0] - 1)
             weights = weights * self.position_weights[index].exp()
         return (words * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1e-6)
 
@@ -278,3 +279,39 @@ def _copy_branch_heads(model: CombinedClassifier, image_weight: float) -> None:
     with torch.no_grad():
         model.classify.weight.copy_(torch.cat([image.weight * image_weight, text.weight], dim=1))
         model.classify.bias.copy_(image.bias * image_weight + text.bias)
+
+
+def image_from_options(options: ImageOptions, num_classes: int, *, weights: str | Path = "none") -> ImageClassifier:
+    """The image model ``options`` describe, starting from ``weights``."""
+    return image_model(
+        num_classes, backbone=options.backbone, weights=weights, trainable_stages=options.trainable_stages,
+        embedding_dim=options.embedding_dim, dropout=options.dropout,
+    )
+
+
+def text_cnn_from_options(options: TextCnnOptions, embeddings: np.ndarray | torch.Tensor, num_classes: int) -> TextClassifier:
+    """The text CNN ``options`` describe over an initial embedding matrix."""
+    return text_model(
+        embeddings, num_classes, embedding_dim=options.embedding_dim, kernel_sizes=tuple(options.kernel_sizes),
+        channels=options.channels, dropout=options.dropout, freeze_embeddings=options.freeze_embeddings,
+        normalise_embeddings=options.normalise_embeddings, positions=options.positions,
+        word_dropout=options.word_dropout, branch_scale=options.branch_scale,
+    )
+
+
+def build_model(
+    kind: str, options: ImageOptions | TextCnnOptions | CombinedOptions, num_classes: int, words: tuple[int, int] | None
+) -> nn.Module:
+    """A model of ``kind`` from its factory arguments, without weights (as a bundle rebuilds it);
+    ``words``: the vocabulary's size and the word vectors' width, for the text branches."""
+    if isinstance(options, ImageOptions) and kind == "image-cnn":
+        return image_from_options(options, num_classes)
+    if words is None:
+        raise FbmlError(f"a {kind} model needs text settings (vocabulary and word vectors)")
+    zeros = torch.zeros(*words)
+    if isinstance(options, TextCnnOptions) and kind == "text-cnn":
+        return text_cnn_from_options(options, zeros, num_classes)
+    if isinstance(options, CombinedOptions) and kind == "combined-nn":
+        image = image_from_options(options.image, num_classes)
+        return combined_model(image, text_cnn_from_options(options.text, zeros, num_classes), num_classes)
+    raise FbmlError(f"a {kind} model cannot be built from {type(options).__name__}")

@@ -38,10 +38,8 @@ from fbml.bundle.store import (
     ImageSettings,
     Predictor,
     TextSettings,
-    image_from_options,
     load_bundle,
     save_bundle,
-    text_cnn_from_options,
 )
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
@@ -61,6 +59,8 @@ from fbml.modeling.models import (
     ImageClassifier,
     TextClassifier,
     combined_model,
+    image_from_options,
+    text_cnn_from_options,
 )
 from fbml.modeling.training import History, TrainConfig
 from fbml.tables.clean import CleanTables
