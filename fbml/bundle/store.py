@@ -137,6 +137,15 @@ class Bundle:
             raise FbmlError(f"the bundle has no {kind} model (it has: {', '.join(self.models) or 'none'})")
         return self.models[kind].module
 
+    def torch_model(self, kind: str) -> nn.Module | LinearTextModel:
+        """The model of ``kind`` as training and evaluation use it: a torch network or the linear model."""
+        from fbml.modeling.onnx_runtime import OnnxModel
+
+        model = self.model(kind)
+        if isinstance(model, OnnxModel):
+            raise FbmlError(f"the {kind} model was loaded for ONNX Runtime; load the bundle with the torch runtime")
+        return model
+
     def listing_weights(self) -> ListingWeights:
         """The part weights the similar-listings index was built with."""
         if self.index is None:

@@ -71,7 +71,7 @@ def _memoised(run: Run, bundle: Bundle, name: str, on: str, frame: pl.DataFrame,
             ensemble = bundle.predictors[name].ensemble
             memo[name, on] = ensemble.combine({member: _memoised(run, bundle, member, on, frame, memo) for member in ensemble.names})
         else:
-            memo[name, on] = run.outputs(bundle, name, bundle.model(name), frame).probabilities
+            memo[name, on] = run.outputs(bundle, name, bundle.torch_model(name), frame).probabilities
     return memo[name, on]
 
 

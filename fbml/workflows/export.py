@@ -17,10 +17,11 @@ def exported_bundle(bundle: Bundle) -> tuple[Bundle, dict[str, float]]:
     from torch on a check batch (the linear text model needs no graph: it runs without torch as it is)."""
     differences: dict[str, float] = {}
     for kind, entry in bundle.models.items():
-        if isinstance(entry.module, LinearTextModel):
+        module = bundle.torch_model(kind)
+        if isinstance(module, LinearTextModel):
             continue
         graph, differences[kind] = checked_graph(
-            kind, entry.module,
+            kind, module,
             image_size=bundle.image.size if bundle.image else 1,
             text_length=bundle.text.length if bundle.text else 1,
             vocabulary_size=len(bundle.text.vocabulary) if bundle.text else 1,

@@ -27,12 +27,12 @@ CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
 
 def catalogue_parts(bundle: Bundle, run: Run, products: pl.DataFrame, photos: pl.DataFrame) -> ListingParts:
     """The parts of every product of ``products``; ``photos`` (decoded) are theirs, some have none."""
-    text = run.outputs(bundle, TEXT_MODEL, bundle.model(TEXT_MODEL), products).embeddings
+    text = run.outputs(bundle, TEXT_MODEL, bundle.torch_model(TEXT_MODEL), products).embeddings
     classes = run.predictor_probabilities(bundle, "text", products)
     image = np.zeros((products.height, bundle.embedding_dim(IMAGE_MODEL)), dtype=np.float32)
     if photos.height:
         rows = _product_rows(products, photos)
-        image_embeddings = run.outputs(bundle, IMAGE_MODEL, bundle.model(IMAGE_MODEL), photos).embeddings
+        image_embeddings = run.outputs(bundle, IMAGE_MODEL, bundle.torch_model(IMAGE_MODEL), photos).embeddings
         combined = run.predictor_probabilities(bundle, "combined", photos)
         image = _row_means(image_embeddings, rows, products.height, image)
         with_photos = np.unique(rows)

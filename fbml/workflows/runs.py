@@ -106,7 +106,7 @@ class Run:
 
     def model_probabilities(self, bundle: Bundle, kind: str, frame: pl.DataFrame) -> np.ndarray:
         """The ``kind`` model's probabilities for each row of ``frame``."""
-        return self.outputs(bundle, kind, bundle.model(kind), frame).probabilities
+        return self.outputs(bundle, kind, bundle.torch_model(kind), frame).probabilities
 
     def outputs(self, bundle: Bundle, kind: str, model: nn.Module | LinearTextModel, frame: pl.DataFrame) -> Predictions:
         """A model's predictions (probabilities and embeddings) for each row of ``frame`` (photos must decode)."""
