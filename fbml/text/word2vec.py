@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 import numpy as np
-from gensim.models import Word2Vec
 
 from fbml.errors import FbmlError, InputError
 from fbml.text.vocabulary import PAD_ID, RESERVED, Vocabulary
@@ -105,6 +104,8 @@ def train_word2vec(
     gensim logs each epoch (``logging``, INFO, ``gensim.models.word2vec``).
     """
     sentences = [list(tokens) for tokens in token_lists]
+    from gensim.models import Word2Vec
+
     model = Word2Vec(
         vector_size=dim, window=window, min_count=min_count, seed=seed, workers=workers, hashfxn=stable_hash
     )
