@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -14,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from fbml.vision.cleaning import clean_images
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "marketplace" / "raw_images"
@@ -37,12 +37,9 @@ def baseline_clean(paths: list[Path], dst: Path, size: int) -> None:
         canvas.save(dst / f"{path.stem}.jpg")
 
 
-def fbml_clean(paths: list[Path], dst: Path, size: int, workers: int | None) -> None:
-    """`clean_images` over `paths`, via a folder of links to them."""
-    with tempfile.TemporaryDirectory() as links:
-        for path in paths:
-            (Path(links) / path.name).symlink_to(path.resolve())
-        report = clean_images(Path(links), dst, size=size, workers=workers, progress=False)
+def fbml_clean(src: Path, dst: Path, size: int, workers: int | None) -> None:
+    """`clean_images` over the folder `src` (it follows no link out of a folder, so it reads the files in place)."""
+    report = clean_images(src, dst, size=size, workers=workers, progress=False)
     if report.rejected:
         sys.exit(f"fbml rejected {report.rejected} files: {report.rejected_by_reason()}")
 
@@ -86,14 +83,16 @@ def main(argv: list[str] | None = None) -> None:
     paths = sorted(path for path in args.src.iterdir() if path.is_file())
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        for name in ("warm-baseline", "warm-fbml"):
+        for name in ("warm-src", "warm-baseline", "warm-fbml"):
             (out / name).mkdir()
+        for path in paths[:WARM_UP_FILES]:
+            shutil.copyfile(path, out / "warm-src" / path.name)
         baseline_clean(paths[:WARM_UP_FILES], out / "warm-baseline", args.size)
-        fbml_clean(paths[:WARM_UP_FILES], out / "warm-fbml", args.size, args.workers)
+        fbml_clean(out / "warm-src", out / "warm-fbml", args.size, args.workers)
         seconds = best_seconds(
             {
                 "baseline": lambda dst: baseline_clean(paths, dst, args.size),
-                "fbml": lambda dst: fbml_clean(paths, dst, args.size, args.workers),
+                "fbml": lambda dst: fbml_clean(args.src, dst, args.size, args.workers),
             },
             out,
         )

@@ -1,13 +1,17 @@
-"""Request and response shapes of the HTTP API (msgspec structs; the OpenAPI schema is built from them).
+"""Request and response shapes of the HTTP API (msgspec structs).
 
-Request bodies are parsed by the API itself (uploads stay in memory), so their OpenAPI form is
-written here too, from the same limits the API enforces: ``request_bodies``.
+A request struct is what the API decodes a body into, for each media type it reads, and the OpenAPI
+request bodies are generated from these structs (``fbml.serving.requests``): a constraint written
+here is both enforced and documented. What depends on the server's settings is added there: how
+long a ``ListingText`` may be, and that it has something a model can read once normalised.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
+from msgspec import UNSET, Meta, UnsetType
 
 from contracts.limits import MAX_K
 
@@ -16,23 +20,49 @@ TOP_CATEGORIES = 5
 JSON = "application/json"
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
+PHOTO_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+"""The photo formats the API decodes (PIL's names), with their media types."""
+LISTING_TEXT = "listing_text"
+"""The ``Meta.extra`` key that marks a text the models read (the server's text rules apply to it)."""
+
+ListingText = Annotated[str, Meta(extra={LISTING_TEXT: True})]
+Photo = Annotated[bytes, Meta(min_length=1, description="A photo: JPEG, PNG, WebP or GIF.")]
+ProductId = Annotated[str, Meta(min_length=1, description="A catalogue product's id (alone: its neighbours, itself left out).")]
+Count = Annotated[float, Meta(ge=1, le=MAX_K, multiple_of=1, description="How many listings.")]
+"""A whole number: JSON may write the integer 5 as ``5`` or ``5.0`` alike (JSON Schema's ``integer``)."""
 
 
 class TextInput(msgspec.Struct, forbid_unknown_fields=True):
-    """``POST /predict/text`` as JSON: the listing's text (name and description)."""
+    """``POST /predict/text``: the listing's text (JSON, form or multipart)."""
 
-    text: str
+    text: Annotated[ListingText, Meta(description="The listing's text: name and description.")]
+
+
+class PhotoInput(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /predict/image``: a photo (multipart)."""
+
+    image: Photo
+
+
+class ListingInput(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /predict/combined``: a photo and the listing's text (multipart)."""
+
+    image: Photo
+    text: Annotated[ListingText, Meta(description="The listing's text: name and description.")]
 
 
 class RecommendInput(msgspec.Struct, forbid_unknown_fields=True):
-    """``POST /recommend`` as JSON: a known product's id, or text to look for (photos go by multipart).
+    """``POST /recommend`` as JSON: a known product's id, or text to look for (photos go by multipart)."""
 
-    ``k`` is read as a number, since JSON writes the integer 5 as ``5`` or ``5.0`` alike; the API
-    refuses a fraction."""
+    product_id: ProductId | UnsetType = UNSET
+    text: Annotated[ListingText, Meta(description="Text to look for (with or without a photo).")] | UnsetType = UNSET
+    k: Count = DEFAULT_K
 
-    product_id: str | None = None
-    text: str | None = None
-    k: float = DEFAULT_K
+
+class RecommendForm(RecommendInput):
+    """``POST /recommend`` as multipart: a known product's id, or a photo and/or text to look for."""
+
+    image: Photo | UnsetType = UNSET
 
 
 class Health(msgspec.Struct):
@@ -82,57 +112,3 @@ class ErrorBody(msgspec.Struct):
     status_code: int
     detail: str
     field: str | None = None
-
-
-def request_bodies(max_text_chars: int) -> dict[str, RequestBody]:
-    """The OpenAPI request body of each endpoint that takes one, by path."""
-    text = _text(max_text_chars, "The listing's text: name and description.")
-    image = _image()
-    k = _k()
-    product_id = _string("A catalogue product's id (alone: its neighbours, itself left out).")
-    query_text = _text(max_text_chars, "Text to look for (with or without an image).")
-
-    def body(*media: tuple[str, Schema]) -> RequestBody:
-        return RequestBody(required=True, content={name: OpenAPIMediaType(schema=schema) for name, schema in media})
-
-    by_id_or_text = [_requiring("product_id"), _requiring("text")]
-    by_id_or_content = [_requiring("product_id"), Schema(any_of=[_requiring("image"), _requiring("text")])]
-    return {
-        "/predict/image": body((MULTIPART, _object({"image": image}, ["image"]))),
-        "/predict/text": body(*((media, _object({"text": text}, ["text"])) for media in (JSON, URLENCODED, MULTIPART))),
-        "/predict/combined": body((MULTIPART, _object({"image": image, "text": text}, ["image", "text"]))),
-        "/recommend": body(
-            (JSON, _object({"product_id": product_id, "text": query_text, "k": k}, [], one_of=by_id_or_text)),
-            (
-                MULTIPART,
-                _object({"image": image, "text": query_text, "product_id": product_id, "k": k}, [], one_of=by_id_or_content),
-            ),
-        ),
-    }
-
-
-def _object(properties: dict[str, Schema], required: list[str], *, one_of: list[Schema] | None = None) -> Schema:
-    """A closed object: fields outside ``properties`` are refused."""
-    return Schema(
-        type=OpenAPIType.OBJECT, properties=properties, required=required or None, additional_properties=False, one_of=one_of
-    )
-
-
-def _requiring(field: str) -> Schema:
-    return Schema(required=[field])
-
-
-def _text(max_chars: int, description: str) -> Schema:
-    return Schema(type=OpenAPIType.STRING, min_length=1, max_length=max_chars, pattern=r"\S", description=description)
-
-
-def _string(description: str) -> Schema:
-    return Schema(type=OpenAPIType.STRING, min_length=1, description=description)
-
-
-def _image() -> Schema:
-    return Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description="A photo (JPEG, PNG, WebP, ...).")
-
-
-def _k() -> Schema:
-    return Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_K, default=DEFAULT_K, description="How many listings.")

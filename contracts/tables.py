@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import polars as pl
 import pandera.polars as pa
+import polars as pl
 
-NON_BLANK = r"\S"
+from contracts.base import all_distinct, check, holds_per_distinct, is_ascii, is_finite_non_negative, is_non_blank, is_printable
 
-
-def all_distinct(data: pa.PolarsData) -> bool | pl.LazyFrame:
-    """True when no two values of the column are equal; otherwise, per row, whether its value is unique.
-
-    Distinct hashes prove distinct values, so values are compared only once two hashes are equal.
-    """
-    column = pl.col(data.key)
-    if data.lazyframe.select(column.hash().n_unique() == pl.len()).collect().item():
-        return True
-    return data.lazyframe.select(~column.is_duplicated())
+TEXT_COLUMNS = ("product_name", "product_description", "category", "subcategory", "category_path", "location", "county")
+REPEATED_COLUMNS = ("category", "subcategory", "category_path", "location", "county")
 
 
 class RawProducts(pa.DataFrameModel):
@@ -49,43 +41,73 @@ class RawImages(pa.DataFrameModel):
 
 
 class CleanProducts(pa.DataFrameModel):
-    """One clean product per row: ASCII text, a float price, the category path split."""
+    """One clean product per row: a unique printable id, ASCII text, a finite price >= 0, the category path split.
 
-    id: str = pa.Field(str_matches=NON_BLANK)
-    product_name: str = pa.Field(str_matches=NON_BLANK)
+    Blank optional fields are null, never empty (the description excepted: empty when there is none).
+    """
+
+    id: str
+    product_name: str
     product_description: str
-    price: pl.Float64 = pa.Field(ge=0)
-    category: str = pa.Field(str_matches=NON_BLANK)
+    price: pl.Float64
+    category: str
     subcategory: str = pa.Field(nullable=True)
-    category_path: str = pa.Field(str_matches=NON_BLANK)
+    category_path: str
     location: str = pa.Field(nullable=True)
     county: str = pa.Field(nullable=True)
 
-    @pa.check("id", name="unique")
+    @check("id", "product_name", name="non_blank")
+    def _non_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_non_blank(pl.col(data.key)))
+
+    @check(*REPEATED_COLUMNS, name="non_blank")
+    def _non_blank_repeated(cls, data: pa.PolarsData) -> bool | pl.LazyFrame:
+        return holds_per_distinct(data, is_non_blank)
+
+    @check("id", name="printable")
+    def _printable(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_printable(pl.col(data.key)))
+
+    @check("id", name="unique")
     def _unique_id(cls, data: pa.PolarsData) -> bool | pl.LazyFrame:
         return all_distinct(data)
 
-    @pa.check("product_name", "product_description", name="ascii_only")
-    def _ascii_only(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        text = pl.col(data.key)
-        return data.lazyframe.select(text.str.len_bytes() == text.str.len_chars())
+    @check(*TEXT_COLUMNS, name="ascii")
+    def _ascii(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_ascii(pl.col(data.key)))
 
-    @pa.dataframe_check(name="category_path_starts_with_category")
+    @check("price", name="finite_non_negative")
+    def _finite_non_negative(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_finite_non_negative(pl.col(data.key)))
+
+    @check("category_path", name="starts_with_category")
     def _path_starts_with_category(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(pl.col("category_path").str.starts_with(pl.col("category")))
+        return data.lazyframe.select(path_starts_with_category(pl.col("category_path"), pl.col("category"), pl.col("subcategory")))
 
     class Config:
         strict = True
         ordered = True
 
 
+def path_starts_with_category(path: pl.Expr, category: pl.Expr, subcategory: pl.Expr) -> pl.Expr:
+    """True where ``path`` starts with ``category``, and is ``category`` alone exactly when there is no ``subcategory``."""
+    return path.str.starts_with(category) & ((path == category) == subcategory.is_null())
+
+
 class ImageManifest(CleanProducts):
-    """One row per photo, with its product's clean fields (`id` is the product's id)."""
+    """One row per photo, with its product's clean fields (``id`` is the product's id, ``image_id`` unique)."""
 
-    image_id: str = pa.Field(str_matches=NON_BLANK)
-    id: str = pa.Field(str_matches=NON_BLANK)
+    image_id: str
 
-    @pa.check("image_id", name="unique")
+    @check("image_id", name="non_blank")
+    def _non_blank_image_id(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_non_blank(pl.col(data.key)))
+
+    @check("image_id", name="printable")
+    def _printable_image_id(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_printable(pl.col(data.key)))
+
+    @check("image_id", name="unique")
     def _unique_id(cls, data: pa.PolarsData) -> bool | pl.LazyFrame:
         """Overrides the products' check: here ``id`` repeats, once per photo of the product."""
         return all_distinct(data)
@@ -96,13 +118,33 @@ class ImageManifest(CleanProducts):
 
 
 class Rejected(pa.DataFrameModel):
-    """An input row that was not cleaned: where it came from, the raw row as JSON, and why."""
+    """An input row that was not cleaned: where it came from, the raw row as a JSON object, and why.
+
+    A row is rejected once: ``(source, stage, source_row)`` is unique.
+    """
 
     source: str
-    source_row: pl.Int64 = pa.Field(ge=1, description="1-based data record in the source (header not counted)")
+    source_row: pl.Int64 = pa.Field(description="1-based data record in the source (header not counted)")
     stage: str = pa.Field(isin=["products", "images"])
-    reason: str = pa.Field(str_matches=NON_BLANK)
+    reason: str
     raw: str = pa.Field(description="the raw row's fields as a JSON object")
+
+    @check("source_row", name="positive")
+    def _positive(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col(data.key) >= 1)
+
+    @check("reason", name="non_blank")
+    def _non_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(is_non_blank(pl.col(data.key)))
+
+    @check("raw", name="json_object")
+    def _json_object(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        raw = pl.col(data.key)
+        return data.lazyframe.select(raw.str.starts_with("{") & raw.str.ends_with("}"))
+
+    @check("source_row", name="rejected_once")
+    def _rejected_once(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(~pl.struct("source", "stage", "source_row").is_duplicated())
 
     class Config:
         strict = True

@@ -1055,8 +1055,8 @@ def test_an_index_whose_catalogue_has_another_length(copy: Path) -> None:
 @pytest.mark.parametrize(("change", "message"), [
     (lambda rows: [{**rows[0], "extra": 1}, *rows[1:]], r"an index catalogue is a list of rows with keys"),
     (lambda rows: {"rows": rows}, r"an index catalogue is a list of rows"),
-    (lambda rows: [rows[0], rows[0], *rows[2:]], r"index catalogue ids must be present and unique"),
-    (lambda rows: [{**rows[0], "id": None}, *rows[1:]], r"index catalogue ids must be present and unique"),
+    (lambda rows: [rows[0], rows[0], *rows[2:]], r"Catalogue: column 'id' fails unique"),
+    (lambda rows: [{**rows[0], "id": None}, *rows[1:]], r"Catalogue: column 'id' fails not_null"),
     (lambda rows: [{**rows[0], "price": 2}, *rows[1:]], None),  # an integer price is a price
 ])
 def test_a_catalogue_that_is_not_one(copy: Path, change: Callable[[list], object], message: str | None) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from contracts import CleanProducts, ImageManifest, RawProducts
+from contracts import CleanProducts, ImageManifest, RawProducts, Rejected
+from contracts.base import CONTROL_CHARACTERS
+from fbml.errors import ContractError
 from fbml.tables.cleaning import (
     COMMON_BLOCKS,
     ascii_text,
@@ -24,6 +24,9 @@ from fbml.tables.cleaning import (
     price,
     product_name,
 )
+from fbml.tables.validation import validated
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 RAW_COLUMNS = ["", "id", "product_name", "category", "product_description", "price", "location"]
 
@@ -195,6 +198,11 @@ def test_location_without_county_and_missing_optional_fields() -> None:
         ({"price": None}, "missing required field: price"),
         ({"category": "  "}, "missing required field: category"),
         ({"category": " / "}, "empty category after cleaning"),
+        ({"category": " / / "}, "empty category after cleaning"),
+        ({"category": "/"}, "empty category after cleaning"),
+        ({"price": "£" + "9" * 400}, "price out of range"),
+        ({"id": "p\x001"}, "id has control characters"),
+        ({"id": "p\u00851"}, "id has control characters"),
         ({"product_name": None}, "missing required field: product_name"),
         ({"product_name": "★★★ | in Leeds, Yorkshire | Gumtree"}, "empty product_name after cleaning"),
         ({"id": ""}, "missing required field: id"),
@@ -217,9 +225,69 @@ def test_first_valid_occurrence_of_an_id_wins() -> None:
 
 
 def test_clean_products_checks_its_input_contract() -> None:
-    with pytest.raises(Exception, match="price"):
+    with pytest.raises(ContractError, match="^RawProducts: column 'price' fails present$") as caught:
         clean_products(raw_products([good_row()]).drop("price"))
-    assert RawProducts.validate(raw_products([good_row()])).height == 1
+    assert (caught.value.contract, caught.value.column, caught.value.check) == ("RawProducts", "price", "present")
+    with pytest.raises(ContractError, match="^RawProducts: column 'price' fails dtype String"):
+        clean_products(raw_products([good_row()]).with_columns(pl.lit(1.0).alias("price")))
+    assert validated(raw_products([good_row()]), RawProducts).height == 1
+
+
+def test_category_levels_are_stripped_of_slashes_at_their_ends() -> None:
+    rows = [good_row(id="a", category="A / / B"), good_row(id="b", category="A // / Ham/Amateur /"), good_row(id="c", category="/A/")]
+    paths = clean_products(raw_products(rows)).products["category_path"].to_list()
+    assert paths == ["A / B", "A / Ham/Amateur", "A"]
+
+
+separator_text = st.lists(st.sampled_from([" ", "/", " / ", "\t", "\u00a0", "A", "Ham/Radio", "é"]), max_size=8).map("".join)
+
+
+@settings(max_examples=100)
+@given(category=separator_text)
+def test_a_category_has_no_blank_or_slash_only_level(category: str) -> None:
+    result = clean_products(raw_products([good_row(category=category)]))
+    for path in result.products["category_path"]:
+        levels = path.split(" / ")
+        assert all(level.strip(" /") == level and level.strip(" /") != "" for level in levels)
+    if result.rejected.height:
+        assert result.rejected["reason"].to_list() in (["empty category after cleaning"], ["missing required field: category"])
+
+
+digits = st.integers(1, 500).flatmap(lambda length: st.text("0123456789", min_size=length, max_size=length))
+
+
+@settings(max_examples=100)
+@given(whole=digits, pence=st.sampled_from(["", ".5", ".99"]), pound=st.booleans())
+def test_a_price_is_finite_or_the_row_is_rejected(whole: str, pence: str, pound: bool) -> None:
+    result = clean_products(raw_products([good_row(price=("£" if pound else "") + whole + pence)]))
+    if result.products.height:
+        value = result.products["price"].item()
+        assert math.isfinite(value) and value == pytest.approx(float(whole + pence))
+    else:
+        assert result.rejected["reason"].to_list() == ["price out of range"]
+        assert float(whole + pence) == math.inf
+
+
+@settings(max_examples=100)
+@given(raw_id=st.text(max_size=8))
+def test_clean_ids_are_printable_text(raw_id: str) -> None:
+    result = clean_products(raw_products([good_row(id=raw_id)]))
+    for clean_id in result.products["id"]:
+        assert clean_id.strip() == clean_id != ""
+        assert re.search(CONTROL_CHARACTERS, clean_id) is None
+    if result.rejected.height and raw_id.strip():
+        assert result.rejected["reason"].to_list() == ["id has control characters"]
+
+
+any_text = st.one_of(st.none(), st.text(max_size=20), st.sampled_from(["£1,000.00", "£" + "9" * 400, " / / ", "a\x00b", "5"]))
+any_row = st.fixed_dictionaries({name: any_text for name in RAW_COLUMNS[1:]})
+
+
+@settings(max_examples=100)
+@given(rows=st.lists(any_row, max_size=8))
+def test_whatever_clean_products_returns_keeps_its_contracts(rows: list[dict[str, str | None]]) -> None:
+    result = clean_products(raw_products(rows))
+    assert validated(result.products, CleanProducts).height + validated(result.rejected, Rejected).height == len(rows)
 
 
 def test_image_manifest_keeps_every_photo_and_reports_the_rest() -> None:
@@ -257,10 +325,18 @@ def test_real_products_and_images(real_data) -> None:
 
 def test_output_contracts_check_that_ids_are_unique() -> None:
     products = clean_products(raw_products([good_row(id="a"), good_row(id="b")])).products
-    assert CleanProducts.validate(products).height == 2
-    with pytest.raises(Exception, match="unique"):
-        CleanProducts.validate(pl.concat([products, products.head(1)]))
+    assert validated(products, CleanProducts).height == 2
+    with pytest.raises(ContractError, match="^CleanProducts: column 'id' fails unique \\(2 failing, e.g. 'a', 'a'\\)$"):
+        validated(pl.concat([products, products.head(1)]), CleanProducts)
     photos = pl.concat([products, products.head(1)]).with_columns(pl.Series("image_id", ["i1", "i2", "i3"]))
-    assert ImageManifest.validate(photos).height == 3
-    with pytest.raises(Exception, match="unique"):
-        ImageManifest.validate(photos.with_columns(pl.Series("image_id", ["i1", "i2", "i1"])))
+    assert validated(photos, ImageManifest).height == 3
+    with pytest.raises(ContractError, match="^ImageManifest: column 'image_id' fails unique"):
+        validated(photos.with_columns(pl.Series("image_id", ["i1", "i2", "i1"])), ImageManifest)
+
+
+def test_image_rows_with_control_characters_in_their_id_are_rejected() -> None:
+    products = clean_products(raw_products([good_row(id="a")])).products
+    raw_images = pl.DataFrame({"id": ["i\x001", "i2"], "product_id": ["a", "a"]})
+    manifest = image_manifest(products, raw_images)
+    assert manifest.images["image_id"].to_list() == ["i2"]
+    assert manifest.rejected.select("source_row", "reason").rows() == [(1, "image id has control characters")]

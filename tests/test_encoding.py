@@ -69,11 +69,13 @@ def manifests(draw) -> pl.DataFrame:
     categories = draw(st.lists(st.sampled_from("ABCDE"), min_size=1, max_size=60))
     photos = draw(st.lists(st.integers(1, 3), min_size=len(categories), max_size=len(categories)))
     rows = [
-        {"image_id": f"p{index}-{photo}", "id": f"p{index}", "category": category}
+        {"id": f"p{index}", "product_name": f"item {index}", "product_description": "", "price": 1.0,
+         "category": category, "subcategory": None, "category_path": category, "location": None, "county": None,
+         "image_id": f"p{index}-{photo}"}
         for index, (category, count) in enumerate(zip(categories, photos, strict=True))
         for photo in range(count)
     ]
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, schema_overrides={"subcategory": pl.String, "location": pl.String, "county": pl.String})
 
 
 fractions = st.tuples(st.integers(0, 10), st.integers(0, 10), st.integers(0, 10)).filter(lambda t: sum(t) > 0).map(

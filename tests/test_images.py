@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 import struct
+import subprocess
+import sys
+import threading
+import time
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fbml.errors import FbmlError, InputError
+from fbml.vision.cleaning import (
+    BROKEN_LINK,
+    OUTSIDE_LINK,
+    ImageCleaningReport,
+    clean_image,
+    clean_images,
+    open_image,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from fbml.errors import FbmlError, InputError
-from fbml.vision.cleaning import ImageCleaningReport, clean_image, clean_images, open_image
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "marketplace" / "raw_images"
 ORIENTATION = 0x0112
@@ -199,14 +212,62 @@ def test_clean_image_refuses_a_bad_size() -> None:
 
 
 def test_open_image_refuses_bombs_without_leaking_settings(tmp_path: Path) -> None:
-    path = tmp_path / "huge.png"
-    path.write_bytes(png_claiming(100_000, 100_000))
+    big, huge = tmp_path / "big.png", tmp_path / "huge.png"
+    big.write_bytes(png_claiming(5_000, 5_000))
+    huge.write_bytes(png_claiming(100_000, 100_000))
     limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
 
-    with pytest.raises(Image.DecompressionBombError, match="100000 x 100000 pixels exceeds max_pixels 89478485"):
-        open_image(path, size=None, max_pixels=89_478_485)
+    with pytest.raises(Image.DecompressionBombError, match="^5000 x 5000 pixels exceeds max_pixels 1000000$"):
+        open_image(big, size=None, max_pixels=1_000_000)
+    with pytest.raises(Image.DecompressionBombError, match="10000000000 pixels"):  # PIL's own limit refuses it first
+        open_image(huge, size=None, max_pixels=89_478_485)
 
     assert (Image.MAX_IMAGE_PIXELS, warnings.filters) == (limit, filters)
+
+
+def test_sixteen_threads_decoding_at_once_leave_pils_limit_alone(tmp_path: Path) -> None:
+    bomb, good = tmp_path / "bomb.png", tmp_path / "good.png"
+    bomb.write_bytes(png_claiming(30_000, 30_000))
+    gradient(64, 48).save(good)
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    seen: set[int | None] = set()
+    done = threading.Event()
+    start = threading.Barrier(17)
+
+    def watch() -> None:
+        start.wait()
+        while not done.is_set():
+            seen.add(Image.MAX_IMAGE_PIXELS)
+
+    def decode(thread: int) -> list[object]:
+        start.wait()
+        outcomes: list[object] = []
+        for _ in range(25):
+            try:
+                with open_image(bomb if thread % 2 else good, size=32, max_pixels=89_478_485) as image:
+                    outcomes.append(image.size)
+            except Image.DecompressionBombError:
+                outcomes.append("refused")
+        return outcomes
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(decode, range(16)))
+    done.set()
+    watcher.join()
+
+    assert seen == {limit}
+    assert (Image.MAX_IMAGE_PIXELS, warnings.filters) == (limit, filters)
+    assert results[1::2] == [["refused"] * 25] * 8
+    assert results[0::2] == [[(64, 48)] * 25] * 8
+
+
+def test_no_library_code_switches_pils_limit_or_the_warnings_filters() -> None:
+    """Process-wide switches belong to the host: only the command line's entry point may set them."""
+    library = [path for path in (Path(__file__).parents[1] / "fbml").rglob("*.py") if path.name != "cli.py"]
+    switch = re.compile(r"\bMAX_IMAGE_PIXELS\s*=[^=]|\bwarnings\.(simplefilter|filterwarnings|catch_warnings)\b")
+    assert [path.name for path in library if switch.search(path.read_text())] == []
 
 
 @pytest.fixture
@@ -251,7 +312,7 @@ def test_clean_images_accounts_for_every_file(messy_folder: Path, tmp_path: Path
     assert reasons["x.jpg"] == "not an image"
     assert reasons["half.jpg"].startswith("truncated or corrupt image: ")
     assert reasons["big.png"] == "decompression bomb: 300 x 300 pixels exceeds max_pixels 50000"
-    assert reasons["huge.png"] == "decompression bomb: 100000 x 100000 pixels exceeds max_pixels 50000"
+    assert reasons["huge.png"].startswith("decompression bomb: Image size (10000000000 pixels) exceeds limit")
     assert reasons["twin.png"] == "duplicate stem"
     assert all(row["output"] is None for name, row in rows.items() if name in reasons)
     assert (report.cleaned, report.rejected) == (3, 5)
@@ -325,6 +386,65 @@ def test_clean_images_reports_names_that_are_not_utf8(tmp_path: Path) -> None:
     assert [path.name for path in (tmp_path / "out").iterdir()] == [os.fsdecode(b"caf\xe9.jpg")]
 
 
+def test_clean_images_follows_links_only_to_files_inside_the_folder(tmp_path: Path) -> None:
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    src.mkdir()
+    outside.mkdir()
+    gradient(20, 10).save(src / "real.png")
+    gradient(20, 10).save(outside / "secret.png")
+    (src / "inside.png").symlink_to(src / "real.png")
+    (src / "relative.png").symlink_to("real.png")
+    (src / "out.png").symlink_to(outside / "secret.png")
+    (src / "sneaky.png").symlink_to(Path("..") / "outside" / "secret.png")
+    (src / "broken.png").symlink_to(src / "nowhere.png")
+    (src / "folder").symlink_to(outside)
+
+    report = clean_images(src, tmp_path / "out", size=8, workers=1, progress=False)
+
+    assert report.files.select("file", "status", "reason").rows() == [
+        ("broken.png", "rejected", BROKEN_LINK),
+        ("inside.png", "cleaned", None),
+        ("out.png", "rejected", OUTSIDE_LINK),
+        ("real.png", "cleaned", None),
+        ("relative.png", "cleaned", None),
+        ("sneaky.png", "rejected", OUTSIDE_LINK),
+    ]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["inside.jpg", "real.jpg", "relative.jpg"]
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_clean_images_deletes_the_partial_jpegs_a_killed_run_left(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    dst.mkdir()
+    gradient(20, 10).save(src / "good.png")
+    dead, an_hour_ago = dead_pid(), time.time() - 3600
+    stale = [dst / f".good.jpg.{dead}.tmp", dst / f".other.jpg.{dead}.tmp"]
+    kept = [
+        dst / f".live.jpg.{os.getpid()}.tmp",  # a process that still runs
+        dst / f".new.jpg.{dead}.tmp",  # changed after the run started
+        dst / ".notes.tmp",
+        dst / f"visible.jpg.{dead}.tmp",
+        dst / f".photo.png.{dead}.tmp",
+    ]
+    for path in [*stale, *kept]:
+        path.write_bytes(b"partial")
+        os.utime(path, (an_hour_ago, an_hour_ago) if path.name != f".new.jpg.{dead}.tmp" else None)
+    os.utime(dst / f".new.jpg.{dead}.tmp", (time.time() + 3600, time.time() + 3600))
+    (dst / f".dir.jpg.{dead}.tmp").mkdir()
+
+    report = clean_images(src, dst, size=8, workers=1, progress=False)
+
+    assert report.cleaned == 1
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept) and (dst / f".dir.jpg.{dead}.tmp").is_dir()
+
+
 @pytest.mark.parametrize("name", ["missing", "file.txt"])
 def test_clean_images_needs_a_source_folder(tmp_path: Path, name: str) -> None:
     (tmp_path / "file.txt").write_text("")
@@ -341,7 +461,7 @@ def test_clean_images_on_real_photos(tmp_path: Path) -> None:
     src.mkdir()
     photos = sorted(REAL.iterdir())[:10]
     for photo in photos:
-        (src / photo.name).symlink_to(photo)
+        shutil.copyfile(photo, src / photo.name)
 
     report = clean_images(src, tmp_path / "out", size=128, workers=2, progress=False)
 

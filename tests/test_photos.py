@@ -7,21 +7,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import attrs
+import fbml.vision.cache
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from PIL import Image
-
-import fbml.vision.cache
 from contracts import ImageManifest, Rejected
+from fbml.errors import ContractError, FbmlError, InputError
+from fbml.tables.clean import clean_tables
 from fbml.tables.cleaning import MANIFEST_COLUMNS
-from fbml.errors import FbmlError, InputError
-from fbml.vision.cleaning import clean_image, open_image
+from fbml.tables.validation import validated
 from fbml.vision.cache import (
     INDEX_FILE,
     MISSING,
@@ -31,7 +29,10 @@ from fbml.vision.cache import (
     build_image_cache,
     load_photos,
 )
-from fbml.tables.clean import clean_tables
+from fbml.vision.cleaning import BROKEN_LINK, OUTSIDE_LINK, clean_image, open_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 CATEGORIES = ("Appliances", "Home & Garden", "Other Goods")
 FILE_KINDS = ("jpg", "png", "missing")
@@ -66,7 +67,7 @@ def manifest_of(image_ids: list[str], categories: list[str] | None = None) -> pl
         },
         schema={name: pl.Float64 if name == "price" else pl.String for name in MANIFEST_COLUMNS},
     )
-    return ImageManifest.validate(frame)
+    return validated(frame, ImageManifest)
 
 
 def write_photo(path: Path, spec: PhotoSpec) -> None:
@@ -110,7 +111,7 @@ def photo_sets(draw: st.DrawFn) -> list[PhotoSpec]:
 
 def assert_accounts_for_every_row(photos: fbml.vision.cache.Photos, manifest: pl.DataFrame, specs: list[PhotoSpec], size: int) -> None:
     """Loaded rows are the stored photos, rejected rows the rest with their reasons, pixels well-formed."""
-    Rejected.validate(photos.rejected)
+    validated(photos.rejected, Rejected)
     rejected_rows = (photos.rejected["source_row"] - 1).to_list()
     assert sorted([*photos.rows.tolist(), *rejected_rows]) == list(range(manifest.height))
     assert photos.rows.tolist() == [row for row, spec in enumerate(specs) if spec.kind in ("jpg", "png")]
@@ -275,15 +276,66 @@ def test_rows_for_names_photos_not_in_the_cache(photo_dir: Path, tmp_path: Path)
 
 
 def test_duplicate_image_ids_cannot_be_cached(photo_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FbmlError, match="duplicate image ids"):
+    with pytest.raises(ContractError, match="^ImageManifest: column 'image_id' fails unique \\(2 failing, e.g. 'img-000', 'img-000'\\)$"):
         build_image_cache(pl.concat([photo_manifest(), photo_manifest().head(1)]), photo_dir, tmp_path / "c", size=8)
+    assert os.listdir(tmp_path) == ["photos"]
 
 
-def test_a_manifest_needs_an_image_id_on_every_row(photo_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FbmlError, match="no image_id column"):
-        load_photos(photo_manifest().drop("image_id"), photo_dir, size=8)
-    with pytest.raises(FbmlError, match="rows without an image_id"):
-        build_image_cache(photo_manifest().with_columns(image_id=None), photo_dir, tmp_path / "c", size=8)
+BAD_MANIFESTS = {
+    "no image_id": (lambda frame: frame.drop("image_id"), "image_id", "present"),
+    "a row without an image_id": (lambda frame: frame.with_columns(image_id=None), "image_id", "not_null"),
+    "a NUL in an image_id": (lambda frame: frame.with_columns(pl.col("image_id") + "\x00"), "image_id", "printable"),
+    "a negative price": (lambda frame: frame.with_columns(price=-1.0), "price", "finite_non_negative"),
+    "a name not ASCII": (lambda frame: frame.with_columns(product_name=pl.lit("Café")), "product_name", "ascii"),
+}
+
+
+@pytest.mark.parametrize(("spoil", "column", "check"), BAD_MANIFESTS.values(), ids=BAD_MANIFESTS.keys())
+def test_photos_are_loaded_only_for_a_manifest_that_keeps_its_contract(spoil, column: str, check: str, photo_dir: Path, tmp_path: Path) -> None:
+    for load in (lambda manifest: load_photos(manifest, photo_dir, size=8), lambda manifest: build_image_cache(manifest, photo_dir, tmp_path / "c", size=8)):
+        with pytest.raises(ContractError) as caught:
+            load(spoil(photo_manifest()))
+        assert (caught.value.contract, caught.value.column, caught.value.check) == ("ImageManifest", column, check)
+
+
+def test_photos_linked_from_outside_the_folder_are_rejected(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "photos", tmp_path / "outside"
+    manifest = photo_folder(folder, [PhotoSpec("jpg", 6, 6, (200, 10, 10))])
+    outside.mkdir()
+    write_photo(outside / "secret", PhotoSpec("jpg", 6, 6, (10, 200, 10)))
+    (folder / "img-001.jpg").symlink_to(folder / "img-000.jpg")
+    (folder / "img-002.jpg").symlink_to(outside / "secret.jpg")
+    (folder / "img-003.jpg").symlink_to(Path("..") / "outside" / "secret.jpg")
+    (folder / "img-004.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "img-005.jpg").symlink_to(outside / "secret.jpg")
+    write_photo(folder / "img-005", PhotoSpec("png", 6, 6, (10, 10, 200)))  # the stem's other file is used
+    manifest = manifest_of([f"img-{row:03d}" for row in range(7)])
+
+    photos = load_photos(manifest, folder, size=8, progress=False)
+
+    assert photos.image_ids == ("img-000", "img-001", "img-005")
+    assert photos.rejected.select("source_row", "reason").rows() == [
+        (3, OUTSIDE_LINK), (4, OUTSIDE_LINK), (5, BROKEN_LINK), (7, MISSING),
+    ]
+    cache = build_image_cache(manifest, folder, tmp_path / "cache", size=8, progress=False)
+    assert cache.image_ids == photos.image_ids and cache.rejected.equals(photos.rejected)
+
+
+def test_the_leftovers_of_a_killed_build_are_deleted(photo_dir: Path, tmp_path: Path) -> None:
+    an_hour_ago = time.time() - 3600
+    leftovers = [tmp_path / ".cache.abcd1234.tmp", tmp_path / ".cache.zz_9zz99.old"]
+    kept = [tmp_path / ".cache.fresh123.tmp", tmp_path / ".other.abcd1234.tmp", tmp_path / ".cache.tmp"]
+    for folder in [*leftovers, *kept]:
+        folder.mkdir()
+        (folder / PIXELS_FILE).write_bytes(b"partial")
+        os.utime(folder, (an_hour_ago, an_hour_ago))
+    os.utime(kept[0], (time.time() + 3600, time.time() + 3600))  # changed after the build started
+    (tmp_path / ".cache.abcd5678.tmp").write_bytes(b"a file, not a build folder")
+    os.utime(tmp_path / ".cache.abcd5678.tmp", (an_hour_ago, an_hour_ago))
+
+    build_image_cache(photo_manifest(), photo_dir, tmp_path / "cache", size=8, progress=False)
+
+    assert sorted(os.listdir(tmp_path)) == sorted(["cache", "photos", ".cache.abcd5678.tmp", *(path.name for path in kept)])
 
 
 def test_importing_photos_does_not_import_torch() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fbml.errors import FbmlError
+from fbml.errors import ContractError, FbmlError
 from fbml.bundle.search import (
     CATALOGUE_SCHEMA,
     MAX_K,
@@ -173,15 +173,15 @@ def test_vectors_and_catalogue_must_agree() -> None:
 
 def test_the_catalogue_needs_its_columns_and_unique_ids() -> None:
     index = random_index(4, 3, seed=0)
-    with pytest.raises(FbmlError, match="an index catalogue has columns"):
+    with pytest.raises(ContractError, match="Catalogue: column 'price' fails present"):
         SearchIndex(index.vectors, index.catalogue.drop("price"))
-    with pytest.raises(FbmlError, match="an index catalogue has columns"):
+    with pytest.raises(ContractError, match="Catalogue: column 'price' fails dtype"):
         SearchIndex(index.vectors, index.catalogue.with_columns(pl.col("price").cast(pl.Int64)))
     duplicated = index.catalogue.with_columns(pl.Series("id", ["a", "b", "a", "c"]))
-    with pytest.raises(FbmlError, match="index catalogue ids must be present and unique"):
+    with pytest.raises(ContractError, match="Catalogue: column 'id' fails unique"):
         SearchIndex(index.vectors, duplicated)
     missing = index.catalogue.with_columns(pl.Series("id", ["a", None, "b", "c"], dtype=pl.String))
-    with pytest.raises(FbmlError, match="index catalogue ids must be present and unique"):
+    with pytest.raises(ContractError, match="Catalogue: column 'id' fails not_null"):
         SearchIndex(index.vectors, missing)
 
 
@@ -214,7 +214,7 @@ ROW = {"id": "p0", "product_name": "x", "category": "Books", "price": 1.0}
         ([{key: ROW[key] for key in ("id", "product_name", "category")}], 1, "a list of rows with keys"),
         ([ROW | {"extra": 1}], 1, "a list of rows with keys"),
         ([ROW | {"price": "cheap"}], 1, "bad index catalogue"),
-        ([ROW, ROW], 2, "ids must be present and unique"),
+        ([ROW, ROW], 2, "column 'id' fails unique"),
         ([ROW, ROW | {"id": "p1"}, ROW | {"id": "p2"}], 2, "the index has 2 vectors for 3 catalogue rows"),
     ],
 )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fbml.errors import InputError
 from fbml.tables.clean import clean_tables
 from fbml.tables.sources import read_images, read_products
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 PRODUCTS_CSV = (
     ',id,product_name,category,product_description,price,location\n'
@@ -42,6 +45,7 @@ def test_short_and_long_images_tables(tmp_path: Path) -> None:
     ("content", "problem"),
     [
         (None, "no such file"),
+        ("folder", "is a folder, not a file"),
         ("", "empty file"),
         (",id,product_name\n0,a,b\n", "missing column(s) category, product_description, price, location"),
         (',id,product_name,category,product_description,price,location\n0,"a,b\n', "cannot read as CSV"),
@@ -49,13 +53,92 @@ def test_short_and_long_images_tables(tmp_path: Path) -> None:
 )
 def test_bad_products_files_name_the_file_and_the_problem(tmp_path: Path, content: str | None, problem: str) -> None:
     path = tmp_path / "Products.csv"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         write(path, content)
     with pytest.raises(InputError) as caught:
         read_products(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert problem in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+HEADER = ",id,product_name,category,product_description,price,location\n"
+CAFE = HEADER + '0,p1,Café table,Home / Tables,Nice café,£10.00,"Leeds, West Yorkshire"\n'
+
+
+@pytest.mark.parametrize(
+    ("encoding", "looks_like", "codec"),
+    [("latin-1", "Latin-1 (ISO-8859-1)", "latin-1"), ("cp1252", "Windows-1252", "cp1252")],
+)
+def test_a_single_byte_file_is_refused_with_its_encoding_then_read_with_it(
+    tmp_path: Path, encoding: str, looks_like: str, codec: str
+) -> None:
+    path = tmp_path / "Products.csv"
+    path.write_bytes(CAFE.replace("Nice", "Nice ’" if encoding == "cp1252" else "Nice").encode(encoding))
+    with pytest.raises(InputError) as caught:
+        read_products(path)
+    assert str(caught.value) == (
+        f"{path}: is not UTF-8 (byte 0xe9 on line 2): it looks like {looks_like}; convert it to UTF-8, "
+        f"or read it with encoding={codec!r} (fbml clean-products --encoding {codec})"
+    )
+    tables = clean_tables(path, encoding=codec)
+    assert tables.cleaned.products.select("product_name", "price").row(0) == ("Cafe table", 10.0)
+    assert read_products(path, encoding=codec)["product_description"][0].startswith("Nice ")
+
+
+@pytest.mark.parametrize(
+    ("codec", "described"),
+    [
+        ("utf-16", "UTF-16 (little-endian), with a byte-order mark"),
+        ("utf-16-be", "UTF-16 (big-endian), without a byte-order mark"),
+        ("utf-16-le", "UTF-16 (little-endian), without a byte-order mark"),
+        ("utf-32", "UTF-32 (little-endian), with a byte-order mark"),
+    ],
+)
+def test_a_utf16_or_utf32_file_is_named_as_such(tmp_path: Path, codec: str, described: str) -> None:
+    path = tmp_path / "Products.csv"
+    path.write_bytes(PRODUCTS_CSV.encode(codec))
+    with pytest.raises(InputError, match=f"^{path}: is not UTF-8: it looks like {re.escape(described)}; "):
+        read_products(path)
+    read_as = {"utf-16-be": "utf-16-be", "utf-16-le": "utf-16-le"}.get(codec, codec)
+    assert read_products(path, encoding=read_as)["product_description"][0] == "Warm\rlight"
+
+
+def test_an_unknown_encoding_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown encoding 'klingon'"):
+        read_products(write(tmp_path / "p.csv", PRODUCTS_CSV), encoding="klingon")
+
+
+latin1_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters=',"\x7f'), max_size=12)
+
+
+@settings(max_examples=60)
+@given(names=st.lists(latin1_text, min_size=1, max_size=5))
+def test_latin1_text_is_refused_as_utf8_or_read_exactly(names: list[str]) -> None:
+    rows = "".join(f'{row},p{row},"{name}",A,d,£1,x\n' for row, name in enumerate(names))
+    data = (HEADER + rows).encode("latin-1")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "Products.csv"
+        path.write_bytes(data)
+        try:
+            as_utf8 = read_products(path)["product_name"].to_list()
+        except InputError as error:
+            assert "is not UTF-8" in str(error) and "encoding='" in str(error)
+        else:
+            assert as_utf8 == names  # only when the bytes are UTF-8 as well (ASCII)
+        assert read_products(path, encoding="latin-1")["product_name"].to_list() == names
+
+
+def test_error_lines_are_bounded_and_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "\ufffd" * 15_000 + "\x00,id\n0,1\n")
+    with pytest.raises(InputError) as caught:
+        read_products(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: missing column(s) product_name")
+    assert len(message) < 500 and "more characters" in message
+    assert message.isprintable()
 
 
 def test_images_table_without_product_id(tmp_path: Path) -> None:

@@ -13,11 +13,15 @@ from typing import Any
 import attrs
 import numpy as np
 import polars as pl
-
+from contracts import Catalogue, polars_schema
 from contracts.limits import MAX_K
-from fbml.errors import FbmlError
+from pandera.typing.polars import DataFrame
 
-CATALOGUE_SCHEMA = {"id": pl.String, "product_name": pl.String, "category": pl.String, "price": pl.Float64}
+from fbml.errors import FbmlError
+from fbml.tables.validation import validated
+
+CATALOGUE_SCHEMA = polars_schema(Catalogue)
+"""The catalogue's columns and dtypes, from its contract ``Catalogue``: to build a catalogue frame."""
 PRECISION_K = 10
 
 
@@ -25,18 +29,19 @@ class UnknownProductError(FbmlError):
     """A product id the index does not hold."""
 
 
-def _check_vectors(_instance: object, _attribute: attrs.Attribute, vectors: np.ndarray) -> None:
+def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], vectors: np.ndarray) -> None:
     if vectors.dtype != np.float32 or vectors.ndim != 2:
         raise FbmlError(f"index vectors must be a float32 (N, D) array, got {vectors.dtype} {vectors.shape}")
 
 
-def _check_catalogue(instance: SearchIndex, _attribute: attrs.Attribute, catalogue: pl.DataFrame) -> None:
-    if dict(catalogue.schema) != CATALOGUE_SCHEMA:
-        raise FbmlError(f"an index catalogue has columns {CATALOGUE_SCHEMA}, got {dict(catalogue.schema)}")
+def _checked_catalogue(catalogue: pl.DataFrame) -> DataFrame[Catalogue]:
+    """The catalogue checked against ``Catalogue``: ``ContractError`` naming the column and the check."""
+    return validated(catalogue, Catalogue)
+
+
+def _check_catalogue(instance: SearchIndex, _attribute: attrs.Attribute[DataFrame[Catalogue]], catalogue: pl.DataFrame) -> None:
     if catalogue.height != len(instance.vectors):
         raise FbmlError(f"the index has {len(instance.vectors)} vectors for {catalogue.height} catalogue rows")
-    if catalogue["id"].is_duplicated().any() or catalogue["id"].null_count():
-        raise FbmlError("index catalogue ids must be present and unique")
 
 
 @attrs.frozen
@@ -52,7 +57,9 @@ class SearchIndex:
     """Unit-length product vectors, row ``i`` being catalogue row ``i``, and what building it measured."""
 
     vectors: np.ndarray = attrs.field(validator=_check_vectors, eq=attrs.cmp_using(eq=np.array_equal))
-    catalogue: pl.DataFrame = attrs.field(validator=_check_catalogue, eq=attrs.cmp_using(eq=pl.DataFrame.equals))
+    catalogue: DataFrame[Catalogue] = attrs.field(
+        converter=_checked_catalogue, validator=_check_catalogue, eq=attrs.cmp_using(eq=pl.DataFrame.equals)
+    )
     report: Mapping[str, Any] = attrs.field(factory=dict)
     _rows: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
 
@@ -69,7 +76,7 @@ class SearchIndex:
     @property
     def dim(self) -> int:
         """The width of each vector."""
-        return self.vectors.shape[1]
+        return int(self.vectors.shape[1])
 
     def row(self, product_id: str) -> int:
         """The catalogue row of ``product_id``; ``UnknownProductError`` when the index lacks it."""

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import attrs
 import polars as pl
+from contracts import Rejected
+from pandera.typing.polars import DataFrame
 
 from fbml.tables.cleaning import Cleaned, Manifest, clean_products, image_manifest
-from fbml.tables.sources import StorageOptions, read_images, read_products
+from fbml.tables.sources import UTF8, StorageOptions, read_images, read_products
+from fbml.tables.validation import rows_of, validated
 
 
 @attrs.frozen
@@ -21,10 +24,10 @@ class CleanTables:
     images_read: int = 0
 
     @property
-    def rejected(self) -> pl.DataFrame:
-        """Every rejected row of both tables (``Rejected``)."""
+    def rejected(self) -> DataFrame[Rejected]:
+        """Every rejected row of both tables."""
         frames = [self.cleaned.rejected, *([self.manifest.rejected] if self.manifest else [])]
-        return pl.concat(frames)
+        return validated(pl.concat(frames), Rejected)
 
     def summary(self) -> str:
         """Counts that account for every input row."""
@@ -49,14 +52,18 @@ class CleanTables:
 
 
 def clean_tables(
-    products: str | Path, images: str | Path | None = None, *, storage_options: StorageOptions = None
+    products: str | Path,
+    images: str | Path | None = None,
+    *,
+    storage_options: StorageOptions = None,
+    encoding: str = UTF8,
 ) -> CleanTables:
-    """Read and clean the products table, and join the images table when given."""
-    raw_products = read_products(products, storage_options=storage_options)
+    """Read and clean the products table, and join the images table when given (both in ``encoding``)."""
+    raw_products = read_products(products, storage_options=storage_options, encoding=encoding)
     cleaned = clean_products(raw_products, source=str(products))
     if images is None:
         return CleanTables(raw_products.height, cleaned, None)
-    raw_images = read_images(images, storage_options=storage_options)
+    raw_images = read_images(images, storage_options=storage_options, encoding=encoding)
     manifest = image_manifest(cleaned.products, raw_images, source=str(images))
     return CleanTables(raw_products.height, cleaned, manifest, raw_images.height)
 
@@ -64,17 +71,17 @@ def clean_tables(
 def write_clean_tables(tables: CleanTables, out: Path) -> None:
     """Write products, rejected rows and (when present) the photo manifest as parquet."""
     out.mkdir(parents=True, exist_ok=True)
-    frames = [tables.cleaned.products, tables.rejected, *([tables.manifest.images] if tables.manifest else [])]
+    frames: list[pl.DataFrame] = [tables.cleaned.products, tables.rejected, *([tables.manifest.images] if tables.manifest else [])]
     for frame, path in zip(frames, tables.output_paths(out), strict=True):
         frame.write_parquet(path)
 
 
 def restricted_tables(tables: CleanTables, keep: pl.Expr) -> CleanTables:
     """``tables`` with only the products (and photos) where ``keep`` holds; rejected rows as they were."""
-    cleaned = attrs.evolve(tables.cleaned, products=tables.cleaned.products.filter(keep))
+    cleaned = attrs.evolve(tables.cleaned, products=rows_of(tables.cleaned.products, keep))
     if tables.manifest is None:
         return attrs.evolve(tables, cleaned=cleaned)
-    manifest = attrs.evolve(tables.manifest, images=tables.manifest.images.filter(keep))
+    manifest = attrs.evolve(tables.manifest, images=rows_of(tables.manifest.images, keep))
     return attrs.evolve(tables, cleaned=cleaned, manifest=manifest)
 
 

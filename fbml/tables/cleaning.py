@@ -5,15 +5,17 @@ Every raw row ends in exactly one place: a clean table or ``rejected`` with its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import functools
 import unicodedata
+from collections.abc import Callable
 
 import attrs
 import polars as pl
-
 from contracts import CleanProducts, ImageManifest, RawImages, RawProducts, Rejected
+from contracts.base import CONTROL_CHARACTERS
+from pandera.typing.polars import DataFrame
+
+from fbml.tables.validation import rows_of, validated
 
 CATEGORY_SEPARATOR = " / "
 PRODUCT_TEXT_COLUMNS = ("id", "product_name", "category", "product_description", "price", "location")
@@ -35,8 +37,8 @@ _REASON = "reason"
 class Cleaned:
     """The clean products (``CleanProducts``) and the rejected rows (``Rejected``)."""
 
-    products: pl.DataFrame
-    rejected: pl.DataFrame
+    products: DataFrame[CleanProducts]
+    rejected: DataFrame[Rejected]
 
     def rejected_by_reason(self) -> dict[str, int]:
         """How many rows each reason rejected."""
@@ -48,9 +50,9 @@ class Manifest:
     """Every photo of every clean product (``ImageManifest``), the image rows that could not be
     joined (``Rejected``), and the clean products that have no photo (``CleanProducts``)."""
 
-    images: pl.DataFrame
-    rejected: pl.DataFrame
-    products_without_images: pl.DataFrame
+    images: DataFrame[ImageManifest]
+    rejected: DataFrame[Rejected]
+    products_without_images: DataFrame[CleanProducts]
 
     def rejected_by_reason(self) -> dict[str, int]:
         """How many image rows each reason rejected."""
@@ -102,7 +104,7 @@ def product_name(raw: pl.Expr) -> pl.Expr:
 
 
 def price(raw: pl.Expr) -> pl.Expr:
-    """``£1,900.00`` -> 1900.0; null where the text is not a price."""
+    """``£1,900.00`` -> 1900.0; null where the text is not a price, infinite where it is too large for a float."""
     text = raw.str.strip_chars().str.replace_all(r"\s", "")
     return pl.when(text.str.contains(PRICE_PATTERN)).then(
         text.str.replace_all(r"[£,]", "").cast(pl.Float64, strict=False)
@@ -110,9 +112,10 @@ def price(raw: pl.Expr) -> pl.Expr:
 
 
 def category_levels(raw: pl.Expr) -> pl.Expr:
-    """``A / B / C`` -> ["A", "B", "C"], blank levels (as in ``A /`` or `` / ``) dropped."""
+    """``A / B / C`` -> ["A", "B", "C"]; levels are stripped of spaces and slashes at their ends, and
+    blank ones (as in ``A /``, `` / `` or `` / / ``) dropped. A slash inside a level (``Ham/Amateur``) stays."""
     padded = pl.concat_str(pl.lit(" "), ascii_text(raw), pl.lit(" "))
-    stripped = padded.str.split(CATEGORY_SEPARATOR).list.eval(pl.element().str.strip_chars())
+    stripped = padded.str.split(CATEGORY_SEPARATOR).list.eval(pl.element().str.strip_chars(" /"))
     return stripped.list.eval(pl.element().filter(pl.element() != ""))
 
 
@@ -167,9 +170,11 @@ def product_rejection() -> pl.Expr:
     ]
     return pl.coalesce(
         *missing,
+        pl.when(pl.col("id").str.contains(CONTROL_CHARACTERS)).then(pl.lit("id has control characters")),
         pl.when(pl.col("product_name") == "").then(pl.lit("empty product_name after cleaning")),
         pl.when(pl.col("category").is_null()).then(pl.lit("empty category after cleaning")),
         pl.when(pl.col("price").is_null()).then(pl.lit("unparseable price")),
+        pl.when(pl.col("price").is_infinite()).then(pl.lit("price out of range")),
     )
 
 
@@ -179,13 +184,12 @@ def duplicate_rejection(key: pl.Expr, reason: pl.Expr, what: str) -> pl.Expr:
     return pl.when(reason.is_null() & seen_before).then(pl.lit(f"duplicate {what}")).otherwise(reason)
 
 
-def clean_products(raw: pl.DataFrame, *, source: str = "products") -> Cleaned:
+def clean_products(raw: DataFrame[RawProducts], *, source: str = "products") -> Cleaned:
     """The clean products and every rejected row, with reasons (``RawProducts`` -> ``Cleaned``)."""
-    RawProducts.validate(raw.lazy())
-    annotated = annotated_products(raw).collect()
+    annotated = annotated_products(validated(raw, RawProducts)).collect()
     products = annotated.filter(pl.col(_REASON).is_null()).select(CLEAN_COLUMNS)
     rejected = _rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
-    return Cleaned(CleanProducts.validate(products), Rejected.validate(rejected))
+    return Cleaned(validated(products, CleanProducts), validated(rejected, Rejected))
 
 
 def annotated_products(raw: pl.DataFrame) -> pl.LazyFrame:
@@ -210,10 +214,12 @@ def annotated_products(raw: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
-def image_manifest(products: pl.DataFrame, raw_images: pl.DataFrame, *, source: str = "images") -> Manifest:
+def image_manifest(
+    products: DataFrame[CleanProducts], raw_images: DataFrame[RawImages], *, source: str = "images"
+) -> Manifest:
     """Join every photo row to its clean product (``CleanProducts`` x ``RawImages`` -> ``Manifest``)."""
-    CleanProducts.validate(products.lazy())
-    RawImages.validate(raw_images.lazy())
+    products = validated(products, CleanProducts)
+    raw_images = validated(raw_images, RawImages)
     columns = tuple(name for name in raw_images.columns if name != "")
     known = products.select(pl.col("id").alias("product_id"), pl.lit(True).alias("_known"))
     annotated = (
@@ -227,6 +233,7 @@ def image_manifest(products: pl.DataFrame, raw_images: pl.DataFrame, *, source: 
             pl.coalesce(
                 pl.when(_is_blank(pl.col("id"))).then(pl.lit("missing required field: id")),
                 pl.when(_is_blank(pl.col("product_id"))).then(pl.lit("missing required field: product_id")),
+                pl.when(pl.col("id").str.contains(CONTROL_CHARACTERS)).then(pl.lit("image id has control characters")),
                 pl.when(pl.col("_known").is_null()).then(pl.lit("no clean product with this product_id")),
             ).alias(_REASON)
         )
@@ -236,14 +243,10 @@ def image_manifest(products: pl.DataFrame, raw_images: pl.DataFrame, *, source: 
     photos = annotated.filter(pl.col(_REASON).is_null()).select(
         pl.col("id").alias("image_id"), pl.col("product_id").alias("id")
     )
-    images = photos.join(products, on="id", how="inner", maintain_order="left")
-    without = products.join(photos, on="id", how="anti", maintain_order="left")
+    images = photos.join(products, on="id", how="inner", maintain_order="left").select(MANIFEST_COLUMNS)
+    without = rows_of(products, ~pl.col("id").is_in(photos["id"].implode()))
     rejected = _rejected_rows(annotated, columns, source=source, stage="images")
-    return Manifest(
-        ImageManifest.validate(images.select(MANIFEST_COLUMNS)),
-        Rejected.validate(rejected),
-        CleanProducts.validate(without),
-    )
+    return Manifest(validated(images, ImageManifest), validated(rejected, Rejected), without)
 
 
 def reasons_count(rejected: pl.DataFrame) -> dict[str, int]:

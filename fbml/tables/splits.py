@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import math
+from typing import Generic, TypeVar, cast
 
 import attrs
 import numpy as np
 import polars as pl
+from contracts import CleanProducts, ImageManifest
+from pandera.typing.polars import DataFrame
 
 from fbml.errors import FbmlError
 from fbml.tables.clean import CleanTables
+from fbml.tables.validation import rows_of, validated
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+Rows = TypeVar("Rows", CleanProducts, ImageManifest)
 
 
 @attrs.frozen
-class Splits:
-    """The rows of each split; every row of the input is in exactly one."""
+class Splits(Generic[Rows]):
+    """The rows of each split (``CleanProducts`` or ``ImageManifest``, as given); every row of the input is in exactly one."""
 
-    train: pl.DataFrame
-    validation: pl.DataFrame
-    test: pl.DataFrame
+    train: DataFrame[Rows]
+    validation: DataFrame[Rows]
+    test: DataFrame[Rows]
+
+
+def checked_rows(frame: DataFrame[Rows]) -> DataFrame[Rows]:
+    """``frame`` checked against its contract: ``ImageManifest`` for photo rows (it has ``image_id``), else ``CleanProducts``."""
+    contract = ImageManifest if isinstance(frame, pl.DataFrame) and "image_id" in frame.columns else CleanProducts
+    return cast(DataFrame[Rows], validated(frame, contract))
 
 
 def product_splits(
-    frame: pl.DataFrame,
+    frame: DataFrame[Rows],
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     *,
@@ -39,6 +50,12 @@ def product_splits(
     the products sorted by (class, key): the result does not depend on row order.
     """
     _check_fractions(fractions)
+    return _assignment(checked_rows(frame), fractions, seed, key=key, stratify=stratify)
+
+
+def _assignment(
+    frame: pl.DataFrame, fractions: tuple[float, float, float], seed: int, *, key: str, stratify: str
+) -> pl.DataFrame:
     products = frame.select(key, stratify).unique(key, keep="first").sort(stratify, key)
     draws = np.random.default_rng(seed).random(products.height)
     sizes = _class_sizes(products[stratify].value_counts(), stratify, fractions)
@@ -57,22 +74,27 @@ def product_splits(
 
 
 def split_by_product(
-    frame: pl.DataFrame,
+    frame: DataFrame[Rows],
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     *,
     key: str = "id",
     stratify: str = "category",
-) -> Splits:
+) -> Splits[Rows]:
     """``frame``'s rows (one or many per product) in train, validation and test, by product."""
-    assignment = product_splits(frame, fractions, seed, key=key, stratify=stratify)
-    return splits_from_assignment(frame, assignment, key=key)
+    _check_fractions(fractions)
+    checked = checked_rows(frame)
+    return _splits(checked, _assignment(checked, fractions, seed, key=key, stratify=stratify), key)
 
 
-def splits_from_assignment(frame: pl.DataFrame, assignment: pl.DataFrame, *, key: str = "id") -> Splits:
+def splits_from_assignment(frame: DataFrame[Rows], assignment: pl.DataFrame, *, key: str = "id") -> Splits[Rows]:
     """``frame``'s rows in the splits an existing ``key -> split`` assignment names."""
-    labelled = frame.join(assignment, on=key, how="left", maintain_order="left")
-    return Splits(*(labelled.filter(pl.col("split") == name).drop("split") for name in SPLIT_NAMES))
+    return _splits(checked_rows(frame), assignment, key)
+
+
+def _splits(frame: DataFrame[Rows], assignment: pl.DataFrame, key: str) -> Splits[Rows]:
+    split = frame.select(key).join(assignment, on=key, how="left", maintain_order="left")["split"]
+    return Splits(*(rows_of(frame, split == name) for name in SPLIT_NAMES))
 
 
 def _class_sizes(counts: pl.DataFrame, stratify: str, fractions: tuple[float, float, float]) -> pl.DataFrame:
@@ -102,15 +124,16 @@ class SplitTables:
     """Products and (when there is a manifest) photos split by product, by one assignment."""
 
     assignment: pl.DataFrame
-    products: Splits
-    images: Splits | None
+    products: Splits[CleanProducts]
+    images: Splits[ImageManifest] | None
 
 
 def split_tables(
     tables: CleanTables, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0
 ) -> SplitTables:
     """Split the clean products (stratified by category) and carry the split over to their photos."""
-    products = tables.cleaned.products
-    assignment = product_splits(products, fractions, seed)
+    _check_fractions(fractions)
+    products = validated(tables.cleaned.products, CleanProducts)
+    assignment = _assignment(products, fractions, seed, key="id", stratify="category")
     images = None if tables.manifest is None else splits_from_assignment(tables.manifest.images, assignment)
-    return SplitTables(assignment, splits_from_assignment(products, assignment), images)
+    return SplitTables(assignment, _splits(products, assignment, "id"), images)

@@ -11,23 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import stat
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import numpy as np
 import polars as pl
+from contracts import ImageManifest, Rejected, polars_schema
+from pandera.typing.polars import DataFrame
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from contracts import Rejected
-from fbml.errors import FbmlError, InputError
+from fbml.errors import ContractError, FbmlError, InputError
 from fbml.files import atomic_directory
-from fbml.vision.cleaning import clean_image, open_image
+from fbml.tables.validation import validated
+from fbml.vision.cleaning import clean_image, link_problem, open_image
 
 MAX_PIXELS = 89_478_485
 CACHE_FORMAT = "fbml.image-cache/1"
@@ -35,7 +41,6 @@ PIXELS_FILE = "pixels.npy"
 INDEX_FILE = "index.json"
 MISSING = "photo file missing"
 UNREADABLE = "unreadable photo"
-REJECTED_SCHEMA = {"source": pl.String, "source_row": pl.Int64, "stage": pl.String, "reason": pl.String, "raw": pl.String}
 _NPY_VERSION = (1, 0)
 
 
@@ -50,7 +55,7 @@ class Photos:
     image_ids: tuple[str, ...]
     rows: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=_array_eq))  # int64 (N,)
     pixels: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=_array_eq))  # uint8 (N, 3, size, size)
-    rejected: pl.DataFrame = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals))  # Rejected
+    rejected: DataFrame[Rejected] = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals))
 
 
 @attrs.frozen
@@ -61,7 +66,7 @@ class ImageCache:
     size: int
     image_ids: tuple[str, ...]
     pixels: np.ndarray = attrs.field(eq=False, repr=False)  # read-only memmap, uint8 (N, 3, size, size)
-    rejected: pl.DataFrame = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals))  # Rejected
+    rejected: DataFrame[Rejected] = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals))
     manifest_key: str
 
     @classmethod
@@ -96,11 +101,11 @@ class ImageCache:
 
 @attrs.frozen
 class _Plan:
-    """The manifest rows whose photo file exists (with the file), and those whose file does not."""
+    """The manifest rows whose photo file exists (with the file), and the others with why they have none."""
 
     rows: np.ndarray
     paths: tuple[Path, ...]
-    missing: np.ndarray
+    refused: dict[int, str]
 
 
 @attrs.frozen
@@ -108,11 +113,11 @@ class _Loaded:
     """The manifest rows decoded into the first ``len(rows)`` pixel rows, and the rejected rows."""
 
     rows: np.ndarray
-    rejected: pl.DataFrame
+    rejected: DataFrame[Rejected]
 
 
 def load_photos(
-    manifest: pl.DataFrame,
+    manifest: DataFrame[ImageManifest],
     image_dir: Path,
     *,
     size: int,
@@ -120,7 +125,11 @@ def load_photos(
     progress: bool = True,
     max_pixels: int = MAX_PIXELS,
 ) -> Photos:
-    """Decode each manifest row's photo ``image_dir/<image_id>.*`` to a ``size`` px letterboxed RGB square."""
+    """Decode each manifest row's photo ``image_dir/<image_id>.*`` to a ``size`` px letterboxed RGB square.
+
+    A symbolic link is followed only to a file inside ``image_dir``; a row whose photo is a link out
+    of it, or to nothing, is rejected with that reason."""
+    manifest = validated(manifest, ImageManifest)
     plan = _plan(manifest, image_dir)
     pixels = np.empty((len(plan.paths), 3, size, size), dtype=np.uint8)
     loaded = _load_into(pixels, manifest, image_dir, plan, size=size, workers=workers, progress=progress, max_pixels=max_pixels)
@@ -129,7 +138,7 @@ def load_photos(
 
 
 def build_image_cache(
-    manifest: pl.DataFrame,
+    manifest: DataFrame[ImageManifest],
     image_dir: Path,
     cache_dir: Path,
     *,
@@ -142,19 +151,45 @@ def build_image_cache(
     there for the same ``size`` and manifest photos (delete the folder to force a rebuild).
 
     The cache is written into a temporary sibling folder and renamed into place, so ``cache_dir``
-    holds a complete cache or none.
+    holds a complete cache or none; the temporary siblings a killed build left are deleted first.
     """
+    started = time.time()
+    manifest = validated(manifest, ImageManifest)
     key = _manifest_key(manifest)
     reusable = _reusable(cache_dir, size, key)
     if reusable is not None:
         return reusable
     _check_replaceable(cache_dir)
+    remove_stale_builds(cache_dir, older_than=started)
     with atomic_directory(cache_dir) as building:
         _write_cache(building, manifest, image_dir, size=size, key=key, workers=workers, progress=progress, max_pixels=max_pixels)
     return ImageCache.open(cache_dir)
 
 
-def rejected_rows(manifest: pl.DataFrame, reasons: Mapping[int, str], *, source: str) -> pl.DataFrame:
+def remove_stale_builds(cache_dir: Path, *, older_than: float) -> list[Path]:
+    """Delete the temporary siblings of ``cache_dir`` that a killed build left (``atomic_directory``'s
+    ``.<name>.<random>.tmp`` and ``.old`` folders, last changed before ``older_than``); the paths deleted.
+
+    A build of the same cache running at this moment in another process would lose its folder: two
+    builds of one cache at once are not supported."""
+    if not cache_dir.parent.is_dir():
+        return []
+    ours = re.compile(rf"^\.{re.escape(cache_dir.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    removed = []
+    for path in sorted(cache_dir.parent.iterdir()):
+        if ours.match(path.name) is None:
+            continue
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_mtime < older_than:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def rejected_rows(manifest: pl.DataFrame, reasons: Mapping[int, str], *, source: str) -> DataFrame[Rejected]:
     """``Rejected`` rows (stage ``"images"``) for manifest rows, given as 0-based row -> reason."""
     rows = sorted(reasons)
     raw = manifest[rows].select(pl.struct(pl.all()).struct.json_encode().alias("raw"))
@@ -166,24 +201,34 @@ def rejected_rows(manifest: pl.DataFrame, reasons: Mapping[int, str], *, source:
             "reason": [reasons[row] for row in rows],
             "raw": raw["raw"],
         },
-        schema=REJECTED_SCHEMA,
+        schema=polars_schema(Rejected),
     )
-    return Rejected.validate(frame)
+    return validated(frame, Rejected)
 
 
-def _plan(manifest: pl.DataFrame, image_dir: Path) -> _Plan:
-    """Match each row's ``image_id`` to a file stem, listing ``image_dir`` once (first name in sorted order wins)."""
-    image_ids = _image_id_column(manifest)
+def _plan(manifest: DataFrame[ImageManifest], image_dir: Path) -> _Plan:
+    """Match each row's ``image_id`` to a file stem, listing ``image_dir`` once (first name in sorted
+    order wins; a symbolic link out of the folder or to nothing is passed over, and is the reason
+    when its stem has no other file)."""
     if not image_dir.is_dir():
         raise InputError(image_dir, "no such directory")
+    root = image_dir.resolve()
     files: dict[str, Path] = {}
+    links: dict[str, str] = {}
     for path in sorted(image_dir.iterdir()):
-        if path.is_file():
+        problem = link_problem(path, root)
+        if problem is not None:
+            links.setdefault(path.stem, problem)
+        elif path.is_file():
             files.setdefault(path.stem, path)
-    found = [files.get(image_id) for image_id in image_ids]
+    found = [files.get(image_id) for image_id in manifest["image_id"]]
     rows = np.array([row for row, path in enumerate(found) if path is not None], dtype=np.int64)
-    missing = np.array([row for row, path in enumerate(found) if path is None], dtype=np.int64)
-    return _Plan(rows, tuple(path for path in found if path is not None), missing)
+    refused = {
+        row: links.get(image_id, MISSING)
+        for row, (image_id, path) in enumerate(zip(manifest["image_id"], found, strict=True))
+        if path is None
+    }
+    return _Plan(rows, tuple(path for path in found if path is not None), refused)
 
 
 def _load_into(
@@ -199,7 +244,7 @@ def _load_into(
 ) -> _Loaded:
     """Decode ``plan``'s files into ``pixels`` (one row each), then close the gaps failures left."""
     decode = partial(_decode_into, pixels, size, max_pixels)
-    bar = tqdm(total=manifest.height, initial=plan.missing.size, desc="decoding photos", unit="img", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=manifest.height, initial=len(plan.refused), desc="decoding photos", unit="img", file=sys.stderr, disable=not progress)
     with bar, ThreadPoolExecutor(max_workers=_worker_count(workers, len(plan.paths))) as pool:
         failures = []
         for failure in pool.map(decode, enumerate(plan.paths)):
@@ -207,7 +252,7 @@ def _load_into(
             bar.update()
     ok = np.array([failure is None for failure in failures], dtype=bool)
     _compact(pixels, ok)
-    reasons = {int(row): MISSING for row in plan.missing} | {
+    reasons = plan.refused | {
         int(row): f"{UNREADABLE}: {failure}" for row, failure in zip(plan.rows, failures, strict=True) if failure is not None
     }
     return _Loaded(plan.rows[ok], rejected_rows(manifest, reasons, source=str(image_dir)))
@@ -249,21 +294,9 @@ def _image_ids(manifest: pl.DataFrame, rows: np.ndarray) -> tuple[str, ...]:
     return tuple(manifest["image_id"].gather(rows).to_list())
 
 
-def _image_id_column(manifest: pl.DataFrame) -> pl.Series:
-    """The manifest's ``image_id`` column; ``FbmlError`` when it is absent or has nulls."""
-    if "image_id" not in manifest.columns:
-        raise FbmlError(f"the manifest has no image_id column (columns: {manifest.columns})")
-    if manifest["image_id"].null_count():
-        raise FbmlError("the manifest has rows without an image_id")
-    return manifest["image_id"]
-
-
-def _manifest_key(manifest: pl.DataFrame) -> str:
-    """A digest of the manifest's photo ids in order; refuses duplicate ids (a cache row needs one id)."""
-    ids = _image_id_column(manifest)
-    if ids.is_duplicated().any():
-        raise FbmlError(f"duplicate image ids in the manifest, e.g. {ids.filter(ids.is_duplicated()).head(3).to_list()}")
-    return hashlib.sha256("\n".join(ids.to_list()).encode()).hexdigest()
+def _manifest_key(manifest: DataFrame[ImageManifest]) -> str:
+    """A digest of the manifest's photo ids in order (unique, printable: its contract says so)."""
+    return hashlib.sha256("\n".join(manifest["image_id"].to_list()).encode()).hexdigest()
 
 
 def _reusable(cache_dir: Path, size: int, key: str) -> ImageCache | None:
@@ -287,7 +320,7 @@ def _check_replaceable(cache_dir: Path) -> None:
 
 def _write_cache(
     directory: Path,
-    manifest: pl.DataFrame,
+    manifest: DataFrame[ImageManifest],
     image_dir: Path,
     *,
     size: int,
@@ -342,10 +375,10 @@ def _read_index(directory: Path) -> dict[str, Any]:
     if problem:
         raise _invalid(directory, f"{INDEX_FILE}: {problem}")
     try:
-        rejected = Rejected.validate(pl.DataFrame(index["rejected"], schema=REJECTED_SCHEMA))
-    except Exception as error:  # pandera or polars: any malformed row
+        rejected = validated(pl.DataFrame(index["rejected"], schema=polars_schema(Rejected)), Rejected)
+    except (ContractError, TypeError, ValueError, pl.exceptions.PolarsError) as error:  # any malformed row
         raise _invalid(directory, f"{INDEX_FILE}: bad rejected rows: {str(error).splitlines()[0]}") from None
-    return index | {"rejected": rejected}
+    return cast(dict[str, Any], index) | {"rejected": rejected}
 
 
 def _index_problem(index: object) -> str | None:

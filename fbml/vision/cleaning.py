@@ -1,12 +1,18 @@
-"""Photo cleaning: decode safely, fix orientation and mode, letterbox to a black square JPEG."""
+"""Photo cleaning: decode safely, fix orientation and mode, letterbox to a black square JPEG.
+
+Decoding never touches process-wide state: the pixel limit is checked here on the image's header,
+PIL's own ``Image.MAX_IMAGE_PIXELS`` (the host's to set) and the warnings filters are left alone, so
+threads decoding at once cannot race on them.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
+import re
+import stat
 import sys
-import warnings
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
@@ -15,25 +21,30 @@ from pathlib import Path
 import attrs
 import numpy as np
 import polars as pl
+from contracts import ImageCleaningFiles, polars_schema
+from contracts.photos import CLEANED, REJECTED
+from pandera.typing.polars import DataFrame
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from fbml.errors import FbmlError, InputError
+from fbml.tables.validation import validated
 
-CLEANED = "cleaned"
-REJECTED = "rejected"
+OUTSIDE_LINK = "symbolic link out of the folder"
+BROKEN_LINK = "broken symbolic link"
+PARTIAL_JPEG = re.compile(r"^\.(?P<name>.+\.jpg)\.(?P<pid>[0-9]+)\.tmp$")
+"""The name ``_write_jpeg`` gives a JPEG while it is written: ``.<stem>.jpg.<pid>.tmp``."""
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _WIDE_GREY_FULL_SCALE = 65535.0
 _FLOAT_FULL_SCALE = 255.0
-_REPORT_SCHEMA = {"file": pl.String, "status": pl.String, "reason": pl.String, "output": pl.String}
 
 
 @attrs.frozen
 class ImageCleaningReport:
-    """What `clean_images` did with each source file: one row per file, in sorted order."""
+    """What `clean_images` did with each source file (``ImageCleaningFiles``): one row per file, in sorted order."""
 
-    files: pl.DataFrame = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals), hash=False)
+    files: DataFrame[ImageCleaningFiles] = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals), hash=False)
 
     @property
     def cleaned(self) -> int:
@@ -83,15 +94,16 @@ def clean_image(image: Image.Image, size: int = 512) -> Image.Image:
 
 
 def open_image(path: Path, *, size: int | None, max_pixels: int) -> Image.Image:
-    """Decode `path` fully, refusing images over `max_pixels`; JPEGs decode straight to about `size` px."""
-    with _pixel_limit(None):
-        image = Image.open(path)
+    """Decode `path` fully, refusing images over `max_pixels` by their header before any pixel is
+    decoded (and again once loaded, for formats whose frames may grow); JPEGs decode straight to about
+    `size` px. PIL's own limit (`Image.MAX_IMAGE_PIXELS`, left as the host set it) applies as well."""
+    image = Image.open(path)
     try:
         _refuse_bomb(image, max_pixels)
         if size is not None and image.format == "JPEG":
             image.draft("RGB", _draft_request(image.size, size))
-        with _pixel_limit(max_pixels):
-            image.load()
+        image.load()
+        _refuse_bomb(image, max_pixels)
     except BaseException:
         image.close()
         raise
@@ -108,18 +120,55 @@ def clean_images(
     quality: int = 90,
     progress: bool = True,
 ) -> ImageCleaningReport:
-    """Clean every file in `src` into `dst/<stem>.jpg`, or reject it with a reason; never stops on a bad file."""
+    """Clean every file in `src` into `dst/<stem>.jpg`, or reject it with a reason; never stops on a bad file.
+
+    A symbolic link is followed only to a file inside `src`. Partial JPEGs a killed run left in `dst`
+    are deleted first."""
     _require_positive("size", size)
     _require_positive("max_pixels", max_pixels)
     if not 1 <= quality <= 100:
         raise FbmlError(f"quality must be between 1 and 100, got {quality}")
-    sources = _list_files(src)
+    started = time.time()
+    sources, links = _list_files(src)
     dst.mkdir(parents=True, exist_ok=True)
+    remove_partial_jpegs(dst, older_than=started)
     jobs, duplicates = _plan(sources, dst, size=size, max_pixels=max_pixels, quality=quality)
-    bar = tqdm(total=len(sources), initial=len(duplicates), desc="cleaning images", unit="img", file=sys.stderr, disable=not progress)
+    refused = [*links, *duplicates]
+    bar = tqdm(total=len(sources) + len(links), initial=len(refused), desc="cleaning images", unit="img", file=sys.stderr, disable=not progress)
     with bar:
-        outcomes = [*duplicates, *_tick(_run(jobs, _worker_count(workers, len(jobs))), bar)]
+        outcomes = [*refused, *_tick(_run(jobs, _worker_count(workers, len(jobs))), bar)]
     return _report(outcomes)
+
+
+def remove_partial_jpegs(folder: Path, *, older_than: float) -> list[Path]:
+    """Delete the partial JPEGs a killed run left in `folder` (our `.<name>.jpg.<pid>.tmp` files, last
+    changed before `older_than`, of no running process); the paths deleted."""
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = PARTIAL_JPEG.match(path.name)
+        if match is None or _pid_alive(int(match["pid"])):
+            continue
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_mtime < older_than:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process `pid` runs (ours included), as far as this user can tell."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def _require_positive(name: str, value: int) -> None:
@@ -176,31 +225,38 @@ def _letterbox(image: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-@contextlib.contextmanager
-def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    """For this block only: PIL's decompression-bomb limit set to `max_pixels`, its warning raised as an error."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 def _refuse_bomb(image: Image.Image, max_pixels: int) -> None:
-    """Raise `DecompressionBombError` when the (not yet decoded) image has more than `max_pixels` pixels."""
+    """Raise `DecompressionBombError` when the image (by its header, before decoding) has more than `max_pixels` pixels."""
     width, height = image.size
     if width * height > max_pixels:
         raise Image.DecompressionBombError(f"{width} x {height} pixels exceeds max_pixels {max_pixels}")
 
 
-def _list_files(src: Path) -> list[Path]:
-    """The regular files directly in `src`, sorted by name."""
+def _list_files(src: Path) -> tuple[list[Path], list[_Outcome]]:
+    """The regular files directly in `src` (links to files inside it included), sorted by name, and a
+    rejection for each symbolic link that points out of `src` or nowhere."""
     if not src.is_dir():
         raise InputError(src, "no such directory")
-    return sorted((path for path in src.iterdir() if path.is_file()), key=lambda path: path.name)
+    root = src.resolve()
+    files, links = [], []
+    for path in sorted(src.iterdir(), key=lambda path: path.name):
+        problem = link_problem(path, root)
+        if problem is not None:
+            links.append(_Outcome(_display_name(path), reason=problem))
+        elif path.is_file():
+            files.append(path)
+    return files, links
+
+
+def link_problem(path: Path, root: Path) -> str | None:
+    """Why the entry `path` of the folder `root` (resolved) is refused as a symbolic link, or None:
+    its target is outside `root` (a folder out there is skipped, as folders are), or there is none."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        return None if target.is_dir() else OUTSIDE_LINK
+    return None if target.exists() else BROKEN_LINK
 
 
 def _plan(sources: list[Path], dst: Path, *, size: int, max_pixels: int, quality: int) -> tuple[list[_Job], list[_Outcome]]:
@@ -293,4 +349,5 @@ def _report(outcomes: list[_Outcome]) -> ImageCleaningReport:
         "reason": [outcome.reason for outcome in outcomes],
         "output": [outcome.output for outcome in outcomes],
     }
-    return ImageCleaningReport(pl.DataFrame(rows, schema=_REPORT_SCHEMA).sort("file"))
+    frame = pl.DataFrame(rows, schema=polars_schema(ImageCleaningFiles)).sort("file")
+    return ImageCleaningReport(validated(frame, ImageCleaningFiles))

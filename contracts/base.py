@@ -1,0 +1,74 @@
+"""What the frame contracts share: the data checks, as polars expressions, and a model's polars schema.
+
+Each check is one cheap expression over a column (no regular expression scans a long text column):
+pandera runs it on an eager frame, and a test runs the same rules in plain polars to agree with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandera.polars as pa
+import polars as pl
+
+CONTROL_CHARACTERS = r"[\x00-\x1F\x7F-\x9F]"
+"""The Unicode control characters (category Cc): C0, DEL and C1."""
+
+
+def check(*columns: str, name: str) -> Callable[[Callable[..., Any]], Any]:
+    """``pandera.polars.check`` on ``columns`` under ``name``, which also names the function: pandera
+    takes a check's ``name`` only the first time it builds a schema with it, and names the check after
+    its function in a subclass's schema (``ImageManifest`` inherits the checks of ``CleanProducts``)."""
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        function.__name__ = name
+        return pa.check(*columns, name=name)(function)
+
+    return decorate
+
+
+def is_ascii(text: pl.Expr) -> pl.Expr:
+    """True where the text is ASCII: one byte per character."""
+    return text.str.len_bytes() == text.str.len_chars()
+
+
+def is_non_blank(text: pl.Expr) -> pl.Expr:
+    """True where the text has a character that is not whitespace."""
+    return text.str.contains(r"\S")
+
+
+def is_printable(text: pl.Expr) -> pl.Expr:
+    """True where the text has no control character (NUL, line breaks, tabs, DEL, C1)."""
+    return ~text.str.contains(CONTROL_CHARACTERS)
+
+
+def is_finite_non_negative(number: pl.Expr) -> pl.Expr:
+    """True where the number is finite and at least 0 (NaN and infinities are not)."""
+    return number.is_finite() & (number >= 0)
+
+
+def all_distinct(data: pa.PolarsData) -> bool | pl.LazyFrame:
+    """True when no two values of the column are equal; otherwise, per row, whether its value is unique.
+
+    Distinct hashes prove distinct values, so values are compared only once two hashes are equal.
+    """
+    column = pl.col(data.key)
+    if data.lazyframe.select(column.hash().n_unique() == pl.len()).collect().item():
+        return True
+    return data.lazyframe.select(~column.is_duplicated())
+
+
+def holds_per_distinct(data: pa.PolarsData, rule: Callable[[pl.Expr], pl.Expr]) -> bool | pl.LazyFrame:
+    """True when ``rule`` holds for every distinct value of the column; otherwise, per row, whether it
+    holds. For columns that repeat a few values many times (categories, places): the rule runs once
+    per value, and per row only to name the failures."""
+    column = pl.col(data.key)
+    if data.lazyframe.select(rule(column.unique()).all()).collect().item():
+        return True
+    return data.lazyframe.select(rule(column))
+
+
+def polars_schema(model: type[pa.DataFrameModel]) -> pl.Schema:
+    """The column names and polars dtypes of ``model``, in order: to build a frame that fits it."""
+    return pl.Schema({name: column.dtype.type for name, column in model.to_schema().columns.items()})
