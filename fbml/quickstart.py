@@ -117,7 +117,8 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
     import httpx
 
     from fbml.bundle.store import load_bundle
-    from fbml.serving.app import create_app, serving
+    from fbml.serving.app import create_app
+    from fbml.serving.server import serving
 
     _step(f"7. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
     bundle = load_bundle(bundle_dir)

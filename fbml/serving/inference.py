@@ -1,8 +1,9 @@
 """Predictions for listings as a service receives them: prepared photos and raw texts, a batch at a time.
 
 ``predictor_probabilities`` is what an endpoint answers: its predictor's ensemble over the models'
-probabilities; ``listing_queries`` embeds queries as ``fbml.workflows.index`` embeds the catalogue. Models
-run in ``eval()`` mode under ``inference_mode``.
+probabilities; ``listing_queries`` embeds queries as ``fbml.workflows.index`` embeds the catalogue.
+``class_probabilities`` and ``query_vectors`` run them on the requests a micro-batch holds
+(``Example``s). Models run in ``eval()`` mode under ``inference_mode``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from fbml.bundle.store import Bundle, TextSettings
-from fbml.tables.cleaning import ascii_text
-from fbml.modeling.linear_text import LinearTextModel
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts
+from fbml.bundle.store import Bundle, TextSettings
+from fbml.modeling.linear_text import LinearTextModel
+from fbml.modeling.onnx_runtime import INPUTS, OnnxModel
+from fbml.tables.cleaning import ascii_text
 
 T = TypeVar("T")
 
@@ -36,6 +38,14 @@ class Batch:
 
 
 @attrs.frozen(eq=False)
+class Example:
+    """One request's input to a model: a prepared photo (float32 (3, S, S)) and/or raw text."""
+
+    image: Tensor | None = None
+    text: str | None = None
+
+
+@attrs.frozen(eq=False)
 class Outputs:
     """A model's class probabilities (float32 (B, C)) and its embeddings of the batch (None for a linear model)."""
 
@@ -44,7 +54,7 @@ class Outputs:
 
 
 def model_outputs(bundle: Bundle, kind: str, batch: Batch) -> Outputs:
-    """The ``kind`` model's outputs for ``batch`` (which has what the model reads)."""
+    """The ``kind`` model's outputs for ``batch`` (which has what the model reads), from torch or ONNX Runtime."""
     model = bundle.model(kind)
     if isinstance(model, LinearTextModel):
         return Outputs(model.predict_proba(readable_texts(_needed(batch.texts, kind))), None)
@@ -54,6 +64,9 @@ def model_outputs(bundle: Bundle, kind: str, batch: Batch) -> Outputs:
     if kind in ("text-cnn", "combined-nn"):
         assert bundle.text is not None
         inputs.append(token_ids(_needed(batch.texts, kind), bundle.text))
+    if isinstance(model, OnnxModel):
+        logits, embeddings = model.run({name: tensor.numpy() for name, tensor in zip(INPUTS[kind], inputs, strict=True)})
+        return Outputs(_softmax(logits), embeddings)
     with torch.inference_mode():
         output = model(*inputs)
         probabilities = torch.softmax(output.logits.float(), dim=1).numpy()
@@ -69,8 +82,8 @@ def predictor_probabilities(bundle: Bundle, role: str, batch: Batch) -> np.ndarr
 def listing_queries(bundle: Bundle, images: Sequence[Tensor | None], texts: Sequence[str | None]) -> np.ndarray:
     """Each query's listing vector (photo and/or text), as ``fbml.workflows.index`` makes the catalogue's."""
     count = len(images)
-    text_dim = int(getattr(bundle.model(TEXT_MODEL), "embedding_dim"))
-    image_dim = int(getattr(bundle.model(IMAGE_MODEL), "embedding_dim"))
+    text_dim = int(getattr(bundle.model(TEXT_MODEL), "embedding_dim"))  # noqa: B009 (a union: only the networks have it)
+    image_dim = int(getattr(bundle.model(IMAGE_MODEL), "embedding_dim"))  # noqa: B009
     parts = ListingParts(np.zeros((count, text_dim), np.float32), np.zeros((count, image_dim), np.float32),
                          np.zeros((count, bundle.codec.num_classes), np.float32))
     for rows, role in _query_groups(images, texts):
@@ -82,6 +95,19 @@ def listing_queries(bundle: Bundle, images: Sequence[Tensor | None], texts: Sequ
             parts.image[rows] = _embeddings(bundle, IMAGE_MODEL, batch)
         parts.classes[rows] = predictor_probabilities(bundle, role, batch)
     return parts.vectors(bundle.listing_weights())
+
+
+def class_probabilities(bundle: Bundle, role: str, examples: list[Example]) -> list[np.ndarray]:
+    """Each example's class probabilities under the ``role`` predictor."""
+    images = [example.image for example in examples if example.image is not None]
+    texts = [example.text for example in examples if example.text is not None]
+    batch = Batch(torch.stack(images) if images else None, texts or None)
+    return list(predictor_probabilities(bundle, role, batch))
+
+
+def query_vectors(bundle: Bundle, examples: list[Example]) -> list[np.ndarray]:
+    """Each example's listing vector (a photo and/or text)."""
+    return list(listing_queries(bundle, [example.image for example in examples], [example.text for example in examples]))
 
 
 def token_ids(texts: Sequence[str], settings: TextSettings) -> Tensor:
@@ -101,6 +127,12 @@ def _query_groups(images: Sequence[Tensor | None], texts: Sequence[str | None]) 
     for row, (image, text) in enumerate(zip(images, texts, strict=True)):
         groups["combined" if image is not None and text is not None else "image" if image is not None else "text"].append(row)
     return [(rows, role) for role, rows in groups.items() if rows]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exponentials: np.ndarray = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = exponentials / exponentials.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def _embeddings(bundle: Bundle, kind: str, batch: Batch) -> np.ndarray:

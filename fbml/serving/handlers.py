@@ -1,0 +1,155 @@
+"""The route handlers, the body each endpoint reads, and the answers they build.
+
+A handler receives its body already read into its struct (``given``, provided by ``body_provider``)
+and the ``Service``; the ``bundle_serves`` guard has answered 404 before that when the bundle lacks
+what the endpoint needs (``opt["needs"]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+from contracts.api import (
+    JSON,
+    MULTIPART,
+    TOP_CATEGORIES,
+    URLENCODED,
+    CategoryScore,
+    ErrorBody,
+    Health,
+    Listing,
+    ListingInput,
+    PhotoInput,
+    Prediction,
+    Recommendations,
+    RecommendForm,
+    RecommendInput,
+    TextInput,
+)
+from contracts.bundle import BUNDLE_FORMAT
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import ResponseSpec
+from litestar.params import SkipValidation
+from msgspec import Struct
+
+from fbml.bundle.search import Neighbour, SearchIndex, UnknownProductError
+from fbml.serving.errors import ApiError
+from fbml.serving.inference import Example
+from fbml.serving.requests import RequestShape
+from fbml.serving.service import EMBED, Service, service_of
+
+Served = SkipValidation[Service]
+INDEX = "index"
+"""What ``/recommend`` needs of the bundle (the other endpoints need their predictor role)."""
+
+
+def health(service: Served) -> Health:
+    """Readiness, the models served, the class count and the bundle format."""
+    bundle = service.bundle
+    indexed = None if bundle.index is None else len(bundle.index)
+    return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed)
+
+
+async def predict_image(given: SkipValidation[PhotoInput], service: Served) -> Prediction:
+    """The category of a photo (multipart field ``image``)."""
+    image = await service.decoded_image(given.image, "image")
+    return prediction(await service.batchers["image"](Example(image=image)), service.bundle.codec.classes)
+
+
+async def predict_text(given: SkipValidation[TextInput], service: Served) -> Prediction:
+    """The category of a listing's text (JSON ``{"text": ...}``, or form or multipart field ``text``)."""
+    return prediction(await service.batchers["text"](Example(text=given.text)), service.bundle.codec.classes)
+
+
+async def predict_combined(given: SkipValidation[ListingInput], service: Served) -> Prediction:
+    """The category of a photo and its text (multipart fields ``image`` and ``text``)."""
+    image = await service.decoded_image(given.image, "image")
+    return prediction(await service.batchers["combined"](Example(image, given.text)), service.bundle.codec.classes)
+
+
+async def recommend(given: SkipValidation[RecommendInput], service: Served) -> Recommendations:
+    """The ``k`` listings most like a known product (``product_id``), or like a photo and/or text."""
+    index = service.require_index()
+    k = int(given.k)
+    if isinstance(given.product_id, str):
+        try:
+            return recommendations(index, index.neighbours(given.product_id, k))
+        except UnknownProductError as error:
+            raise ApiError(404, str(error), "product_id") from None
+    photo = given.image if isinstance(given, RecommendForm) and isinstance(given.image, bytes) else None
+    image = None if photo is None else await service.decoded_image(photo, "image")
+    text = given.text if isinstance(given.text, str) else None
+    return recommendations(index, index.nearest(await service.batchers[EMBED](Example(image, text)), k))
+
+
+@attrs.frozen
+class Endpoint:
+    """A ``POST`` endpoint: its path, handler, body and what it needs of the bundle."""
+
+    path: str
+    handler: Callable[..., Awaitable[Any]]
+    body: RequestShape[Any]
+    needs: str
+
+
+ENDPOINTS = (
+    Endpoint("/predict/image", predict_image, RequestShape({MULTIPART: PhotoInput}), "image"),
+    Endpoint("/predict/text", predict_text, RequestShape({JSON: TextInput, URLENCODED: TextInput, MULTIPART: TextInput}), "text"),
+    Endpoint("/predict/combined", predict_combined, RequestShape({MULTIPART: ListingInput}), "combined"),
+    Endpoint(
+        "/recommend",
+        recommend,
+        RequestShape({JSON: RecommendInput, MULTIPART: RecommendForm}, alternatives=(("product_id",), ("image", "text"))),
+        INDEX,
+    ),
+)
+
+ERROR_RESPONSES = {
+    400: ResponseSpec(ErrorBody, description="The body is not valid JSON, form or multipart data", generate_examples=False),
+    404: ResponseSpec(ErrorBody, description="The bundle lacks the model or index, or no such product", generate_examples=False),
+    413: ResponseSpec(ErrorBody, description="The body is over the size limit", generate_examples=False),
+    415: ResponseSpec(ErrorBody, description="The body's media type is not one this endpoint reads", generate_examples=False),
+    422: ResponseSpec(ErrorBody, description="A field is missing or unusable (named in `field`)", generate_examples=False),
+}
+
+
+def bundle_serves(connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler) -> None:
+    """Guard: 404 unless the bundle has what the endpoint needs (its predictor role, or the index)."""
+    service = service_of(connection.app.state)
+    needs = route_handler.opt["needs"]
+    if needs == INDEX:
+        service.require_index()
+    else:
+        service.require(needs)
+
+
+def body_provider(shape: RequestShape[Any]) -> Provide:
+    """The dependency that reads a request's body as ``shape`` (the handlers' ``given``)."""
+
+    async def given(request: Request[Any, Any, Any], service: Served) -> Struct:
+        body: Struct = await shape.read(request, service.text)
+        return body
+
+    return Provide(given)
+
+
+def prediction(probabilities: np.ndarray, classes: Sequence[str]) -> Prediction:
+    """The answer for one listing's class probabilities."""
+    order = np.argsort(-probabilities, kind="stable")
+    top = [CategoryScore(classes[i], float(probabilities[i])) for i in order[:TOP_CATEGORIES]]
+    return Prediction(top[0].category, dict(zip(classes, map(float, probabilities), strict=True)), top)
+
+
+def recommendations(index: SearchIndex, neighbours: Sequence[Neighbour]) -> Recommendations:
+    """The answer for a search's neighbours, best first."""
+    listings = []
+    for neighbour in neighbours:
+        row = index.listing(neighbour.row)
+        listings.append(Listing(row["id"], row["product_name"], row["category"], row["price"], neighbour.score))
+    return Recommendations(listings)

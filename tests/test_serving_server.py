@@ -1,0 +1,160 @@
+"""The API under a real uvicorn on 127.0.0.1 (``fbml.serving.server.serving``), over raw sockets and
+urllib: clients that stop sending are closed within the read timeout, a refused body sent whole
+still hears its 413, every answer carries the security headers, and the schema is JSON only."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from fbml.bundle.store import Bundle, BundleModel, Predictor
+from fbml.modeling.ensembles import Ensemble
+from fbml.modeling.linear_text import fit_linear_text
+from fbml.serving.app import DEFAULT_MAX_BODY_BYTES, SECURITY_HEADERS, create_app
+from fbml.serving.server import serving
+from fbml.text.labels import LabelCodec
+
+READ_TIMEOUT = 1.0
+WAIT = READ_TIMEOUT + 5.0  # the most a test waits on a socket
+TEXTS = ["red kettle", "blue toaster", "old novel", "short story", "toy bike", "rag doll"] * 3
+HEAD = b"POST /predict/text HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    """A text-only bundle (a linear model) served with a short read timeout."""
+    labels = np.arange(len(TEXTS)) // 2 % 3
+    model = BundleModel("text-linear", fit_linear_text(TEXTS, labels, 3), None)
+    bundle = Bundle(LabelCodec(("Appliances", "Books", "Toys"))).with_model(model)
+    bundle = bundle.with_predictor("text", Predictor(Ensemble((("text-linear", 1.0),), (0.0, 0.0, 0.0))))
+    with serving(create_app(bundle), read_timeout=READ_TIMEOUT) as url:
+        yield url
+
+
+def connection(base_url: str) -> socket.socket:
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    return sock
+
+
+def seconds_until_closed(sock: socket.socket) -> float:
+    """Seconds until the server closes ``sock`` (reading and dropping what it sends); fails past ``WAIT``."""
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            assert time.monotonic() - started < WAIT, "the server kept sending"
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {WAIT} s")
+    return time.monotonic() - started
+
+
+def reply(sock: socket.socket) -> bytes:
+    """The server's whole answer on ``sock`` (until it closes the connection)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", HEAD[:30], HEAD + b"Content-Length: 100\r\n\r\n" + b'{"text": "red'],
+    ids=["nothing", "half-a-head", "half-a-body"],
+)
+def test_a_client_that_stops_sending_is_closed_within_the_read_timeout(base_url: str, sent: bytes) -> None:
+    with connection(base_url) as sock:
+        sock.sendall(sent)
+        assert READ_TIMEOUT * 0.8 < seconds_until_closed(sock) < READ_TIMEOUT + 2.0
+
+
+def test_a_body_that_keeps_coming_is_read_however_long_it_takes(base_url: str) -> None:
+    """The timeout is on a pause, not on the whole body: a slow upload still gets its answer."""
+    body = json.dumps({"text": "red kettle"}).encode()
+    with connection(base_url) as sock:
+        sock.sendall(HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for start in range(0, len(body), 7):
+            time.sleep(READ_TIMEOUT * 0.4)
+            sock.sendall(body[start : start + 7])
+        answer = reply(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def over_the_limit() -> bytes:
+    return json.dumps({"text": "a" * (11 * 10**6)}).encode()
+
+
+def test_a_body_over_the_limit_sent_whole_by_urllib_hears_its_413(base_url: str) -> None:
+    request = urllib.request.Request(f"{base_url}/predict/text", data=over_the_limit(), headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=WAIT)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read()) == {"status_code": 413, "detail": "Request Entity Too Large", "field": None}
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_sent_whole_on_a_socket_hears_its_413(base_url: str, declared: bool) -> None:
+    body = over_the_limit()
+    if declared:
+        framed = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    else:
+        chunks = (body[start : start + 2**16] for start in range(0, len(body), 2**16))
+        framed = b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+    assert len(body) > DEFAULT_MAX_BODY_BYTES
+    with connection(base_url) as sock:
+        sock.sendall(HEAD + b"Connection: close\r\n" + framed)
+        answer = reply(sock)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/health", None, 200),
+        ("POST", "/predict/text", b'{"text": "red kettle"}', 200),
+        ("POST", "/predict/text", b'{"text": ""}', 422),
+        ("POST", "/predict/image", b"{}", 404),
+        ("GET", "/predict/text", None, 405),
+        ("GET", "/nowhere", None, 404),
+        ("GET", "/schema", None, 200),
+    ],
+)
+def test_every_answer_carries_the_security_headers(base_url: str, method: str, path: str, body: bytes | None, status: int) -> None:
+    request = urllib.request.Request(f"{base_url}{path}", data=body, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            code, headers = response.status, response.headers
+    except urllib.error.HTTPError as error:
+        code, headers = error.code, error.headers
+    assert code == status
+    for name, value in SECURITY_HEADERS:
+        assert headers[name.decode()] == value.decode()
+
+
+def test_the_schema_is_served_as_json_without_browser_pages(base_url: str) -> None:
+    """The UI pages would load their scripts from a CDN: none is served, only the document."""
+    for path in ("/schema", "/schema/openapi.json"):
+        with urllib.request.urlopen(f"{base_url}{path}", timeout=WAIT) as response:
+            assert response.headers["content-type"] == "application/vnd.oai.openapi+json"
+            assert set(json.loads(response.read())["paths"]) == {"/health", "/predict/image", "/predict/text", "/predict/combined", "/recommend"}
+    for page in ("swagger", "redoc", "rapidoc", "elements", "scalar"):
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{base_url}/schema/{page}", timeout=WAIT)
+        assert missing.value.code == 404
+        assert b"<script" not in missing.value.read()
