@@ -6,9 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeAlias
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 from fbml.errors import FbmlError
+
+if TYPE_CHECKING:
+    from fbml.modeling.distributed import World
+    from fbml.tables.clean import CleanTables
+    from fbml.workflows.train import TrainRequest
 
 Command = Callable[[argparse.Namespace], None]
 Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
@@ -130,6 +135,9 @@ def _add_train(commands: Commands) -> None:
     parser.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default BUNDLE.work/runs/MODEL)")
     parser.add_argument("--work-dir", type=Path, default=None, help="caches and checkpoints (default BUNDLE.work)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--nproc", type=_positive_int, default=None,
+                        help="training processes on this machine, in data parallel (default 1; gloo on CPU, NCCL on "
+                             "CUDA, one GPU each); leave it out under torchrun, which starts the processes itself")
 
 
 def _add_evaluate(commands: Commands) -> None:
@@ -165,6 +173,8 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     parser.add_argument("--workers", type=_positive_int, default=1, help="server processes (default 1)")
+    parser.add_argument("--decode-workers", type=_positive_int, default=1,
+                        help="photo-decoding threads per server process (default 1)")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -220,22 +230,66 @@ def _run_baselines(args: argparse.Namespace) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from fbml.modeling.devices import resolve_device
-    from fbml.tables.clean import clean_tables
-    from fbml.workflows.train import train_into_bundle, train_request
+    """Check the request and clean the tables once, then train: here, in ``--nproc`` processes started through
+    torch's elastic launcher, or as one of the processes torchrun started (RANK, WORLD_SIZE, LOCAL_RANK set)."""
+    import os
 
+    from fbml.modeling.devices import resolve_device
+    from fbml.modeling.distributed import launch, world_from_environment
+    from fbml.tables.clean import clean_tables
+    from fbml.workflows.train import train_request
+
+    launched = world_from_environment(os.environ)
+    if launched is not None and args.nproc is not None:
+        raise FbmlError(f"--nproc {args.nproc}: this is already one of {launched.size} processes a launcher started "
+                        "(RANK, WORLD_SIZE and LOCAL_RANK are set); leave --nproc out: torchrun's --nproc-per-node "
+                        "says how many")
     request = train_request(
         args.model, epochs=args.epochs, backbone=args.backbone, image_size=args.image_size, weights=args.weights,
         trainable_stages=args.trainable_stages, feature_cache=not args.no_feature_cache, seed=args.seed,
         device=str(resolve_device(args.device)), refit=not args.no_refit,
     )
-    work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
     tables = clean_tables(args.products, args.images)
-    result = train_into_bundle(
-        tables, args.image_dir, args.out, request, work_dir=work_dir,
-        logdir=args.logdir or work_dir / "runs", resume=args.resume,
-    )
-    print(result.summary())
+    if launched is None and (args.nproc or 1) > 1:
+        launch(args.nproc, _train_process, args, request, tables)
+    else:
+        _train_process(args, request, tables)
+
+
+def _train_process(args: argparse.Namespace, request: TrainRequest, tables: CleanTables) -> None:
+    """One training process: the only one, or one of several (its place read from the launcher's variables).
+
+    Rank 0 prints the summary, and the line of an error that stops every rank; the others, stopped by it,
+    exit 2 without a word."""
+    import os
+
+    from fbml.modeling.distributed import RankZeroError, World, world_from_environment
+    from fbml.workflows.train import train_into_bundle
+
+    world = world_from_environment(os.environ) or World()
+    _share_cores(world)
+    work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
+    try:
+        result = train_into_bundle(
+            tables, args.image_dir, args.out, request, work_dir=work_dir,
+            logdir=args.logdir or work_dir / "runs", resume=args.resume, world=world,
+        )
+    except RankZeroError:
+        raise SystemExit(2) from None
+    if world.is_main:
+        print(result.summary())
+
+
+def _share_cores(world: World) -> None:
+    """Several training processes on one machine share its cores (torch would give each all of them); an
+    ``OMP_NUM_THREADS`` in the environment (torchrun sets 1) is kept."""
+    import os
+
+    import torch
+
+    if world.local_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // world.local_size))
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -300,11 +354,11 @@ def _run_export_onnx(args: argparse.Namespace) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     from fbml.bundle.store import read_manifest
-    from fbml.serving.app import serve
+    from fbml.serving.server import serve
 
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
-    serve(args.bundle, host=args.host, port=args.port, workers=args.workers)
+    serve(args.bundle, host=args.host, port=args.port, workers=args.workers, decode_workers=args.decode_workers)
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:

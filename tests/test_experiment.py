@@ -373,8 +373,8 @@ def test_resume_from_the_command_line(market, trained, tmp_path: Path, monkeypat
     real_save = training._save_checkpoint
     epochs_saved = []
 
-    def save_then_interrupt(directory, model, optimizer, schedule, state):
-        real_save(directory, model, optimizer, schedule, state)
+    def save_then_interrupt(directory, model, optimizer, schedule, state, rng):
+        real_save(directory, model, optimizer, schedule, state, rng)
         epochs_saved.append(len(state.history))
         raise KeyboardInterrupt
 

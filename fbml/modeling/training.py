@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from fbml.errors import FbmlError
@@ -38,6 +38,7 @@ from fbml.modeling.devices import (
     set_rng_state,
     to_device,
 )
+from fbml.modeling.distributed import World, data_parallel, per_process_batch, rank_seed
 
 CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"
@@ -153,6 +154,7 @@ def fit(
     keep_start: bool = False,
     keep_last: bool = False,
     device: torch.device | str = "cpu",
+    world: World = World(),
 ) -> History:
     """Train ``model`` in place on ``data``; it ends with the weights of its best validation epoch.
 
@@ -169,20 +171,28 @@ def fit(
     unless an epoch beats them (for a model started from trained parts). ``keep_last``: train every
     epoch of ``config`` and end with the last one's weights (a refit whose epoch count was chosen on
     validation before, the validation data now being part of its training data).
+
+    ``world``: this process among several training the same model in data parallel (``fbml.modeling.distributed``;
+    every one calls ``fit`` alike). Each takes its share of every batch (``DistributedSampler``: the same order,
+    drawn from the seed and the epoch, cut among them), gradients are averaged (``DistributedDataParallel``), and
+    rank 0 alone validates, checkpoints and logs: its epoch figures, batch-norm statistics and so its stopping
+    decisions are every rank's. Each rank seeds its own dropout (``rank_seed``); a checkpoint keeps every rank's
+    random state. With one process (the default) nothing of ``torch.distributed`` is touched.
     """
     target = resolve_device(device)
     model.to(target)
-    writer = _writer(logdir)
+    shown = progress and world.is_main
+    writer = _writer(logdir if world.is_main else None)
     try:
-        with seeded_rng(target, config.seed):
-            trainer = _trainer(model, data, config, target)
+        with seeded_rng(target, rank_seed(config.seed, world)):
+            trainer = _trainer(model, data, config, target, world)
             state = _first_state(trainer, checkpoint_dir, resume, keep_start)
             for epoch in range(len(state.history) + 1, config.epochs + 1):
                 if state.epochs_without_improvement >= config.patience and not keep_last:
                     break
-                metrics = trainer.epoch(epoch, progress)
+                metrics = trainer.epoch(epoch, shown)
                 state = state.after(metrics, model, trainer.scaler.state_dict())
-                _log_epoch(writer, metrics, progress)
+                _log_epoch(writer, metrics, shown)
                 if checkpoint_dir is not None:
                     trainer.checkpoint(checkpoint_dir, state)
             if state.best_weights is not None and not keep_last:
@@ -252,14 +262,14 @@ class _TrainingState:
 
 @attrs.frozen(eq=False)
 class _Shuffled:
-    """The training batches, each epoch in an order drawn from the seed and the epoch alone (a resumed run repeats it)."""
+    """This process's training batches, each epoch in an order drawn from the seed and the epoch alone (a
+    resumed run repeats it), cut among the processes: rank ``r`` takes every ``size``-th example from ``r``."""
 
     loader: DataLoader[Loaded[Any]]
-    order: torch.Generator
-    seed: int
+    sampler: DistributedSampler[Any]
 
     def epoch(self, number: int) -> DataLoader[Loaded[Any]]:
-        self.order.manual_seed(self.seed * 1000 + number)
+        self.sampler.set_epoch(number)
         return self.loader
 
 
@@ -268,8 +278,10 @@ class _Trainer:
     """One ``fit``: the model on its device, its optimisation and its loaders."""
 
     model: nn.Module
+    network: nn.Module
     config: TrainConfig
     device: torch.device
+    world: World
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -278,28 +290,37 @@ class _Trainer:
     validation: DataLoader[Loaded[Any]]
 
     def epoch(self, number: int, progress: bool) -> EpochMetrics:
-        """Train one epoch, step the schedule, score validation."""
+        """Train one epoch, step the schedule, score validation (rank 0's figures, on every rank)."""
         started = time.perf_counter()
         rate = self.optimizer.param_groups[0]["lr"]
         batches = tqdm(self.train.epoch(number), desc=f"epoch {number}/{self.config.epochs}", leave=False,
                        disable=not progress)
         train_loss, train_accuracy = self._train(batches, progress)
         self.schedule.step()
-        validation_loss, validation_accuracy = _loss_and_accuracy(self.validate(), self.loss_function)
-        return EpochMetrics(
+        self.world.share_buffers(self.model)
+        validation_loss, validation_accuracy = self.validation_figures()
+        return self.world.broadcast(EpochMetrics(
             number, train_loss, train_accuracy, validation_loss, validation_accuracy, rate,
             time.perf_counter() - started,
-        )
+        ))
 
     def validate(self) -> Predictions:
         return _predictions(self.model, self.validation, self.device)
 
+    def validation_figures(self) -> tuple[float, float]:
+        """The loss and accuracy on validation, computed by rank 0 alone (the others' are not read: zeros)."""
+        return _loss_and_accuracy(self.validate(), self.loss_function) if self.world.is_main else (0.0, 0.0)
+
     def checkpoint(self, directory: Path, state: _TrainingState) -> None:
-        _save_checkpoint(directory, self.model, self.optimizer, self.schedule, state)
+        """Rank 0 saves the checkpoint, with every rank's random state."""
+        states = self.world.gather(rng_state(self.device))
+        if self.world.is_main:
+            _save_checkpoint(directory, self.model, self.optimizer, self.schedule, state, states)
 
     def _train(self, batches: tqdm[Loaded[Any]], progress: bool) -> tuple[float, float]:
-        """Mean loss and accuracy over the epoch, summed on the device (read once, unless ``progress`` shows them)."""
-        self.model.train()
+        """Mean loss and accuracy over the epoch of every process's batches, summed on the device (read once,
+        unless ``progress`` shows this process's)."""
+        self.network.train()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
@@ -311,13 +332,16 @@ class _Trainer:
             seen += len(batch.labels)
             if progress:
                 batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}", accuracy=f"{int(correct) / seen:.3f}")
+        if self.world.size > 1:
+            counted = self.world.sum(torch.tensor([seen], dtype=torch.int64, device=self.device))
+            total_loss, correct, seen = self.world.sum(total_loss), self.world.sum(correct), int(counted)
         return float(total_loss) / max(seen, 1), int(correct) / max(seen, 1)
 
     def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """One optimiser step on ``batch`` (forward under autocast, loss in float32, scaled if float16)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device):
-            logits = self.model(*batch.inputs).logits.float()
+            logits = self.network(*batch.inputs).logits.float()
         loss = self.loss_function(logits, batch.labels)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -325,25 +349,31 @@ class _Trainer:
         return logits.detach(), loss.detach()
 
 
-def _trainer(model: nn.Module, data: TrainData, config: TrainConfig, device: torch.device) -> _Trainer:
-    """The optimiser, schedule, loss scaler, loss and loaders for ``model``, already on ``device``."""
+def _trainer(model: nn.Module, data: TrainData, config: TrainConfig, device: torch.device, world: World) -> _Trainer:
+    """The optimiser, schedule, loss scaler, loss and loaders for ``model``, already on ``device``; this process's
+    share of each batch and, with several processes, the model in ``DistributedDataParallel``."""
     settings = loader_settings(device, config.num_workers)
     optimizer = _optimizer([parameter for parameter in model.parameters() if parameter.requires_grad], config)
-    order = torch.Generator()
-    train = _loader(
-        data.train, config.batch_size, settings, sampler=RandomSampler(data.train, generator=order), seed=config.seed,
-        drop_last=len(data.train) > config.batch_size,
-    )
+    sampler: DistributedSampler[Any] = DistributedSampler(cast("Dataset[Any]", data.train), num_replicas=world.size, rank=world.rank,
+                                 seed=config.seed * 1000)
+    batch_size = per_process_batch(config.batch_size, world)
+    train = _loader(data.train, batch_size, settings, sampler=sampler, seed=rank_seed(config.seed, world),
+                    drop_last=len(sampler) > batch_size)
     return _Trainer(
-        model, config, device, optimizer, _schedule(optimizer, config), grad_scaler(device),
-        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), _Shuffled(train, order, config.seed),
+        model, data_parallel(model, world, device), config, device, world, optimizer, _schedule(optimizer, config),
+        grad_scaler(device), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), _Shuffled(train, sampler),
         _loader(data.validation, config.batch_size, settings),
     )
 
 
 def _first_state(trainer: _Trainer, checkpoint_dir: Path | None, resume: bool, keep_start: bool) -> _TrainingState:
-    """The resumed state (restoring model, optimiser, schedule, loss scale and RNG), else a fresh one."""
-    state = _resume(checkpoint_dir, trainer.model, trainer.optimizer, trainer.schedule) if resume else None
+    """The resumed state (restoring model, optimiser, schedule, loss scale and RNG), else a fresh one; every rank
+    reads the same checkpoint, before rank 0 writes any."""
+    world = trainer.world
+    state = _resume(checkpoint_dir, trainer.model, trainer.optimizer, trainer.schedule, world.rank) if resume else None
+    if len(set(world.gather(-1 if state is None else len(state.history)))) > 1:
+        raise FbmlError(f"{checkpoint_dir}: the training processes found different checkpoints; "
+                        "the work folder must be one every process sees")
     if state is not None:
         if state.loss_scaling:  # empty when saved where no loss was scaled; ignored by a disabled scaler
             trainer.scaler.load_state_dict(state.loss_scaling)
@@ -355,8 +385,8 @@ def _first_state(trainer: _Trainer, checkpoint_dir: Path | None, resume: bool, k
 
 
 def _starting_state(trainer: _Trainer) -> _TrainingState:
-    """The starting weights as the best so far, with their validation figures."""
-    loss, accuracy = _loss_and_accuracy(trainer.validate(), trainer.loss_function)
+    """The starting weights as the best so far, with their validation figures (rank 0's, on every rank)."""
+    loss, accuracy = trainer.world.broadcast(trainer.validation_figures())
     return _TrainingState(best_weights=_weights(trainer.model), best_accuracy=accuracy, start=StartMetrics(loss, accuracy))
 
 
@@ -365,7 +395,7 @@ def _loader(
     batch_size: int,
     settings: LoaderSettings,
     *,
-    sampler: RandomSampler | None = None,
+    sampler: DistributedSampler[Any] | None = None,
     seed: int = 0,
     drop_last: bool = False,
 ) -> DataLoader[Loaded[Any]]:
@@ -448,8 +478,10 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     state: _TrainingState,
+    rng: Sequence[dict[str, Tensor]],
 ) -> None:
-    """``last.pt`` (and ``best.pt`` when this epoch is the best), every tensor on the CPU."""
+    """``last.pt`` (and ``best.pt`` when this epoch is the best), every tensor on the CPU. ``rng``: each rank's
+    random state (``rng`` holds rank 0's, ``rng_ranks`` every one's when there are several)."""
     directory.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "model": _on_cpu(model.state_dict()),
@@ -460,8 +492,10 @@ def _save_checkpoint(
         "best_accuracy": state.best_accuracy,
         "epochs_without_improvement": state.epochs_without_improvement,
         "start": json.dumps(None if state.start is None else attrs.asdict(state.start)),
-        "rng": rng_state(_device_of(model)),
+        "rng": rng[0],
     }
+    if len(rng) > 1:
+        checkpoint["rng_ranks"] = list(rng)
     if state.epochs_without_improvement == 0 and state.best_weights is not None:
         _atomic_save(state.best_weights, directory / BEST_WEIGHTS)  # before the checkpoint that names it best
     _atomic_save(checkpoint, directory / CHECKPOINT)
@@ -472,12 +506,13 @@ def _resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
+    rank: int = 0,
 ) -> _TrainingState | None:
-    """Load ``last.pt`` into the model (on any device), optimiser, schedule and the forked RNG; its state."""
+    """Load ``last.pt`` into the model (on any device), optimiser, schedule and the forked RNG (``rank``'s); its state."""
     if directory is None or not (directory / CHECKPOINT).is_file():
         return None
     try:
-        return _resumed(directory, model, optimizer, schedule)
+        return _resumed(directory, model, optimizer, schedule, rank)
     except Exception as error:  # a truncated, foreign or tampered checkpoint: torch, json and KeyError alike
         detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise FbmlError(f"{directory / CHECKPOINT}: cannot resume from this checkpoint ({type(error).__name__}: {detail}); "
@@ -485,13 +520,19 @@ def _resume(
 
 
 def _resumed(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
 ) -> _TrainingState:
     checkpoint = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])  # moves the optimiser's state to its parameters' device
     schedule.load_state_dict(checkpoint["schedule"])
-    set_rng_state(_device_of(model), checkpoint["rng"] if "rng" in checkpoint else {"cpu": checkpoint["torch_rng"]})
+    states = checkpoint.get("rng_ranks") or [checkpoint["rng"] if "rng" in checkpoint else {"cpu": checkpoint["torch_rng"]}]
+    if rank < len(states):  # a rank the checkpoint's run did not have keeps its fresh seed
+        set_rng_state(_device_of(model), states[rank])
     history = [EpochMetrics(**metrics) for metrics in json.loads(checkpoint["history"])]
     best_path = directory / BEST_WEIGHTS
     best = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None

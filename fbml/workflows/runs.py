@@ -5,6 +5,9 @@ decodes every photo once into a cache, computes a backbone's frozen features onc
 by every run of the same backbone and photos), turns frames of products or photos into the datasets
 ``fit`` and ``predict`` take, and predicts with a bundle's models. ``ValidationStore`` keeps the
 validation predictions of models trained on the training split alone.
+
+A run of several processes training in data parallel (``world``) does all of it in every process; rank 0
+alone builds the caches (the others wait, then memory-map them) and writes the store.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fbml.bundle.store import Bundle, ImageSettings, TextSettings
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
 from fbml.modeling.datasets import ImageDataset, ProductDataset, TextDataset, eval_transform, train_transform
+from fbml.modeling.distributed import World, main_first, on_main
 from fbml.modeling.features import FeatureDataset, FromFeatures, feature_cache
 from fbml.modeling.linear_text import LinearTextModel
 from fbml.modeling.metrics import ClassificationReport, classification_report, per_product
@@ -62,6 +66,7 @@ class Run:
     logdir: Path | None = None
     resume: bool = False
     progress: bool = True
+    world: World = World()
     _splits: Any = None
     _photos: ImageCache | None = None
 
@@ -81,11 +86,13 @@ class Run:
         return train, validation, test
 
     def photo_cache(self, size: int) -> ImageCache:
-        """Every photo of the tables decoded once at ``size`` (in ``work_dir``)."""
+        """Every photo of the tables decoded once at ``size`` (in ``work_dir``; by rank 0, the others then open it)."""
         if self._photos is None or self._photos.size != size:
-            assert self.tables.manifest is not None and self.image_dir is not None
-            self._photos = build_image_cache(self.tables.manifest.images, self.image_dir, self.work_dir / f"photos-{size}",
-                                             size=size, progress=self.progress)
+            manifest, image_dir = self.tables.manifest, self.image_dir
+            assert manifest is not None and image_dir is not None
+            self._photos = main_first(self.world, lambda: build_image_cache(
+                manifest.images, image_dir, self.work_dir / f"photos-{size}", size=size, progress=self.progress,
+            ))
         return self._photos
 
     def with_photos(self, frame: pl.DataFrame, bundle: Bundle) -> pl.DataFrame:
@@ -95,9 +102,11 @@ class Run:
         return frame.filter(pl.Series(self.photo_cache(bundle.image.size).cached(frame["image_id"])))
 
     def features(self, model: ImageClassifier, settings: ImageSettings) -> np.ndarray:
-        """The frozen part's output for every cached photo (disk cache shared by every run)."""
-        return feature_cache(model, self.photo_cache(settings.size), (settings.mean, settings.std), self.work_dir,
-                             progress=self.progress)
+        """The frozen part's output for every cached photo (disk cache shared by every run; computed by rank 0,
+        the others then memory-map it)."""
+        photos = self.photo_cache(settings.size)
+        return main_first(self.world, lambda: feature_cache(model, photos, (settings.mean, settings.std), self.work_dir,
+                                                            progress=self.progress))
 
     def predictor_probabilities(self, bundle: Bundle, role: str, frame: pl.DataFrame) -> np.ndarray:
         """The ``role`` predictor's probabilities for each row of ``frame``."""
@@ -168,13 +177,13 @@ class Run:
             trainable, TrainData(train_data, validation_data), config,
             checkpoint_dir=self.work_dir / "checkpoints" / name, logdir=None if self.logdir is None else self.logdir / name,
             resume=self.resume, class_names=bundle.codec.classes, progress=self.progress, keep_start=keep_start,
-            keep_last=keep_last, device=self.device,
+            keep_last=keep_last, device=self.device, world=self.world,
         )
 
     @property
     def store(self) -> ValidationStore:
         """Where the models trained on the training split alone keep their validation predictions."""
-        return ValidationStore(self.work_dir / f"validation-{self.split_seed}")
+        return ValidationStore(self.work_dir / f"validation-{self.split_seed}", self.world)
 
 def examples(kind: str) -> str:
     return "products" if kind in ("text-cnn", "text-linear") else "photos"
@@ -186,9 +195,14 @@ class ValidationStore:
     branches on the validation products afterwards does not leak them into the choice."""
 
     directory: Path
+    world: World = World()
 
     def save(self, kind: str, keys: Sequence[str], probabilities: np.ndarray, model: nn.Module | None = None) -> None:
-        """Keep ``kind``'s probabilities for the validation examples ``keys`` (product or photo ids)."""
+        """Keep ``kind``'s probabilities for the validation examples ``keys`` (product or photo ids): rank 0 writes
+        them while the others wait, so that every rank then reads them."""
+        on_main(self.world, lambda: self._write(kind, keys, probabilities, model))
+
+    def _write(self, kind: str, keys: Sequence[str], probabilities: np.ndarray, model: nn.Module | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomically(self.directory / f"{kind}.json", json.dumps(list(keys)).encode())
         buffer = BytesIO()

@@ -19,6 +19,7 @@ epochs validation chose; ``refit``), and the test split is scored with them, onc
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,7 +45,8 @@ from fbml.bundle.store import (
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
 from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
-from fbml.modeling.devices import seeded_rng
+from fbml.modeling.devices import resolve_device, seeded_rng
+from fbml.modeling.distributed import World, held_by_main, on_main, process_group, rank_device
 from fbml.modeling.ensembles import cross_validated_accuracy, fit_ensemble
 from fbml.modeling.linear_text import LinearTextOptions, fit_linear_text
 from fbml.modeling.models import (
@@ -198,27 +200,39 @@ def train_into_bundle(
     logdir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    world: World = World(),
 ) -> TrainResult:
     """Train ``request.kind`` on the product-level train split and add it to the bundle at ``bundle_dir``.
 
     The bundle's writer lock is held from before it is read until it is saved: a second training
-    into the same bundle is refused at once. Inputs and output folders are checked before any work."""
+    into the same bundle is refused at once. Inputs and output folders are checked before any work.
+
+    ``world``: this process among several that call this alike to train in data parallel
+    (``fbml.modeling.distributed``; each process on ``rank_device``), inside a process group created here and
+    destroyed on return. Every process runs the whole training (the linear model, word2vec and the ensembles
+    are deterministic, so each computes the same); rank 0 alone holds the lock, builds the caches, writes the
+    checkpoints, logs, validation store and bundle, and the others wait for it where they need its files."""
     started = time.perf_counter()
     if request.kind in ("image", "combined") and (tables.manifest is None or image_dir is None):
         raise FbmlError(f"a {request.kind} model needs an images table and --image-dir")
     if request.kind != "text":
         check_photo_folder(image_dir)
-    run = Run(tables, image_dir, work_dir, config=request.config, device=request.device, split_seed=request.split_seed,
-              feature_cache=request.image.feature_cache, logdir=logdir, resume=resume, progress=progress)
-    with bundle_writer(bundle_dir, f"fbml train --model {request.kind}"):
-        for folder in (work_dir, logdir):
-            check_output_folder(folder)
+    device = rank_device(resolve_device(request.device), world)
+    run = Run(tables, image_dir, work_dir, config=request.config, device=str(device), split_seed=request.split_seed,
+              feature_cache=request.image.feature_cache, logdir=logdir, resume=resume, progress=progress and world.is_main,
+              world=world)
+    with process_group(world, device), held_by_main(world, lambda: bundle_writer(bundle_dir, f"fbml train --model {request.kind}")):
+        on_main(world, lambda: _check_output_folders(work_dir, logdir))
         bundle = _starting_bundle(bundle_dir, tables, request.image)
         if request.kind == "combined":
             bundle = _with_branches(bundle, bundle_dir, run, request)
         bundle, outcome = TRAINERS[request.kind](bundle, attrs.evolve(run, config=request.config), request)
-        save_bundle(bundle, bundle_dir)
+        on_main(world, lambda: save_bundle(bundle, bundle_dir))
     return attrs.evolve(outcome, seconds=time.perf_counter() - started)
+
+def _check_output_folders(*folders: Path | None) -> None:
+    for folder in folders:
+        check_output_folder(folder)
 
 def _train_text(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
     """The text CNN and the linear model; the ``text`` predictor chosen among them on validation."""
@@ -317,7 +331,7 @@ def _with_branches(bundle: Bundle, bundle_dir: Path, run: Run, request: TrainReq
                 print(f"the combined model needs a trained {kind} model: training it first", flush=True)
             branch = _branch_request(request, kind)
             bundle, _ = TRAINERS[kind](bundle, attrs.evolve(run, config=branch.config), branch)
-            save_bundle(bundle, bundle_dir)
+            on_main(run.world, functools.partial(save_bundle, bundle, bundle_dir))
     return bundle
 
 def _branch_request(request: TrainRequest, kind: str) -> TrainRequest:
