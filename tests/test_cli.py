@@ -8,7 +8,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from contracts import CleanProducts, ImageManifest, Rejected
 from fbml.cli import main
 
@@ -87,3 +86,16 @@ def test_wrong_columns_and_unreadable_csv(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"fbml: error: {binary}: ")
+
+
+def test_clean_products_refuses_a_latin1_table_in_one_line_that_names_its_encoding(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(",id,product_name,category,product_description,price,location\n0,p1,Café,A,d,£10.00,x\n".encode("latin-1"))
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    for source, message in ((latin1, "is not UTF-8 (byte 0xe9 on line 2): it looks like Latin-1 (ISO-8859-1); "),
+                            (folder, "is a folder, not a file")):
+        result = fbml("clean-products", source, "--out", tmp_path / "o")
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"fbml: error: {source}: {message}")
+        assert len(result.stderr.strip().splitlines()) == 1
