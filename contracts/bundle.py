@@ -17,7 +17,7 @@ import msgspec
 BUNDLE_FORMAT: Final = "fbml.bundle/2"
 TOKENIZER: Final = "fbml.tokens/1"
 NORMALISATION: Final = "fbml.ascii-nfkd/1"
-FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx)$"
+FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)$"
 MODEL_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 
 FileName = Annotated[str, msgspec.Meta(pattern=FILE_NAME)]
@@ -155,12 +155,19 @@ class PredictorEntry(Struct, frozen=True):
 
 
 class IndexEntry(Struct, frozen=True):
-    """The similar-listings index: product vectors (``.npy``), the catalogue (JSON) and how it was built."""
+    """The similar-listings index: product vectors (``.npy``), the catalogue (JSON), how it was built, and
+    for ``hnsw`` the graph (faiss' format) with its parameters (``fbml.bundle.vector_index``)."""
 
     vectors: FileRef
     catalogue: FileRef
-    method: Literal["exact"] = "exact"
+    method: Literal["exact", "hnsw"] = "exact"
+    graph: FileRef | None = None
+    parameters: dict[str, object] = {}
     report: dict[str, object] = {}
+
+    def __post_init__(self) -> None:
+        if (self.method == "hnsw") != (self.graph is not None):
+            raise ValueError("an hnsw index names its graph file, and only an hnsw index does")
 
 
 class Manifest(Struct, frozen=True):

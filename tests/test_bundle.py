@@ -1096,6 +1096,50 @@ def test_an_index_with_weights_that_are_not_numbers(copy: Path, value: object) -
     load_error(copy, r"search index")
 
 
+def hnsw_copy(copy: Path) -> Bundle:
+    """The copy with its index searched by an HNSW graph, saved: what it loads as."""
+    bundle = load_bundle(copy)
+    assert bundle.index is not None and bundle.index.engine.method == "exact"
+    save_bundle(attrs.evolve(bundle, index=bundle.index.with_method("hnsw")), copy)
+    return bundle
+
+
+def test_an_hnsw_index_round_trips_and_answers_as_saved(copy: Path) -> None:
+    before = hnsw_copy(copy)
+    entry = manifest_of(copy)["index"]
+    assert entry["method"] == "hnsw" and entry["graph"]["file"].endswith(".faiss")
+    assert entry["parameters"]["count"] == 5 and entry["parameters"]["method"] == "hnsw"
+    index = load_bundle(copy).index
+    assert index is not None and index.engine.method == "hnsw" and before.index is not None
+    queries = before.index.vectors
+    for exact, approximate in zip(before.index.search(queries, 3), index.search(queries, 3), strict=True):
+        np.testing.assert_allclose(exact, approximate, rtol=1e-5)  # five rows: the graph finds every one
+    assert [n.row for n in index.neighbours("p0-0", 4)] == [n.row for n in before.index.neighbours("p0-0", 4)]
+
+
+def test_an_hnsw_graph_that_is_not_the_indexs(copy: Path) -> None:
+    hnsw_copy(copy)
+    manifest = manifest_of(copy)
+    other = SearchIndex(unit_rows(np.ones((6, 28), np.float32)), pl.DataFrame(
+        {"id": list("abcdef"), "product_name": list("abcdef"), "category": ["x"] * 6, "price": [1.0] * 6},
+        schema=CATALOGUE_SCHEMA)).with_method("hnsw")
+    replace_file(copy, manifest["index"]["graph"], other.engine.to_bytes())
+    write_manifest(copy, manifest)
+    load_error(copy, r"vector index parameters say count=5, the loaded index has 6")
+
+
+@pytest.mark.parametrize("change", [
+    lambda entry: entry.pop("graph"),
+    lambda entry: entry.update(method="exact"),
+])
+def test_an_index_whose_method_and_graph_disagree(copy: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    hnsw_copy(copy)
+    manifest = manifest_of(copy)
+    change(manifest["index"])
+    write_manifest(copy, manifest)
+    load_error(copy, r"an hnsw index names its graph file, and only an hnsw index does")
+
+
 def test_an_index_needs_every_predictor(copy: Path) -> None:
     manifest = manifest_of(copy)
     del manifest["predictors"]["combined"]

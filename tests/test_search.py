@@ -165,10 +165,25 @@ def test_vectors_and_catalogue_must_agree() -> None:
     index = random_index(4, 3, seed=0)
     with pytest.raises(FbmlError, match="the index has 3 vectors for 4 catalogue rows"):
         SearchIndex(index.vectors[:3], index.catalogue)
-    with pytest.raises(FbmlError, match=r"index vectors must be a float32 \(N, D\) array, got float64"):
+    with pytest.raises(FbmlError, match=r"index vectors must be a float32 \(N, D\) array with D >= 1, got float64"):
         SearchIndex(index.vectors.astype(np.float64), index.catalogue)
-    with pytest.raises(FbmlError, match=r"float32 \(N, D\) array, got float32 \(12,\)"):
+    with pytest.raises(FbmlError, match=r"float32 \(N, D\) array with D >= 1, got float32 \(12,\)"):
         SearchIndex(index.vectors.reshape(-1), index.catalogue)
+    with pytest.raises(FbmlError, match=r"the index's exact search holds 3 x 3 vectors, not the 4 x 3 of the index"):
+        SearchIndex(index.vectors, index.catalogue, engine=random_index(3, 3, seed=1).engine)
+
+
+def test_the_search_follows_its_engine() -> None:
+    index = random_index(300, 16, seed=2)
+    approximate = index.with_method("hnsw")
+    assert (index.engine.method, approximate.engine.method) == ("exact", "hnsw")
+    rows, _ = index.search(index.vectors[:50], 10, exclude=list(range(50)))
+    found, _ = approximate.search(index.vectors[:50], 10, exclude=list(range(50)))
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, found, strict=True)])
+    assert recall >= 0.95
+    assert not any(query in found[query] for query in range(50))  # each query's own row left out
+    with pytest.raises(FbmlError, match="k must be between 1 and"):
+        approximate.search(index.vectors[:1], 0)
 
 
 def test_the_catalogue_needs_its_columns_and_unique_ids() -> None:

@@ -1,8 +1,9 @@
 """The search index: unit-length listing vectors beside their catalogue rows, searched by cosine.
 
-A query is one matrix product with every row and a partial sort (exact). The index travels in the
-bundle: vectors as ``.npy``, the catalogue (id, name, category, price) as JSON. How a listing
-becomes a vector is ``fbml.workflows.index``' job.
+Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
+small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
+vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, price) as JSON.
+How a listing becomes a vector is ``fbml.workflows.index``' job.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contracts import Catalogue, polars_schema
 from contracts.limits import MAX_K
 from pandera.typing.polars import DataFrame
 
+from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
 from fbml.errors import FbmlError
 from fbml.tables.validation import validated
 
@@ -30,8 +32,7 @@ class UnknownProductError(FbmlError):
 
 
 def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], vectors: np.ndarray) -> None:
-    if vectors.dtype != np.float32 or vectors.ndim != 2:
-        raise FbmlError(f"index vectors must be a float32 (N, D) array, got {vectors.dtype} {vectors.shape}")
+    check_vectors(vectors)
 
 
 def _checked_catalogue(catalogue: pl.DataFrame) -> DataFrame[Catalogue]:
@@ -44,6 +45,16 @@ def _check_catalogue(instance: SearchIndex, _attribute: attrs.Attribute[DataFram
         raise FbmlError(f"the index has {len(instance.vectors)} vectors for {catalogue.height} catalogue rows")
 
 
+def _check_engine(instance: SearchIndex, _attribute: attrs.Attribute[VectorIndex], engine: VectorIndex) -> None:
+    if (len(engine), engine.dim) != instance.vectors.shape:
+        raise FbmlError(f"the index's {engine.method} search holds {len(engine)} x {engine.dim} vectors, "
+                        f"not the {instance.vectors.shape[0]} x {instance.vectors.shape[1]} of the index")
+
+
+def _auto_engine(index: SearchIndex) -> VectorIndex:
+    return vector_index(index.vectors)
+
+
 @attrs.frozen
 class Neighbour:
     """A catalogue row and its cosine similarity to the query."""
@@ -54,13 +65,16 @@ class Neighbour:
 
 @attrs.frozen
 class SearchIndex:
-    """Unit-length product vectors, row ``i`` being catalogue row ``i``, and what building it measured."""
+    """Unit-length product vectors, row ``i`` being catalogue row ``i``, what building it measured, and the
+    ``engine`` that searches them (by default ``vector_index(vectors)``: exact while small, else HNSW)."""
 
     vectors: np.ndarray = attrs.field(validator=_check_vectors, eq=attrs.cmp_using(eq=np.array_equal))
     catalogue: DataFrame[Catalogue] = attrs.field(
         converter=_checked_catalogue, validator=_check_catalogue, eq=attrs.cmp_using(eq=pl.DataFrame.equals)
     )
     report: Mapping[str, Any] = attrs.field(factory=dict)
+    engine: VectorIndex = attrs.field(default=attrs.Factory(_auto_engine, takes_self=True), validator=_check_engine,
+                                      eq=False, repr=False)
     _rows: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
 
     @_rows.default
@@ -89,19 +103,14 @@ class SearchIndex:
         return self.catalogue.row(row, named=True)
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores (each (Q, k'), best first, ties by row) of the ``k`` rows most similar to each
-        query; ``exclude[q]`` (a row) is left out of query ``q``'s answer. ``k' = min(k, rows left)``."""
+        """Rows and scores (each (Q, k'), best first) of the ``k`` rows most similar to each query, by the
+        index's engine; ``exclude[q]`` (a row) is left out of query ``q``'s answer. ``k' = min(k, rows left)``."""
         _check_k(k)
-        scores = np.atleast_2d(np.asarray(queries, dtype=np.float32)) @ self.vectors.T
-        if exclude is not None:
-            scores[np.arange(len(scores)), np.asarray(exclude, dtype=np.int64)] = -np.inf
-        take = min(k, len(self) - (exclude is not None))
-        if take <= 0:
-            return np.zeros((len(scores), 0), dtype=np.int64), np.zeros((len(scores), 0), dtype=np.float32)
-        rows = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-        top = np.take_along_axis(scores, rows, axis=1)
-        order = np.lexsort((rows, -top), axis=1)
-        return np.take_along_axis(rows, order, axis=1), np.take_along_axis(top, order, axis=1)
+        return self.engine.search(queries, k, exclude)
+
+    def with_method(self, method: Method) -> SearchIndex:
+        """The same index searched by ``method``'s engine (``auto``: exact while small, else HNSW)."""
+        return attrs.evolve(self, engine=vector_index(self.vectors, method=method))
 
     def nearest(self, vector: np.ndarray, k: int) -> list[Neighbour]:
         """The ``k`` rows most similar to one query vector (normalised here)."""
@@ -119,15 +128,18 @@ class SearchIndex:
         return self.catalogue.to_dicts()
 
     @classmethod
-    def from_json(cls, vectors: np.ndarray, rows: Any, report: Mapping[str, Any]) -> SearchIndex:
-        """The index ``catalogue_json`` and its vectors describe; ``FbmlError`` when they do not fit."""
+    def from_json(
+        cls, vectors: np.ndarray, rows: Any, report: Mapping[str, Any], engine: VectorIndex | None = None
+    ) -> SearchIndex:
+        """The index ``catalogue_json``, its vectors and (when saved) its engine describe; ``FbmlError``
+        when they do not fit. Without an engine, the vectors are searched exactly."""
         if not isinstance(rows, list) or not all(isinstance(row, dict) and row.keys() == CATALOGUE_SCHEMA.keys() for row in rows):
             raise FbmlError(f"an index catalogue is a list of rows with keys {list(CATALOGUE_SCHEMA)}")
         try:
             catalogue = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
             raise FbmlError(f"bad index catalogue: {str(error).splitlines()[0]}") from None
-        return cls(vectors, catalogue, report)
+        return cls(vectors, catalogue, report, engine or vector_index(vectors, method="exact"))
 
 
 def _check_k(k: int) -> None:

@@ -46,6 +46,7 @@ from contracts.bundle import (
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingWeights
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.search import SearchIndex
+from fbml.bundle.vector_index import load_vector_index
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
 from fbml.modeling.ensembles import Ensemble
@@ -58,8 +59,8 @@ from fbml.text.word2vec import WordVectors
 MANIFEST = "bundle.json"
 MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
 PREDICTOR_ROLES = ("text", "image", "combined")
-CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx)")
-TEMPORARY_NAME = re.compile(r"\.([a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx)|bundle\.json)\..+\.tmp")
+CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)")
+TEMPORARY_NAME = re.compile(r"\.([a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)|bundle\.json)\..+\.tmp")
 RUNTIMES = ("torch", "onnx")
 TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
 if TYPE_CHECKING:
@@ -417,19 +418,24 @@ def _read_predictor(
 
 
 def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
+    graph = index.engine.method == "hnsw"
     return IndexEntry(
         vectors=_write_file(path, "index", ".npy", _npy_bytes(index.vectors)),
         catalogue=_write_json(path, "catalogue", index.catalogue_json()),
+        method="hnsw" if graph else "exact",
+        graph=_write_file(path, "graph", ".faiss", index.engine.to_bytes()) if graph else None,
+        parameters=index.engine.parameters() if graph else {},
         report=dict(index.report),
     )
 
 
 def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
-    """The search index, checked: one vector per catalogue row."""
+    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors."""
     vectors = _read_npy(path, entry.vectors, np.float32)
     rows = _read(path, entry.catalogue, "catalogue", lambda value: value)
     try:
-        return SearchIndex.from_json(vectors, rows, entry.report)
+        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph))
+        return SearchIndex.from_json(vectors, rows, entry.report, engine)
     except FbmlError as error:
         raise FbmlError(f"{path}: {error}") from None
 

@@ -16,6 +16,7 @@ from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts, ListingW
 from fbml.bundle.locks import bundle_writer
 from fbml.bundle.search import PRECISION_K, SearchIndex
 from fbml.bundle.store import Bundle, load_bundle, save_bundle
+from fbml.bundle.vector_index import Method, vector_index
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
 from fbml.tables.clean import CleanTables
@@ -55,12 +56,15 @@ def chosen_weights(parts: ListingParts, catalogue: pl.DataFrame) -> tuple[Listin
     return best
 
 
-def catalogue_index(bundle: Bundle, run: Run, products: pl.DataFrame, weights: ListingWeights) -> SearchIndex:
-    """The index of every product of ``products`` (with their decoded photos)."""
+def catalogue_index(
+    bundle: Bundle, run: Run, products: pl.DataFrame, weights: ListingWeights, method: Method = "auto"
+) -> SearchIndex:
+    """The index of every product of ``products`` (with their decoded photos), searched by ``method``."""
     photos = _decoded_photos(run, bundle, products)
     parts = catalogue_parts(bundle, run, products, photos)
+    vectors = parts.vectors(weights)
     catalogue = products.select(CATALOGUE_COLUMNS)
-    return SearchIndex(parts.vectors(weights), catalogue, {"weights": weights.to_json()})
+    return SearchIndex(vectors, catalogue, {"weights": weights.to_json()}, vector_index(vectors, method=method))
 
 
 def indexed_bundle(bundle: Bundle, run: Run, *, split_seed: int) -> Bundle:
@@ -76,6 +80,7 @@ def indexed_bundle(bundle: Bundle, run: Run, *, split_seed: int) -> Bundle:
     report = {
         "weights": weights.to_json(),
         "products": len(index),
+        "method": index.engine.method,
         "split_seed": split_seed,
         "validation_precision_at_10": validation_precision,
         "test_products": int(test_rows.size),
@@ -84,12 +89,12 @@ def indexed_bundle(bundle: Bundle, run: Run, *, split_seed: int) -> Bundle:
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
 
 
-def reindexed_bundle(bundle: Bundle, run: Run) -> Bundle:
+def reindexed_bundle(bundle: Bundle, run: Run, method: Method = "auto") -> Bundle:
     """``bundle`` with its index rebuilt over ``run``'s catalogue (every product, with its part weights
-    as they were), reporting precision@10 over all of that catalogue."""
+    as they were), searched by ``method``, reporting precision@10 over all of that catalogue."""
     weights = bundle.listing_weights()
-    index = catalogue_index(bundle, run, run.tables.cleaned.products, weights)
-    report = {"weights": weights.to_json(), "products": len(index),
+    index = catalogue_index(bundle, run, run.tables.cleaned.products, weights, method)
+    report = {"weights": weights.to_json(), "products": len(index), "method": index.engine.method,
               f"precision_at_{PRECISION_K}": precision_at_k(index, np.arange(len(index)))}
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
 
@@ -97,7 +102,7 @@ def reindexed_bundle(bundle: Bundle, run: Run) -> Bundle:
 def index_summary(report: Mapping[str, Any]) -> str:
     """What the index holds and how well its neighbours share a category."""
     precision = report.get(f"precision_at_{PRECISION_K}")
-    summary = f"search index: {report.get('products')} products"
+    summary = f"search index: {report.get('products')} products ({report.get('method', 'exact')} search)"
     if precision is None:
         return summary
     over = f"{report['test_products']} test products" if "test_products" in report else "the catalogue"
@@ -132,23 +137,25 @@ def _row_means(values: np.ndarray, rows: np.ndarray, count: int, base: np.ndarra
 
 def reindex(
     bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
-    device: str = "cpu",
+    device: str = "cpu", method: Method = "auto",
 ) -> Bundle:
-    """``bundle`` with its similar-listings index rebuilt over the products of ``tables`` it knows the category of."""
+    """``bundle`` with its similar-listings index rebuilt over the products of ``tables`` it knows the category
+    of, searched by ``method``."""
     known = known_categories(tables, bundle.codec)
-    return reindexed_bundle(bundle, Run(known, image_dir, work_dir, device=device, progress=progress))
+    return reindexed_bundle(bundle, Run(known, image_dir, work_dir, device=device, progress=progress), method)
 
 
 def index_bundle(
     bundle_dir: Path, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
-    device: str = "cpu",
+    device: str = "cpu", method: Method = "auto",
 ) -> Mapping[str, Any]:
     """Rebuild the index of the bundle at ``bundle_dir`` over ``tables`` and save it (holding the bundle's
     writer lock from the load to the save); the new index's report."""
     check_photo_folder(image_dir)
     with bundle_writer(bundle_dir, "fbml index"):
         check_output_folder(work_dir)
-        bundle = reindex(load_bundle(bundle_dir), tables, image_dir, work_dir=work_dir, progress=progress, device=device)
+        bundle = reindex(load_bundle(bundle_dir), tables, image_dir, work_dir=work_dir, progress=progress, device=device,
+                         method=method)
         save_bundle(bundle, bundle_dir)
     assert bundle.index is not None
     return bundle.index.report
