@@ -360,7 +360,13 @@ def test_index_rebuilds_over_a_catalogue_and_prints_json(market, trained, tables
     assert report["products"] == tables.cleaned.products.height  # products without a photo are indexed by text
     assert report["weights"] == load_bundle(trained["bundle"]).index.report["weights"]
     assert 0.3 < report["precision_at_10"] <= 1.0
-    assert len(load_bundle(bundle).index) == report["products"]
+    assert report["method"] == "exact" and len(load_bundle(bundle).index) == report["products"]
+
+    assert main(["index", str(bundle), *data_args(market), "--device", "cpu", "--method", "hnsw", "--json"]) == 0
+    approximate = json.loads(capsys.readouterr().out)
+    index = load_bundle(bundle).index
+    assert approximate["method"] == index.engine.method == "hnsw"
+    assert abs(approximate["precision_at_10"] - report["precision_at_10"]) < 0.02  # a few hundred rows: near exact
 
 
 # --- resume and determinism ----------------------------------------------------------------------------
