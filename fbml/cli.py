@@ -158,6 +158,8 @@ def _add_index(commands: Commands) -> None:
     _add_raw_inputs(parser)
     parser.add_argument("--work-dir", type=Path, default=None, help="photo and feature caches (default BUNDLE.work)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--method", choices=("auto", "exact", "hnsw"), default="auto",
+                        help="similar-listings search: exact, HNSW (approximate) or auto (exact while small; default)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
 
 
@@ -336,7 +338,8 @@ def _run_index(args: argparse.Namespace) -> None:
     read_manifest(args.bundle)  # not a bundle: stop before cleaning the tables
     tables = clean_tables(args.products, args.images)
     work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
-    report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json)
+    report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json,
+                          method=args.method)
     print(json.dumps(dict(report), indent=2) if args.json else index_summary(report))
 
 
