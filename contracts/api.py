@@ -28,6 +28,7 @@ LISTING_TEXT = "listing_text"
 ListingText = Annotated[str, Meta(extra={LISTING_TEXT: True})]
 Photo = Annotated[bytes, Meta(min_length=1, description="A photo: JPEG, PNG, WebP or GIF.")]
 ProductId = Annotated[str, Meta(min_length=1, description="A catalogue product's id (alone: its neighbours, itself left out).")]
+ModelVersion = Annotated[str, Meta(description="The model version: the SHA-256 of the bundle's manifest.")]
 Count = Annotated[float, Meta(ge=1, le=MAX_K, multiple_of=1, description="How many listings.")]
 """A whole number: JSON may write the integer 5 as ``5`` or ``5.0`` alike (JSON Schema's ``integer``)."""
 
@@ -75,6 +76,13 @@ class Health(msgspec.Struct):
     indexed_products: int | None
 
 
+class Probe(msgspec.Struct):
+    """A probe's answer: ``live``, ``ready`` or ``starting`` (the models not yet warmed up), and the model version."""
+
+    status: str
+    model_version: ModelVersion
+
+
 class CategoryScore(msgspec.Struct):
     """A category and its probability."""
 
@@ -88,6 +96,7 @@ class Prediction(msgspec.Struct):
     category: str
     probabilities: dict[str, float]
     top: list[CategoryScore]
+    model_version: ModelVersion
 
 
 class Listing(msgspec.Struct):
@@ -104,6 +113,7 @@ class Recommendations(msgspec.Struct):
     """The most similar listings, best first."""
 
     results: list[Listing]
+    model_version: ModelVersion
 
 
 class ErrorBody(msgspec.Struct):

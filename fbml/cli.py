@@ -177,6 +177,9 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--workers", type=_positive_int, default=1, help="server processes (default 1)")
     parser.add_argument("--decode-workers", type=_positive_int, default=1,
                         help="photo-decoding threads per server process (default 1)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="run the networks with torch, or with ONNX Runtime without torch (after `fbml export-onnx`)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON (default text)")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -357,11 +360,12 @@ def _run_export_onnx(args: argparse.Namespace) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     from fbml.bundle.store import read_manifest
-    from fbml.serving.server import serve
+    from fbml.serving.server import AppOptions, serve
 
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
-    serve(args.bundle, host=args.host, port=args.port, workers=args.workers, decode_workers=args.decode_workers)
+    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format)
+    serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:

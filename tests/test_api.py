@@ -152,7 +152,7 @@ def calibrated_image_model(options: ImageOptions) -> ImageClassifier:
     """A randomly initialised image model whose head's input batch norm has the statistics of photos'
     pooled features (as training would leave it): its embeddings and classes then vary by photo."""
     model = image_from_options(options, len(CATEGORIES)).eval()
-    photos = torch.stack([prepared_image(photo_bytes(500 + seed), image_settings(), PhotoLimits(10**8)) for seed in range(16)])
+    photos = torch.from_numpy(np.stack([prepared_image(photo_bytes(500 + seed), image_settings(), PhotoLimits(10**8)) for seed in range(16)]))
     with torch.inference_mode():
         features = model.trainable(model.frozen(photos))
     normalise = model.head.normalise
@@ -208,7 +208,7 @@ def indexed(bundle: Bundle) -> Bundle:
     products = catalogue()
     texts = products["product_name"].to_list()
     with_photos = list(range(PHOTOGRAPHED))
-    photos = torch.stack([prepared_image(catalogue_photo(row), bundle.image, PhotoLimits(MAX_PIXELS)) for row in with_photos])
+    photos = np.stack([prepared_image(catalogue_photo(row), bundle.image, PhotoLimits(MAX_PIXELS)) for row in with_photos])
     text_embeddings = model_outputs(bundle, "text-cnn", Batch(texts=texts)).embeddings
     classes = predictor_probabilities(bundle, "text", Batch(texts=texts))
     image = np.zeros((CATALOGUE_SIZE, EMBEDDING_DIM["image-cnn"]), dtype=np.float32)
@@ -427,7 +427,7 @@ def test_token_ids_equal_the_training_normalisation(bundle: Bundle, text: str) -
     assert bundle.text is not None
     normalised = pl.DataFrame({"text": [text]}).select(cleaning.ascii_text(pl.col("text"))).to_series()
     expected = bundle.text.vocabulary.encode_texts(normalised, bundle.text.length)
-    np.testing.assert_array_equal(token_ids([text, "red bike"], bundle.text).numpy()[:1], expected)
+    np.testing.assert_array_equal(token_ids([text, "red bike"], bundle.text)[:1], expected)
 
 
 def test_concurrent_requests_are_batched_without_changing_answers(client: TestClient, bundle: Bundle) -> None:
@@ -976,7 +976,10 @@ def test_the_pattern_of_listing_texts_is_what_the_api_reads(bundle: Bundle) -> N
 
 def test_the_schema_documents_every_endpoint_and_body(client: TestClient) -> None:
     paths = client.get("/schema/openapi.json").json()["paths"]
-    assert set(paths) == {"/health", *POST_PATHS}
+    assert set(paths) == {"/health", "/health/live", "/health/ready", "/metrics", *POST_PATHS}
+    assert {"200", "503"} <= set(paths["/health/ready"]["get"]["responses"])
+    for path in POST_PATHS:
+        assert "X-Model-Version" in paths[path]["post"]["responses"]["200"]["headers"]
     assert set(paths["/predict/text"]["post"]["requestBody"]["content"]) == {
         "application/json", "application/x-www-form-urlencoded", "multipart/form-data",
     }

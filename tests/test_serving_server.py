@@ -1,10 +1,12 @@
 """The API under a real uvicorn on 127.0.0.1 (``fbml.serving.server.serving``), over raw sockets and
 urllib: clients that stop sending are closed within the read timeout, a refused body sent whole
-still hears its 413, every answer carries the security headers, and the schema is JSON only."""
+still hears its 413, every answer carries the security headers and its request id, and the schema
+is JSON only."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -106,6 +108,7 @@ def test_a_body_over_the_limit_sent_whole_by_urllib_hears_its_413(base_url: str)
         urllib.request.urlopen(request, timeout=WAIT)
     assert refused.value.code == 413
     assert json.loads(refused.value.read()) == {"status_code": 413, "detail": "Request Entity Too Large", "field": None}
+    assert re.fullmatch("[0-9a-f]{32}", refused.value.headers["x-request-id"])
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
@@ -135,16 +138,31 @@ def test_a_body_over_the_limit_sent_whole_on_a_socket_hears_its_413(base_url: st
         ("GET", "/schema", None, 200),
     ],
 )
-def test_every_answer_carries_the_security_headers(base_url: str, method: str, path: str, body: bytes | None, status: int) -> None:
-    request = urllib.request.Request(f"{base_url}{path}", data=body, method=method, headers={"content-type": "application/json"})
+def test_every_answer_carries_the_security_headers_and_its_request_id(
+    base_url: str, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    headers = {"content-type": "application/json", "x-request-id": f"trace-{method}-{path}"}
+    request = urllib.request.Request(f"{base_url}{path}", data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=WAIT) as response:
-            code, headers = response.status, response.headers
+            code, answered = response.status, response.headers
     except urllib.error.HTTPError as error:
-        code, headers = error.code, error.headers
+        code, answered = error.code, error.headers
     assert code == status
     for name, value in SECURITY_HEADERS:
-        assert headers[name.decode()] == value.decode()
+        assert answered[name.decode()] == value.decode()
+    assert answered.get_all("x-request-id") == [f"trace-{method}-{path}"]
+
+
+@pytest.mark.parametrize("given", [None, "", "a b", "x" * 129, "caf\xe9"], ids=["absent", "empty", "space", "long", "latin-1"])
+def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(base_url: str, given: str | None) -> None:
+    """Sent on a raw socket: the id bytes go as they are (urllib would refuse some)."""
+    line = b"" if given is None else b"X-Request-ID: " + given.encode("latin-1") + b"\r\n"
+    with connection(base_url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + line + b"\r\n")
+        answer = reply(sock)
+    ids = re.findall(rb"(?im)^x-request-id: (.*?)\r$", answer)
+    assert len(ids) == 1 and re.fullmatch(rb"[0-9a-f]{32}", ids[0]), answer[:300]
 
 
 def test_the_schema_is_served_as_json_without_browser_pages(base_url: str) -> None:
@@ -152,7 +170,8 @@ def test_the_schema_is_served_as_json_without_browser_pages(base_url: str) -> No
     for path in ("/schema", "/schema/openapi.json"):
         with urllib.request.urlopen(f"{base_url}{path}", timeout=WAIT) as response:
             assert response.headers["content-type"] == "application/vnd.oai.openapi+json"
-            assert set(json.loads(response.read())["paths"]) == {"/health", "/predict/image", "/predict/text", "/predict/combined", "/recommend"}
+            assert set(json.loads(response.read())["paths"]) == {"/health", "/health/live", "/health/ready", "/metrics",
+                                                                 "/predict/image", "/predict/text", "/predict/combined", "/recommend"}
     for page in ("swagger", "redoc", "rapidoc", "elements", "scalar"):
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{base_url}/schema/{page}", timeout=WAIT)

@@ -4,41 +4,59 @@ Models are loaded once (by the caller) and put in eval mode once. The app's life
 service's threads (``fbml.serving.service``) and closes them. Handlers read the body in memory (at
 most ``max_body_bytes``, else 413; uploads are never written anywhere), photos are decoded on
 ``decode_workers`` threads within ``PhotoLimits``, and inference runs on one thread, micro-batched.
-Every answer carries security headers; the OpenAPI document is served as JSON only (``/schema``),
-with no browser pages, whose scripts would come from a CDN.
+Every answer carries security headers and an ``X-Request-ID``, and is counted in the app's own
+Prometheus registry (``/metrics``); predictions and recommendations name the model version in their
+body and in ``X-Model-Version``. ``/health/live`` answers while the process runs, ``/health/ready``
+once every model has answered a warm-up request. The OpenAPI document is served as JSON only
+(``/schema``), with no browser pages, whose scripts would come from a CDN.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import functools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
+from contracts.api import Probe
 from litestar import Litestar, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.logging import LoggingConfig
 from litestar.middleware import ASGIMiddleware
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from fbml import __version__
 from fbml.bundle.store import Bundle
 from fbml.errors import FbmlError
+from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.serving.batching import MAX_BATCH
 from fbml.serving.errors import ApiError, api_error_response, http_error_response
-from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health
+from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
+from fbml.serving.metrics import Metrics, app_metrics
+from fbml.serving.page import page_handlers
 from fbml.serving.photos import DEFAULT_DECODE_SECONDS, DEFAULT_MAX_IMAGE_PIXELS, PhotoLimits
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
+from fbml.serving.telemetry import Observed, app_logger
 
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20
 DEFAULT_MAX_TEXT_CHARS = 20_000
+UNVERSIONED = "unversioned"
+"""The model version of a bundle that was never saved (``fbml serve`` passes the manifest's SHA-256)."""
+MODEL_VERSION_HEADER = "X-Model-Version"
+CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+"""The policy of every answer that does not set its own."""
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
-    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    CSP,
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 )
@@ -53,8 +71,11 @@ def create_app(
     decode_seconds: float = DEFAULT_DECODE_SECONDS,
     decode_workers: int = 1,
     max_batch: int = MAX_BATCH,
+    model_version: str = UNVERSIONED,
+    log_format: str = "text",
 ) -> Litestar:
-    """The API over ``bundle`` (its models are put in eval mode here, once)."""
+    """The API over ``bundle`` (its models are put in eval mode here, once), answering that its
+    models are ``model_version``; its logs in ``log_format`` (text or json) on stderr."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
@@ -64,6 +85,10 @@ def create_app(
         bundle.model(kind)  # eval mode, once
     text = TextRules(max_text_chars)
     photos = PhotoLimits(max_image_pixels, decode_seconds)
+    current: contextvars.ContextVar[str | None] = contextvars.ContextVar("fbml_request_id", default=None)
+    logger = app_logger(log_format, current)
+    measures = app_metrics(model_version, runtime_of(bundle))
+    versioned = [ResponseHeader(name=MODEL_VERSION_HEADER, value=model_version, description="The model version")]
     routes = [
         post(
             endpoint.path,
@@ -73,41 +98,83 @@ def create_app(
             dependencies={"given": body_provider(endpoint.body)},
             operation_class=operation_with(endpoint.body.request_body(text)),
             responses=ERROR_RESPONSES,
+            response_headers=versioned,
         )(endpoint.handler)
         for endpoint in ENDPOINTS
     ]
-    lifespan = functools.partial(_lifespan, bundle=bundle, text=text, photos=photos, max_batch=max_batch,
-                                 decode_workers=decode_workers)  # fmt: skip
-    return Litestar(
-        route_handlers=[get("/health", sync_to_thread=False)(health), *routes],
+    probes = [
+        get("/health/live", sync_to_thread=False)(live),
+        get("/health/ready", sync_to_thread=False, responses={503: ResponseSpec(Probe, description="The models are warming up")})(ready),
+        get("/metrics", sync_to_thread=False, media_type=CONTENT_TYPE_PLAIN_0_0_4)(metrics),
+    ]
+    lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
+                                 metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers)  # fmt: skip
+    app = Litestar(
+        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers()],
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},
         middleware=[ReadsRefusedBodies(2 * max_body_bytes)],
         before_send=[with_security_headers],
+        after_exception=[LogsFailures(logger)],
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(title="fbml", version=__version__, render_plugins=[JsonRenderPlugin(path=["/openapi.json", "/"])]),
-        logging_config=LoggingConfig(configure_root_logger=False),
+        logging_config=None,
     )
+    app.asgi_handler = Observed(app.asgi_handler, measures, logger, current)  # around routing: every answer
+    return app
+
+
+def runtime_of(bundle: Bundle) -> str:
+    """``onnx`` when the bundle's networks are ONNX Runtime sessions, else ``torch``."""
+    return "onnx" if any(isinstance(model.module, OnnxModel) for model in bundle.models.values()) else "torch"
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(
-    app: Litestar, *, bundle: Bundle, text: TextRules, photos: PhotoLimits, max_batch: int, decode_workers: int
-) -> AsyncIterator[None]:
-    """The service's threads, open while the app runs (in the app's state for the handlers)."""
-    with running_service(bundle, text, photos, max_batch=max_batch, decode_workers=decode_workers) as service:
+    app: Litestar, *, bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics,
+    logger: logging.Logger, max_batch: int, decode_workers: int,
+) -> AsyncIterator[None]:  # fmt: skip
+    """The service's threads, open while the app runs (in the app's state for the handlers), and its warm-up."""
+    with running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers) as service:
         app.state[STATE_KEY] = service
+        warming = asyncio.create_task(service.warm_up())
+        warming.add_done_callback(functools.partial(_warmed, logger))
         try:
             yield
         finally:
+            warming.cancel()
             del app.state[STATE_KEY]
 
 
+def _warmed(logger: logging.Logger, warming: asyncio.Task[None]) -> None:
+    """Logs the end of the warm-up: ready, or what failed (the service then stays unready)."""
+    if warming.cancelled():
+        return
+    if warming.exception() is not None:
+        logger.error("warm-up failed: the service stays unready", exc_info=warming.exception())
+    else:
+        logger.info("every model answered its warm-up request: ready")
+
+
 async def with_security_headers(message: Message, _scope: Scope) -> None:
-    """``before_send`` hook: every answer says not to sniff, frame, load anything or send a referrer."""
+    """``before_send`` hook: every answer says not to sniff, frame or send a referrer, and not to load
+    anything unless it sets its own Content-Security-Policy (a page does)."""
     if message["type"] == "http.response.start":
-        message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+        headers = [*message.get("headers", ())]
+        own_policy = any(name.lower() == CSP[0] for name, _ in headers)
+        message["headers"] = [*headers, *(header for header in SECURITY_HEADERS if not (own_policy and header is CSP))]
+
+
+@attrs.frozen
+class LogsFailures:
+    """``after_exception`` hook: an exception that becomes a 5xx is logged with its traceback."""
+
+    logger: logging.Logger
+
+    async def __call__(self, exception: Exception, _scope: Scope) -> None:
+        if getattr(exception, "status_code", 500) >= 500:
+            self.logger.error(f"{type(exception).__name__} while answering a request", exc_info=exception)
 
 
 class ReadsRefusedBodies(ASGIMiddleware):

@@ -24,13 +24,14 @@ from contracts.api import (
     ListingInput,
     PhotoInput,
     Prediction,
+    Probe,
     Recommendations,
     RecommendForm,
     RecommendInput,
     TextInput,
 )
 from contracts.bundle import BUNDLE_FORMAT
-from litestar import Request
+from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.handlers import BaseRouteHandler
@@ -41,6 +42,7 @@ from msgspec import Struct
 from fbml.bundle.search import Neighbour, SearchIndex, UnknownProductError
 from fbml.serving.errors import ApiError
 from fbml.serving.inference import Example
+from fbml.serving.metrics import exposition
 from fbml.serving.requests import RequestShape
 from fbml.serving.service import EMBED, Service, service_of
 
@@ -56,21 +58,37 @@ def health(service: Served) -> Health:
     return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed)
 
 
+def live(service: Served) -> Probe:
+    """The process answers."""
+    return Probe("live", service.model_version)
+
+
+def ready(service: Served) -> Response[Probe]:
+    """200 once every model has answered its warm-up request, 503 before."""
+    warm = service.warm.is_set()
+    return Response(Probe("ready" if warm else "starting", service.model_version), status_code=200 if warm else 503)
+
+
+def metrics(service: Served) -> bytes:
+    """The app's metrics in Prometheus' text format."""
+    return exposition(service.metrics)
+
+
 async def predict_image(given: SkipValidation[PhotoInput], service: Served) -> Prediction:
     """The category of a photo (multipart field ``image``)."""
     image = await service.decoded_image(given.image, "image")
-    return prediction(await service.batchers["image"](Example(image=image)), service.bundle.codec.classes)
+    return prediction(await service.batchers["image"](Example(image=image)), service)
 
 
 async def predict_text(given: SkipValidation[TextInput], service: Served) -> Prediction:
     """The category of a listing's text (JSON ``{"text": ...}``, or form or multipart field ``text``)."""
-    return prediction(await service.batchers["text"](Example(text=given.text)), service.bundle.codec.classes)
+    return prediction(await service.batchers["text"](Example(text=given.text)), service)
 
 
 async def predict_combined(given: SkipValidation[ListingInput], service: Served) -> Prediction:
     """The category of a photo and its text (multipart fields ``image`` and ``text``)."""
     image = await service.decoded_image(given.image, "image")
-    return prediction(await service.batchers["combined"](Example(image, given.text)), service.bundle.codec.classes)
+    return prediction(await service.batchers["combined"](Example(image, given.text)), service)
 
 
 async def recommend(given: SkipValidation[RecommendInput], service: Served) -> Recommendations:
@@ -79,13 +97,13 @@ async def recommend(given: SkipValidation[RecommendInput], service: Served) -> R
     k = int(given.k)
     if isinstance(given.product_id, str):
         try:
-            return recommendations(index, index.neighbours(given.product_id, k))
+            return recommendations(index, index.neighbours(given.product_id, k), service.model_version)
         except UnknownProductError as error:
             raise ApiError(404, str(error), "product_id") from None
     photo = given.image if isinstance(given, RecommendForm) and isinstance(given.image, bytes) else None
     image = None if photo is None else await service.decoded_image(photo, "image")
     text = given.text if isinstance(given.text, str) else None
-    return recommendations(index, index.nearest(await service.batchers[EMBED](Example(image, text)), k))
+    return recommendations(index, index.nearest(await service.batchers[EMBED](Example(image, text)), k), service.model_version)
 
 
 @attrs.frozen
@@ -139,17 +157,18 @@ def body_provider(shape: RequestShape[Any]) -> Provide:
     return Provide(given)
 
 
-def prediction(probabilities: np.ndarray, classes: Sequence[str]) -> Prediction:
+def prediction(probabilities: np.ndarray, service: Service) -> Prediction:
     """The answer for one listing's class probabilities."""
+    classes = service.bundle.codec.classes
     order = np.argsort(-probabilities, kind="stable")
     top = [CategoryScore(classes[i], float(probabilities[i])) for i in order[:TOP_CATEGORIES]]
-    return Prediction(top[0].category, dict(zip(classes, map(float, probabilities), strict=True)), top)
+    return Prediction(top[0].category, dict(zip(classes, map(float, probabilities), strict=True)), top, service.model_version)
 
 
-def recommendations(index: SearchIndex, neighbours: Sequence[Neighbour]) -> Recommendations:
+def recommendations(index: SearchIndex, neighbours: Sequence[Neighbour], model_version: str) -> Recommendations:
     """The answer for a search's neighbours, best first."""
     listings = []
     for neighbour in neighbours:
         row = index.listing(neighbour.row)
         listings.append(Listing(row["id"], row["product_name"], row["category"], row["price"], neighbour.score))
-    return Recommendations(listings)
+    return Recommendations(listings, model_version)

@@ -3,7 +3,9 @@
 ``predictor_probabilities`` is what an endpoint answers: its predictor's ensemble over the models'
 probabilities; ``listing_queries`` embeds queries as ``fbml.workflows.index`` embeds the catalogue.
 ``class_probabilities`` and ``query_vectors`` run them on the requests a micro-batch holds
-(``Example``s). Models run in ``eval()`` mode under ``inference_mode``.
+(``Example``s). Inputs and outputs are numpy, the same for both runtimes: a network is an ONNX
+Runtime session (``OnnxModel``) or a torch module, run by ``fbml.serving.torch_runtime`` (imported
+only for a torch network, so the ONNX runtime never imports torch).
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from typing import TypeVar
 import attrs
 import numpy as np
 import polars as pl
-import torch
-from torch import Tensor
 
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingParts
 from fbml.bundle.store import Bundle, TextSettings
@@ -30,7 +30,7 @@ T = TypeVar("T")
 class Batch:
     """Prepared photos (float32 (B, 3, S, S)) and/or raw texts of the same listings."""
 
-    images: Tensor | None = None
+    images: np.ndarray | None = None
     texts: Sequence[str] | None = None
 
     def __len__(self) -> int:
@@ -41,7 +41,7 @@ class Batch:
 class Example:
     """One request's input to a model: a prepared photo (float32 (3, S, S)) and/or raw text."""
 
-    image: Tensor | None = None
+    image: np.ndarray | None = None
     text: str | None = None
 
 
@@ -58,19 +58,19 @@ def model_outputs(bundle: Bundle, kind: str, batch: Batch) -> Outputs:
     model = bundle.model(kind)
     if isinstance(model, LinearTextModel):
         return Outputs(model.predict_proba(readable_texts(_needed(batch.texts, kind))), None)
-    inputs: list[Tensor] = []
+    inputs: dict[str, np.ndarray] = {}
     if kind in ("image-cnn", "combined-nn"):
-        inputs.append(_needed(batch.images, kind))
+        inputs["images"] = _needed(batch.images, kind)
     if kind in ("text-cnn", "combined-nn"):
         assert bundle.text is not None
-        inputs.append(token_ids(_needed(batch.texts, kind), bundle.text))
+        inputs["tokens"] = token_ids(_needed(batch.texts, kind), bundle.text)
     if isinstance(model, OnnxModel):
-        logits, embeddings = model.run({name: tensor.numpy() for name, tensor in zip(INPUTS[kind], inputs, strict=True)})
-        return Outputs(_softmax(logits), embeddings)
-    with torch.inference_mode():
-        output = model(*inputs)
-        probabilities = torch.softmax(output.logits.float(), dim=1).numpy()
-        return Outputs(probabilities, output.embedding.float().numpy())
+        logits, embeddings = model.run(inputs)
+    else:
+        from fbml.serving.torch_runtime import network_outputs
+
+        logits, embeddings = network_outputs(model, [inputs[name] for name in INPUTS[kind]])
+    return Outputs(_softmax(logits), embeddings)
 
 
 def predictor_probabilities(bundle: Bundle, role: str, batch: Batch) -> np.ndarray:
@@ -79,7 +79,7 @@ def predictor_probabilities(bundle: Bundle, role: str, batch: Batch) -> np.ndarr
     return ensemble.combine({kind: model_outputs(bundle, kind, batch).probabilities for kind in ensemble.names})
 
 
-def listing_queries(bundle: Bundle, images: Sequence[Tensor | None], texts: Sequence[str | None]) -> np.ndarray:
+def listing_queries(bundle: Bundle, images: Sequence[np.ndarray | None], texts: Sequence[str | None]) -> np.ndarray:
     """Each query's listing vector (photo and/or text), as ``fbml.workflows.index`` makes the catalogue's."""
     count = len(images)
     text_dim = int(getattr(bundle.model(TEXT_MODEL), "embedding_dim"))  # noqa: B009 (a union: only the networks have it)
@@ -101,7 +101,7 @@ def class_probabilities(bundle: Bundle, role: str, examples: list[Example]) -> l
     """Each example's class probabilities under the ``role`` predictor."""
     images = [example.image for example in examples if example.image is not None]
     texts = [example.text for example in examples if example.text is not None]
-    batch = Batch(torch.stack(images) if images else None, texts or None)
+    batch = Batch(np.stack(images) if images else None, texts or None)
     return list(predictor_probabilities(bundle, role, batch))
 
 
@@ -110,9 +110,9 @@ def query_vectors(bundle: Bundle, examples: list[Example]) -> list[np.ndarray]:
     return list(listing_queries(bundle, [example.image for example in examples], [example.text for example in examples]))
 
 
-def token_ids(texts: Sequence[str], settings: TextSettings) -> Tensor:
+def token_ids(texts: Sequence[str], settings: TextSettings) -> np.ndarray:
     """Texts normalised as training text was (``ascii_text``), tokenised and encoded: int64 (n, length)."""
-    return torch.from_numpy(settings.vocabulary.encode_texts(readable_texts(texts), settings.length))
+    return settings.vocabulary.encode_texts(readable_texts(texts), settings.length)
 
 
 def readable_texts(texts: Sequence[str]) -> list[str]:
@@ -121,7 +121,7 @@ def readable_texts(texts: Sequence[str]) -> list[str]:
     return frame.select(ascii_text(pl.col("text"))).to_series().to_list()
 
 
-def _query_groups(images: Sequence[Tensor | None], texts: Sequence[str | None]) -> list[tuple[list[int], str]]:
+def _query_groups(images: Sequence[np.ndarray | None], texts: Sequence[str | None]) -> list[tuple[list[int], str]]:
     """The query rows that have both, only a photo and only text, with the predictor each gets."""
     groups: dict[str, list[int]] = {"combined": [], "image": [], "text": []}
     for row, (image, text) in enumerate(zip(images, texts, strict=True)):
@@ -141,8 +141,8 @@ def _embeddings(bundle: Bundle, kind: str, batch: Batch) -> np.ndarray:
     return embeddings
 
 
-def _stacked(images: Sequence[Tensor | None]) -> Tensor:
-    return torch.stack([image for image in images if image is not None])
+def _stacked(images: Sequence[np.ndarray | None]) -> np.ndarray:
+    return np.stack([image for image in images if image is not None])
 
 
 def _needed(value: T | None, kind: str) -> T:

@@ -5,7 +5,7 @@ scale (PIL's ``draft``: 1/2, 1/4 or 1/8, its longest side staying at least the m
 the training photos were); other formats decode whole. Either way an upload whose decode would
 make more than ``max_pixels`` pixels is refused before decoding, and a decode that runs past
 ``decode_seconds`` is stopped at its next read of the file. PIL's process-wide settings are left
-alone.
+alone. Preparation is numpy (both runtimes read it; it equals training's ``eval_transform``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import time
 
 import attrs
 import numpy as np
-import torch
 from contracts.api import PHOTO_FORMATS
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 
 from fbml.bundle.store import ImageSettings
 from fbml.serving.errors import ApiError
@@ -40,10 +38,9 @@ class TooCostly(Exception):
     """An upload whose decode would exceed a ``PhotoLimits`` bound."""
 
 
-def prepared_image(data: bytes, settings: ImageSettings, limits: PhotoLimits, field: str = "image") -> Tensor:
-    """An uploaded photo as the image models read it: decoded within ``limits``, upright RGB letterboxed
-    to ``settings.size``, normalised; 422 naming ``field`` when unusable."""
-    from fbml.modeling.datasets import eval_transform
+def prepared_image(data: bytes, settings: ImageSettings, limits: PhotoLimits, field: str = "image") -> np.ndarray:
+    """An uploaded photo as the image models read it (float32 (3, S, S)): decoded within ``limits``,
+    upright RGB letterboxed to ``settings.size``, normalised; 422 naming ``field`` when unusable."""
     from fbml.vision.cleaning import clean_image
 
     try:
@@ -55,8 +52,15 @@ def prepared_image(data: bytes, settings: ImageSettings, limits: PhotoLimits, fi
         raise ApiError(422, f"{field} {error}", field) from None
     except Exception as error:  # PIL raises many kinds for broken files: each is the client's bad input
         raise ApiError(422, f"{field} is a truncated or corrupt image ({type(error).__name__})", field) from None
-    pixels = torch.from_numpy(np.asarray(square).transpose(2, 0, 1).copy())
-    prepared: Tensor = eval_transform(settings.size, settings.mean, settings.std)(pixels)
+    return normalised(np.asarray(square), settings)
+
+
+def normalised(pixels: np.ndarray, settings: ImageSettings) -> np.ndarray:
+    """uint8 (S, S, 3) pixels as float32 (3, S, S) scaled to [0, 1] and normalised by the backbone's mean and std."""
+    mean = np.asarray(settings.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(settings.std, np.float32).reshape(3, 1, 1)
+    scaled = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    prepared: np.ndarray = np.ascontiguousarray((scaled - mean) / std)
     return prepared
 
 

@@ -1,6 +1,11 @@
 """Serving the app with uvicorn: ``serve`` (``fbml serve``), ``serving`` (a server in a thread, for a
 block), and the connection timeouts both use.
 
+``serve`` loads the bundle for its runtime (torch, or ONNX Runtime: then torch is never imported),
+names its model version (the SHA-256 of its manifest), writes uvicorn's own lines in the app's log
+format (the app writes the access lines, with request ids), and with several workers puts the
+metrics in prometheus-client's multiprocess mode (a fresh ``$PROMETHEUS_MULTIPROC_DIR`` unless set).
+
 uvicorn closes a connection idle between requests (``timeout_keep_alive``) but waits forever for a
 request that stops arriving. ``ReadTimeoutH11Protocol`` closes those: a request's head must arrive
 within ``read_timeout`` seconds of the connection opening (or of the last answer), and its body
@@ -12,27 +17,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import h11
 import msgspec
-import torch
 from litestar import Litestar
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fbml.bundle.store import load_bundle
+from fbml.bundle.store import MANIFEST, Bundle, load_bundle
 from fbml.errors import FbmlError
+from fbml.modeling.onnx_runtime import onnx_model
 from fbml.serving.app import create_app
+from fbml.serving.metrics import MULTIPROCESS_ENV
 from fbml.serving.photos import DEFAULT_MAX_IMAGE_PIXELS
 
 BUNDLE_ENV = "FBML_BUNDLE"
-THREADS_ENV = "FBML_TORCH_THREADS"
+THREADS_ENV = "FBML_THREADS"
 OPTIONS_ENV = "FBML_APP_OPTIONS"
 DEFAULT_READ_TIMEOUT = 30.0
 KEEP_ALIVE_SECONDS = 5
@@ -43,48 +52,95 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     decode_workers: int = 1
+    runtime: str = "torch"
+    log_format: str = "text"
 
 
-def serve(
-    bundle_dir: Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    workers: int = 1,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    decode_workers: int = 1,
-) -> None:
-    """Serve the bundle with uvicorn in ``workers`` processes (``serving_threads`` torch threads each)."""
+@attrs.frozen
+class ServedBundle:
+    """A bundle loaded for serving and its model version (the SHA-256 of the manifest it was loaded from)."""
+
+    bundle: Bundle
+    model_version: str
+
+
+def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
+    """Serve the bundle with uvicorn in ``workers`` processes (``serving_threads`` inference threads each)."""
     import uvicorn
 
-    options = AppOptions(max_image_pixels, decode_workers)
     threads = serving_threads(workers)
-    bundle = load_bundle(bundle_dir)
-    timeouts = uvicorn_timeouts(DEFAULT_READ_TIMEOUT)
+    served = served_bundle(bundle_dir, options.runtime, threads)  # in this process too: a bad bundle stops here
+    settings = {"host": host, "port": port, "access_log": False, "log_config": uvicorn_logging(options.log_format),
+                **uvicorn_timeouts(DEFAULT_READ_TIMEOUT)}  # fmt: skip
     if workers == 1:
-        torch.set_num_threads(threads)
-        uvicorn.run(create_app(bundle, **msgspec.structs.asdict(options)), host=host, port=port, **timeouts)
+        uvicorn.run(app_over(served, options), **settings)
         return
     os.environ[BUNDLE_ENV] = str(bundle_dir.resolve())
     os.environ[THREADS_ENV] = str(threads)
     os.environ[OPTIONS_ENV] = msgspec.json.encode(options).decode()
-    uvicorn.run("fbml.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers, **timeouts)
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get(MULTIPROCESS_ENV):
+            os.environ[MULTIPROCESS_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="fbml-metrics-"))
+        uvicorn.run("fbml.serving.server:app_from_env", factory=True, workers=workers, **settings)
 
 
 def app_from_env() -> Litestar:
     """``create_app`` over the bundle named by ``$FBML_BUNDLE`` (a uvicorn factory: one load per worker)."""
     if BUNDLE_ENV not in os.environ:
         raise FbmlError(f"set {BUNDLE_ENV} to the bundle directory to serve")
-    if THREADS_ENV in os.environ:
-        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     options = msgspec.json.decode(os.environ.get(OPTIONS_ENV, "{}"), type=AppOptions)
-    return create_app(load_bundle(Path(os.environ[BUNDLE_ENV])), **msgspec.structs.asdict(options))
+    threads = int(os.environ.get(THREADS_ENV, serving_threads(1)))
+    return app_over(served_bundle(Path(os.environ[BUNDLE_ENV]), options.runtime, threads), options)
+
+
+def app_over(served: ServedBundle, options: AppOptions) -> Litestar:
+    """``create_app`` over ``served`` with ``options``."""
+    return create_app(served.bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
+                      model_version=served.model_version, log_format=options.log_format)  # fmt: skip
+
+
+def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> ServedBundle:
+    """The bundle loaded for ``runtime`` with ``threads`` inference threads, and its model version
+    (``FbmlError`` if the manifest changed while it loaded)."""
+    before = manifest_digest(bundle_dir)
+    bundle = load_bundle(bundle_dir, runtime=runtime)
+    if manifest_digest(bundle_dir) != before:
+        raise FbmlError(f"{bundle_dir}: the bundle changed while it was loading; serve it again")
+    if runtime == "torch":
+        from fbml.serving.torch_runtime import set_threads
+
+        set_threads(threads)
+    else:  # the sessions again, on this many threads
+        for kind, model in bundle.models.items():
+            if model.onnx is not None:
+                bundle = bundle.with_model(attrs.evolve(model, module=onnx_model(kind, model.onnx, threads=threads)))
+    return ServedBundle(bundle, before)
+
+
+def manifest_digest(bundle_dir: Path) -> str:
+    """The SHA-256 of the bundle's manifest (which names every other file by its own SHA-256): its model version."""
+    try:
+        return hashlib.sha256((bundle_dir / MANIFEST).read_bytes()).hexdigest()
+    except OSError as error:
+        raise FbmlError(f"{bundle_dir / MANIFEST}: cannot read ({error.strerror})") from None
 
 
 def serving_threads(workers: int) -> int:
-    """Torch threads per worker process: its share of the cores, less one for the event loop and
+    """Inference threads per worker process: its share of the cores, less one for the event loop and
     photo decoding (on a busy 2-core machine two inference threads ran several times slower than one)."""
     return max(1, (os.cpu_count() or 1) // workers - 1)
+
+
+def uvicorn_logging(log_format: str) -> dict[str, Any]:
+    """uvicorn's logging settings: its own lines (start, stop, errors) in ``log_format`` on stderr."""
+    formatter = "fbml.serving.telemetry.JsonFormatter" if log_format == "json" else "fbml.serving.telemetry.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"fbml": {"()": formatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "fbml", "stream": "ext://sys.stderr"}},
+        "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    }
 
 
 @contextlib.contextmanager
@@ -92,7 +148,8 @@ def serving(app: Litestar, *, read_timeout: float = DEFAULT_READ_TIMEOUT, startu
     """``app`` under uvicorn in a thread on a free 127.0.0.1 port, for the block: its base URL."""
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", **uvicorn_timeouts(read_timeout))
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False,
+                            **uvicorn_timeouts(read_timeout))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fbml-serving", daemon=True)
     thread.start()
