@@ -3,21 +3,28 @@
 # without running a container.
 #
 #   scripts/build_image.sh [EXTRA PODMAN BUILD ARGS...]     e.g. --build-arg BUNDLE=bundle
+#   FBML_TARGET=onnx scripts/build_image.sh                  the lean ONNX Runtime image (no torch)
 #
 # Steps (each idempotent):
 #   1. install podman and debootstrap with apt when missing;
 #   2. debootstrap a minimal Debian bookworm root with python3 and import it as the base image
 #      (skipped when the base image exists);
-#   3. podman build the Containerfile on that base;
-#   4. mount the image read-only, chroot into it as its own user with its own environment, run
-#      `fbml --help` and an in-process request (a tiny bundle from freshly initialised models; the
-#      app's GET /health through Litestar's TestClient when fbml/api.py is there).
+#   3. podman build the Containerfile's target on that base;
+#   4. a tiny bundle on this machine (`uv run fbml sample`, one epoch of `fbml train --model image`
+#      at 32 px; for onnx, then `fbml export-onnx`), unless FBML_SMOKE_BUNDLE names one;
+#   5. mount the image read-only, bind the bundle read-only at its /bundle, chroot into it as its own
+#      user with its own environment, run `fbml --help`, then the image's CMD on a local port:
+#      GET /health, POST /predict/image, GET / (the page) and the image's HEALTHCHECK; for onnx,
+#      first check that `import torch` fails in the image.
 #
 # Environment:
 #   DEBIAN_MIRROR      bookworm mirror for debootstrap (default: the one apt on this machine uses)
 #   FBML_BUILD_CACHE   work folder for the debootstrapped root (default /var/tmp/fbml-build)
 #   FBML_BASE_IMAGE    base image name (default localhost/fbml-base:bookworm)
-#   FBML_IMAGE         image name (default localhost/fbml:latest)
+#   FBML_TARGET        runtime (default: the torch image) or onnx (the lean image, --runtime onnx)
+#   FBML_IMAGE         image name (default localhost/fbml:latest, or localhost/fbml:onnx for onnx)
+#   FBML_SMOKE_BUNDLE  bundle folder for the smoke test (for onnx: through `fbml export-onnx`)
+#                      instead of training a tiny one (needs uv and this checkout's environment)
 #   FBML_BUILD_CA_FILE CA bundle trusted while the build downloads, mounted for the build only
 #                      (default: $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt, i.e. what this
 #                      machine trusts, e.g. a TLS-intercepting proxy's CA; "none" to not pass one)
@@ -27,7 +34,12 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${FBML_BUILD_CACHE:-/var/tmp/fbml-build}
 BASE_IMAGE=${FBML_BASE_IMAGE:-localhost/fbml-base:bookworm}
-IMAGE=${FBML_IMAGE:-localhost/fbml:latest}
+TARGET=${FBML_TARGET:-runtime}
+case $TARGET in
+    runtime) IMAGE=${FBML_IMAGE:-localhost/fbml:latest} ;;
+    onnx) IMAGE=${FBML_IMAGE:-localhost/fbml:onnx} ;;
+    *) printf 'build_image.sh: error: FBML_TARGET must be runtime or onnx, not %s\n' "$TARGET" >&2; exit 1 ;;
+esac
 SUITE=bookworm
 START=$SECONDS
 
@@ -36,7 +48,7 @@ die() { printf 'build_image.sh: error: %s\n' "$*" >&2; exit 1; }
 elapsed() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
 # ---------------------------------------------------------------------------------------------
-step "1/4 tools: podman, debootstrap"
+step "1/5 tools: podman, debootstrap"
 missing=()
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
@@ -79,7 +91,7 @@ apt_mirror() {
 }
 
 # ---------------------------------------------------------------------------------------------
-step "2/4 base image: $BASE_IMAGE"
+step "2/5 base image: $BASE_IMAGE"
 if podman image exists "$BASE_IMAGE"; then
     echo "exists, skipped ($(podman image inspect --format '{{.Created}}' "$BASE_IMAGE"))"
 else
@@ -114,7 +126,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "3/4 podman build -> $IMAGE"
+step "3/5 podman build --target $TARGET -> $IMAGE"
 if [[ ${FBML_SKIP_BUILD:-0} == 1 ]]; then
     podman image exists "$IMAGE" || die "FBML_SKIP_BUILD=1 but $IMAGE does not exist"
     echo "skipped (FBML_SKIP_BUILD=1)"
@@ -129,7 +141,7 @@ else
     previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
     t=$SECONDS
     # --format docker keeps HEALTHCHECK (the OCI image format has no field for it).
-    podman build --isolation=chroot --format docker \
+    podman build --isolation=chroot --format docker --target "$TARGET" \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" "${ca_args[@]}" \
         -f "$REPO/Containerfile" -t "$IMAGE" "$@" "$REPO" || die "podman build failed"
     echo "build took $(elapsed $((SECONDS - t)))"
@@ -141,7 +153,35 @@ fi
 echo "$IMAGE: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.2f GB", $1 / 1e9 }')"
 
 # ---------------------------------------------------------------------------------------------
-step "4/4 smoke test (no container): image mount + chroot"
+step "4/5 smoke bundle"
+work=$CACHE/smoke-$TARGET
+bundle=$work/bundle
+rm -rf "$work" && mkdir -p "$work"
+if [[ -n ${FBML_SMOKE_BUNDLE:-} ]]; then
+    [[ -f $FBML_SMOKE_BUNDLE/bundle.json ]] || die "FBML_SMOKE_BUNDLE=$FBML_SMOKE_BUNDLE has no bundle.json"
+    cp -r "$FBML_SMOKE_BUNDLE" "$bundle" || die "could not copy $FBML_SMOKE_BUNDLE"
+    echo "a copy of $FBML_SMOKE_BUNDLE"
+else
+    command -v uv >/dev/null 2>&1 || die "the smoke bundle is made with uv and this checkout (or set FBML_SMOKE_BUNDLE)"
+    # fbml from this checkout's locked environment (with torch), in $work, logged to $work/fbml.log.
+    host_fbml() {
+        (cd "$work" && uv run --quiet --frozen --project "$REPO" fbml "$@") >>"$work/fbml.log" 2>&1 \
+            || die "fbml $1 failed (log: $work/fbml.log)"
+    }
+    t=$SECONDS
+    host_fbml sample sample --products 60 --seed 0
+    host_fbml train --model image --products sample/Products.csv --images sample/Images.csv --image-dir sample/images \
+        --out bundle --epochs 1 --image-size 32 --weights none
+    if [[ $TARGET == onnx ]]; then
+        host_fbml export-onnx bundle
+    fi
+    echo "$bundle: an image model (one epoch, 32 px)$([[ $TARGET == onnx ]] && echo ' and its ONNX graph') in $(elapsed $((SECONDS - t)))"
+fi
+# Bundle files are written owner-only; the image's user (another uid) reads them.
+chmod -R a+rX "$bundle"
+
+# ---------------------------------------------------------------------------------------------
+step "5/5 smoke test (no container): image mount + chroot"
 config=$(podman image inspect --format \
     'user={{.Config.User}} cmd={{json .Config.Cmd}} ports={{json .Config.ExposedPorts}} volumes={{json .Config.Volumes}} healthcheck={{json .Config.Healthcheck}}' \
     "$IMAGE")
@@ -149,10 +189,12 @@ echo "$config"
 [[ $config == *'"8080/tcp"'* ]] || die "image does not expose 8080"
 [[ $config == *'/health'* ]] || die "image has no HEALTHCHECK (built without --format docker?)"
 [[ $config == *'"serve"'* ]] || die "image CMD does not run fbml serve"
+[[ $TARGET != onnx || $config == *'"--runtime","onnx"'* ]] || die "the onnx image's CMD does not serve --runtime onnx"
 
 mnt=$(podman image mount "$IMAGE") || die "podman image mount failed"
 trap 'podman image unmount "$IMAGE" >/dev/null || echo "warning: podman image unmount $IMAGE failed" >&2' EXIT
 echo "mounted read-only at $mnt"
+[[ -d $mnt/bundle ]] || die "the image has no /bundle"
 
 user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
 ids=$(awk -F: -v u="${user:-root}" '$1 == u { print $3 ":" $4 }' "$mnt/etc/passwd")
@@ -160,26 +202,32 @@ ids=$(awk -F: -v u="${user:-root}" '$1 == u { print $3 ":" $4 }' "$mnt/etc/passw
 home=$(awk -F: -v u="${user:-root}" '$1 == u { print $6 }' "$mnt/etc/passwd")
 mapfile -t image_env < <(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | sed '/^$/d')
 
-# In the image, as its user, with its environment; a private mount namespace gives it /proc, /dev
-# and writable tmpfs /tmp and home (the image itself stays read-only) and undoes them on exit.
+# In the image, as its user, with its environment; a private mount namespace gives it /proc, /dev,
+# writable tmpfs /tmp and home and the smoke bundle read-only at /bundle (the image itself stays
+# read-only) and undoes them on exit.
 in_image() {
     unshare --mount --propagation private -- bash -euo pipefail -c '
-        mnt=$1 home=$2 ids=$3; shift 3
+        mnt=$1 home=$2 ids=$3 bundle=$4; shift 4
         mount -t proc proc "$mnt/proc"
         mount --rbind /dev "$mnt/dev"
         mount -t tmpfs -o mode=1777 tmpfs "$mnt/tmp"
         mount -t tmpfs -o "mode=0755,uid=${ids%%:*},gid=${ids##*:}" tmpfs "$mnt$home"
+        mount --bind "$bundle" "$mnt/bundle"
+        mount -o remount,bind,ro "$mnt/bundle"
         exec chroot --userspec="$ids" "$mnt" /usr/bin/env -i "$@"
-    ' in_image "$mnt" "$home" "$ids" "${image_env[@]}" "HOME=$home" "$@"
+    ' in_image "$mnt" "$home" "$ids" "$bundle" "${image_env[@]}" "HOME=$home" "$@"
 }
 
 echo "--- fbml --help (as $user, uid:gid $ids)"
-in_image sh -c 'cd "$HOME" && fbml --help' || die "fbml --help failed in the image"
+in_image sh -c 'cd "$HOME" && fbml --help' >/dev/null || die "fbml --help failed in the image"
+echo "ok"
 
-echo "--- in-process request, then fbml serve on a socket and the image's HEALTHCHECK"
-healthcheck=$(podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")
-in_image env "FBML_SMOKE_HEALTHCHECK=$healthcheck" python - <<'PY' || die "smoke test failed in the image"
-import inspect
+echo "--- the image's CMD on a local port: /health, /predict/image, the page, the HEALTHCHECK"
+in_image env "FBML_SMOKE_TARGET=$TARGET" \
+    "FBML_SMOKE_CMD=$(podman image inspect --format '{{json .Config.Cmd}}' "$IMAGE")" \
+    "FBML_SMOKE_HEALTHCHECK=$(podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")" \
+    python - <<'PY' || die "smoke test failed in the image"
+import io
 import json
 import os
 import socket
@@ -188,96 +236,79 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
+from PIL import Image
+
 start = time.perf_counter()
-import numpy as np
-import torch
-
-import fbml
-from fbml.bundle.store import Bundle, BundleModel, ImageSettings, TextSettings, build_model, load_bundle, save_bundle
-from fbml.text.labels import LabelCodec
-from fbml.text.vocabulary import Vocabulary
-from fbml.text.word2vec import WordVectors
-
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, fbml {getattr(fbml, '__version__', '?')}, "
-      f"imports {time.perf_counter() - start:.1f}s")
-
-# A tiny bundle from freshly initialised models (no training, nothing downloaded).
-codec = LabelCodec(["electronics", "garden", "toys"])
-vocabulary = Vocabulary(["<pad>", "<unk>", "phone", "lawn", "mower", "lego", "bricks"])
-words = vocabulary.tokens[2:]
-vectors = WordVectors(words, np.random.default_rng(0).normal(size=(len(words), 16)))
-text = TextSettings(vocabulary, vectors, 12)
-image = ImageSettings(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-bundle = Bundle(codec, image=image, text=text)
-for kind in ("text", "image"):
-    bundle = bundle.with_model(BundleModel(kind, build_model(kind, {}, codec.num_classes, text), {}))
-
-with tempfile.TemporaryDirectory() as tmp:
-    path = Path(tmp) / "bundle"
-    save_bundle(bundle, path)
-    loaded = load_bundle(path)
-    with torch.no_grad():
-        tokens = torch.as_tensor(vocabulary.encode_texts(["lego bricks", "lawn mower"], text.length)).long()
-        text_logits = loaded.model("text")(tokens).logits
-        image_logits = loaded.model("image")(torch.rand(2, 3, image.size, image.size)).logits
-    assert text_logits.shape == image_logits.shape == (2, codec.num_classes), (text_logits.shape, image_logits.shape)
-    print(f"bundle: saved and loaded {sorted(loaded.models)} ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.0f} MB),"
-          f" text logits {tuple(text_logits.shape)}, image logits {tuple(image_logits.shape)}")
-
+if os.environ["FBML_SMOKE_TARGET"] == "onnx":
     try:
-        import fbml.serving.app as api
-    except ModuleNotFoundError as error:
-        if error.name != "fbml.serving.app":
-            raise
-        print("fbml.serving.app: not in this image yet; GET /health skipped")
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        print("import torch -> ModuleNotFoundError (as it should in the onnx image)")
     else:
-        create_app = getattr(api, "create_app", None)
-        if create_app is None:
-            print("fbml.serving.app imported; it has no create_app, GET /health skipped")
-        else:
-            from litestar.testing import TestClient
+        sys.exit("torch is importable in the onnx image")
 
-            first = next(iter(inspect.signature(create_app).parameters.values()), None)
-            wants_bundle = first is not None and "Bundle" in str(first.annotation) and "Path" not in str(first.annotation)
-            app = create_app(loaded if wants_bundle else path)
-            with TestClient(app=app) as client:
-                response = client.get("/health")
-            print(f"TestClient GET /health -> {response.status_code} {response.text.strip()}")
-            assert response.status_code == 200, response.text
 
-            # The real server on a real socket, as the image's CMD runs it, then its HEALTHCHECK.
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            command = ["fbml", "serve", str(path), "--host", "127.0.0.1", "--port", str(port)]
-            log = Path(tmp) / "serve.log"
-            with log.open("w") as output:
-                server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.monotonic() + 120
-                while True:
-                    if server.poll() is not None:
-                        sys.exit(f"fbml serve exited with status {server.returncode}:\n{log.read_text()}")
-                    try:
-                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
-                            body = reply.read().decode().strip()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            sys.exit(f"fbml serve: no answer on /health within 120 s:\n{log.read_text()}")
-                        time.sleep(0.5)
-                print(f"{' '.join(command[:2])} (port {port}): GET /health -> {body}")
-                test = json.loads(os.environ["FBML_SMOKE_HEALTHCHECK"])["Test"]
-                assert test[0] == "CMD", test
-                status = subprocess.run([part.replace(":8080/", f":{port}/") for part in test[1:]]).returncode
-                print(f"image HEALTHCHECK command -> exit status {status}")
-                assert status == 0
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+def get(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return reply.headers.get("content-type", ""), reply.read().decode()
+
+
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+# The image's CMD as it is, on 127.0.0.1:port instead of 0.0.0.0:8080.
+command = ["127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8080" else part
+           for part in json.loads(os.environ["FBML_SMOKE_CMD"])]
+base = f"http://127.0.0.1:{port}"
+log = Path(tempfile.mkdtemp()) / "serve.log"
+with log.open("w") as output:
+    server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+try:
+    deadline = time.monotonic() + 180
+    while True:
+        if server.poll() is not None:
+            sys.exit(f"{' '.join(command)} exited with status {server.returncode}:\n{log.read_text()}")
+        try:
+            health = json.loads(get(f"{base}/health")[1])
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"{' '.join(command)}: no answer on /health within 180 s:\n{log.read_text()}")
+            time.sleep(0.5)
+    print(f"{' '.join(command)}: GET /health -> {json.dumps(health)} after {time.perf_counter() - start:.1f}s")
+    assert "image" in health["models"], health
+
+    photo = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(photo, "JPEG")
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/predict/image", data=body,
+                                     headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        answer = json.loads(reply.read())
+    probabilities = answer["probabilities"]
+    assert answer["category"] == max(probabilities, key=probabilities.get), answer
+    assert abs(sum(probabilities.values()) - 1) < 1e-4, probabilities
+    print(f"POST /predict/image -> {answer['category']} ({probabilities[answer['category']]:.3f}), "
+          f"{len(probabilities)} probabilities summing to 1")
+
+    media_type, page = get(f"{base}/")
+    assert media_type.startswith("text/html") and "<form" in page, (media_type, page[:200])
+    print(f"GET / -> the page ({len(page)} characters of {media_type})")
+
+    test = json.loads(os.environ["FBML_SMOKE_HEALTHCHECK"])["Test"]
+    assert test[0] == "CMD", test
+    status = subprocess.run([part.replace(":8080/", f":{port}/") for part in test[1:]]).returncode
+    print(f"image HEALTHCHECK command -> exit status {status}")
+    assert status == 0
+finally:
+    server.terminate()
+    server.wait(timeout=30)
 print(f"smoke test passed in {time.perf_counter() - start:.1f}s")
 PY
 
-step "OK: $IMAGE built and smoke-tested in $(elapsed $((SECONDS - START)))"
+step "OK: $IMAGE ($TARGET) built and smoke-tested in $(elapsed $((SECONDS - START)))"

@@ -1,4 +1,6 @@
-"""The service image: static checks of Containerfile, .containerignore and scripts/build_image.sh.
+"""The service images: static checks of Containerfile (the torch image, its default target, and the
+lean ``onnx`` target), .containerignore and scripts/build_image.sh, and the onnx target's pruned
+requirements exported from uv.lock.
 
 The real build (``scripts/build_image.sh``: debootstrap, podman build, smoke test in the mounted
 image) downloads several GB (torch and its CUDA wheels) and needs root and podman; it runs only
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,6 +63,14 @@ def _args(stage: list[tuple[str, str]], name: str) -> list[str]:
     return [args for instruction, args in stage if instruction == name]
 
 
+def _named(instructions: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """The stage ``FROM ... AS name``."""
+    return next(stage for stage in _stages(instructions) if stage[0][1].split()[-1] == name)
+
+
+ONNX_CMD = '["fbml", "serve", "/bundle", "--runtime", "onnx", "--host", "0.0.0.0", "--port", "8080"]'
+
+
 def test_base_image_is_a_build_arg_used_by_every_stage(instructions):
     preamble = instructions[: next(i for i, (name, _) in enumerate(instructions) if name == "FROM")]
     assert ("ARG", "BASE_IMAGE=localhost/fbml-base:bookworm") in preamble
@@ -105,6 +116,46 @@ def test_runtime_stage_serves_as_a_non_root_user(instructions):
     assert "/health" in healthcheck and "urllib" in healthcheck and "curl" not in healthcheck
     cmd = _args(runtime, "CMD")[-1]
     assert cmd == '["fbml", "serve", "/bundle", "--host", "0.0.0.0", "--port", "8080"]'
+
+
+def test_onnx_target_serves_the_onnx_runtime_from_the_torch_free_venv(instructions):
+    onnx, runtime = _named(instructions, "onnx"), _stages(instructions)[-1]
+    assert _stages(instructions).index(onnx) < len(_stages(instructions)) - 1, "the torch image stays the default"
+    assert "--from=builder-onnx /app/.venv /app/.venv" in _args(onnx, "COPY")
+    assert not any("--from=builder " in args for args in _args(onnx, "COPY"))
+    for instruction in ("ENV", "USER", "EXPOSE", "VOLUME", "HEALTHCHECK", "WORKDIR"):
+        assert _args(onnx, instruction) == _args(runtime, instruction), instruction
+    assert _args(onnx, "CMD")[-1] == ONNX_CMD
+
+
+def test_onnx_builder_installs_the_lock_without_torch_and_without_resolving(instructions):
+    builder = _named(instructions, "builder-onnx")
+    runs = _args(builder, "RUN")
+    export = next(args for args in runs if "uv export" in args)
+    for option in ("--frozen", "--no-dev", "--no-emit-project", "--prune torch", "--prune torchvision", "--prune timm"):
+        assert option in export, option
+    assert "pip install --no-deps --require-hashes" in export and "-r requirements-onnx.txt" in export
+    project = [i for i, (name, args) in enumerate(builder) if name == "RUN" and "pip install --no-deps ." in args]
+    copies = [i for i, (name, args) in enumerate(builder) if name == "COPY" and "fbml/" in args]
+    assert copies and project and copies[0] < project[0], "fbml is installed after its sources are copied"
+    assert 'python -c "import torch"' in builder[project[0]][1] and "exit 1" in builder[project[0]][1]
+    assert "uv sync" not in " ".join(runs), "uv sync would install torch back"
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv")
+def test_the_onnx_requirements_have_the_service_and_no_torch(instructions, tmp_path):
+    """The Containerfile's own ``uv export`` over this uv.lock: fully pinned and hashed, with ONNX Runtime
+    and the service, without torch, its CUDA wheels or anything that would need them."""
+    run = next(args for args in _args(_named(instructions, "builder-onnx"), "RUN") if "uv export" in args)
+    command = shlex.split(run[run.index("uv export") : run.index("&&")])
+    command[command.index("--output-file") + 1] = str(tmp_path / "requirements.txt")
+    subprocess.run(["uv", *command[1:]], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    lines = (tmp_path / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    pins = {line.split("==")[0] for line in lines if re.match(r"[a-z0-9]", line)}
+    assert {"onnxruntime", "litestar", "uvicorn", "numpy", "pillow", "msgspec", "faiss-cpu", "prometheus-client"} <= pins
+    assert not {pin for pin in pins if re.match(r"torch|nvidia-|triton|timm|efficientnet", pin)}, pins
+    assert all("==" in line for line in lines if re.match(r"[a-z0-9]", line))
+    assert sum("--hash=sha256:" in line for line in lines) >= len(pins)
 
 
 def test_bundle_is_an_optional_build_arg(instructions):
@@ -164,7 +215,9 @@ def test_build_script_is_valid_bash():
     result = subprocess.run(["bash", "-n", str(BUILD_SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = BUILD_SCRIPT.read_text(encoding="utf-8")
-    for piece in ("--isolation=chroot", "--format docker", "podman image mount", "chroot", "debootstrap"):
+    for piece in ("--isolation=chroot", "--format docker", "podman image mount", "chroot", "debootstrap",
+                  'FBML_TARGET:-runtime', '--target "$TARGET"', "localhost/fbml:onnx", "export-onnx",
+                  "import torch", "/predict/image", "FBML_SMOKE_BUNDLE"):  # fmt: skip
         assert piece in text, piece
 
 
