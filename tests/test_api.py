@@ -226,8 +226,12 @@ def bundle(one_thread: None) -> Bundle:
     return built
 
 
+MODEL_VERSION = "0123abcd" * 8
+
+
 def app_over(bundle: Bundle) -> Litestar:
-    return create_app(bundle, max_body_bytes=MAX_BODY, max_text_chars=MAX_TEXT, max_image_pixels=MAX_PIXELS)
+    return create_app(bundle, max_body_bytes=MAX_BODY, max_text_chars=MAX_TEXT, max_image_pixels=MAX_PIXELS,
+                      model_version=MODEL_VERSION)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -521,6 +525,35 @@ def test_recommend_by_text_reads_json_too(client: TestClient, bundle: Bundle) ->
     words = "blue toaster"
     expected = exact_search(bundle.index, expected_vector(bundle, None, words), 3)
     assert_results(client.post("/recommend", json={"text": words, "k": 3}), expected)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/predict/image", {"files": multipart(image=photo_bytes(1))}),
+        ("/predict/text", {"json": {"text": "red kettle"}}),
+        ("/predict/combined", {"files": multipart(image=photo_bytes(1), text="red kettle")}),
+        ("/recommend", {"json": {"product_id": "p1", "k": 2}}),
+        ("/recommend", {"files": multipart(image=photo_bytes(1), text="red kettle")}),
+    ],
+)
+def test_every_prediction_and_recommendation_names_the_model_version(client: TestClient, path: str, body: dict) -> None:
+    response = client.post(path, **body)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == MODEL_VERSION == response.headers["x-model-version"]
+
+
+def test_an_answer_with_its_own_content_security_policy_keeps_it_and_the_other_headers() -> None:
+    from fbml.serving.app import SECURITY_HEADERS, with_security_headers
+
+    own = (b"Content-Security-Policy", b"default-src 'self'")
+    message: dict[str, Any] = {"type": "http.response.start", "status": 200, "headers": [own]}
+    asyncio.run(with_security_headers(message, {}))  # type: ignore[arg-type]
+    assert [value for name, value in message["headers"] if name.lower() == b"content-security-policy"] == [own[1]]
+    assert {name for name, _ in SECURITY_HEADERS} - {b"content-security-policy"} <= {name for name, _ in message["headers"]}
+    plain: dict[str, Any] = {"type": "http.response.start", "status": 200, "headers": []}
+    asyncio.run(with_security_headers(plain, {}))  # type: ignore[arg-type]
+    assert plain["headers"] == list(SECURITY_HEADERS)
 
 
 @pytest.mark.parametrize("product", [2, 7, 10], ids=["photographed", "photographed-again", "text-alone"])

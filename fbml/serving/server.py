@@ -45,6 +45,9 @@ THREADS_ENV = "FBML_THREADS"
 OPTIONS_ENV = "FBML_APP_OPTIONS"
 DEFAULT_READ_TIMEOUT = 30.0
 KEEP_ALIVE_SECONDS = 5
+WORKER_STARTUP_SECONDS = 120
+"""How long a worker may take to import, load its bundle and answer uvicorn's health check (5 s by
+default, which a busy machine overran: the workers were restarted for ever)."""
 
 
 class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,7 +84,8 @@ def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, worker
     with contextlib.ExitStack() as stack:
         if not os.environ.get(MULTIPROCESS_ENV):
             os.environ[MULTIPROCESS_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="fbml-metrics-"))
-        uvicorn.run("fbml.serving.server:app_from_env", factory=True, workers=workers, **settings)
+        uvicorn.run("fbml.serving.server:app_from_env", factory=True, workers=workers,
+                    timeout_worker_healthcheck=WORKER_STARTUP_SECONDS, **settings)  # fmt: skip
 
 
 def app_from_env() -> Litestar:
