@@ -1,12 +1,15 @@
 """ONNX graphs of a bundle's networks: exported by ``fbml export-onnx``, equal to torch within 1e-4, loaded
-by the ONNX runtime without importing torch, dropped when their network is trained again."""
+by the ONNX runtime without importing torch, dropped when their network is trained again; served by
+``fbml serve --runtime onnx`` with the answers of the torch runtime, never importing torch."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,3 +125,90 @@ def test_training_a_network_again_drops_its_stale_graph(exported: Path, tmp_path
 def test_an_unknown_runtime_is_refused(exported: Path) -> None:
     with pytest.raises(FbmlError, match="unknown runtime 'tensorrt'"):
         load_bundle(exported, runtime="tensorrt")
+
+
+# --- serving on ONNX Runtime ---------------------------------------------------------------------
+
+SERVED_TEXTS = ("Oak dining table and four chairs", "mountain bike, 21 gears", "kids toy kitchen set", "leather sofa")
+
+
+def app_clients(exported: Path) -> tuple[Any, Any]:
+    """The bundle served on torch and on ONNX Runtime, as ``fbml serve`` loads it (one thread each)."""
+    from fbml.serving.server import AppOptions, app_over, served_bundle
+
+    return tuple(app_over(served_bundle(exported, runtime, 1), AppOptions(runtime=runtime)) for runtime in ("torch", "onnx"))
+
+
+def photos_of(exported: Path, count: int) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((exported.parent / "photos").glob("*.jpg"))[:count]]
+
+
+def test_the_onnx_runtime_answers_every_endpoint_as_torch_does(exported: Path) -> None:
+    from litestar.testing import TestClient
+
+    torch_app, onnx_app = app_clients(exported)
+    with TestClient(torch_app) as on_torch, TestClient(onnx_app) as on_onnx:
+        clients = (on_torch, on_onnx)
+        for photo, text in zip(photos_of(exported, len(SERVED_TEXTS)), SERVED_TEXTS, strict=True):
+            requests = [("/predict/image", {"files": {"image": ("p.jpg", photo)}}), ("/predict/text", {"json": {"text": text}}),
+                        ("/predict/combined", {"files": {"image": ("p.jpg", photo)}, "data": {"text": text}})]  # fmt: skip
+            for path, body in requests:
+                expected, got = (client.post(path, **body).json() for client in clients)
+                assert got["category"] == expected["category"], path
+                for category, probability in expected["probabilities"].items():
+                    assert abs(got["probabilities"][category] - probability) <= 1e-4, (path, category)
+                assert got["model_version"] == expected["model_version"]
+            answers = [client.post("/recommend", files={"image": ("p.jpg", photo)}, data={"text": text, "k": "5"}).json() for client in clients]
+            assert [r["id"] for r in answers[1]["results"]] == [r["id"] for r in answers[0]["results"]]
+            product = answers[0]["results"][0]["id"]
+            by_id = [client.post("/recommend", json={"product_id": product, "k": 5}).json()["results"] for client in clients]
+            assert [r["id"] for r in by_id[1]] == [r["id"] for r in by_id[0]]
+        assert on_onnx.get("/metrics").text.count('runtime="onnx"') == 1
+
+
+def test_serving_on_onnx_answers_every_endpoint_without_importing_torch(exported: Path) -> None:
+    photo = photos_of(exported, 1)[0]
+    script = f"""
+import sys
+import time
+from pathlib import Path
+import fbml.cli
+from fbml.serving.server import AppOptions, app_over, served_bundle
+from litestar.testing import TestClient
+app = app_over(served_bundle(Path({str(exported)!r}), "onnx", 1), AppOptions(runtime="onnx"))
+photo = {photo!r}
+statuses = []
+with TestClient(app) as client:
+    for _ in range(1200):  # the warm-up: at most a minute
+        if client.get("/health/ready").status_code == 200:
+            break
+        time.sleep(0.05)
+    for path in ("/health", "/health/live", "/health/ready", "/metrics", "/schema/openapi.json", "/", "/nowhere"):
+        statuses.append(client.get(path).status_code)
+    statuses.append(client.post("/predict/text", json={{"text": "red bike"}}).status_code)
+    statuses.append(client.post("/predict/image", files={{"image": ("p.jpg", photo)}}).status_code)
+    statuses.append(client.post("/predict/combined", files={{"image": ("p.jpg", photo)}}, data={{"text": "red bike"}}).status_code)
+    statuses.append(client.post("/recommend", files={{"image": ("p.jpg", photo)}}, data={{"text": "red bike"}}).status_code)
+    statuses.append(client.post("/recommend", json={{"text": "red bike"}}).status_code)
+    statuses.append(client.post("/predict/image", files={{"image": ("p.jpg", b"not a photo")}}).status_code)
+print(statuses, "torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[200, 200, 200, 200, 200, 200, 404, 200, 200, 200, 200, 200, 422] False"
+
+
+def test_serve_on_onnx_without_graphs_is_one_line_and_exit_2(exported: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from fbml.serving.server import free_port
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    for kind in NETWORKS:
+        manifest["models"][kind]["onnx"] = None
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["serve", str(copy), "--runtime", "onnx", "--port", str(free_port())]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and re.fullmatch(r"fbml: error: .*has no ONNX graph; run `fbml export-onnx .*` first\n", error)
