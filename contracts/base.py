@@ -1,7 +1,8 @@
-"""What the frame contracts share: the data checks, as polars expressions, and a model's polars schema.
+"""What the frame contracts share: pandera's side of the checks (``contracts.rules`` holds the polars
+predicates) and a model's polars schema.
 
 Each check is one cheap expression over a column (no regular expression scans a long text column):
-pandera runs it on an eager frame, and a test runs the same rules in plain polars to agree with it.
+pandera runs it on an eager frame, and a stream is checked against the same predicates.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from typing import Any
 import pandera.polars as pa
 import polars as pl
 
-CONTROL_CHARACTERS = r"[\x00-\x1F\x7F-\x9F]"
-"""The Unicode control characters (category Cc): C0, DEL and C1."""
+from contracts.rules import CONTROL_CHARACTERS, is_ascii, is_finite_non_negative, is_non_blank, is_printable
+
+__all__ = ["CONTROL_CHARACTERS", "all_distinct", "check", "holds_per_distinct", "is_ascii", "is_finite_non_negative",
+           "is_non_blank", "is_printable", "polars_schema"]
+
 
 
 def check(*columns: str, name: str) -> Callable[[Callable[..., Any]], Any]:
@@ -26,26 +30,6 @@ def check(*columns: str, name: str) -> Callable[[Callable[..., Any]], Any]:
         return pa.check(*columns, name=name)(function)
 
     return decorate
-
-
-def is_ascii(text: pl.Expr) -> pl.Expr:
-    """True where the text is ASCII: one byte per character."""
-    return text.str.len_bytes() == text.str.len_chars()
-
-
-def is_non_blank(text: pl.Expr) -> pl.Expr:
-    """True where the text has a character that is not whitespace."""
-    return text.str.contains(r"\S")
-
-
-def is_printable(text: pl.Expr) -> pl.Expr:
-    """True where the text has no control character (NUL, line breaks, tabs, DEL, C1)."""
-    return ~text.str.contains(CONTROL_CHARACTERS)
-
-
-def is_finite_non_negative(number: pl.Expr) -> pl.Expr:
-    """True where the number is finite and at least 0 (NaN and infinities are not)."""
-    return number.is_finite() & (number >= 0)
 
 
 def all_distinct(data: pa.PolarsData) -> bool | pl.LazyFrame:

@@ -5,10 +5,18 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
-from contracts.base import all_distinct, check, holds_per_distinct, is_ascii, is_finite_non_negative, is_non_blank, is_printable
-
-TEXT_COLUMNS = ("product_name", "product_description", "category", "subcategory", "category_path", "location", "county")
-REPEATED_COLUMNS = ("category", "subcategory", "category_path", "location", "county")
+from contracts.base import all_distinct, check, holds_per_distinct
+from contracts.rules import (
+    REJECTED_STAGES,
+    REPEATED_COLUMNS,
+    TEXT_COLUMNS,
+    is_ascii,
+    is_finite_non_negative,
+    is_json_object,
+    is_non_blank,
+    is_printable,
+    path_starts_with_category,
+)
 
 
 class RawProducts(pa.DataFrameModel):
@@ -89,11 +97,6 @@ class CleanProducts(pa.DataFrameModel):
         ordered = True
 
 
-def path_starts_with_category(path: pl.Expr, category: pl.Expr, subcategory: pl.Expr) -> pl.Expr:
-    """True where ``path`` starts with ``category``, and is ``category`` alone exactly when there is no ``subcategory``."""
-    return path.str.starts_with(category) & ((path == category) == subcategory.is_null())
-
-
 class ImageManifest(CleanProducts):
     """One row per photo, with its product's clean fields (``id`` is the product's id, ``image_id`` unique)."""
 
@@ -125,7 +128,7 @@ class Rejected(pa.DataFrameModel):
 
     source: str
     source_row: pl.Int64 = pa.Field(description="1-based data record in the source (header not counted)")
-    stage: str = pa.Field(isin=["products", "images"])
+    stage: str = pa.Field(isin=list(REJECTED_STAGES))
     reason: str
     raw: str = pa.Field(description="the raw row's fields as a JSON object")
 
@@ -139,8 +142,7 @@ class Rejected(pa.DataFrameModel):
 
     @check("raw", name="json_object")
     def _json_object(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        raw = pl.col(data.key)
-        return data.lazyframe.select(raw.str.starts_with("{") & raw.str.ends_with("}"))
+        return data.lazyframe.select(is_json_object(pl.col(data.key)))
 
     @check("source_row", name="rejected_once")
     def _rejected_once(cls, data: pa.PolarsData) -> pl.LazyFrame:

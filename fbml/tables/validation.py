@@ -3,30 +3,34 @@
 pandera checks only the schema of a LazyFrame, and its ``PANDERA_*`` environment variables can turn
 checks off or down; here every check runs, schema and data, on an eager frame, whatever they say.
 A frame that fails raises ``ContractError`` naming the contract, the column and the check; pandera's
-own errors never leave this module.
+own errors never leave this module. pandera (and with it pandas) is imported at the first check, so a
+streamed stage that never checks an eager frame never loads it.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
-import pandera.errors
-import pandera.polars as pa
 import polars as pl
-from pandera.config import ValidationDepth, config_context
-from pandera.typing.polars import DataFrame
 
 from fbml.errors import ContractError, shown
 
-Model = TypeVar("Model", bound=pa.DataFrameModel)
+if TYPE_CHECKING:
+    import pandera.errors
+    import pandera.polars as pa
+    from pandera.typing.polars import DataFrame
+
+Model = TypeVar("Model", bound="pa.DataFrameModel")
 EXAMPLES = 3
-_Reason = pandera.errors.SchemaErrorReason
 
 
 def validated(frame: object, contract: type[Model]) -> DataFrame[Model]:
     """``frame`` checked against ``contract`` (schema and data); ``ContractError`` at the first check it fails."""
     if not isinstance(frame, pl.DataFrame):
         raise ContractError(contract.__name__, None, "is_polars_dataframe", f"got {type(frame).__name__}")
+    import pandera.errors
+    from pandera.config import ValidationDepth, config_context
+
     try:
         with config_context(validation_enabled=True, validation_depth=ValidationDepth.SCHEMA_AND_DATA):
             return contract.validate(frame)
@@ -37,11 +41,13 @@ def validated(frame: object, contract: type[Model]) -> DataFrame[Model]:
 def rows_of(frame: DataFrame[Model], keep: pl.Expr | pl.Series) -> DataFrame[Model]:
     """The rows of a checked frame where ``keep`` holds, still checked: every contract's checks are
     per row or of uniqueness, and both hold for any subset of the rows."""
-    return cast(DataFrame[Model], frame.filter(keep))
+    return cast("DataFrame[Model]", frame.filter(keep))
 
 
 def contract_error(contract: str, error: pandera.errors.SchemaError) -> ContractError:
     """pandera's error as a ``ContractError``: the column, the check and a few failing values."""
+    from pandera.errors import SchemaErrorReason as _Reason
+
     reason = error.reason_code
     if reason in (_Reason.COLUMN_NOT_IN_DATAFRAME, _Reason.COLUMN_NOT_IN_SCHEMA):
         check = "present" if reason == _Reason.COLUMN_NOT_IN_DATAFRAME else "in_contract"
