@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,6 +79,12 @@ def _add_clean_products(commands: Commands) -> None:
     parser.add_argument("products", metavar="PRODUCTS_CSV", help="local path or s3:// URI")
     parser.add_argument("--images", metavar="IMAGES_CSV", help="local path or s3:// URI of the images table")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the parquet outputs")
+    parser.add_argument("--engine", choices=("polars", "ray"), default="polars",
+                        help="polars: its streaming engine, in bounded memory (default); ray: Ray Data map_batches "
+                             "on a Ray cluster (install fbml[ray])")
+    parser.add_argument("--address", metavar="ADDR", default=None,
+                        help="with --engine ray: the cluster (ray://HOST:10001, or auto for the one this machine "
+                             "belongs to); default: a local cluster started for the run")
 
 
 def _add_clean_images(commands: Commands) -> None:
@@ -200,13 +207,23 @@ def _run_sample(args: argparse.Namespace) -> None:
 
 def _run_clean_products(args: argparse.Namespace) -> None:
     from fbml.files import check_output_folder
-    from fbml.tables.clean import clean_tables, write_clean_tables
+    from fbml.tables.clean import output_paths
+    from fbml.tables.streaming import RawTables, stream_clean_tables
 
+    if args.address is not None and args.engine != "ray":
+        raise FbmlError("--address is for --engine ray")
     check_output_folder(args.out)
-    tables = clean_tables(args.products, args.images)
-    write_clean_tables(tables, args.out)
-    print(tables.summary())
-    print(f"wrote {', '.join(str(path) for path in tables.output_paths(args.out))}")
+    raw = RawTables(args.products, args.images)
+    if args.engine == "ray":
+        from fbml.tables.ray_engine import ray_clean_tables
+
+        # Workers run this interpreter, not a fresh `uv run` environment each (set it to 1 to have them).
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        counts = ray_clean_tables(raw, args.out, address=args.address)
+    else:
+        counts = stream_clean_tables(raw, args.out)
+    print(counts.summary())
+    print(f"wrote {', '.join(str(path) for path in output_paths(args.out, with_images=args.images is not None))}")
 
 
 def _run_clean_images(args: argparse.Namespace) -> None:

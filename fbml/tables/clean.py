@@ -3,15 +3,63 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
+import contracts
 import polars as pl
-from contracts import Rejected
-from pandera.typing.polars import DataFrame
 
 from fbml.tables.cleaning import Cleaned, Manifest, clean_products, image_manifest
 from fbml.tables.sources import UTF8, StorageOptions, read_images, read_products
 from fbml.tables.validation import rows_of, validated
+
+if TYPE_CHECKING:
+    from contracts import Rejected
+    from pandera.typing.polars import DataFrame
+
+OUTPUT_NAMES = ("products.parquet", "rejected.parquet", "images.parquet")
+
+
+@attrs.frozen
+class PhotoCounts:
+    """What became of the images table's rows."""
+
+    read: int
+    joined: int
+    rejected_by_reason: dict[str, int]
+    products_without_photos: int
+
+
+@attrs.frozen
+class CleanCounts:
+    """What became of every input row: the counts ``fbml clean-products`` prints, whichever engine ran."""
+
+    products_read: int
+    products_clean: int
+    rejected_by_reason: dict[str, int]
+    photos: PhotoCounts | None
+
+    def summary(self) -> str:
+        """Counts that account for every input row."""
+        rejected = sum(self.rejected_by_reason.values())
+        lines = [
+            f"products: {self.products_read} read, {self.products_clean} clean, {rejected} rejected",
+            *_reason_lines(self.rejected_by_reason),
+        ]
+        if self.photos is not None:
+            photos = self.photos
+            lines += [
+                f"photos: {photos.read} read, {photos.joined} joined to a product, "
+                f"{sum(photos.rejected_by_reason.values())} rejected",
+                *_reason_lines(photos.rejected_by_reason),
+                f"products without photos: {photos.products_without_photos}",
+            ]
+        return "\n".join(lines)
+
+
+def output_paths(out: Path, *, with_images: bool) -> list[Path]:
+    """The files the cleaned tables are written to in ``out``: products, rejected rows, the photo manifest."""
+    return [out / name for name in OUTPUT_NAMES[: 3 if with_images else 2]]
 
 
 @attrs.frozen
@@ -27,28 +75,23 @@ class CleanTables:
     def rejected(self) -> DataFrame[Rejected]:
         """Every rejected row of both tables."""
         frames = [self.cleaned.rejected, *([self.manifest.rejected] if self.manifest else [])]
-        return validated(pl.concat(frames), Rejected)
+        return validated(pl.concat(frames), contracts.Rejected)
+
+    def counts(self) -> CleanCounts:
+        """What became of every input row."""
+        manifest = self.manifest
+        photos = None if manifest is None else PhotoCounts(
+            self.images_read, manifest.images.height, manifest.rejected_by_reason(), manifest.products_without_images.height
+        )
+        return CleanCounts(self.products_read, self.cleaned.products.height, self.cleaned.rejected_by_reason(), photos)
 
     def summary(self) -> str:
         """Counts that account for every input row."""
-        lines = [
-            f"products: {self.products_read} read, {self.cleaned.products.height} clean, "
-            f"{self.cleaned.rejected.height} rejected",
-            *_reason_lines(self.cleaned.rejected_by_reason()),
-        ]
-        if self.manifest is not None:
-            lines += [
-                f"photos: {self.images_read} read, {self.manifest.images.height} joined to a product, "
-                f"{self.manifest.rejected.height} rejected",
-                *_reason_lines(self.manifest.rejected_by_reason()),
-                f"products without photos: {self.manifest.products_without_images.height}",
-            ]
-        return "\n".join(lines)
+        return self.counts().summary()
 
     def output_paths(self, out: Path) -> list[Path]:
         """The files ``write_clean_tables`` writes into ``out``."""
-        names = ["products.parquet", "rejected.parquet", *(["images.parquet"] if self.manifest else [])]
-        return [out / name for name in names]
+        return output_paths(out, with_images=self.manifest is not None)
 
 
 def clean_tables(

@@ -1,6 +1,8 @@
 """Clean the raw products table and join it to its photos: polars expressions, one lazy query.
 
-Every raw row ends in exactly one place: a clean table or ``rejected`` with its reason.
+Every raw row ends in exactly one place: a clean table or ``rejected`` with its reason. The per-row
+cleaning (``annotated_rows``) is one function of a batch of numbered rows, the same for a whole table,
+a streamed batch or a Ray batch; only the duplicate ids look across rows (``duplicate_rejection``).
 """
 
 from __future__ import annotations
@@ -8,29 +10,37 @@ from __future__ import annotations
 import functools
 import unicodedata
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
+import contracts
 import polars as pl
-from contracts import CleanProducts, ImageManifest, RawImages, RawProducts, Rejected
-from contracts.base import CONTROL_CHARACTERS
-from pandera.typing.polars import DataFrame
+from contracts.rules import CLEAN_PRODUCT_SCHEMA, CONTROL_CHARACTERS, RAW_PRODUCT_COLUMNS
 
 from fbml.tables.validation import rows_of, validated
 
+if TYPE_CHECKING:
+    from contracts import CleanProducts, ImageManifest, RawImages, RawProducts, Rejected
+    from pandera.typing.polars import DataFrame
+
 CATEGORY_SEPARATOR = " / "
-PRODUCT_TEXT_COLUMNS = ("id", "product_name", "category", "product_description", "price", "location")
+PRODUCT_TEXT_COLUMNS = RAW_PRODUCT_COLUMNS
 REQUIRED_PRODUCT_FIELDS = ("id", "product_name", "category", "price")
 PRICE_PATTERN = r"^£?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$"
 GUMTREE_SUFFIX = r"(?i)(\s*\|\s*in\s[^|]*)?\s*\|\s*gumtree\s*$"
-CLEAN_COLUMNS = tuple(CleanProducts.to_schema().columns)
+CLEAN_COLUMNS = tuple(CLEAN_PRODUCT_SCHEMA.names())
 MANIFEST_COLUMNS = ("image_id", *CLEAN_COLUMNS)
 NON_ASCII = r"[^\x00-\x7F]+"
 # Latin-1 Supplement, General Punctuation, Variation Selectors, Miscellaneous Symbols and
 # Pictographs, Emoticons: most of the non-ASCII characters listings use (£ ’ – • … é, emoji).
 COMMON_BLOCKS = ((0x80, 0x100), (0x2000, 0x2070), (0xFE00, 0xFE10), (0x1F300, 0x1F650))
 MESSY_SPACE = r"[\x00-\x1F\x7F][\x00-\x20\x7F]*|\x20[\x00-\x20\x7F]+"
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+BATCH_ROWS = 250_000
+"""Rows per streamed batch: enough that per-batch costs (automata, distinct lookups) stay small."""
 _ROW = "source_row"
 _REASON = "reason"
+BATCH_SCHEMA = pl.Schema([(_ROW, pl.Int64), *CLEAN_PRODUCT_SCHEMA.items(), (_REASON, pl.String), ("raw", pl.String)])
 
 
 @attrs.frozen
@@ -184,22 +194,40 @@ def duplicate_rejection(key: pl.Expr, reason: pl.Expr, what: str) -> pl.Expr:
     return pl.when(reason.is_null() & seen_before).then(pl.lit(f"duplicate {what}")).otherwise(reason)
 
 
-def clean_products(raw: DataFrame[RawProducts], *, source: str = "products") -> Cleaned:
-    """The clean products and every rejected row, with reasons (``RawProducts`` -> ``Cleaned``)."""
-    annotated = annotated_products(validated(raw, RawProducts)).collect()
+def clean_products(raw: DataFrame[RawProducts] | pl.LazyFrame, *, source: str = "products") -> Cleaned:
+    """The clean products and every rejected row, with reasons (``RawProducts`` -> ``Cleaned``).
+
+    A lazy source is read by polars' streaming engine in batches, each cleaned on its own, so only the
+    results are ever whole in memory; ids are made unique across all batches.
+    """
+    if isinstance(raw, pl.LazyFrame):
+        batches = numbered(raw, PRODUCT_TEXT_COLUMNS).collect_batches(chunk_size=BATCH_ROWS, engine="streaming")
+        rows = pl.concat([annotated_rows(batch) for batch in batches], rechunk=True)
+    else:
+        rows = annotated_rows(numbered(validated(raw, contracts.RawProducts).lazy(), PRODUCT_TEXT_COLUMNS).collect())
+    annotated = rows.with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "id").alias(_REASON))
     products = annotated.filter(pl.col(_REASON).is_null()).select(CLEAN_COLUMNS)
-    rejected = _rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
-    return Cleaned(validated(products, CleanProducts), validated(rejected, Rejected))
+    rejected = rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
+    return Cleaned(validated(products, contracts.CleanProducts), validated(rejected, contracts.Rejected))
 
 
-def annotated_products(raw: pl.DataFrame) -> pl.LazyFrame:
-    """Every raw row (``_raw_*``) with its number, its clean fields and why it is rejected (null if kept).
+def numbered(raw: pl.LazyFrame, columns: tuple[str, ...]) -> pl.LazyFrame:
+    """The raw columns as ``_raw_*``, each row with its 1-based record number (a streamable row index)."""
+    return raw.with_row_index(_ROW, offset=1).select(
+        pl.col(_ROW).cast(pl.Int64), *(pl.col(name).alias(f"_raw_{name}") for name in columns)
+    )
 
-    The table is first made one chunk per column: ``str.replace_many`` builds its automaton (over
+
+def annotated_rows(numbered_rows: pl.DataFrame) -> pl.DataFrame:
+    """Each numbered raw row (``_raw_*``) with its clean fields and why it is rejected (null if kept),
+    duplicate ids aside: a function of the rows alone, so any batch of them can be cleaned alone.
+
+    The batch is first made one chunk per column: ``str.replace_many`` builds its automaton (over
     about a thousand characters) once per chunk, and a 1M-row CSV reads as some 240 chunks.
     """
     return (
-        _numbered(raw.rechunk(), PRODUCT_TEXT_COLUMNS)
+        numbered_rows.rechunk()
+        .lazy()
         .with_columns(
             pl.col("_raw_id").str.strip_chars().alias("id"),
             product_name(pl.col("_raw_product_name")).alias("product_name"),
@@ -210,25 +238,53 @@ def annotated_products(raw: pl.DataFrame) -> pl.LazyFrame:
         )
         .unnest("_category", "_place")
         .with_columns(product_rejection().alias(_REASON))
-        .with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "id").alias(_REASON))
+        .collect()
     )
+
+
+def cleaned_batch(numbered_rows: pl.DataFrame) -> pl.DataFrame:
+    """``annotated_rows`` as a batch leaves a worker: the row number, the clean fields, the reason, and
+    the raw row as JSON where it is rejected (``BATCH_SCHEMA``)."""
+    annotated = annotated_rows(numbered_rows)
+    raw = pl.when(pl.col(_REASON).is_not_null()).then(raw_json(PRODUCT_TEXT_COLUMNS))
+    return annotated.select(_ROW, *CLEAN_COLUMNS, _REASON, raw.alias("raw"))
+
+
+def raw_json(columns: tuple[str, ...]) -> pl.Expr:
+    """The raw fields ``_raw_*`` of a row as a JSON object."""
+    return pl.struct(pl.col(f"_raw_{name}").alias(name) for name in columns).struct.json_encode()
 
 
 def image_manifest(
     products: DataFrame[CleanProducts], raw_images: DataFrame[RawImages], *, source: str = "images"
 ) -> Manifest:
     """Join every photo row to its clean product (``CleanProducts`` x ``RawImages`` -> ``Manifest``)."""
-    products = validated(products, CleanProducts)
-    raw_images = validated(raw_images, RawImages)
-    columns = tuple(name for name in raw_images.columns if name != "")
-    known = products.select(pl.col("id").alias("product_id"), pl.lit(True).alias("_known"))
-    annotated = (
-        _numbered(raw_images, columns)
-        .with_columns(
+    products = validated(products, contracts.CleanProducts)
+    raw_images = validated(raw_images, contracts.RawImages)
+    columns = image_columns(raw_images.columns)
+    annotated = annotated_images(numbered(raw_images.lazy(), columns), products.lazy().select("id")).collect()
+    photos = joined_photos(annotated.lazy()).collect()
+    images = manifest_rows(photos.lazy(), products.lazy()).collect()
+    without = rows_of(products, ~pl.col("id").is_in(photos["id"].implode()))
+    rejected = rejected_rows(annotated, columns, source=source, stage="images")
+    return Manifest(validated(images, contracts.ImageManifest), validated(rejected, contracts.Rejected), without)
+
+
+def image_columns(columns: list[str]) -> tuple[str, ...]:
+    """The columns of a raw images table kept in a rejected row (the unnamed index dropped)."""
+    return tuple(name for name in columns if name != "")
+
+
+def annotated_images(numbered_images: pl.LazyFrame, product_ids: pl.LazyFrame) -> pl.LazyFrame:
+    """Each numbered raw image row with its ids and why it cannot join (null if it does): blank or
+    unprintable ids, no clean product among ``product_ids`` (a frame of ``id``), or an image id already seen."""
+    known = product_ids.select(pl.col("id").alias("product_id"), pl.lit(True).alias("_known"))
+    return (
+        numbered_images.with_columns(
             pl.col("_raw_id").str.strip_chars().alias("id"),
             pl.col("_raw_product_id").str.strip_chars().alias("product_id"),
         )
-        .join(known.lazy(), on="product_id", how="left", maintain_order="left")
+        .join(known, on="product_id", how="left", maintain_order="left")
         .with_columns(
             pl.coalesce(
                 pl.when(_is_blank(pl.col("id"))).then(pl.lit("missing required field: id")),
@@ -238,38 +294,33 @@ def image_manifest(
             ).alias(_REASON)
         )
         .with_columns(duplicate_rejection(pl.col("id"), pl.col(_REASON), "image id").alias(_REASON))
-        .collect()
     )
-    photos = annotated.filter(pl.col(_REASON).is_null()).select(
-        pl.col("id").alias("image_id"), pl.col("product_id").alias("id")
-    )
-    images = photos.join(products, on="id", how="inner", maintain_order="left").select(MANIFEST_COLUMNS)
-    without = rows_of(products, ~pl.col("id").is_in(photos["id"].implode()))
-    rejected = _rejected_rows(annotated, columns, source=source, stage="images")
-    return Manifest(validated(images, ImageManifest), validated(rejected, Rejected), without)
 
 
-def reasons_count(rejected: pl.DataFrame) -> dict[str, int]:
+def joined_photos(annotated: pl.LazyFrame) -> pl.LazyFrame:
+    """The image rows that join: ``image_id`` and its product's ``id``."""
+    return annotated.filter(pl.col(_REASON).is_null()).select(pl.col("id").alias("image_id"), pl.col("product_id").alias("id"))
+
+
+def manifest_rows(photos: pl.LazyFrame, products: pl.LazyFrame) -> pl.LazyFrame:
+    """Every joined photo with its product's clean fields, in the images table's order."""
+    return photos.join(products, on="id", how="inner", maintain_order="left").select(MANIFEST_COLUMNS)
+
+
+def reasons_count(rejected: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
     """Rejected rows per reason, most frequent first."""
-    counts = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
-    return dict(counts.iter_rows())
+    counts = rejected.lazy().group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+    return dict(counts.collect(engine="streaming").iter_rows())
 
 
-def _numbered(raw: pl.DataFrame, columns: tuple[str, ...]) -> pl.LazyFrame:
-    """The raw columns as ``_raw_*``, each row with its 1-based record number."""
-    return raw.lazy().select(
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW),
-        *(pl.col(name).alias(f"_raw_{name}") for name in columns),
-    )
-
-
-def _rejected_rows(annotated: pl.DataFrame, columns: tuple[str, ...], *, source: str, stage: str) -> pl.DataFrame:
+def rejected_rows(annotated: Frame, columns: tuple[str, ...], *, source: str, stage: str) -> Frame:
+    """The rejected rows of an annotated table, as ``Rejected`` rows."""
     return annotated.filter(pl.col(_REASON).is_not_null()).select(
         pl.lit(source).alias("source"),
         pl.col(_ROW),
         pl.lit(stage).alias("stage"),
         pl.col(_REASON),
-        pl.struct(pl.col(f"_raw_{name}").alias(name) for name in columns).struct.json_encode().alias("raw"),
+        raw_json(columns).alias("raw"),
     )
 
 

@@ -7,23 +7,28 @@ that says which encoding it looks like and how to read it, rather than read with
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import pandera.polars as pa
+import contracts
 import polars as pl
-from contracts import RawImages, RawProducts
-from pandera.typing.polars import DataFrame
+from contracts.rules import RAW_IMAGE_COLUMNS, RAW_PRODUCT_COLUMNS
 
 from fbml.errors import ContractError, InputError, shown
 from fbml.tables.validation import validated
 
+if TYPE_CHECKING:
+    import pandera.polars as pa
+    from contracts import RawImages, RawProducts
+    from pandera.typing.polars import DataFrame
+
 StorageOptions = Mapping[str, str] | None
 UTF8 = "utf-8"
 SNIFFED_BYTES = 1 << 16
-Raw = TypeVar("Raw", bound=pa.DataFrameModel)
+Raw = TypeVar("Raw", bound="pa.DataFrameModel")
 _BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32 (little-endian)", "utf-32"),
     (codecs.BOM_UTF32_BE, "UTF-32 (big-endian)", "utf-32"),
@@ -43,18 +48,32 @@ def read_table(source: str | Path, *, storage_options: StorageOptions = None, en
     ``encoding`` is any Python codec name (``latin-1``, ``cp1252``, ``utf-16``); a local file that is
     not in it and looks like another encoding is an ``InputError`` that names that encoding.
     """
+    with read_errors(source, encoding):
+        return scan_table(source, storage_options=storage_options, encoding=encoding).collect()
+
+
+def scan_table(source: str | Path, *, storage_options: StorageOptions = None, encoding: str = UTF8) -> pl.LazyFrame:
+    """``read_table`` as a lazy scan for the streaming engine: the same parser and options, read in batches.
+
+    Errors in the data surface when the scan runs: run it inside ``read_errors(source, encoding)``. A file
+    in another encoding than UTF-8 is decoded in memory first (polars streams UTF-8 only).
+    """
     codec = _codec_name(source, encoding)
-    if not is_remote(source):
-        _check_local_file(Path(source), codec)
-    elif codec != UTF8:
-        raise InputError(source, f"only a local file can be read as {codec}; download it, or convert it to UTF-8")
-    try:
-        return pl.read_csv(
-            str(source) if codec == UTF8 else _as_utf8(Path(source), codec),
+    with read_errors(source, codec):
+        return pl.scan_csv(
+            _readable(source, codec),
             infer_schema=False,
             encoding="utf8",
             storage_options=dict(storage_options) if storage_options else None,
         )
+
+
+@contextlib.contextmanager
+def read_errors(source: str | Path, encoding: str = UTF8) -> Iterator[None]:
+    """Errors reading ``source`` as CSV, as one-line ``InputError``s."""
+    codec = _codec_name(source, encoding)
+    try:
+        yield
     except pl.exceptions.NoDataError:
         raise InputError(source, "empty file: no header row") from None
     except (pl.exceptions.PolarsError, UnicodeError) as error:
@@ -65,18 +84,30 @@ def read_table(source: str | Path, *, storage_options: StorageOptions = None, en
         raise InputError(source, f"cannot read as CSV: {_first_line(error)}") from None
 
 
+def scan_products(source: str | Path, *, storage_options: StorageOptions = None, encoding: str = UTF8) -> pl.LazyFrame:
+    """The raw products table as a lazy scan, its columns checked against ``RawProducts`` (all strings)."""
+    return _with_columns(scan_table(source, storage_options=storage_options, encoding=encoding), RAW_PRODUCT_COLUMNS, source)
+
+
+def scan_images(source: str | Path, *, storage_options: StorageOptions = None, encoding: str = UTF8) -> pl.LazyFrame:
+    """The raw images table as a lazy scan, its columns checked against ``RawImages`` (all strings)."""
+    return _with_columns(scan_table(source, storage_options=storage_options, encoding=encoding), RAW_IMAGE_COLUMNS, source)
+
+
 def read_products(
     source: str | Path, *, storage_options: StorageOptions = None, encoding: str = UTF8
 ) -> DataFrame[RawProducts]:
     """The raw products table, checked against ``RawProducts``."""
-    return _validated(read_table(source, storage_options=storage_options, encoding=encoding), RawProducts, source)
+    frame = read_table(source, storage_options=storage_options, encoding=encoding)
+    return _validated(frame, contracts.RawProducts, RAW_PRODUCT_COLUMNS, source)
 
 
 def read_images(
     source: str | Path, *, storage_options: StorageOptions = None, encoding: str = UTF8
 ) -> DataFrame[RawImages]:
     """The raw images table (long or short form), checked against ``RawImages``."""
-    return _validated(read_table(source, storage_options=storage_options, encoding=encoding), RawImages, source)
+    frame = read_table(source, storage_options=storage_options, encoding=encoding)
+    return _validated(frame, contracts.RawImages, RAW_IMAGE_COLUMNS, source)
 
 
 def sniffed_encoding(head: bytes) -> tuple[str, str] | None:
@@ -191,20 +222,35 @@ def _decodes(data: bytes, codec: str) -> bool:
     return True
 
 
-def _validated(frame: pl.DataFrame, schema: type[Raw], source: str | Path) -> DataFrame[Raw]:
-    missing = [name for name in _required_columns(schema) if name not in frame.columns]
+def _readable(source: str | Path, codec: str) -> str | io.BytesIO:
+    """What polars reads: the path or URI, or a file in another encoding decoded to UTF-8."""
+    if not is_remote(source):
+        _check_local_file(Path(source), codec)
+    elif codec != UTF8:
+        raise InputError(source, f"only a local file can be read as {codec}; download it, or convert it to UTF-8")
+    return str(source) if codec == UTF8 else _as_utf8(Path(source), codec)
+
+
+def _with_columns(scan: pl.LazyFrame, required: tuple[str, ...], source: str | Path) -> pl.LazyFrame:
+    with read_errors(source):
+        _check_columns(scan.collect_schema().names(), required, source)
+    return scan
+
+
+def _check_columns(columns: list[str], required: tuple[str, ...], source: str | Path) -> None:
+    missing = [name for name in required if name not in columns]
     if missing:
-        found = ", ".join(shown(name, 60) for name in frame.columns[:20])
-        more = f" and {frame.width - 20} more" if frame.width > 20 else ""
+        found = ", ".join(shown(name, 60) for name in columns[:20])
+        more = f" and {len(columns) - 20} more" if len(columns) > 20 else ""
         raise InputError(source, f"missing column(s) {', '.join(missing)} (found {found}{more})")
+
+
+def _validated(frame: pl.DataFrame, schema: type[Raw], required: tuple[str, ...], source: str | Path) -> DataFrame[Raw]:
+    _check_columns(frame.columns, required, source)
     try:
         return validated(frame, schema)
     except ContractError as error:
         raise InputError(source, f"does not match {error}") from None
-
-
-def _required_columns(schema: type[pa.DataFrameModel]) -> list[str]:
-    return [name for name, column in schema.to_schema().columns.items() if column.required]
 
 
 def _first_line(error: BaseException) -> str:
