@@ -201,10 +201,15 @@ def saved(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_workers(saved: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def two_workers(saved: Path, serve_log: Path) -> Iterator[str]:
     """``fbml serve --workers 2 --log-format json`` on a free loopback port, stopped after the module."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("logs") / "serve.log").open("w+")
+    log = serve_log.open("w+")
     env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
     fbml = Path(sys.executable).with_name("fbml")
     server = subprocess.Popen([str(fbml), "serve", str(saved), "--port", str(port), "--workers", "2", "--log-format", "json"],
@@ -255,3 +260,14 @@ def test_a_served_bundle_names_its_manifests_digest(two_workers: str, saved: Pat
     with urllib.request.urlopen(request, timeout=WAIT) as response:
         assert response.headers[MODEL_VERSION_HEADER] == digest
         assert json.loads(response.read())["model_version"] == digest
+
+
+def test_fbml_serve_logs_one_json_object_a_line_with_request_ids(two_workers: str, serve_log: Path) -> None:
+    request = urllib.request.Request(f"{two_workers}/health/live", headers={"x-request-id": "from-the-test"})
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        assert response.headers["x-request-id"] == "from-the-test"
+    until(lambda: "from-the-test" in serve_log.read_text())
+    lines = [json.loads(line) for line in serve_log.read_text().splitlines()]
+    access = [line for line in lines if line["request_id"] == "from-the-test"]
+    assert len(access) == 1 and access[0]["route"] == "/health/live" and access[0]["status"] == 200
+    assert any(line["message"].startswith("Started server process") for line in lines)  # uvicorn's own lines, as JSON
