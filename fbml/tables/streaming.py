@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Final
 
 import attrs
 import polars as pl
@@ -41,6 +42,8 @@ from fbml.tables.sources import UTF8, StorageOptions, read_errors, scan_images, 
 ROW, REASON = "source_row", "reason"
 REJECTED_COLUMNS = tuple(REJECTED_SCHEMA.names())
 _SEPARATOR = "\x1f"
+PARTS: Final = "lz4"
+"""The parts are read once, soon: written fast rather than small."""
 
 
 @attrs.frozen
@@ -121,11 +124,11 @@ def _write_parts(batches: Iterable[pl.DataFrame], source: str, work: Path) -> in
     read = 0
     for number, batch in enumerate(itertools.chain(batches, [pl.DataFrame(schema=BATCH_SCHEMA)])):
         kept = pl.col(REASON).is_null()
-        batch.filter(kept).select(ROW, *CLEAN_COLUMNS).write_parquet(work / f"products-{number:08}.parquet")
+        batch.filter(kept).select(ROW, *CLEAN_COLUMNS).write_parquet(work / f"products-{number:08}.parquet", compression=PARTS)
         rejected = batch.filter(~kept).select(
             pl.lit(source).alias("source"), ROW, pl.lit("products").alias("stage"), REASON, "raw"
         )
-        rejected.write_parquet(work / f"rejected-{number:08}.parquet")
+        rejected.write_parquet(work / f"rejected-{number:08}.parquet", compression=PARTS)
         read += batch.height
     return read
 
