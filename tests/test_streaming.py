@@ -173,3 +173,10 @@ def test_a_stale_output_is_replaced_only_when_the_new_one_is_whole(tmp_path: Pat
 
 def run_fbml(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fbml.cli", *args], capture_output=True, text=True)
+
+
+def test_an_address_without_the_ray_engine_is_one_line(tmp_path: Path) -> None:
+    path = write_table(tmp_path / "Products.csv", messy_rows(1))
+    done = run_fbml("clean-products", str(path), "--out", str(tmp_path / "out"), "--address", "auto")
+    assert (done.returncode, done.stderr) == (2, "fbml: error: --address is for --engine ray\n")
+    assert not (tmp_path / "out").exists()
