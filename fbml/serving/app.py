@@ -7,8 +7,9 @@ most ``max_body_bytes``, else 413; uploads are never written anywhere), photos a
 Every answer carries security headers and an ``X-Request-ID``, and is counted in the app's own
 Prometheus registry (``/metrics``); predictions and recommendations name the model version in their
 body and in ``X-Model-Version``. ``/health/live`` answers while the process runs, ``/health/ready``
-once every model has answered a warm-up request. The OpenAPI document is served as JSON only
-(``/schema``), with no browser pages, whose scripts would come from a CDN.
+once every model has answered a warm-up request. ``/`` is the page to try it (``fbml.serving.page``,
+its own files only); the OpenAPI document is served as JSON only (``/schema``), without Litestar's
+schema pages, whose scripts would come from a CDN.
 """
 
 from __future__ import annotations
