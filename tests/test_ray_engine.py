@@ -83,3 +83,14 @@ def test_a_missing_ray_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     raw = RawTables(str(write_table(tmp_path / "Products.csv", messy_rows(1))))
     with pytest.raises(FbmlError, match=r"^--engine ray needs Ray: install fbml\[ray\]$"):
         ray_clean_tables(attrs.evolve(raw), tmp_path / "out")
+
+
+def test_the_command_line_engine(local_cluster: None, sample, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fbml.cli import main
+
+    args = ["clean-products", str(sample.products_csv), "--images", str(sample.images_csv), "--out"]
+    assert main([*args, str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    by_ray = capsys.readouterr().out
+    assert main([*args, str(tmp_path / "default")]) == 0
+    assert by_ray.replace("/ray/", "/default/") == capsys.readouterr().out
+    assert "products: 650 read, 641 clean, 9 rejected" in by_ray
