@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 import torch
@@ -31,6 +31,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fbml.errors import FbmlError, one_line
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 T = TypeVar("T")
 
@@ -40,7 +43,8 @@ RANK_SEED_STRIDE = 1_000_003
 WAIT = datetime.timedelta(hours=2)
 """The longest one process waits for the others at a collective (rank 0 building the photo and feature caches)."""
 ERROR_FILE = "rank-{rank}.txt"
-_LAUNCHER_LOGGERS = "torch.distributed.elastic"
+FOLLOWER_FILE = "rank-{rank}.followed"
+_LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing")
 _LAUNCHER_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
 
 
@@ -92,7 +96,12 @@ class World:
 
 
 class RankZeroError(FbmlError):
-    """Raised on ranks other than 0 when rank 0 stopped; the message is rank 0's."""
+    """Raised on ranks other than 0 when rank 0 stopped (the message is rank 0's) or they lost it: rank 0
+    reports the failure, these ranks exit without a word."""
+
+
+class PeersLostError(FbmlError):
+    """Raised on rank 0 when a collective failed because another process stopped (or the network to it did)."""
 
 
 def world_from_environment(environment: Mapping[str, str]) -> World | None:
@@ -140,7 +149,8 @@ def per_process_batch(batch_size: int, world: World) -> int:
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device) -> Iterator[None]:
     """``torch.distributed``'s default process group for the block (gloo; NCCL too for CUDA tensors), destroyed
-    after; with one process nothing is initialised."""
+    after; with one process nothing is initialised. A collective that fails because another process stopped ends
+    the block with one line on rank 0 (``PeersLostError``) and ``RankZeroError`` on the others."""
     if world.size == 1:
         yield
         return
@@ -151,8 +161,25 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     try:
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             yield
+    except Exception as error:
+        if _peer_lost(error):
+            raise _lost(world, error) from None
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _peer_lost(error: Exception) -> bool:
+    """Whether ``error`` is a collective's that lost another process: torch's ``DistError``, or the plain
+    ``RuntimeError`` gloo's transport raises when a peer's connection closes."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo/transport" in str(error))
+
+
+def _lost(world: World, error: Exception) -> FbmlError:
+    """A collective that failed because another process stopped (or the network between them did): one line
+    from rank 0 (``PeersLostError``); the others, whose line would only repeat it, ``RankZeroError``."""
+    line = one_line(f"rank {world.rank} lost the other training processes ({type(error).__name__}: {error})")
+    return PeersLostError(line) if world.is_main else RankZeroError(line)
 
 
 def data_parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:
@@ -222,11 +249,13 @@ def launch(nproc: int, entrypoint: Callable[..., T], *args: Any) -> list[T]:
     ``torchrun --standalone`` runs: a fresh rendezvous on a free local port, no restarts), which sets ``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT`` in each; their return values by rank.
 
-    When a process fails the launcher stops the others. If one failed with an ``FbmlError`` it is raised here,
-    one line (rank 0's if it has one); any other failure is the launcher's ``ChildFailedError``. The launcher's
-    own logging, signal handlers and files are confined to the call.
+    When a process fails the launcher stops the others, and the failure is raised here as one ``FbmlError`` line:
+    the error of the lowest rank that raised one (rank 0's when it has one), else how the first failed process
+    ended. A signal to this process (Ctrl-C, SIGTERM) stops them all and raises ``KeyboardInterrupt``. The
+    launcher's own logging, signal handlers and files are confined to the call.
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -242,22 +271,26 @@ def launch(nproc: int, entrypoint: Callable[..., T], *args: Any) -> list[T]:
         )
         try:
             returned = elastic_launch(config, _recorded)(entrypoint, errors, *args)
-        except ChildFailedError:
-            message = _first_error(errors, nproc)
-            if message is None:
-                raise
-            raise FbmlError(message) from None
+        except ChildFailedError as failed:
+            raise FbmlError(_first_error(errors, nproc) or _ending(failed, errors)) from None
+        except SignalException:
+            raise KeyboardInterrupt from None
     return [cast(T, returned[rank]) for rank in range(nproc)]
 
 
 def _recorded(entrypoint: Callable[..., T], errors: Path, *args: Any) -> T:
-    """``entrypoint(*args)`` in a launched process; an ``FbmlError`` it raises is kept in ``errors`` for ``launch``."""
+    """``entrypoint(*args)`` in a launched process; the line of an error it raises is kept in ``errors`` for
+    ``launch``, or, when it only follows another process's failure (``RankZeroError``, ``PeersLostError``), a
+    mark that this process followed."""
+    rank = os.environ.get("RANK", "unknown")
     try:
         return entrypoint(*args)
-    except RankZeroError:
+    except (RankZeroError, PeersLostError):
+        (errors / FOLLOWER_FILE.format(rank=rank)).touch()
         raise
-    except FbmlError as error:
-        (errors / ERROR_FILE.format(rank=os.environ.get("RANK", "unknown"))).write_text(str(error), encoding="utf-8")
+    except Exception as error:
+        line = str(error) if isinstance(error, FbmlError) else one_line(f"rank {rank} failed: {type(error).__name__}: {error}")
+        (errors / ERROR_FILE.format(rank=rank)).write_text(line, encoding="utf-8")
         raise
 
 
@@ -270,12 +303,24 @@ def _first_error(errors: Path, nproc: int) -> str | None:
     return None
 
 
+def _ending(failed: ChildFailedError, errors: Path) -> str:
+    """How the failed process of lowest rank that did not follow another's failure ended (killed, or an exit
+    status)."""
+    causes = [rank for rank in sorted(failed.failures) if not (errors / FOLLOWER_FILE.format(rank=rank)).exists()]
+    rank = causes[0] if causes else min(failed.failures)
+    failure = failed.failures[rank]
+    how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with status {failure.exitcode}"
+    return f"training process {rank} {how}"
+
+
 @contextlib.contextmanager
 def _launcher_confined() -> Iterator[None]:
-    """The elastic launcher's loggers quiet (a failed process is reported by ``launch``), and the signal handlers
-    and environment variable it sets in this process put back after."""
-    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name == _LAUNCHER_LOGGERS or name.startswith(_LAUNCHER_LOGGERS + ".")]
+    """The loggers of the elastic launcher and of its process pool quiet (``launch`` reports a failed process; the
+    others are stopped on purpose), and the signal handlers and environment variable it sets in this process put
+    back after."""
+    names = dict.fromkeys([*_LAUNCHER_LOGGERS, *logging.root.manager.loggerDict])
+    loggers = [logging.getLogger(name) for name in names
+               if any(name == prefix or name.startswith(prefix + ".") for prefix in _LAUNCHER_LOGGERS)]
     levels = [logger.level for logger in loggers]
     handlers = {name: signal.getsignal(getattr(signal, name)) for name in _LAUNCHER_SIGNALS if hasattr(signal, name)}
     variable = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
