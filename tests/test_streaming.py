@@ -180,3 +180,11 @@ def test_an_address_without_the_ray_engine_is_one_line(tmp_path: Path) -> None:
     done = run_fbml("clean-products", str(path), "--out", str(tmp_path / "out"), "--address", "auto")
     assert (done.returncode, done.stderr) == (2, "fbml: error: --address is for --engine ray\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lazy_source_is_checked_by_the_raw_contract(sample) -> None:
+    scan = scan_products(sample.products_csv)
+    with pytest.raises(ContractError, match="^RawProducts: column 'price' fails present$"):
+        clean_products(scan.drop("price"))
+    with pytest.raises(ContractError, match="^RawProducts: column 'price' fails dtype String \\(got Int32\\)$"):
+        clean_products(scan.with_columns(pl.lit(1).alias("price")))

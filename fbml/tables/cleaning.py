@@ -17,6 +17,7 @@ import contracts
 import polars as pl
 from contracts.rules import CLEAN_PRODUCT_SCHEMA, CONTROL_CHARACTERS, RAW_PRODUCT_COLUMNS
 
+from fbml.errors import ContractError
 from fbml.tables.validation import rows_of, validated
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ def clean_products(raw: DataFrame[RawProducts] | pl.LazyFrame, *, source: str = 
     results are ever whole in memory; ids are made unique across all batches.
     """
     if isinstance(raw, pl.LazyFrame):
-        batches = numbered(raw, PRODUCT_TEXT_COLUMNS).collect_batches(chunk_size=BATCH_ROWS, engine="streaming")
+        batches = numbered(_raw_schema_checked(raw), PRODUCT_TEXT_COLUMNS).collect_batches(chunk_size=BATCH_ROWS, engine="streaming")
         rows = pl.concat([annotated_rows(batch) for batch in batches], rechunk=True)
     else:
         rows = annotated_rows(numbered(validated(raw, contracts.RawProducts).lazy(), PRODUCT_TEXT_COLUMNS).collect())
@@ -209,6 +210,17 @@ def clean_products(raw: DataFrame[RawProducts] | pl.LazyFrame, *, source: str = 
     products = annotated.filter(pl.col(_REASON).is_null()).select(CLEAN_COLUMNS)
     rejected = rejected_rows(annotated, PRODUCT_TEXT_COLUMNS, source=source, stage="products")
     return Cleaned(validated(products, contracts.CleanProducts), validated(rejected, contracts.Rejected))
+
+
+def _raw_schema_checked(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """A lazy raw table checked against ``RawProducts``' schema (its only checks): every raw column, a string."""
+    schema = raw.collect_schema()
+    for name in PRODUCT_TEXT_COLUMNS:
+        if name not in schema:
+            raise ContractError("RawProducts", name, "present")
+        if schema[name] != pl.String:
+            raise ContractError("RawProducts", name, f"dtype {pl.String}", f"got {schema[name]}")
+    return raw
 
 
 def numbered(raw: pl.LazyFrame, columns: tuple[str, ...]) -> pl.LazyFrame:
