@@ -349,6 +349,8 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    import torch
+    torch.set_num_threads({threads})  # the parent's: float sums depend on the thread count
     sys.path.insert(0, {tests!r})
     from test_training import blob_data, new_mlp, RESUME
     from fbml.modeling.features import FeatureDataset
@@ -369,7 +371,7 @@ RESUME = TrainConfig(epochs=6, batch_size=32, learning_rate=1e-2, patience=10, s
 
 def run_and_kill(checkpoint_dir: Path, delay: float = 0.25) -> int:
     """Start ``fit`` in a child process, SIGKILL it once the first checkpoint exists; the epochs it saved."""
-    script = CHILD.format(tests=str(Path(__file__).parent), delay=delay)
+    script = CHILD.format(tests=str(Path(__file__).parent), delay=delay, threads=torch.get_num_threads())
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     child = subprocess.Popen([sys.executable, "-c", script, str(checkpoint_dir)], env=env, stderr=subprocess.PIPE)
     try:
