@@ -113,7 +113,7 @@ def test_runtime_stage_serves_as_a_non_root_user(instructions):
     assert "PATH=/app/.venv/bin:" in env and "FBML_BUNDLE=/bundle" in env
     assert "/bundle" in " ".join(_args(runtime, "VOLUME"))
     healthcheck = " ".join(_args(runtime, "HEALTHCHECK"))
-    assert "/health" in healthcheck and "urllib" in healthcheck and "curl" not in healthcheck
+    assert "/health/ready" in healthcheck and "urllib" in healthcheck and "curl" not in healthcheck
     cmd = _args(runtime, "CMD")[-1]
     assert cmd == '["fbml", "serve", "/bundle", "--host", "0.0.0.0", "--port", "8080"]'
 
