@@ -1,9 +1,9 @@
 """The three classifiers on the real marketplace data, trained as ``fbml train`` trains them, with references.
 
-    uv run python benchmarks/bench_models.py [--data DIR] [--out DIR] [--device auto]
+    uv run python benchmarks/bench_models.py [--data DIR] [--out DIR] [--device auto] [--seed N]
 
 Trains text, image and combined with the defaults (``train_request`` + ``train_into_bundle``: the
-product-level 70/15/15 split, seed 0; every recipe, ensemble and fusion weight chosen on the
+product-level 70/15/15 split, seed 0 or ``--seed``; every recipe, ensemble and fusion weight chosen on the
 validation split) into one bundle, and prints the validation figures they were chosen on, then the
 test figures, once. In the same run, on the same split, it fits the references of the issue "Models
 that generalise": TF-IDF (word 1-2-grams and character 2-5-grams of name + description) with
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,16 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REAL_DATA, help="folder with Products.csv, Images.csv, images_224/")
     parser.add_argument("--out", type=Path, default=None, help="keep the bundle here (default: a temporary folder)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    parser.add_argument("--seed", type=int, default=0, help="split and training seed (default 0), as fbml train --seed")
     args = parser.parse_args(argv)
     if not (args.data / "Products.csv").is_file():
         print(f"skipped: {args.data / 'Products.csv'} not found (the real marketplace data is not on this machine)")
         return 0
     with tempfile.TemporaryDirectory(prefix="fbml-bench-models-") as scratch:
-        run(args.data, args.out or Path(scratch), args.device)
+        run(args.data, args.out or Path(scratch), args.device, args.seed)
     return 0
 
 
-def run(data: Path, out: Path, device: str) -> None:
+def run(data: Path, out: Path, device: str, seed: int = 0) -> None:
     from fbml.modeling.devices import resolve_device
     from fbml.workflows.train import train_into_bundle, train_request
     from fbml.tables.clean import clean_tables
@@ -64,24 +64,24 @@ def run(data: Path, out: Path, device: str) -> None:
     tables = clean_tables(data / "Products.csv", data / "Images.csv")
     results: dict[str, TrainResult] = {}
     for kind in ("text", "image", "combined"):
-        request = train_request(kind, seed=0, device=str(resolve_device(device)))
+        request = train_request(kind, seed=seed, device=str(resolve_device(device)))
         results[kind] = train_into_bundle(
             tables, data / "images_224", out / "bundle", request,
             work_dir=out / "work", logdir=out / "runs", progress=False,
         )
         print(results[kind].summary(), flush=True)
-    references = reference_figures(tables, data / "images_224", out)
+    references = reference_figures(tables, data / "images_224", out, seed)
     print_tables(results, references)
     report_targets(results, references)
 
 
-def reference_figures(tables: CleanTables, image_dir: Path, out: Path) -> dict[str, float]:
+def reference_figures(tables: CleanTables, image_dir: Path, out: Path, seed: int = 0) -> dict[str, float]:
     """Test accuracy per product of the issue's references, fitted on the same training split."""
     from fbml.bundle.store import load_bundle
 
     bundle = load_bundle(out / "bundle")
-    texts, text_lr = _text_references(tables)
-    photos = _photo_reference(tables, image_dir, out, bundle, text_lr)
+    texts, text_lr = _text_references(tables, seed)
+    photos = _photo_reference(tables, image_dir, out, bundle, text_lr, seed)
     return {**texts, **photos}
 
 
@@ -94,7 +94,7 @@ class TextLR:
     ids: list[str]
 
 
-def _text_references(tables: CleanTables) -> tuple[dict[str, float], TextLR]:
+def _text_references(tables: CleanTables, seed: int) -> tuple[dict[str, float], TextLR]:
     import polars as pl
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -104,7 +104,7 @@ def _text_references(tables: CleanTables) -> tuple[dict[str, float], TextLR]:
     from fbml.tables.splits import split_tables
     from fbml.text.vocabulary import product_text
 
-    splits = split_tables(tables, seed=0).products
+    splits = split_tables(tables, seed=seed).products
     text = product_text(pl.col("product_name"), pl.col("product_description"))
     train, test = (frame.select(text).to_series().to_list() for frame in (splits.train, splits.test))
     words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
@@ -121,7 +121,9 @@ def _text_references(tables: CleanTables) -> tuple[dict[str, float], TextLR]:
     return figures, TextLR(logistic.predict_proba(x_test), list(logistic.classes_), splits.test["id"].to_list())
 
 
-def _photo_reference(tables: CleanTables, image_dir: Path, out: Path, bundle: Bundle, text_lr: TextLR) -> dict[str, float]:
+def _photo_reference(
+    tables: CleanTables, image_dir: Path, out: Path, bundle: Bundle, text_lr: TextLR, seed: int
+) -> dict[str, float]:
     """Logistic regression on the frozen backbone's pooled features (the training photos), per product;
     and its log-linear fusion with the text logistic regression, the weight picked on test."""
     from sklearn.linear_model import LogisticRegression
@@ -131,7 +133,7 @@ def _photo_reference(tables: CleanTables, image_dir: Path, out: Path, bundle: Bu
     from fbml.modeling.models import ImageClassifier
     from fbml.modeling.metrics import per_product
 
-    run = Run(tables, image_dir, out / "work", progress=False)
+    run = Run(tables, image_dir, out / "work", progress=False, split_seed=seed)
     model = bundle.model("image-cnn")
     assert isinstance(model, ImageClassifier) and bundle.image is not None
     features = run.features(model, bundle.image)
