@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from fbml.errors import FbmlError
 
+NAME_ATTEMPTS = 100
+Created = TypeVar("Created")
+
 
 def write_atomically(target: Path, content: bytes) -> None:
-    """Write ``content`` to ``target`` through a synced temporary file beside it and a rename."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """Write ``content`` to ``target`` through a synced temporary file beside it and a rename; the file
+    gets the permissions a plain ``open`` would give it (0666 less the umask)."""
+    handle, temporary = _fresh(target, ".tmp", lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(content)
@@ -30,15 +36,29 @@ def write_atomically(target: Path, content: bytes) -> None:
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """A fresh temporary folder beside ``target`` to fill; on success it replaces ``target`` (any old
-    one is moved aside, then deleted), on failure it is deleted and ``target`` is left as it was."""
+    one is moved aside, then deleted), on failure it is deleted and ``target`` is left as it was. The
+    folder gets the permissions a plain ``mkdir`` would give it (0777 less the umask)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _, name = _fresh(target, ".tmp", lambda name: os.mkdir(name, 0o777))
+    building = Path(name)
     try:
         yield building
         _replace_directory(building, target)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
+
+
+def _fresh(target: Path, suffix: str, create: Callable[[str], Created]) -> tuple[Created, str]:
+    """``create``'s result and the path of a new, hidden name beside ``target`` (``create`` must fail
+    with ``FileExistsError`` when the name is taken, as ``O_EXCL`` and ``mkdir`` do)."""
+    for _ in range(NAME_ATTEMPTS):
+        name = str(target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            return create(name), name
+        except FileExistsError:
+            continue
+    raise FbmlError(f"{target.parent}: no free temporary name for {target.name} after {NAME_ATTEMPTS} attempts")
 
 
 def _replace_directory(building: Path, target: Path) -> None:

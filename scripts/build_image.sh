@@ -177,7 +177,7 @@ else
     fi
     echo "$bundle: an image model (one epoch, 32 px)$([[ $TARGET == onnx ]] && echo ' and its ONNX graph') in $(elapsed $((SECONDS - t)))"
 fi
-# Bundle files are written owner-only; the image's user (another uid) reads them.
+# The image's user (another uid) reads the bundle: readable whatever this shell's umask is.
 chmod -R a+rX "$bundle"
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import urllib.request
 import zipfile
@@ -332,6 +333,14 @@ def copy(grown: Grown, tmp_path: Path) -> Path:
 
 
 # --- 1. round trips ----------------------------------------------------------------------------------
+
+
+def test_bundle_files_are_as_readable_as_plain_files(grown: Grown) -> None:
+    """A bundle mounted into another user's container needs no chmod: its files get 0666 less the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in grown.path.iterdir() if file.name not in LOCK_FILES}
+    assert modes and set(modes.values()) == {0o666 & ~umask}, modes
 
 
 @pytest.mark.parametrize("kind", TORCH_KINDS)

@@ -1,0 +1,89 @@
+"""Atomic files and folders: whole or absent, and with the permissions plain ``open``/``mkdir`` give."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fbml.files
+from fbml.errors import FbmlError
+from fbml.files import atomic_directory, write_atomically
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=lambda mask: f"umask-{mask:03o}")
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The process umask set to the parameter for the test (each test process runs one test at a time)."""
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_written_files_get_the_mode_open_gives(tmp_path: Path, umask: int) -> None:
+    target = tmp_path / "model.json"
+    write_atomically(target, b"{}")
+    with open(tmp_path / "plain.json", "wb"):
+        pass
+    assert target.read_bytes() == b"{}"
+    assert mode(target) == 0o666 & ~umask == mode(tmp_path / "plain.json")
+
+
+def test_built_folders_get_the_mode_mkdir_gives(tmp_path: Path, umask: int) -> None:
+    target = tmp_path / "cache"
+    with atomic_directory(target) as building:
+        (building / "pixels.npy").write_bytes(b"x")
+    (tmp_path / "plain").mkdir()
+    assert (target / "pixels.npy").read_bytes() == b"x"
+    assert mode(target) == 0o777 & ~umask == mode(tmp_path / "plain")
+
+
+def test_a_taken_temporary_name_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = iter(["aaaaaaaaaaaa", "aaaaaaaaaaaa", "bbbbbbbbbbbb"])
+    monkeypatch.setattr(fbml.files.secrets, "token_hex", lambda _: next(names))
+    (tmp_path / ".model.json.aaaaaaaaaaaa.tmp").write_bytes(b"someone else's")
+    write_atomically(tmp_path / "model.json", b"mine")
+    assert (tmp_path / "model.json").read_bytes() == b"mine"
+    assert (tmp_path / ".model.json.aaaaaaaaaaaa.tmp").read_bytes() == b"someone else's"
+    assert not (tmp_path / ".model.json.bbbbbbbbbbbb.tmp").exists()
+
+
+def test_no_free_temporary_name_is_an_error_not_a_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fbml.files.secrets, "token_hex", lambda _: "cccccccccccc")
+    (tmp_path / ".model.json.cccccccccccc.tmp").write_bytes(b"")
+    with pytest.raises(FbmlError, match=r"no free temporary name for model.json after 100 attempts"):
+        write_atomically(tmp_path / "model.json", b"mine")
+    assert not (tmp_path / "model.json").exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.json"
+    target.write_bytes(b"old")
+
+    def broken_fsync(_: int) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(fbml.files.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk gone"):
+        write_atomically(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [path.name for path in tmp_path.iterdir()] == ["model.json"]
+
+
+def test_a_failed_build_leaves_the_old_folder_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "cache"
+    target.mkdir()
+    (target / "old").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as building:
+        (building / "new").write_bytes(b"new")
+        raise RuntimeError("killed")
+    assert [path.name for path in tmp_path.iterdir()] == ["cache"]
+    assert [path.name for path in target.iterdir()] == ["old"]
