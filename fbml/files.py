@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +15,7 @@ from typing import TypeVar
 from fbml.errors import FbmlError
 
 NAME_ATTEMPTS = 100
+NAME_BYTES = 4  # the random part of a temporary name: 8 hex digits
 Created = TypeVar("Created")
 
 
@@ -53,7 +54,7 @@ def _fresh(target: Path, suffix: str, create: Callable[[str], Created]) -> tuple
     """``create``'s result and the path of a new, hidden name beside ``target`` (``create`` must fail
     with ``FileExistsError`` when the name is taken, as ``O_EXCL`` and ``mkdir`` do)."""
     for _ in range(NAME_ATTEMPTS):
-        name = str(target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}")
+        name = str(target.parent / f".{target.name}.{secrets.token_hex(NAME_BYTES)}{suffix}")
         try:
             return create(name), name
         except FileExistsError:
@@ -61,9 +62,15 @@ def _fresh(target: Path, suffix: str, create: Callable[[str], Created]) -> tuple
     raise FbmlError(f"{target.parent}: no free temporary name for {target.name} after {NAME_ATTEMPTS} attempts")
 
 
+def temporary_siblings(target: Path) -> re.Pattern[str]:
+    """The names of the temporary files and folders (``.tmp``, ``.old``) this module makes beside ``target``."""
+    return re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{{2 * NAME_BYTES}}}\.(tmp|old)$")
+
+
 def _replace_directory(building: Path, target: Path) -> None:
     if target.exists():
-        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        _, name = _fresh(target, ".old", lambda name: os.mkdir(name, 0o700))
+        stale = Path(name)
         os.replace(target, stale / target.name)
         shutil.rmtree(stale)
     os.replace(building, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 
 import fbml.files
 from fbml.errors import FbmlError
-from fbml.files import atomic_directory, write_atomically
+from fbml.files import atomic_directory, temporary_siblings, write_atomically
+from fbml.vision.cache import remove_stale_builds
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002], ids=lambda mask: f"umask-{mask:03o}")
@@ -47,18 +49,18 @@ def test_built_folders_get_the_mode_mkdir_gives(tmp_path: Path, umask: int) -> N
 
 
 def test_a_taken_temporary_name_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    names = iter(["aaaaaaaaaaaa", "aaaaaaaaaaaa", "bbbbbbbbbbbb"])
+    names = iter(["aaaaaaaa", "aaaaaaaa", "bbbbbbbb"])
     monkeypatch.setattr(fbml.files.secrets, "token_hex", lambda _: next(names))
-    (tmp_path / ".model.json.aaaaaaaaaaaa.tmp").write_bytes(b"someone else's")
+    (tmp_path / ".model.json.aaaaaaaa.tmp").write_bytes(b"someone else's")
     write_atomically(tmp_path / "model.json", b"mine")
     assert (tmp_path / "model.json").read_bytes() == b"mine"
-    assert (tmp_path / ".model.json.aaaaaaaaaaaa.tmp").read_bytes() == b"someone else's"
-    assert not (tmp_path / ".model.json.bbbbbbbbbbbb.tmp").exists()
+    assert (tmp_path / ".model.json.aaaaaaaa.tmp").read_bytes() == b"someone else's"
+    assert not (tmp_path / ".model.json.bbbbbbbb.tmp").exists()
 
 
 def test_no_free_temporary_name_is_an_error_not_a_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fbml.files.secrets, "token_hex", lambda _: "cccccccccccc")
-    (tmp_path / ".model.json.cccccccccccc.tmp").write_bytes(b"")
+    monkeypatch.setattr(fbml.files.secrets, "token_hex", lambda _: "cccccccc")
+    (tmp_path / ".model.json.cccccccc.tmp").write_bytes(b"")
     with pytest.raises(FbmlError, match=r"no free temporary name for model.json after 100 attempts"):
         write_atomically(tmp_path / "model.json", b"mine")
     assert not (tmp_path / "model.json").exists()
@@ -87,3 +89,28 @@ def test_a_failed_build_leaves_the_old_folder_and_no_temporary(tmp_path: Path) -
         raise RuntimeError("killed")
     assert [path.name for path in tmp_path.iterdir()] == ["cache"]
     assert [path.name for path in target.iterdir()] == ["old"]
+
+
+def test_a_killed_build_leaves_a_folder_that_the_next_build_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build killed before its clean-up (here: the clean-up does nothing) leaves a folder named as
+    ``temporary_siblings`` says, which ``remove_stale_builds`` deletes; other names stay."""
+    target = tmp_path / "cache"
+    monkeypatch.setattr(fbml.files.shutil, "rmtree", lambda *_, **__: None)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as building:
+        raise KeyboardInterrupt
+    monkeypatch.undo()
+    (tmp_path / ".cache.notours.tmp").mkdir()
+    (tmp_path / ".other.0123abcd.tmp").mkdir()
+    assert building.exists() and temporary_siblings(target).match(building.name)
+    assert remove_stale_builds(target, older_than=time.time() + 1) == [building]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".cache.notours.tmp", ".other.0123abcd.tmp"]
+
+
+def test_a_stale_build_newer_than_the_start_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "cache"
+    monkeypatch.setattr(fbml.files.shutil, "rmtree", lambda *_, **__: None)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as building:
+        raise KeyboardInterrupt
+    monkeypatch.undo()
+    assert remove_stale_builds(target, older_than=building.stat().st_mtime - 1) == []
+    assert building.exists()

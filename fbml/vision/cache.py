@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import sys
@@ -31,7 +30,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from fbml.errors import ContractError, FbmlError, InputError
-from fbml.files import atomic_directory
+from fbml.files import atomic_directory, temporary_siblings
 from fbml.tables.validation import validated
 from fbml.vision.cleaning import clean_image, link_problem, open_image
 
@@ -174,7 +173,7 @@ def remove_stale_builds(cache_dir: Path, *, older_than: float) -> list[Path]:
     builds of one cache at once are not supported."""
     if not cache_dir.parent.is_dir():
         return []
-    ours = re.compile(rf"^\.{re.escape(cache_dir.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    ours = temporary_siblings(cache_dir)
     removed = []
     for path in sorted(cache_dir.parent.iterdir()):
         if ours.match(path.name) is None:
