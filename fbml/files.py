@@ -63,8 +63,9 @@ def _fresh(target: Path, suffix: str, create: Callable[[str], Created]) -> tuple
 
 
 def temporary_siblings(target: Path) -> re.Pattern[str]:
-    """The names of the temporary files and folders (``.tmp``, ``.old``) this module makes beside ``target``."""
-    return re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{{2 * NAME_BYTES}}}\.(tmp|old)$")
+    """The names of the temporary files and folders (``.tmp``, ``.old``) this module makes beside ``target``
+    (their random part is hex; ``tempfile``'s alphabet, which earlier versions used, matches too)."""
+    return re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{{2 * NAME_BYTES}}}\.(tmp|old)$")
 
 
 def _replace_directory(building: Path, target: Path) -> None:
