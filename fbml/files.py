@@ -22,7 +22,7 @@ Created = TypeVar("Created")
 def write_atomically(target: Path, content: bytes) -> None:
     """Write ``content`` to ``target`` through a synced temporary file beside it and a rename; the file
     gets the permissions a plain ``open`` would give it (0666 less the umask)."""
-    handle, temporary = _fresh(target, ".tmp", lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    handle, temporary = _fresh(target, ".tmp", lambda path: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(content)
@@ -30,7 +30,7 @@ def write_atomically(target: Path, content: bytes) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -40,8 +40,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     one is moved aside, then deleted), on failure it is deleted and ``target`` is left as it was. The
     folder gets the permissions a plain ``mkdir`` would give it (0777 less the umask)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _, name = _fresh(target, ".tmp", lambda name: os.mkdir(name, 0o777))
-    building = Path(name)
+    _, building = _fresh(target, ".tmp", lambda path: os.mkdir(path, 0o777))
     try:
         yield building
         _replace_directory(building, target)
@@ -50,13 +49,13 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         raise
 
 
-def _fresh(target: Path, suffix: str, create: Callable[[str], Created]) -> tuple[Created, str]:
-    """``create``'s result and the path of a new, hidden name beside ``target`` (``create`` must fail
+def _fresh(target: Path, suffix: str, create: Callable[[Path], Created]) -> tuple[Created, Path]:
+    """``create``'s result and the new, hidden path beside ``target`` it made (``create`` must fail
     with ``FileExistsError`` when the name is taken, as ``O_EXCL`` and ``mkdir`` do)."""
     for _ in range(NAME_ATTEMPTS):
-        name = str(target.parent / f".{target.name}.{secrets.token_hex(NAME_BYTES)}{suffix}")
+        path = target.parent / f".{target.name}.{secrets.token_hex(NAME_BYTES)}{suffix}"
         try:
-            return create(name), name
+            return create(path), path
         except FileExistsError:
             continue
     raise FbmlError(f"{target.parent}: no free temporary name for {target.name} after {NAME_ATTEMPTS} attempts")
@@ -70,8 +69,7 @@ def temporary_siblings(target: Path) -> re.Pattern[str]:
 
 def _replace_directory(building: Path, target: Path) -> None:
     if target.exists():
-        _, name = _fresh(target, ".old", lambda name: os.mkdir(name, 0o700))
-        stale = Path(name)
+        _, stale = _fresh(target, ".old", lambda path: os.mkdir(path, 0o700))
         os.replace(target, stale / target.name)
         shutil.rmtree(stale)
     os.replace(building, target)
