@@ -16,6 +16,7 @@ from fbml.errors import FbmlError
 
 NAME_ATTEMPTS = 100
 NAME_BYTES = 4  # the random part of a temporary name: 8 hex digits
+TEMPORARY_NAME = re.compile(rf"\.(?P<target>.+)\.[a-z0-9_]{{{2 * NAME_BYTES}}}\.(tmp|old)")
 Created = TypeVar("Created")
 
 
@@ -61,10 +62,12 @@ def _fresh(target: Path, suffix: str, create: Callable[[Path], Created]) -> tupl
     raise FbmlError(f"{target.parent}: no free temporary name for {target.name} after {NAME_ATTEMPTS} attempts")
 
 
-def temporary_siblings(target: Path) -> re.Pattern[str]:
-    """The names of the temporary files and folders (``.tmp``, ``.old``) this module makes beside ``target``
-    (their random part is hex; ``tempfile``'s alphabet, which earlier versions used, matches too)."""
-    return re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{{2 * NAME_BYTES}}}\.(tmp|old)$")
+def temporary_target(name: str) -> str | None:
+    """The name of the file or folder a temporary (``.tmp``, ``.old``) this module makes is for, or None when
+    ``name`` is not such a temporary (its random part is hex; ``tempfile``'s alphabet, which earlier
+    versions used, matches too)."""
+    found = TEMPORARY_NAME.fullmatch(name)
+    return None if found is None else found["target"]
 
 
 def _replace_directory(building: Path, target: Path) -> None:

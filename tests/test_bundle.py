@@ -1410,3 +1410,31 @@ def test_a_crash_as_the_manifest_replaces_the_old_one(
         save_bundle(changed_bundle(loaded, parts, CODEC)[0], copy)
     monkeypatch.undo()
     assert_as_before(copy, before, grown, parts)
+
+
+def test_a_write_killed_before_its_clean_up_leaves_a_temporary_the_next_save_removes(
+    copy: Path, grown: Grown, loaded: Bundle, parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real atomic write, killed at its rename with its clean-up lost (as a SIGKILL loses it), leaves
+    its temporary manifest; the next save removes it and keeps names the bundle did not make."""
+    before = snapshot(copy)
+
+    def killed(source: Any, target: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(os, "replace", killed)
+    monkeypatch.setattr(Path, "unlink", lambda *_, **__: None)
+    with pytest.raises(Crash):
+        save_bundle(changed_bundle(loaded, parts, CODEC)[0], copy)
+    monkeypatch.undo()
+    temporaries = set(snapshot(copy)) - set(before)
+    assert temporaries and all(re.fullmatch(r"\.[a-z-]+(-[0-9a-f]{16})?\.(json|npy|safetensors)\.[0-9a-f]{8}\.tmp", name)
+                               for name in temporaries)
+    after = snapshot(copy)
+    assert {name: after[name] for name in before} == before
+    foreign = [".notes.txt.0123abcd.tmp", ".bundle.json.tmp", ".codec-0123456789abcdef.json.mine.tmp"]
+    for name in foreign:
+        (copy / name).write_bytes(b"not the bundle's")
+    save_bundle(loaded, copy)
+    assert set(snapshot(copy)) == set(before) | set(foreign)
+    assert load_bundle(copy).index == grown.expected.index

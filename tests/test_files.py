@@ -12,7 +12,7 @@ import pytest
 
 import fbml.files
 from fbml.errors import FbmlError
-from fbml.files import atomic_directory, temporary_siblings, write_atomically
+from fbml.files import atomic_directory, temporary_target, write_atomically
 from fbml.vision.cache import remove_stale_builds
 
 
@@ -93,7 +93,7 @@ def test_a_failed_build_leaves_the_old_folder_and_no_temporary(tmp_path: Path) -
 
 def test_a_killed_build_leaves_a_folder_that_the_next_build_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A build killed before its clean-up (here: the clean-up does nothing) leaves a folder named as
-    ``temporary_siblings`` says, which ``remove_stale_builds`` deletes; other names stay."""
+    ``temporary_target`` says, which ``remove_stale_builds`` deletes; other names stay."""
     target = tmp_path / "cache"
     monkeypatch.setattr(fbml.files.shutil, "rmtree", lambda *_, **__: None)
     with pytest.raises(KeyboardInterrupt), atomic_directory(target) as building:
@@ -101,7 +101,7 @@ def test_a_killed_build_leaves_a_folder_that_the_next_build_removes(tmp_path: Pa
     monkeypatch.undo()
     (tmp_path / ".cache.notours.tmp").mkdir()
     (tmp_path / ".other.0123abcd.tmp").mkdir()
-    assert building.exists() and temporary_siblings(target).match(building.name)
+    assert building.exists() and temporary_target(building.name) == target.name
     assert remove_stale_builds(target, older_than=time.time() + 1) == [building]
     assert sorted(path.name for path in tmp_path.iterdir()) == [".cache.notours.tmp", ".other.0123abcd.tmp"]
 
@@ -114,3 +114,17 @@ def test_a_stale_build_newer_than_the_start_is_kept(tmp_path: Path, monkeypatch:
     monkeypatch.undo()
     assert remove_stale_builds(target, older_than=building.stat().st_mtime - 1) == []
     assert building.exists()
+
+
+@pytest.mark.parametrize(("name", "target"), [
+    (".model.json.0123abcd.tmp", "model.json"),
+    (".cache.k3j_a8x1.old", "cache"),  # tempfile's alphabet, as earlier versions named them
+    (".a.b.c.0123abcd.tmp", "a.b.c"),
+    (".model.json.0123abc.tmp", None),
+    (".model.json.0123ABCD.tmp", None),
+    ("model.json.0123abcd.tmp", None),
+    (".model.json.0123abcd.part", None),
+    (".0123abcd.tmp", None),
+])
+def test_temporary_target_names_what_a_temporary_is_for(name: str, target: str | None) -> None:
+    assert temporary_target(name) == target

@@ -48,7 +48,7 @@ from fbml.bundle.locks import bundle_files
 from fbml.bundle.search import SearchIndex
 from fbml.bundle.vector_index import load_vector_index
 from fbml.errors import FbmlError
-from fbml.files import write_atomically
+from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel
 from fbml.modeling.onnx_runtime import OnnxGraph
@@ -60,7 +60,6 @@ MANIFEST = "bundle.json"
 MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
 PREDICTOR_ROLES = ("text", "image", "combined")
 CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)")
-TEMPORARY_NAME = re.compile(r"\.([a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)|bundle\.json)\..+\.tmp")
 RUNTIMES = ("torch", "onnx")
 TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
 if TYPE_CHECKING:
@@ -534,9 +533,14 @@ def _remove_unreferenced(path: Path, manifest: Manifest) -> None:
     """Remove the content files the manifest no longer names, and temporary files a killed write left."""
     referenced = {MANIFEST, *_file_names(msgspec.to_builtins(manifest))}
     for file in path.iterdir():
-        unreferenced = CONTENT_NAME.fullmatch(file.name) and file.name not in referenced
-        if file.is_file() and not file.is_symlink() and (unreferenced or TEMPORARY_NAME.fullmatch(file.name)):
+        if file.is_file() and not file.is_symlink() and (_is_content(file.name) and file.name not in referenced
+                                                         or _is_content(temporary_target(file.name))):
             file.unlink()
+
+
+def _is_content(name: str | None) -> bool:
+    """Whether ``name`` is the manifest's or a content file's."""
+    return name is not None and (name == MANIFEST or CONTENT_NAME.fullmatch(name) is not None)
 
 
 def _file_names(value: Any) -> list[str]:

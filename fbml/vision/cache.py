@@ -30,7 +30,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from fbml.errors import ContractError, FbmlError, InputError
-from fbml.files import atomic_directory, temporary_siblings
+from fbml.files import atomic_directory, temporary_target
 from fbml.tables.validation import validated
 from fbml.vision.cleaning import clean_image, link_problem, open_image
 
@@ -173,10 +173,9 @@ def remove_stale_builds(cache_dir: Path, *, older_than: float) -> list[Path]:
     builds of one cache at once are not supported."""
     if not cache_dir.parent.is_dir():
         return []
-    ours = temporary_siblings(cache_dir)
     removed = []
     for path in sorted(cache_dir.parent.iterdir()):
-        if ours.match(path.name) is None:
+        if temporary_target(path.name) != cache_dir.name:
             continue
         try:
             info = path.lstat()
