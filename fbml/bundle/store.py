@@ -533,8 +533,10 @@ def _remove_unreferenced(path: Path, manifest: Manifest) -> None:
     """Remove the content files the manifest no longer names, and temporary files a killed write left."""
     referenced = {MANIFEST, *_file_names(msgspec.to_builtins(manifest))}
     for file in path.iterdir():
-        if file.is_file() and not file.is_symlink() and (_is_content(file.name) and file.name not in referenced
-                                                         or _is_content(temporary_target(file.name))):
+        if not file.is_file() or file.is_symlink():
+            continue
+        unreferenced = _is_content(file.name) and file.name not in referenced
+        if unreferenced or _is_content(temporary_target(file.name)):
             file.unlink()
 
 
