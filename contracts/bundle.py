@@ -10,6 +10,7 @@ absurd allocations.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -18,7 +19,6 @@ BUNDLE_FORMAT: Final = "fbml.bundle/2"
 TOKENIZER: Final = "fbml.tokens/1"
 NORMALISATION: Final = "fbml.ascii-nfkd/1"
 FILE_NAME = r"^[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)$"
-MODEL_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 
 FileName = Annotated[str, msgspec.Meta(pattern=FILE_NAME)]
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -27,8 +27,51 @@ Side = Annotated[int, msgspec.Meta(ge=8, le=1024)]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
 Stat = Annotated[float, msgspec.Meta(gt=-10.0, lt=10.0)]
 Spread = Annotated[float, msgspec.Meta(gt=0.0, lt=10.0)]
-ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_NAME)]
 Finite = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
+
+
+class Role(enum.StrEnum):
+    """A predictor's role: what it reads, and the endpoint (and Open Inference Protocol model) that serves it."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    COMBINED = "combined"
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the predictor reads the listing's text."""
+        return self is not Role.IMAGE
+
+    @property
+    def reads_photos(self) -> bool:
+        """Whether the predictor reads a photo."""
+        return self is not Role.TEXT
+
+    @classmethod
+    def reading(cls, *, text: bool, photo: bool) -> Role:
+        """The role of a predictor that reads what a listing has: text, a photo or both."""
+        if not (text or photo):
+            raise ValueError("a listing has text, a photo or both")
+        return cls.COMBINED if text and photo else cls.TEXT if text else cls.IMAGE
+
+
+class ModelKind(enum.StrEnum):
+    """The kinds of model a bundle holds."""
+
+    IMAGE_CNN = "image-cnn"
+    TEXT_CNN = "text-cnn"
+    TEXT_LINEAR = "text-linear"
+    COMBINED_NN = "combined-nn"
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the model reads the listing's text."""
+        return self is not ModelKind.IMAGE_CNN
+
+    @property
+    def reads_photos(self) -> bool:
+        """Whether the model reads a photo."""
+        return self in (ModelKind.IMAGE_CNN, ModelKind.COMBINED_NN)
 
 
 class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -101,7 +144,7 @@ class OnnxEntry(Struct, frozen=True):
     outputs: list[Literal["logits", "embedding"]]
 
 
-class ImageModelEntry(Struct, tag="image-cnn", frozen=True):
+class ImageModelEntry(Struct, tag=ModelKind.IMAGE_CNN.value, frozen=True):
     """An image classifier's weights and factory arguments."""
 
     weights: FileRef
@@ -110,7 +153,7 @@ class ImageModelEntry(Struct, tag="image-cnn", frozen=True):
     onnx: OnnxEntry | None = None
 
 
-class TextCnnEntry(Struct, tag="text-cnn", frozen=True):
+class TextCnnEntry(Struct, tag=ModelKind.TEXT_CNN.value, frozen=True):
     """A word2vec text CNN's weights and factory arguments."""
 
     weights: FileRef
@@ -119,7 +162,7 @@ class TextCnnEntry(Struct, tag="text-cnn", frozen=True):
     onnx: OnnxEntry | None = None
 
 
-class TextLinearEntry(Struct, tag="text-linear", frozen=True):
+class TextLinearEntry(Struct, tag=ModelKind.TEXT_LINEAR.value, frozen=True):
     """A TF-IDF linear text model: its vocabularies and calibration (JSON) and its arrays (safetensors)."""
 
     parameters: FileRef
@@ -127,7 +170,7 @@ class TextLinearEntry(Struct, tag="text-linear", frozen=True):
     report: dict[str, object] = {}
 
 
-class CombinedNnEntry(Struct, tag="combined-nn", frozen=True):
+class CombinedNnEntry(Struct, tag=ModelKind.COMBINED_NN.value, frozen=True):
     """The image and text branches joined by one linear layer: weights and both branches' arguments."""
 
     weights: FileRef
@@ -142,7 +185,7 @@ ModelEntry = ImageModelEntry | TextCnnEntry | TextLinearEntry | CombinedNnEntry
 class Member(Struct, frozen=True):
     """A model of the bundle and the weight of its log-probabilities in an ensemble."""
 
-    model: ModelName
+    model: ModelKind
     weight: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
 
 
@@ -177,6 +220,6 @@ class Manifest(Struct, frozen=True):
     codec: FileRef
     image: ImageEntry | None = None
     text: TextEntry | None = None
-    models: dict[ModelName, ModelEntry] = {}
-    predictors: dict[Literal["text", "image", "combined"], PredictorEntry] = {}
+    models: dict[ModelKind, ModelEntry] = {}
+    predictors: dict[Role, PredictorEntry] = {}
     index: IndexEntry | None = None

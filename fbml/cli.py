@@ -328,10 +328,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         from fbml.workflows.report import report_files
 
         report_files(args.report)  # a folder the report may not replace stops here, before any work
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle, device=device)
     tables = clean_tables(args.products, args.images)
     with tempfile.TemporaryDirectory(prefix="fbml-evaluate-") as work_dir:
-        results = evaluations(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json, device=device)
+        results = evaluations(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json)
     scores = {name: result.scores for name, result in results.items()}
     if args.report is not None:
         from fbml.workflows.evaluate import write_evaluation_report

@@ -118,7 +118,7 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
 
     from fbml.bundle.store import load_bundle
     from fbml.serving.app import create_app
-    from fbml.serving.server import manifest_digest, serving
+    from fbml.serving.server import serving
 
     _step(f"7. serve {bundle_dir} on 127.0.0.1 and ask each endpoint once")
     bundle = load_bundle(bundle_dir)
@@ -126,7 +126,7 @@ def _serve_demo(bundle_dir: Path, sample: SampleMarketplace) -> None:
     text = f"{listing['product_name']} {listing['product_description']}"
     image = {"image": (photo.name, photo.read_bytes())}
     print(f"listing {listing['id']} ({listing['category']}): {text[:70]!r}, photo {photo.name}")
-    with serving(create_app(bundle, model_version=manifest_digest(bundle_dir))) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+    with serving(create_app(bundle)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
         answers = {
             "GET  /health": client.get("/health"),
             "POST /predict/text": client.post("/predict/text", json={"text": text}),

@@ -27,36 +27,29 @@ import polars as pl
 import pytest
 import schemathesis
 import torch
-from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
-from fbml.bundle.listings import ListingParts, ListingWeights
+from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, Role, TextCnnOptions
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor
+from fbml.bundle.listings import ListingWeights, listing_parts
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.store import Bundle, BundleModel, ImageSettings, Predictor, TextSettings
 from fbml.bundle.store import _check_index as check_index
-from fbml.errors import FbmlError
+from fbml.errors import FbmlError, InputError
 from fbml.modeling.backbones import backbone
 from fbml.modeling.datasets import eval_transform
 from fbml.modeling.ensembles import Ensemble
+from fbml.modeling.inference import Listings
 from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
 from fbml.modeling.models import ImageClassifier, combined_model, image_from_options, text_cnn_from_options
+from fbml.modeling.settings import ImageSettings, TextSettings
 from fbml.serving.app import create_app
 from fbml.serving.batching import MicroBatcher
 from fbml.serving.errors import ApiError
-from fbml.serving.inference import (
-    Batch,
-    Example,
-    class_probabilities,
-    model_outputs,
-    predictor_probabilities,
-    query_vectors,
-    token_ids,
-)
-from fbml.serving.photos import PhotoLimits, prepared_image
 from fbml.serving.requests import TextRules, readable_pattern
-from fbml.tables import cleaning
+from fbml.serving.service import Example, listing_vectors, predictions
 from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors, embedding_matrix
 from fbml.vision.cleaning import clean_image, open_image
+from fbml.vision.photos import PhotoLimits, PreparedPhoto
 from httpx import Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -148,11 +141,17 @@ def catalogue_photo(product: int) -> bytes | None:
     return photo_bytes(100 + product) if product < PHOTOGRAPHED else None
 
 
+def prepared(photo: bytes, settings: ImageSettings, limits: PhotoLimits) -> PreparedPhoto:
+    """A photo as the bundle's preparation makes it (what ``/predict/image`` does on a decoding thread)."""
+    return settings.preparation.prepared(photo, limits=limits)
+
+
 def calibrated_image_model(options: ImageOptions) -> ImageClassifier:
     """A randomly initialised image model whose head's input batch norm has the statistics of photos'
     pooled features (as training would leave it): its embeddings and classes then vary by photo."""
     model = image_from_options(options, len(CATEGORIES)).eval()
-    photos = torch.from_numpy(np.stack([prepared_image(photo_bytes(500 + seed), image_settings(), PhotoLimits(10**8)) for seed in range(16)]))
+    photos = torch.from_numpy(np.stack([prepared(photo_bytes(500 + seed), image_settings(), PhotoLimits(10**8)).pixels
+                                        for seed in range(16)]))
     with torch.inference_mode():
         features = model.trainable(model.frozen(photos))
     normalise = model.head.normalise
@@ -202,19 +201,13 @@ def models_bundle() -> Bundle:
 
 
 def indexed(bundle: Bundle) -> Bundle:
-    """``bundle`` with the index of ``catalogue()`` built as ``fbml.workflows.index`` builds a catalogue's: the
-    text CNN's embedding and the text predictor's classes for every product; for those with a photo,
-    the image model's embedding and the combined predictor's classes."""
+    """``bundle`` with the index of ``catalogue()`` built as ``fbml.workflows.index`` builds a catalogue's
+    (``listing_parts``: the text CNN's embedding and the text predictor's classes for every product; for
+    those with a photo, the image model's embedding and the combined predictor's classes)."""
     products = catalogue()
     texts = products["product_name"].to_list()
-    with_photos = list(range(PHOTOGRAPHED))
-    photos = np.stack([prepared_image(catalogue_photo(row), bundle.image, PhotoLimits(MAX_PIXELS)) for row in with_photos])
-    text_embeddings = model_outputs(bundle, "text-cnn", Batch(texts=texts)).embeddings
-    classes = predictor_probabilities(bundle, "text", Batch(texts=texts))
-    image = np.zeros((CATALOGUE_SIZE, EMBEDDING_DIM["image-cnn"]), dtype=np.float32)
-    image[with_photos] = model_outputs(bundle, "image-cnn", Batch(images=photos)).embeddings
-    classes[with_photos] = predictor_probabilities(bundle, "combined", Batch(photos, [texts[row] for row in with_photos]))
-    parts = ListingParts(np.asarray(text_embeddings), image, classes)
+    photos = [[photo] if (photo := catalogue_photo(row)) is not None else [] for row in range(CATALOGUE_SIZE)]
+    parts = listing_parts(bundle, texts, photos, limits=PhotoLimits(MAX_PIXELS), batch_size=5)
     index = SearchIndex(parts.vectors(INDEX_WEIGHTS), products, {"weights": INDEX_WEIGHTS.to_json()})
     return attrs.evolve(bundle, index=index)
 
@@ -230,8 +223,8 @@ MODEL_VERSION = "0123abcd" * 8
 
 
 def app_over(bundle: Bundle) -> Litestar:
-    return create_app(bundle, max_body_bytes=MAX_BODY, max_text_chars=MAX_TEXT, max_image_pixels=MAX_PIXELS,
-                      model_version=MODEL_VERSION)  # fmt: skip
+    return create_app(attrs.evolve(bundle, model_version=MODEL_VERSION), max_body_bytes=MAX_BODY, max_text_chars=MAX_TEXT,
+                      max_image_pixels=MAX_PIXELS)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +271,11 @@ def direct(bundle: Bundle, kind: str, image: bytes | None = None, text: str | No
     with torch.inference_mode():
         output = module(*inputs)
     return torch.softmax(output.logits.double(), dim=1)[0].numpy(), output.embedding[0].double().numpy()
+
+
+def probability_row(probabilities: Mapping[str, float]) -> np.ndarray:
+    """A prediction's probabilities in the codec's order."""
+    return np.array([probabilities[name] for name in CATEGORIES])
 
 
 def pooled(members: tuple[tuple[str, float], ...], bias: tuple[float, ...], probabilities: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -427,11 +425,13 @@ def test_ascii_text_with_messy_whitespace_is_answered_as_its_cleaned_form(bundle
 
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(alphabet=st.characters(codec="ascii"), max_size=40))
-def test_token_ids_equal_the_training_normalisation(bundle: Bundle, text: str) -> None:
-    assert bundle.text is not None
-    normalised = pl.DataFrame({"text": [text]}).select(cleaning.ascii_text(pl.col("text"))).to_series()
-    expected = bundle.text.vocabulary.encode_texts(normalised, bundle.text.length)
-    np.testing.assert_array_equal(token_ids([text, "red bike"], bundle.text)[:1], expected)
+def test_the_text_cnn_reads_text_as_training_text_was_normalised(bundle: Bundle, text: str) -> None:
+    """The text CNN of the prediction path reads any text as its cleaned (ASCII) form tokenised, as by hand."""
+    outputs = bundle.listing_model(ModelKind.TEXT_CNN).outputs(Listings(texts=(text, "red bike")))
+    assert outputs.embeddings is not None
+    probabilities, embedding = direct(bundle, "text-cnn", text=text)
+    np.testing.assert_allclose(outputs.probabilities[0], probabilities, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(outputs.embeddings[0], embedding, rtol=0, atol=1e-5)
 
 
 def test_concurrent_requests_are_batched_without_changing_answers(client: TestClient, bundle: Bundle) -> None:
@@ -446,20 +446,22 @@ def test_a_batch_of_listings_gets_each_listings_own_probabilities(bundle: Bundle
     """What the micro-batcher runs: several listings in one batch, each answered as if alone."""
     photos = [photo_bytes(seed) for seed in (31, 32, 33)]
     texts = ["novel story", "small red toaster", "bike for a doll"]
-    examples = [Example(prepared_image(photo, bundle.image, PhotoLimits(MAX_PIXELS)), text) for photo, text in zip(photos, texts, strict=True)]
-    for got, photo, text in zip(class_probabilities(bundle, "combined", examples), photos, texts, strict=True):
-        np.testing.assert_allclose(got, expected_prediction(bundle, "combined", photo, text), rtol=0, atol=1e-5)
-    text_only = class_probabilities(bundle, "text", [Example(text=text) for text in texts])
+    examples = [Example(prepared(photo, bundle.image, PhotoLimits(MAX_PIXELS)), text) for photo, text in zip(photos, texts, strict=True)]
+    for got, photo, text in zip(predictions(bundle, Role.COMBINED, examples), photos, texts, strict=True):
+        assert got.role is Role.COMBINED
+        np.testing.assert_allclose(probability_row(got.probabilities), expected_prediction(bundle, "combined", photo, text),
+                                   rtol=0, atol=1e-5)
+    text_only = predictions(bundle, Role.TEXT, [Example(text=text) for text in texts])
     for got, text in zip(text_only, texts, strict=True):
-        np.testing.assert_allclose(got, expected_prediction(bundle, "text", text=text), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(probability_row(got.probabilities), expected_prediction(bundle, "text", text=text), rtol=0, atol=1e-5)
 
 
 def test_a_batch_of_mixed_queries_gets_each_querys_own_vector(bundle: Bundle) -> None:
     """Queries by text, by photo and by both in one batch: each its own vector, in order."""
     queries = [(photo_bytes(41), None), (None, "blue kettle"), (photo_bytes(42), "story of a doll"), (None, "new poems"),
                (photo_bytes(43), None)]
-    examples = [Example(None if photo is None else prepared_image(photo, bundle.image, PhotoLimits(MAX_PIXELS)), text) for photo, text in queries]
-    vectors = query_vectors(bundle, examples)
+    examples = [Example(None if photo is None else prepared(photo, bundle.image, PhotoLimits(MAX_PIXELS)), text) for photo, text in queries]
+    vectors = listing_vectors(bundle, examples)
     assert len(vectors) == len(queries)
     for got, (photo, text) in zip(vectors, queries, strict=True):
         np.testing.assert_allclose(got, expected_vector(bundle, photo, text), rtol=0, atol=1e-5)
@@ -781,13 +783,13 @@ def test_a_decode_past_its_time_budget_is_stopped_and_refused(bundle: Bundle) ->
     photo = flat_photo((7000, 7000), "PNG")
     generous = PhotoLimits(max_pixels=10**8, decode_seconds=60.0)
     started = time.perf_counter()
-    prepared_image(photo, bundle.image, generous)
+    prepared(photo, bundle.image, generous)
     whole = time.perf_counter() - started
     started = time.perf_counter()
-    with pytest.raises(ApiError, match="image took more than 0.01 s to decode") as refused:
-        prepared_image(photo, bundle.image, PhotoLimits(max_pixels=10**8, decode_seconds=0.01))
+    with pytest.raises(InputError, match="image: took more than 0.01 s to decode") as refused:
+        prepared(photo, bundle.image, PhotoLimits(max_pixels=10**8, decode_seconds=0.01))
     assert time.perf_counter() - started < whole / 3
-    assert (refused.value.status_code, refused.value.field) == (422, "image")
+    assert refused.value.source == "image"
 
 
 def test_photos_decode_on_decode_workers_threads_that_end_with_the_app(bundle: Bundle) -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
+from fbml.errors import FbmlError
 from fbml.modeling.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -17,7 +16,6 @@ from fbml.modeling.backbones import (
     efficientnet_keys,
     local_state_dict,
 )
-from fbml.errors import FbmlError
 
 
 @pytest.fixture(scope="module")

@@ -15,42 +15,27 @@ import shutil
 import stat
 import tempfile
 import urllib.request
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+import fbml.bundle.store as bundle_module
+import fbml.modeling.backbones
+import fbml.modeling.models
 import msgspec
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-import fbml.modeling.backbones
-import fbml.bundle.store as bundle_module
-import fbml.modeling.models
 from contracts.bundle import BUNDLE_FORMAT, CombinedOptions, ImageOptions, Manifest, TextCnnOptions
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.locks import FILES_LOCK, WRITER_LOCK
-from fbml.bundle.store import (
-    MANIFEST,
-    Bundle,
-    BundleModel,
-    ImageSettings,
-    Predictor,
-    TextSettings,
-    load_bundle,
-    read_manifest,
-    save_bundle,
-)
-from fbml.text.labels import LabelCodec
-from fbml.modeling.ensembles import Ensemble
+from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
+from fbml.bundle.store import MANIFEST, load_bundle, read_manifest, save_bundle
 from fbml.errors import FbmlError
+from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
-
 from fbml.modeling.models import (
     CombinedClassifier,
     ImageClassifier,
@@ -60,9 +45,13 @@ from fbml.modeling.models import (
     image_from_options,
     text_cnn_from_options,
 )
-from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
+from fbml.modeling.settings import ImageSettings, TextSettings
+from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import RESERVED, Vocabulary
 from fbml.text.word2vec import WordVectors, embedding_matrix
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 LOCK_FILES = (FILES_LOCK, WRITER_LOCK)
 CLASSES = ("bikes", "books", "chairs", "phones")
@@ -670,7 +659,7 @@ def test_a_model_under_an_unknown_name(copy: Path) -> None:
     manifest = manifest_of(copy)
     manifest["models"] = {"audio-cnn": manifest["models"]["image-cnn"]} | manifest["models"]
     write_manifest(copy, manifest)
-    load_error(copy, r"model 'audio-cnn' is described as a 'image-cnn' model")
+    load_error(copy, r"not a valid fbml.bundle/2 manifest: Invalid enum value 'audio-cnn' - at `key` in `\$.models`")
 
 
 @pytest.mark.parametrize("tag", ["audio", None, "Text-Cnn"])
@@ -1011,9 +1000,16 @@ def test_linear_arrays_of_the_wrong_dtype(copy: Path, parts: Parts) -> None:
 
 def test_a_predictor_naming_a_model_the_bundle_lacks(copy: Path) -> None:
     manifest = manifest_of(copy)
+    del manifest["models"]["combined-nn"]
+    write_manifest(copy, manifest)
+    load_error(copy, r"bundle\.json: the combined predictor uses model\(s\) the bundle lacks: combined-nn")
+
+
+def test_a_predictor_naming_a_model_no_bundle_has(copy: Path) -> None:
+    manifest = manifest_of(copy)
     manifest["predictors"]["text"]["members"].append({"model": "text-rnn", "weight": 1.0})
     write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: the text predictor uses model\(s\) the bundle lacks: text-rnn")
+    load_error(copy, r"Invalid enum value 'text-rnn' - at `\$.predictors\[...\].members\[2\].model`")
 
 
 def test_a_predictor_whose_model_was_dropped(copy: Path) -> None:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from fbml.cli import main
 
 Setup = Callable[[Path, object], list[str]]

@@ -10,8 +10,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
-
+from fbml.errors import FbmlError
 from fbml.modeling import devices
 from fbml.modeling.datasets import ImageBatch, ProductBatch, TextBatch
 from fbml.modeling.devices import (
@@ -27,10 +26,10 @@ from fbml.modeling.devices import (
     set_rng_state,
     to_device,
 )
-from fbml.errors import FbmlError
 from fbml.modeling.features import FeatureBatch, FeatureDataset, FeatureProductBatch
 from fbml.modeling.models import ModelOutput
 from fbml.modeling.training import CHECKPOINT, TrainConfig, TrainData, fit, predict
+from torch import Tensor, nn
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available())")

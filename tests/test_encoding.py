@@ -7,12 +7,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from fbml.text.labels import LabelCodec, UnknownLabelError, label_codec
 from fbml.errors import FbmlError
 from fbml.tables.splits import SPLIT_NAMES, product_splits, split_by_product
+from fbml.text.labels import LabelCodec, UnknownLabelError, label_codec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 labels = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30)
 

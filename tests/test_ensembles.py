@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fbml.errors import FbmlError
+from fbml.modeling.ensembles import Ensemble, cross_validated_accuracy, fit_ensemble, product_accuracy
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fbml.modeling.ensembles import Ensemble, cross_validated_accuracy, fit_ensemble, product_accuracy
-from fbml.errors import FbmlError
 
 CLASSES = 5
 

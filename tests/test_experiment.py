@@ -9,13 +9,13 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
-
-from fbml.modeling import training
 from fbml.bundle.store import MANIFEST, load_bundle
 from fbml.cli import main
+from fbml.modeling import training
 from fbml.tables.clean import clean_tables
 from fbml.tables.splits import split_tables
 
@@ -39,8 +39,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 160-product sample with its photos cleaned to 32 px."""
-    from fbml.vision.cleaning import clean_images
     from fbml.sample.marketplace import write_sample
+    from fbml.vision.cleaning import clean_images
 
     root = tmp_path_factory.mktemp("market")
     sample = write_sample(root / "raw", products=PRODUCTS, seed=0)
@@ -367,6 +367,107 @@ def test_index_rebuilds_over_a_catalogue_and_prints_json(market, trained, tables
     index = load_bundle(bundle).index
     assert approximate["method"] == index.engine.method == "hnsw"
     assert abs(approximate["precision_at_10"] - report["precision_at_10"]) < 0.02  # a few hundred rows: near exact
+
+
+# --- one prediction path -------------------------------------------------------------------------------
+
+DECORATIONS = ("Crème ", " ﬁne", " “quoted”", "\u00a0\u00a0", " 🚲", "\r\n")
+
+
+def raw_listing_texts(market) -> dict[str, str]:
+    """Each raw row's listing text, made by ``fbml.listing_text`` from its raw name and description."""
+    from fbml.tables.sources import read_products
+    from fbml.text.listings import listing_text
+
+    raw = read_products(market["products"])
+    return {row["id"]: listing_text(row["product_name"] or "", row["product_description"])
+            for row in raw.iter_rows(named=True) if row["id"]}  # fmt: skip
+
+
+def decorated(text: str, row: int) -> str:
+    """``text`` with some of the mess a caller's text has: accents, ligatures, curly quotes, spaces, emoji."""
+    return DECORATIONS[row % len(DECORATIONS)] + text + DECORATIONS[(row + 3) % len(DECORATIONS)]
+
+
+def test_the_library_the_http_api_and_evaluate_give_the_same_probabilities(market, trained, tables, tmp_path: Path) -> None:
+    """Every product and photo of the sample: ``evaluate``'s probabilities (cleaned tables, decoded photo cache),
+    ``Bundle.predict_many``'s (``listing_text`` of the raw rows, the photo files) and the HTTP API's (the same
+    texts with accents, ligatures, curly quotes, emoji and non-breaking spaces added, the photo files) agree."""
+    from contracts.bundle import Role
+    from fbml.serving.app import create_app
+    from fbml.workflows.evaluate import evaluations
+    from litestar.testing import TestClient
+
+    bundle = load_bundle(trained["bundle"])
+    results = evaluations(bundle, tables, market["image_dir"], work_dir=tmp_path, progress=False)
+    raw_texts = raw_listing_texts(market)
+    products, photos = results[Role.TEXT].frame, results[Role.COMBINED].frame
+    texts = [raw_texts[product_id] for product_id in products["id"].to_list()]
+    photo_texts = [raw_texts[product_id] for product_id in photos["id"].to_list()]
+    files = [market["image_dir"] / f"{image_id}.jpg" for image_id in photos["image_id"].to_list()]
+    assert len(texts) + len(files) > 300
+    library = {
+        Role.TEXT: bundle.probabilities([Role.TEXT], texts=texts)[Role.TEXT],
+        Role.IMAGE: bundle.probabilities([Role.IMAGE], images=files)[Role.IMAGE],
+        Role.COMBINED: bundle.probabilities([Role.COMBINED], texts=photo_texts, images=files)[Role.COMBINED],
+    }
+    for role, probabilities in library.items():
+        np.testing.assert_allclose(probabilities, results[role].probabilities, rtol=0, atol=1e-5, err_msg=str(role))
+    messy = [decorated(text, row) for row, text in enumerate(texts)]
+    messy_photo_texts = [decorated(text, row) for row, text in enumerate(photo_texts)]
+    expected = {
+        "text": bundle.predict_many(texts=messy),
+        "combined": bundle.predict_many(texts=messy_photo_texts, images=files),
+        "image": bundle.predict_many(images=files),
+    }
+    np.testing.assert_allclose(np.array([[p.probabilities[c] for c in bundle.codec.classes] for p in expected["text"]]),
+                               library[Role.TEXT], rtol=0, atol=1e-5)  # the mess changes nothing a model reads
+    with TestClient(create_app(bundle)) as client:
+        answers = {
+            "text": [client.post("/predict/text", json={"text": text}) for text in messy],
+            "image": [client.post("/predict/image", files={"image": ("p.jpg", file.read_bytes())}) for file in files],
+            "combined": [client.post("/predict/combined", files={"image": ("p.jpg", file.read_bytes()), "text": (None, text)})
+                         for text, file in zip(messy_photo_texts, files, strict=True)],
+        }
+    for route, responses in answers.items():
+        for response, prediction in zip(responses, expected[route], strict=True):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["category"] == prediction.category and body["model_version"] == bundle.model_version
+            got = [body["probabilities"][name] for name in bundle.codec.classes]
+            np.testing.assert_allclose(got, [prediction.probabilities[name] for name in bundle.codec.classes], rtol=0, atol=1e-5)
+
+
+def test_index_time_and_query_time_vectors_of_a_listing_are_equal(market, trained, tables, tmp_path: Path) -> None:
+    """With every part weighted (text, photos, classes), each catalogue listing's vector as ``fbml index`` builds
+    it (cleaned tables, decoded photo cache) equals the one ``Bundle.embed`` makes from its raw text and photo files."""
+    import attrs
+    from fbml.workflows.index import reindexed_bundle
+
+    bundle = load_bundle(trained["bundle"])
+    weights = {"text": 1.0, "image": 0.5, "classes": 2.0}
+    weighted = attrs.evolve(bundle, index=attrs.evolve(bundle.search_index(), report={"weights": weights}))
+    index = reindexed_bundle(weighted, tables, market["image_dir"], work_dir=tmp_path, progress=False).search_index()
+    raw_texts = raw_listing_texts(market)
+    manifest = tables.manifest.images
+    photos_of = {product_id: [market["image_dir"] / f"{image_id}.jpg" for image_id in group["image_id"].to_list()
+                              if (market["image_dir"] / f"{image_id}.jpg").is_file()]
+                 for (product_id,), group in manifest.group_by("id", maintain_order=True)}  # fmt: skip
+    ids = index.catalogue["id"].to_list()
+    vectors = bundle_with(weighted, index).embed_many(texts=[raw_texts[product_id] for product_id in ids],
+                                                      images=[photos_of.get(product_id, []) for product_id in ids])
+    np.testing.assert_allclose(vectors, index.vectors, rtol=0, atol=1e-5)
+    counts = [len(photos_of.get(product_id, [])) for product_id in ids]
+    assert {0, 1, 2} <= set(counts)  # listings without a photo, with one and with two are all checked
+    one = counts.index(1)
+    single = bundle_with(weighted, index).embed(text=raw_texts[ids[one]], image=photos_of[ids[one]][0])
+    np.testing.assert_allclose(single, index.vectors[one], rtol=0, atol=1e-5)
+
+
+def bundle_with(bundle, index):
+    import attrs
+
+    return attrs.evolve(bundle, index=index)
 
 
 # --- resume and determinism ----------------------------------------------------------------------------

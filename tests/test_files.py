@@ -8,9 +8,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import fbml.files
+import pytest
 from fbml.errors import FbmlError
 from fbml.files import atomic_directory, temporary_target, write_atomically
 from fbml.vision.cache import remove_stale_builds

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from sklearn.metrics import precision_recall_fscore_support
-
 from fbml.errors import FbmlError
 from fbml.workflows.report import (
     INDEX,
@@ -20,6 +17,8 @@ from fbml.workflows.report import (
     worst_mistakes,
     write_report,
 )
+from PIL import Image
+from sklearn.metrics import precision_recall_fscore_support
 
 CLASSES = ("Appliances", "Baby & Kids Stuff", "Clothes, Footwear & Accessories", "Computers & Software", "Garden")
 EVIL = "<script>alert('owned')</script>"

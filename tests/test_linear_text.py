@@ -11,11 +11,6 @@ from typing import Any
 import attrs
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save as save_safetensors
-
 from fbml.errors import FbmlError
 from fbml.modeling.linear_text import (
     LINEAR_TEXT_FORMAT,
@@ -26,6 +21,10 @@ from fbml.modeling.linear_text import (
     fit_linear_text,
     fit_temperature,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 WORDS = (
     ("sofa", "table", "chair", "lamp", "wardrobe", "cushion"),

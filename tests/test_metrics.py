@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
-from fbml.bundle.store import MANIFEST, Bundle, BundleModel, Predictor, save_bundle
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor
+from fbml.bundle.store import MANIFEST, save_bundle
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import fit_linear_text
 from fbml.serving import service as service_module
@@ -46,7 +48,7 @@ def bundle() -> Bundle:
 
 
 def app_over(bundle: Bundle, log_format: str = "text") -> Litestar:
-    return create_app(bundle, model_version=VERSION, log_format=log_format)
+    return create_app(attrs.evolve(bundle, model_version=VERSION), log_format=log_format)
 
 
 def until(condition: Callable[[], bool], seconds: float = WAIT) -> None:
@@ -68,13 +70,13 @@ def samples(client: TestClient, name: str) -> dict[tuple[tuple[str, str], ...], 
 def held_inference(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Inference waits (bounded) until the returned event is set."""
     release = threading.Event()
-    real = service_module.class_probabilities
+    real = service_module.predictions
 
     def held(*args: Any) -> Any:
         assert release.wait(WAIT)
         return real(*args)
 
-    monkeypatch.setattr(service_module, "class_probabilities", held)
+    monkeypatch.setattr(service_module, "predictions", held)
     return release
 
 
@@ -96,7 +98,7 @@ def test_a_failed_warm_up_leaves_the_service_unready_and_says_why(
     def broken(*_: Any) -> Any:
         raise RuntimeError("no model")
 
-    monkeypatch.setattr(service_module, "class_probabilities", broken)
+    monkeypatch.setattr(service_module, "predictions", broken)
     with TestClient(app_over(bundle, "json")) as client:
         until(lambda: "warm-up failed" in capsys.readouterr().err)
         assert client.get("/health/ready").status_code == 503
@@ -173,7 +175,7 @@ def test_a_failure_is_logged_with_its_request_id_and_traceback(
         def broken(*_: Any) -> Any:
             raise RuntimeError("the model fell over")
 
-        monkeypatch.setattr(client.app.state["service"].batchers["text"], "infer", broken)
+        monkeypatch.setattr(client.app.state["service"].predictors["text"], "infer", broken)
         capsys.readouterr()
         answer = client.post("/predict/text", json={"text": "red kettle"}, headers={"x-request-id": "broken-1"})
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]

@@ -10,10 +10,8 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from fbml.modeling.backbones import RESNET_STAGES, backbone
 from fbml.errors import FbmlError
+from fbml.modeling.backbones import RESNET_STAGES, backbone
 from fbml.modeling.models import (
     CombinedClassifier,
     ImageClassifier,
@@ -23,6 +21,7 @@ from fbml.modeling.models import (
     image_model,
     text_model,
 )
+from torch import nn
 
 CLASSES = 5
 VOCABULARY = 40

@@ -9,6 +9,7 @@ import attrs
 import numpy as np
 import polars as pl
 import pytest
+from fbml.sample.marketplace import TOP_LEVEL_CATEGORIES, SampleDefects, SampleMarketplace, write_sample
 from PIL import Image, ImageOps
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -16,8 +17,6 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
-
-from fbml.sample.marketplace import TOP_LEVEL_CATEGORIES, SampleDefects, SampleMarketplace, write_sample
 
 PRODUCT_HEADER = ["", "id", "product_name", "category", "product_description", "price", "location"]
 IMAGE_HEADER = ["", "id", "product_id", "bucket_link", "image_ref", "create_time"]

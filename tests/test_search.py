@@ -9,10 +9,6 @@ import attrs
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
-
-from fbml.errors import ContractError, FbmlError
 from fbml.bundle.search import (
     CATALOGUE_SCHEMA,
     MAX_K,
@@ -21,6 +17,9 @@ from fbml.bundle.search import (
     UnknownProductError,
     unit_rows,
 )
+from fbml.errors import ContractError, FbmlError
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 CATEGORIES = ("Appliances", "Books", "Toys")
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fbml.errors import FbmlError, InputError
 from fbml.text.vocabulary import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokenize, tokens
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 word = st.text(alphabet="abcdefghij0123", min_size=1, max_size=4)
 token_lists = st.lists(st.lists(word, max_size=8), max_size=12)

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
-
-from fbml.modeling import training
 from fbml.errors import FbmlError
+from fbml.modeling import training
 from fbml.modeling.features import FeatureDataset
 from fbml.modeling.models import ModelOutput
 from fbml.modeling.training import BEST_WEIGHTS, CHECKPOINT, History, TrainConfig, TrainData, fit, predict
+from torch import Tensor, nn
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

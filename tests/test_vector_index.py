@@ -11,10 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from fbml.errors import FbmlError
 from fbml.bundle.vector_index import (
     EXACT_MAX_FLOATS,
     ExactIndex,
@@ -22,6 +18,9 @@ from fbml.bundle.vector_index import (
     load_vector_index,
     vector_index,
 )
+from fbml.errors import FbmlError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 DIM = 32
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from gensim.models import KeyedVectors
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fbml.errors import FbmlError, InputError
 from fbml.text.vocabulary import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokens
 from fbml.text.word2vec import WordVectors, coverage, embedding_matrix, train_word2vec
+from gensim.models import KeyedVectors
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 TOPICS = {name: [f"{name}{index}" for index in range(12)] for name in ("pet", "car", "food")}
 

@@ -2,23 +2,34 @@
 
 A listing's vector joins three unit-length parts, each weighted: the text CNN's embedding of its
 text, the image model's embedding of its photos (their mean), and the square roots of its class
-probabilities (so that their dot product is the Bhattacharyya coefficient of two predictions). A
-part the listing lacks (no photo, or a query by text alone) is zero. The weights are chosen on the
-validation products by precision@10 (same top-level category) and saved with the index.
+probabilities (so that their dot product is the Bhattacharyya coefficient of two predictions): the
+``combined`` predictor's for a listing with text and photos (the mean over its photos), the ``image``
+predictor's for photos alone, the ``text`` predictor's for text alone. A part the listing lacks is zero.
+The weights are chosen on the validation products and saved with the index. ``listing_parts`` is the
+one place that computes the parts, for the catalogue (``fbml.workflows.index``) and for queries alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
+from contracts.bundle import ModelKind, Role
+from tqdm import tqdm
 
+from fbml.bundle.predictions import Fields, batch_probabilities, chunks, prepared_listings
 from fbml.bundle.search import PRECISION_K, SearchIndex, unit_rows
-from fbml.errors import FbmlError
+from fbml.errors import FbmlError, InputError
+from fbml.vision.photos import PhotoInput, PhotoLimits, PreparedPhoto
 
-TEXT_MODEL = "text-cnn"
-IMAGE_MODEL = "image-cnn"
+if TYPE_CHECKING:
+    from fbml.bundle.bundle import Bundle
+
+TEXT_MODEL = ModelKind.TEXT_CNN
+IMAGE_MODEL = ModelKind.IMAGE_CNN
+Photo = PhotoInput | PreparedPhoto
 
 
 @attrs.frozen
@@ -59,6 +70,90 @@ class ListingParts:
                  np.sqrt(np.clip(self.classes, 0.0, 1.0)) * weights.classes]
         return unit_rows(np.concatenate(parts, axis=1))
 
+
+def listing_parts(
+    bundle: Bundle, texts: Sequence[str | None] | None, photos: Sequence[Sequence[Photo]] | None, *,
+    limits: PhotoLimits = PhotoLimits(), batch_size: int, single: bool = False, progress: bool = False,
+) -> ListingParts:
+    """The parts of each listing: listing ``i`` has the text ``texts[i]`` (None: none) and the photos
+    ``photos[i]`` (empty: none); ``single``: one listing, whose fields errors name ``text`` and ``image``."""
+    text_of, photos_of = _listings(texts, photos)
+    count = len(text_of)
+    parts = ListingParts(np.zeros((count, bundle.embedding_dim(TEXT_MODEL)), np.float32),
+                         np.zeros((count, bundle.embedding_dim(IMAGE_MODEL)), np.float32),
+                         np.zeros((count, bundle.codec.num_classes), np.float32))  # fmt: skip
+    pairs = [(row, photo, position) for row, group in enumerate(photos_of) for position, photo in enumerate(group)]
+    text_rows = [row for row, text in enumerate(text_of) if text is not None]
+    with tqdm(total=len(text_rows) + len(pairs), desc="listing vectors", unit="row", disable=not progress) as bar:
+        for part in chunks(len(text_rows), batch_size):
+            rows = text_rows[part]
+            _add_text_parts(bundle, parts, rows, [str(text_of[row]) for row in rows], [not photos_of[row] for row in rows],
+                            limits, Fields(["text"] if single else [f"texts[{row}]" for row in rows]))  # fmt: skip
+            bar.update(len(rows))
+        sums, counts = np.zeros_like(parts.image, np.float64), np.zeros(count, np.int64)
+        class_sums = np.zeros_like(parts.classes, np.float64)
+        for part in chunks(len(pairs), batch_size):
+            chunk = pairs[part]
+            for with_text in (True, False):
+                group = [pair for pair in chunk if (text_of[pair[0]] is not None) == with_text]
+                if group:
+                    _add_photo_parts(bundle, group, text_of if with_text else None, (sums, class_sums, counts), limits, single)
+            bar.update(len(chunk))
+    photographed = counts > 0
+    parts.image[photographed] = sums[photographed] / counts[photographed, None]
+    parts.classes[photographed] = class_sums[photographed] / counts[photographed, None]
+    return parts
+
+
+def _listings(texts: Sequence[str | None] | None, photos: Sequence[Sequence[Photo]] | None) -> tuple[list[str | None], list[list[Photo]]]:
+    """Each listing's text (or None) and photos (or none); ``InputError`` when the lists do not pair up or a listing is empty."""
+    if texts is None and photos is None:
+        raise InputError("text", "give a listing's text, a photo or both")
+    if isinstance(texts, str):
+        raise InputError("texts", "must be a list of texts (one per listing), not a text")
+    count = len(texts) if texts is not None else len(photos or ())
+    text_of: list[str | None] = list(texts) if texts is not None else [None] * count
+    photos_of = [list(group) for group in photos] if photos is not None else [[] for _ in range(count)]
+    if len(photos_of) != count:
+        raise InputError("images", f"photos of {len(photos_of)} listings for {count} texts: give one list of photos per listing")
+    for row, (text, group) in enumerate(zip(text_of, photos_of, strict=True)):
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"texts[{row}]", f"is a {type(text).__name__}, not a text")
+        if text is None and not group:
+            raise InputError(f"texts[{row}]", "a listing needs its text, a photo or both")
+    return text_of, photos_of
+
+
+def _add_text_parts(bundle: Bundle, parts: ListingParts, rows: list[int], texts: list[str], text_only: list[bool],
+                    limits: PhotoLimits, fields: Fields) -> None:  # fmt: skip
+    """The text embeddings of ``rows``, and the ``text`` predictor's classes of those without photos."""
+    listings = prepared_listings(bundle, texts, None, limits=limits, fields=fields)
+    embeddings = bundle.listing_model(TEXT_MODEL).outputs(listings).embeddings
+    assert embeddings is not None
+    parts.text[rows] = embeddings
+    if any(text_only):
+        classes = batch_probabilities(bundle, listings, [Role.TEXT])[Role.TEXT]
+        alone = np.asarray(text_only)
+        parts.classes[np.asarray(rows)[alone]] = classes[alone]
+
+
+def _add_photo_parts(bundle: Bundle, pairs: list[tuple[int, Photo, int]], text_of: list[str | None] | None,
+                     totals: tuple[np.ndarray, np.ndarray, np.ndarray], limits: PhotoLimits, single: bool) -> None:  # fmt: skip
+    """Adds each photo's image embedding and its predictor's classes (``combined`` with its listing's text,
+    ``image`` without) to its listing's sums and counts."""
+    rows = [row for row, _, _ in pairs]
+    texts = None if text_of is None else [str(text_of[row]) for row in rows]
+    fields = Fields(["text"], ["image"]) if single else Fields([f"texts[{row}]" for row in rows],
+                                                                [f"images[{row}][{position}]" for row, _, position in pairs])
+    listings = prepared_listings(bundle, texts, [photo for _, photo, _ in pairs], limits=limits, fields=fields)
+    embeddings = bundle.listing_model(IMAGE_MODEL).outputs(listings).embeddings
+    assert embeddings is not None
+    role = Role.COMBINED if texts is not None else Role.IMAGE
+    classes = batch_probabilities(bundle, listings, [role])[role]
+    sums, class_sums, counts = totals
+    np.add.at(sums, rows, embeddings)
+    np.add.at(class_sums, rows, classes)
+    np.add.at(counts, rows, 1)
 
 
 def precision_at_k(index: SearchIndex, rows: np.ndarray, k: int = PRECISION_K) -> float:

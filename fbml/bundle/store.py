@@ -1,4 +1,4 @@
-"""Bundles: one directory with the models, the predictors each endpoint serves, and their shared settings.
+"""Bundles on disk: one directory with the models, the predictors each role serves, and their shared settings.
 
 Weights are safetensors, everything else JSON (or ``.npy`` loaded without pickle). The manifest
 ``bundle.json`` is a typed ``contracts.bundle.Manifest`` that pins every factory argument, so a bundle
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import zipfile
 from collections.abc import Mapping
@@ -20,7 +21,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import msgspec
 import numpy as np
 from contracts.bundle import (
@@ -35,15 +35,18 @@ from contracts.bundle import (
     Manifest,
     Member,
     ModelEntry,
+    ModelKind,
     OnnxEntry,
     PredictorEntry,
+    Role,
     TextCnnEntry,
     TextCnnOptions,
     TextEntry,
     TextLinearEntry,
 )
 
-from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL, ListingWeights
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor
+from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.search import SearchIndex
 from fbml.bundle.vector_index import load_vector_index
@@ -52,122 +55,18 @@ from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel
 from fbml.modeling.onnx_runtime import OnnxGraph
+from fbml.modeling.settings import ImageSettings, TextSettings
 from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors
 
 MANIFEST = "bundle.json"
-MODEL_KINDS = ("image-cnn", "text-cnn", "text-linear", "combined-nn")
-PREDICTOR_ROLES = ("text", "image", "combined")
 CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)")
 RUNTIMES = ("torch", "onnx")
-TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
 if TYPE_CHECKING:
     from torch import nn
 
     from fbml.modeling.onnx_runtime import OnnxModel
-
-    Model = nn.Module | LinearTextModel | OnnxModel
-
-
-@attrs.frozen
-class ImageSettings:
-    """How photos are prepared for the image branches: the backbone, the side, its normalisation."""
-
-    backbone: str
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-@attrs.frozen
-class TextSettings:
-    """How text is prepared for the text CNN: the vocabulary, its word vectors, the length."""
-
-    vocabulary: Vocabulary
-    word_vectors: WordVectors
-    length: int
-
-
-@attrs.frozen
-class BundleModel:
-    """A trained model of one kind, the factory arguments that rebuild it (None for the linear text
-    model, whose parameters are the model) and what its training reported."""
-
-    kind: str = attrs.field(validator=attrs.validators.in_(MODEL_KINDS))
-    module: Model = attrs.field(eq=False)
-    options: TorchOptions | None
-    report: Mapping[str, Any] = attrs.field(factory=dict)
-    onnx: OnnxGraph | None = attrs.field(default=None, eq=False)
-    """The network's ONNX graph, when ``fbml export-onnx`` made one of these weights."""
-
-
-@attrs.frozen
-class Predictor:
-    """What an endpoint serves: an ensemble of the bundle's models, and how it was chosen."""
-
-    ensemble: Ensemble
-    report: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class Bundle:
-    """Models over one codec; ``image``/``text`` settings present when a model needs them; the
-    predictor of each endpoint; the similar-listings index when one was built."""
-
-    codec: LabelCodec
-    image: ImageSettings | None = None
-    text: TextSettings | None = None
-    models: Mapping[str, BundleModel] = attrs.field(factory=dict)
-    predictors: Mapping[str, Predictor] = attrs.field(factory=dict)
-    index: SearchIndex | None = None
-
-    def with_model(self, model: BundleModel) -> Bundle:
-        """This bundle with ``model`` added (or replacing the model of its kind)."""
-        return attrs.evolve(self, models={**self.models, model.kind: model})
-
-    def with_predictor(self, role: str, predictor: Predictor) -> Bundle:
-        """This bundle with the predictor of ``role`` set."""
-        _check_role(role)
-        return attrs.evolve(self, predictors={**self.predictors, role: predictor})
-
-    def model(self, kind: str) -> Model:
-        """The model of ``kind`` (a loaded bundle's networks are in eval mode); a clear error when the bundle lacks it."""
-        if kind not in self.models:
-            raise FbmlError(f"the bundle has no {kind} model (it has: {', '.join(self.models) or 'none'})")
-        return self.models[kind].module
-
-    def torch_model(self, kind: str) -> nn.Module | LinearTextModel:
-        """The model of ``kind`` as training and evaluation use it: a torch network or the linear model."""
-        from fbml.modeling.onnx_runtime import OnnxModel
-
-        model = self.model(kind)
-        if isinstance(model, OnnxModel):
-            raise FbmlError(f"the {kind} model was loaded for ONNX Runtime; load the bundle with the torch runtime")
-        return model
-
-    def listing_weights(self) -> ListingWeights:
-        """The part weights the similar-listings index was built with."""
-        if self.index is None:
-            raise FbmlError("the bundle has no search index")
-        return ListingWeights.from_report(self.index.report)
-
-    def embedding_dim(self, kind: str) -> int:
-        """The width of the embedding the network of ``kind`` represents its input by."""
-        dim = getattr(self.model(kind), "embedding_dim", None)
-        if not isinstance(dim, int):
-            raise FbmlError(f"the {kind} model has no embedding")
-        return dim
-
-    def listing_width(self) -> int:
-        """The width of a listing vector made by this bundle's models."""
-        return self.embedding_dim(TEXT_MODEL) + self.embedding_dim(IMAGE_MODEL) + self.codec.num_classes
-
-    def predictor(self, role: str) -> Predictor:
-        """The predictor of ``role``; a clear error when the bundle has none."""
-        if role not in self.predictors:
-            raise FbmlError(f"the bundle has no {role} predictor (it has: {', '.join(self.predictors) or 'none'})")
-        return self.predictors[role]
 
 
 def save_bundle(bundle: Bundle, path: Path) -> None:
@@ -188,51 +87,81 @@ def _save(bundle: Bundle, path: Path) -> None:
         image=None if bundle.image is None else _image_entry(bundle.image),
         text=None if bundle.text is None else _write_text(path, bundle.text),
         models={kind: _write_model(path, model) for kind, model in bundle.models.items()},
-        predictors={role: _predictor_entry(predictor) for role, predictor in bundle.predictors.items()},  # type: ignore[misc]
+        predictors={role: _predictor_entry(predictor) for role, predictor in bundle.predictors.items()},
         index=None if bundle.index is None else _write_index(path, bundle.index),
     )
     write_atomically(path / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n")
     _remove_unreferenced(path, manifest)
 
 
-def load_bundle(path: Path, *, runtime: str = "torch") -> Bundle:
-    """Read and check a bundle: every file present and unchanged, every model fitting the codec.
+def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device: str = "cpu") -> Bundle:
+    """Read and check a bundle: every file present and unchanged, every model fitting the codec. Its
+    ``model_version`` is the SHA-256 of the manifest read (which names every other file by its own SHA-256).
 
     ``runtime="onnx"``: the networks are ONNX Runtime sessions over their exported graphs, and
     nothing imports torch (``fbml export-onnx`` must have run since the networks were trained).
+    ``device``: where the torch runtime's networks run (``cpu``, ``cuda[:N]``, ``mps``, ``auto``).
     """
+    folder = Path(path)
     if runtime not in RUNTIMES:
         raise FbmlError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
-    if not path.is_dir():
-        raise FbmlError(f"{path}: not a bundle (no such folder)" if not path.exists() else f"{path}: not a bundle (not a folder)")
-    with bundle_files(path, shared=True):
-        return _load(path, runtime)
+    if runtime == "onnx" and device != "cpu":
+        raise FbmlError(f"the onnx runtime runs on the CPU, not {device}")
+    if not folder.is_dir():
+        raise FbmlError(f"{folder}: not a bundle (no such folder)" if not folder.exists() else f"{folder}: not a bundle (not a folder)")
+    with bundle_files(folder, shared=True):
+        bundle = _load(folder, runtime)
+    return bundle if device == "cpu" else _on_device(bundle, device)
+
+
+def _on_device(bundle: Bundle, device: str) -> Bundle:
+    """``bundle`` with its torch networks moved to ``device``."""
+    from torch import nn
+
+    from fbml.modeling.devices import resolve_device
+
+    target = resolve_device(device)
+    for model in bundle.models.values():
+        if isinstance(model.module, nn.Module):
+            model.module.to(target)
+    return bundle
 
 
 def _load(path: Path, runtime: str) -> Bundle:
-    manifest = read_manifest(path)
+    content = manifest_bytes(path)
+    manifest = parsed_manifest(path, content)
     codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
     image = None if manifest.image is None else _read_image(path, manifest.image, check_backbone=runtime == "torch")
     text = None if manifest.text is None else _read_text(path, manifest.text)
     models = {kind: _read_model(path, kind, entry, codec, text, runtime) for kind, entry in manifest.models.items()}
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
-    bundle = Bundle(codec, image, text, models, {str(role): predictor for role, predictor in predictors.items()}, index)
+    bundle = Bundle(codec, image, text, _sharing_backbones(models), predictors, index, hashlib.sha256(content).hexdigest())
     _check_settings(path, bundle)
     return bundle
 
 
 def read_manifest(path: Path) -> Manifest:
     """``path/bundle.json`` as a typed ``Manifest``; ``FbmlError`` saying what is wrong otherwise."""
+    return parsed_manifest(path, manifest_bytes(path))
+
+
+def manifest_bytes(path: Path) -> bytes:
+    """The content of ``path/bundle.json``; ``FbmlError`` when ``path`` is not a bundle or it cannot be read."""
     file = path / MANIFEST
     if not path.is_dir():
         raise FbmlError(f"{path}: not a bundle (not a directory)")
     try:
-        content = file.read_bytes()
+        return file.read_bytes()
     except FileNotFoundError:
         raise FbmlError(f"{path}: not a bundle (no {MANIFEST})") from None
     except OSError as error:
         raise FbmlError(f"{file}: cannot read ({error.strerror})") from None
+
+
+def parsed_manifest(path: Path, content: bytes) -> Manifest:
+    """``content`` (of ``path/bundle.json``) as a typed ``Manifest``; ``FbmlError`` saying what is wrong otherwise."""
+    file = path / MANIFEST
     other = _other_format(content)
     if other is not None and _format_version(other) < _format_version(BUNDLE_FORMAT):
         raise FbmlError(f"{file}: bundle format {other!r} is no longer read (this fbml reads {BUNDLE_FORMAT!r}); "
@@ -328,7 +257,7 @@ def _read_model(
 ) -> BundleModel:
     tag = type(entry).__struct_config__.tag
     if tag != kind:
-        raise FbmlError(f"{path / MANIFEST}: model {kind!r} is described as a {tag!r} model")
+        raise FbmlError(f"{path / MANIFEST}: model '{kind}' is described as a '{tag}' model")
     if isinstance(entry, TextLinearEntry):
         return BundleModel(kind, _read_linear(path, entry, codec), None, entry.report)
     graph = None if entry.onnx is None else _read_onnx(path, entry.onnx)
@@ -400,12 +329,12 @@ def _load_weights(path: Path, kind: str, module: nn.Module, ref: FileRef) -> Non
 
 
 def _predictor_entry(predictor: Predictor) -> PredictorEntry:
-    members = [Member(name, weight) for name, weight in predictor.ensemble.members]
+    members = [Member(ModelKind(name), weight) for name, weight in predictor.ensemble.members]
     return PredictorEntry(members, list(predictor.ensemble.bias), dict(predictor.report))
 
 
 def _read_predictor(
-    path: Path, role: str, entry: PredictorEntry, models: Mapping[str, BundleModel], codec: LabelCodec
+    path: Path, role: Role, entry: PredictorEntry, models: Mapping[ModelKind, BundleModel], codec: LabelCodec
 ) -> Predictor:
     missing = [member.model for member in entry.members if member.model not in models]
     if missing:
@@ -461,16 +390,27 @@ def _check_index(bundle: Bundle) -> None:
     assert bundle.index is not None
     for needed in (TEXT_MODEL, IMAGE_MODEL):
         bundle.model(needed)
-    for role in PREDICTOR_ROLES:
+    for role in Role:
         bundle.predictor(role)
     bundle.listing_weights()
     if bundle.index.dim != bundle.listing_width():
         raise FbmlError(f"the search index has {bundle.index.dim}-dim vectors, the bundle's models make {bundle.listing_width()}")
 
 
-def _check_role(role: str) -> None:
-    if role not in PREDICTOR_ROLES:
-        raise FbmlError(f"unknown predictor {role!r} (one of {', '.join(PREDICTOR_ROLES)})")
+def _sharing_backbones(models: dict[ModelKind, BundleModel]) -> dict[ModelKind, BundleModel]:
+    """``models`` with the combined network's frozen backbone replaced by the image model's when their weights are
+    equal (training copies it, and frozen stages never change), so that the prediction path runs it once per photo."""
+    image, combined = models.get(ModelKind.IMAGE_CNN), models.get(ModelKind.COMBINED_NN)
+    if image is None or combined is None:
+        return models
+    from fbml.modeling.models import CombinedClassifier, ImageClassifier
+
+    if not isinstance(image.module, ImageClassifier) or not isinstance(combined.module, CombinedClassifier):
+        return models  # ONNX Runtime sessions: each graph runs whole
+    ours, theirs = image.module.frozen.state_dict(), combined.module.image.frozen.state_dict()
+    if ours.keys() == theirs.keys() and all(ours[name].equal(theirs[name]) for name in ours):
+        combined.module.image.frozen = image.module.frozen
+    return models
 
 
 def _write_json(path: Path, stem: str, value: Any) -> FileRef:

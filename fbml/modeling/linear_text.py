@@ -1,6 +1,7 @@
 """A linear text classifier: TF-IDF word and character n-grams, a linear model, calibrated probabilities.
 
-The model reads one text per listing, the product name then its description (``product_text``).
+The model reads one text per listing, the product name then its description (``fbml.text.listings``),
+raw or clean: it normalises what it is given as the training text was (ASCII, one space between words).
 Two TF-IDF blocks, each L2-normalised, are concatenated: word n-grams (the tokens of
 ``fbml.text.vocabulary.TOKEN_PATTERN``) and character n-grams. A one-vs-rest ``LinearSVC`` (or a logistic
 regression) scores them, and a calibration fitted on out-of-fold scores of the training texts
@@ -32,6 +33,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import normalize
 
 from fbml.errors import FbmlError
+from fbml.text.listings import normalised_texts
 from fbml.text.vocabulary import TOKEN_PATTERN
 
 LINEAR_TEXT_FORMAT = "fbml.linear-text/1"
@@ -359,7 +361,7 @@ def _out_of_fold_scores(
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_rows, held_rows in splitter.split(np.zeros(len(texts)), labels):
         model = _fit_uncalibrated([texts[row] for row in fit_rows], labels[fit_rows], num_classes, options, seed)
-        scores[held_rows] = model.decision_function([texts[row] for row in held_rows])
+        scores[held_rows] = model.normalised_scores([texts[row] for row in held_rows])
     return scores
 
 
@@ -371,12 +373,13 @@ def fit_linear_text(
     options: LinearTextOptions = LinearTextOptions(),
     seed: int = 0,
 ) -> LinearTextModel:
-    """Fit on full texts (name first) and class indices; calibrated on out-of-fold scores, then refitted on all.
+    """Fit on listing texts (name first; raw or clean: normalised here as training text is) and class indices;
+    calibrated on out-of-fold scores, then refitted on all.
 
     Deterministic for a ``seed`` (it seeds the folds and the ``LinearSVC``). Every class needs at
     least two texts; the folds are ``options.folds`` or fewer when the rarest class has fewer texts.
     """
-    texts = _checked_texts(texts)
+    texts = normalised_texts(_checked_texts(texts))
     checked = _checked_labels(labels, len(texts), num_classes)
     folds = _fold_count(checked, num_classes, options.folds)
     scores = _out_of_fold_scores(texts, checked, num_classes, options, seed, folds)
@@ -467,13 +470,22 @@ class LinearTextModel:
         return sp.hstack([word, char], format="csr")
 
     def decision_function(self, texts: Sequence[str]) -> Floats:
-        """The linear model's scores (n, classes), before calibration."""
+        """The linear model's scores (n, classes) of raw texts (normalised here as training text was), before calibration."""
+        return self.normalised_scores(normalised_texts(_checked_texts(texts)))
+
+    def predict_proba(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Calibrated probabilities (n, classes) of raw texts (normalised here as training text was), float32,
+        each row summing to 1."""
+        return self.normalised_probabilities(normalised_texts(_checked_texts(texts)))
+
+    def normalised_scores(self, texts: Sequence[str]) -> Floats:
+        """``decision_function`` of texts already normalised (``fbml.text.listings.normalised_texts``)."""
         rows = self.features(texts).astype(np.float32)
         return np.asarray(rows @ self._weights, dtype=np.float64) + self.intercept.astype(np.float64)
 
-    def predict_proba(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Calibrated probabilities (n, classes), float32, each row summing to 1."""
-        logits = self.calibration.logits(self.decision_function(texts))
+    def normalised_probabilities(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """``predict_proba`` of texts already normalised (``fbml.text.listings.normalised_texts``)."""
+        logits = self.calibration.logits(self.normalised_scores(texts))
         probabilities: Floats = np.exp(log_softmax(logits, axis=1))
         normalised: NDArray[np.float32] = (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
         return normalised

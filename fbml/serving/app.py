@@ -1,9 +1,10 @@
 """The HTTP API: ``create_app(bundle)`` builds a Litestar app over a loaded bundle.
 
-Models are loaded once (by the caller) and put in eval mode once. The app's lifespan opens the
-service's threads (``fbml.serving.service``) and closes them. Handlers read the body in memory (at
-most ``max_body_bytes``, else 413; uploads are never written anywhere), photos are decoded on
-``decode_workers`` threads within ``PhotoLimits``, and inference runs on one thread, micro-batched.
+Models are loaded once (by the caller; a bundle keeps its networks in eval mode). The app's lifespan
+opens the service's threads (``fbml.serving.service``) and closes them. Handlers parse the body in
+memory (at most ``max_body_bytes``, else 413; uploads are never written anywhere), photos are decoded
+on ``decode_workers`` threads within ``PhotoLimits``, and the bundle's prediction path
+(``Bundle.predict_many``, ``Bundle.similar``) runs on one thread, micro-batched.
 Every answer carries security headers and an ``X-Request-ID``, and is counted in the app's own
 Prometheus registry (``/metrics``); predictions and recommendations name the model version in their
 body and in ``X-Model-Version``. ``/health/live`` answers while the process runs, ``/health/ready``
@@ -35,7 +36,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from fbml import __version__
-from fbml.bundle.store import Bundle
+from fbml.bundle.bundle import Bundle
 from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.serving.batching import MAX_BATCH
@@ -43,15 +44,13 @@ from fbml.serving.errors import ApiError, api_error_response, http_error_respons
 from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
 from fbml.serving.metrics import Metrics, app_metrics
 from fbml.serving.page import page_handlers
-from fbml.serving.photos import DEFAULT_DECODE_SECONDS, DEFAULT_MAX_IMAGE_PIXELS, PhotoLimits
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
 from fbml.serving.telemetry import Observed, app_logger
+from fbml.vision.photos import DEFAULT_DECODE_SECONDS, DEFAULT_MAX_IMAGE_PIXELS, PhotoLimits
 
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20
 DEFAULT_MAX_TEXT_CHARS = 20_000
-UNVERSIONED = "unversioned"
-"""The model version of a bundle that was never saved (``fbml serve`` passes the manifest's SHA-256)."""
 MODEL_VERSION_HEADER = "X-Model-Version"
 CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 """The policy of every answer that does not set its own."""
@@ -72,18 +71,16 @@ def create_app(
     decode_seconds: float = DEFAULT_DECODE_SECONDS,
     decode_workers: int = 1,
     max_batch: int = MAX_BATCH,
-    model_version: str = UNVERSIONED,
     log_format: str = "text",
 ) -> Litestar:
-    """The API over ``bundle`` (its models are put in eval mode here, once), answering that its
-    models are ``model_version``; its logs in ``log_format`` (text or json) on stderr."""
+    """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
+    ``log_format`` (text or json) on stderr."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
         if value <= 0:
             raise FbmlError(f"{name} must be positive, got {value}")
-    for kind in bundle.models:
-        bundle.model(kind)  # eval mode, once
+    model_version = bundle.model_version
     text = TextRules(max_text_chars)
     photos = PhotoLimits(max_image_pixels, decode_seconds)
     current: contextvars.ContextVar[str | None] = contextvars.ContextVar("fbml_request_id", default=None)

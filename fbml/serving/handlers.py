@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
-import numpy as np
 from contracts.api import (
     JSON,
     MULTIPART,
@@ -30,7 +29,7 @@ from contracts.api import (
     RecommendInput,
     TextInput,
 )
-from contracts.bundle import BUNDLE_FORMAT
+from contracts.bundle import BUNDLE_FORMAT, Role
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -39,12 +38,13 @@ from litestar.openapi import ResponseSpec
 from litestar.params import SkipValidation
 from msgspec import Struct
 
-from fbml.bundle.search import Neighbour, SearchIndex, UnknownProductError
+from fbml.bundle import predictions
+from fbml.bundle.predictions import Similar
+from fbml.bundle.search import UnknownProductError
 from fbml.serving.errors import ApiError
-from fbml.serving.inference import Example
 from fbml.serving.metrics import exposition
 from fbml.serving.requests import RequestShape
-from fbml.serving.service import EMBED, Service, service_of
+from fbml.serving.service import Example, Service, service_of
 
 Served = SkipValidation[Service]
 INDEX = "index"
@@ -76,34 +76,36 @@ def metrics(service: Served) -> bytes:
 
 async def predict_image(given: SkipValidation[PhotoInput], service: Served) -> Prediction:
     """The category of a photo (multipart field ``image``)."""
-    image = await service.decoded_image(given.image, "image")
-    return prediction(await service.batchers["image"](Example(image=image)), service)
+    image = await service.prepared_photo(given.image, "image")
+    return answer(await service.predictors[Role.IMAGE](Example(image=image)))
 
 
 async def predict_text(given: SkipValidation[TextInput], service: Served) -> Prediction:
     """The category of a listing's text (JSON ``{"text": ...}``, or form or multipart field ``text``)."""
-    return prediction(await service.batchers["text"](Example(text=given.text)), service)
+    return answer(await service.predictors[Role.TEXT](Example(text=given.text)))
 
 
 async def predict_combined(given: SkipValidation[ListingInput], service: Served) -> Prediction:
     """The category of a photo and its text (multipart fields ``image`` and ``text``)."""
-    image = await service.decoded_image(given.image, "image")
-    return prediction(await service.batchers["combined"](Example(image, given.text)), service)
+    image = await service.prepared_photo(given.image, "image")
+    return answer(await service.predictors[Role.COMBINED](Example(image, given.text)))
 
 
 async def recommend(given: SkipValidation[RecommendInput], service: Served) -> Recommendations:
     """The ``k`` listings most like a known product (``product_id``), or like a photo and/or text."""
-    index = service.require_index()
+    service.require_index()
     k = int(given.k)
     if isinstance(given.product_id, str):
         try:
-            return recommendations(index, index.neighbours(given.product_id, k), service.model_version)
+            return recommendations(service.bundle.similar(product_id=given.product_id, k=k), service.model_version)
         except UnknownProductError as error:
             raise ApiError(404, str(error), "product_id") from None
     photo = given.image if isinstance(given, RecommendForm) and isinstance(given.image, bytes) else None
-    image = None if photo is None else await service.decoded_image(photo, "image")
+    image = None if photo is None else await service.prepared_photo(photo, "image")
     text = given.text if isinstance(given.text, str) else None
-    return recommendations(index, index.nearest(await service.batchers[EMBED](Example(image, text)), k), service.model_version)
+    assert service.embedder is not None  # the bundle has an index
+    vector = await service.embedder(Example(image, text))
+    return recommendations(service.bundle.similar(vector=vector, k=k), service.model_version)
 
 
 @attrs.frozen
@@ -144,7 +146,7 @@ def bundle_serves(connection: ASGIConnection[Any, Any, Any, Any], route_handler:
     if needs == INDEX:
         service.require_index()
     else:
-        service.require(needs)
+        service.require(Role(needs))
 
 
 def body_provider(shape: RequestShape[Any]) -> Provide:
@@ -157,18 +159,12 @@ def body_provider(shape: RequestShape[Any]) -> Provide:
     return Provide(given)
 
 
-def prediction(probabilities: np.ndarray, service: Service) -> Prediction:
-    """The answer for one listing's class probabilities."""
-    classes = service.bundle.codec.classes
-    order = np.argsort(-probabilities, kind="stable")
-    top = [CategoryScore(classes[i], float(probabilities[i])) for i in order[:TOP_CATEGORIES]]
-    return Prediction(top[0].category, dict(zip(classes, map(float, probabilities), strict=True)), top, service.model_version)
+def answer(found: predictions.Prediction) -> Prediction:
+    """A ``Prediction`` of the bundle as the API answers it."""
+    top = [CategoryScore(category, probability) for category, probability in found.top(TOP_CATEGORIES)]
+    return Prediction(found.category, dict(found.probabilities), top, found.model_version)
 
 
-def recommendations(index: SearchIndex, neighbours: Sequence[Neighbour], model_version: str) -> Recommendations:
-    """The answer for a search's neighbours, best first."""
-    listings = []
-    for neighbour in neighbours:
-        row = index.listing(neighbour.row)
-        listings.append(Listing(row["id"], row["product_name"], row["category"], row["price"], neighbour.score))
-    return Recommendations(listings, model_version)
+def recommendations(found: Sequence[Similar], model_version: str) -> Recommendations:
+    """The answer for a search's listings, best first."""
+    return Recommendations([Listing(item.id, item.name, item.category, item.price, item.score) for item in found], model_version)

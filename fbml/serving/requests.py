@@ -36,17 +36,17 @@ StructT = TypeVar("StructT", bound=msgspec.Struct)
 @attrs.frozen
 class TextRules:
     """What a listing text must be: at most ``max_chars`` characters, and something a model can read:
-    a letter or digit once normalised as training text was (``fbml.serving.inference.readable_texts``)."""
+    a letter or digit once normalised as training text was (``fbml.text.listings.normalised_texts``)."""
 
     max_chars: int
 
     def check(self, value: str, field: str) -> None:
         """422 naming ``field`` unless ``value`` follows the rules."""
-        from fbml.serving.inference import readable_texts
+        from fbml.text.listings import normalised_texts
 
         if len(value) > self.max_chars:
             raise ApiError(422, f"{field} is longer than {self.max_chars} characters", field)
-        if not re.search("[A-Za-z0-9]", readable_texts([value])[0]):
+        if not re.search("[A-Za-z0-9]", normalised_texts([value])[0]):
             raise ApiError(422, f"{field} is empty: no letter or digit once normalised to ASCII", field)
 
     def schema(self, description: str | None) -> Schema:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import os
 import socket
 import tempfile
@@ -33,12 +32,13 @@ import msgspec
 from litestar import Litestar
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fbml.bundle.store import MANIFEST, Bundle, load_bundle
+from fbml.bundle.bundle import Bundle
+from fbml.bundle.store import load_bundle
 from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import onnx_model
 from fbml.serving.app import create_app
 from fbml.serving.metrics import MULTIPROCESS_ENV
-from fbml.serving.photos import DEFAULT_MAX_IMAGE_PIXELS
+from fbml.vision.photos import DEFAULT_MAX_IMAGE_PIXELS
 
 BUNDLE_ENV = "FBML_BUNDLE"
 THREADS_ENV = "FBML_THREADS"
@@ -57,14 +57,6 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decode_workers: int = 1
     runtime: str = "torch"
     log_format: str = "text"
-
-
-@attrs.frozen
-class ServedBundle:
-    """A bundle loaded for serving and its model version (the SHA-256 of the manifest it was loaded from)."""
-
-    bundle: Bundle
-    model_version: str
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
@@ -97,36 +89,25 @@ def app_from_env() -> Litestar:
     return app_over(served_bundle(Path(os.environ[BUNDLE_ENV]), options.runtime, threads), options)
 
 
-def app_over(served: ServedBundle, options: AppOptions) -> Litestar:
-    """``create_app`` over ``served`` with ``options``."""
-    return create_app(served.bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
-                      model_version=served.model_version, log_format=options.log_format)  # fmt: skip
+def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
+    """``create_app`` over ``bundle`` with ``options``."""
+    return create_app(bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
+                      log_format=options.log_format)  # fmt: skip
 
 
-def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> ServedBundle:
-    """The bundle loaded for ``runtime`` with ``threads`` inference threads, and its model version
-    (``FbmlError`` if the manifest changed while it loaded)."""
-    before = manifest_digest(bundle_dir)
+def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:
+    """The bundle loaded for ``runtime`` with ``threads`` inference threads (its model version: the SHA-256 of
+    the manifest it was loaded from)."""
     bundle = load_bundle(bundle_dir, runtime=runtime)
-    if manifest_digest(bundle_dir) != before:
-        raise FbmlError(f"{bundle_dir}: the bundle changed while it was loading; serve it again")
     if runtime == "torch":
-        from fbml.serving.torch_runtime import set_threads
+        from fbml.modeling.torch_runtime import set_threads
 
         set_threads(threads)
     else:  # the sessions again, on this many threads
         for kind, model in bundle.models.items():
             if model.onnx is not None:
                 bundle = bundle.with_model(attrs.evolve(model, module=onnx_model(kind, model.onnx, threads=threads)))
-    return ServedBundle(bundle, before)
-
-
-def manifest_digest(bundle_dir: Path) -> str:
-    """The SHA-256 of the bundle's manifest (which names every other file by its own SHA-256): its model version."""
-    try:
-        return hashlib.sha256((bundle_dir / MANIFEST).read_bytes()).hexdigest()
-    except OSError as error:
-        raise FbmlError(f"{bundle_dir / MANIFEST}: cannot read ({error.strerror})") from None
+    return bundle
 
 
 def serving_threads(workers: int) -> int:

@@ -3,8 +3,10 @@ threads that work for them.
 
 ``running_service`` opens the threads and closes them (the app's lifespan holds it open): one
 inference thread that the micro-batchers share, and ``decode_workers`` photo-decoding threads, so the
-event loop waits on neither. ``warm_up`` sends one request through each batcher; the service is ready
-(``/health/ready``) once each has answered.
+event loop waits on neither. Photos are prepared on a decoding thread by the bundle's own preparation
+(``Preparation.prepared``); each batcher calls the bundle's prediction path (``Bundle.predict_many``, or
+``Bundle.embed_many`` for ``/recommend``) on the requests that arrived together. ``warm_up`` sends one
+request through each batcher; the service is ready (``/health/ready``) once each has answered.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from typing import TypeVar, cast
 
 import attrs
 import numpy as np
+from contracts.bundle import Role
 from litestar.datastructures import State
 
+from fbml.bundle.bundle import Bundle
+from fbml.bundle.predictions import Prediction
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.store import Bundle
+from fbml.errors import InputError
 from fbml.serving.batching import MicroBatcher
 from fbml.serving.errors import ApiError
-from fbml.serving.inference import Example, class_probabilities, query_vectors
 from fbml.serving.metrics import Metrics
-from fbml.serving.photos import PhotoLimits, normalised, prepared_image
 from fbml.serving.requests import TextRules
+from fbml.vision.photos import PhotoLimits, PreparedPhoto
 
 EMBED = "embed"
 """The batcher of query vectors (``/recommend``), beside one per predictor role."""
@@ -36,6 +40,14 @@ STATE_KEY = "service"
 """Where the app's state holds the running ``Service``."""
 WARM_UP_TEXT = "warm up"
 T = TypeVar("T")
+
+
+@attrs.frozen(eq=False)
+class Example:
+    """One request's listing: a photo prepared for the bundle's image networks and/or its raw text."""
+
+    image: PreparedPhoto | None = None
+    text: str | None = None
 
 
 @attrs.frozen(eq=False)
@@ -49,7 +61,8 @@ class Service:
     photos: PhotoLimits
     metrics: Metrics
     decoder: ThreadPoolExecutor
-    batchers: Mapping[str, MicroBatcher[Example, np.ndarray]]
+    predictors: Mapping[Role, MicroBatcher[Example, Prediction]]
+    embedder: MicroBatcher[Example, np.ndarray] | None
     warm: asyncio.Event = attrs.field(factory=asyncio.Event)
 
     def require(self, role: str) -> None:
@@ -64,19 +77,22 @@ class Service:
             raise ApiError(404, "the bundle has no search index (build one with `fbml index`)")
         return self.bundle.index
 
-    async def decoded_image(self, data: bytes, field: str) -> np.ndarray:
-        """The upload decoded on a decoding thread and prepared like the training photos (422 naming ``field``)."""
+    async def prepared_photo(self, data: bytes, field: str) -> PreparedPhoto:
+        """The upload decoded on a decoding thread and prepared as the bundle's image networks read it (422 naming ``field``)."""
         if self.bundle.image is None:
             raise ApiError(404, "the bundle has no image settings: it serves no photos")
-        prepare = functools.partial(prepared_image, data, self.bundle.image, self.photos, field)
+        prepare = functools.partial(_prepared, self.bundle, data, field, self.photos)
         return await asyncio.get_running_loop().run_in_executor(self.decoder, timed, prepare, self.metrics.decode_seconds.observe)
 
     async def warm_up(self) -> None:
         """One request through each batcher (a blank photo and/or a short text), then ``warm`` is set."""
-        image = None if self.bundle.image is None else normalised(np.zeros((self.bundle.image.size,) * 2 + (3,), np.uint8), self.bundle.image)
-        for name, batcher in self.batchers.items():
-            await batcher(Example(image if name in ("image", "combined", EMBED) else None,
-                                  WARM_UP_TEXT if name in ("text", "combined", EMBED) else None))  # fmt: skip
+        image = None
+        if self.bundle.image is not None:
+            image = self.bundle.image.preparation.prepared(np.zeros((self.bundle.image.size,) * 2 + (3,), np.uint8))
+        for role, predictor in self.predictors.items():
+            await predictor(Example(image if role.reads_photos else None, WARM_UP_TEXT if role.reads_text else None))
+        if self.embedder is not None:
+            await self.embedder(Example(image if Role.COMBINED in self.bundle.predictors else None, WARM_UP_TEXT))
         self.warm.set()
 
 
@@ -89,20 +105,39 @@ def running_service(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-inference") as inference,
         ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="fbml-decode") as decoder,
     ):
-        infers: dict[str, Callable[[list[Example]], list[np.ndarray]]] = {
-            role: functools.partial(class_probabilities, bundle, role) for role in bundle.predictors
-        }
-        if bundle.index is not None:
-            infers[EMBED] = functools.partial(query_vectors, bundle)
-        batchers = {name: MicroBatcher(functools.partial(measured, infer, metrics, name), inference, max_batch)
-                    for name, infer in infers.items()}  # fmt: skip
-        yield Service(bundle, model_version, text, photos, metrics, decoder, batchers)
+        def batcher(name: str, infer: Callable[[list[Example]], list[T]]) -> MicroBatcher[Example, T]:
+            return MicroBatcher(functools.partial(measured, infer, metrics, name), inference, max_batch)
+
+        predictors = {role: batcher(role, functools.partial(predictions, bundle, role)) for role in bundle.predictors}
+        embedder = None if bundle.index is None else batcher(EMBED, functools.partial(listing_vectors, bundle))
+        yield Service(bundle, model_version, text, photos, metrics, decoder, predictors, embedder)
 
 
-def measured(infer: Callable[[list[Example]], list[np.ndarray]], metrics: Metrics, name: str, examples: list[Example]) -> list[np.ndarray]:
+def predictions(bundle: Bundle, role: Role, examples: list[Example]) -> list[Prediction]:
+    """The ``role`` predictor's prediction of each request's listing (the bundle's one prediction path)."""
+    texts = [example.text or "" for example in examples] if role.reads_text else None
+    images = [example.image for example in examples if example.image is not None] if role.reads_photos else None
+    return bundle.predict_many(texts=texts, images=images, role=role, batch_size=len(examples))
+
+
+def listing_vectors(bundle: Bundle, examples: list[Example]) -> list[np.ndarray]:
+    """Each request's listing vector (a photo and/or text), as the index holds its catalogue's."""
+    groups = [[example.image] if example.image is not None else [] for example in examples]
+    return list(bundle.embed_many(texts=[example.text for example in examples], images=groups, batch_size=len(examples)))
+
+
+def measured(infer: Callable[[list[Example]], list[T]], metrics: Metrics, name: str, examples: list[Example]) -> list[T]:
     """``infer(examples)``, its batch size and seconds recorded under the batcher's ``name``."""
     metrics.batch_size.labels(name).observe(len(examples))
     return timed(functools.partial(infer, examples), metrics.inference_seconds.labels(name).observe)
+
+
+def _prepared(bundle: Bundle, data: bytes, field: str, limits: PhotoLimits) -> PreparedPhoto:
+    """The bundle's preparation of an uploaded photo; 422 naming ``field`` when it is not a usable photo."""
+    try:
+        return bundle.image_settings().preparation.prepared(data, field, limits)
+    except InputError as error:
+        raise ApiError(422, f"{field} {error.problem}", field) from None
 
 
 def timed(work: Callable[[], T], record: Callable[[float], None]) -> T:

@@ -1,5 +1,9 @@
 """Evaluate a bundle: every predictor and model on clean tables (e.g. products it never saw), per example
-and per product, as a table, as JSON, or as an HTML report with pictures (``fbml.workflows.report``)."""
+and per product, as a table, as JSON, or as an HTML report with pictures (``fbml.workflows.report``).
+
+The probabilities come from the bundle's prediction path (``Bundle.probabilities``), as a caller's or the
+HTTP API's would: texts per product, and each decoded photo with its product's text.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ from pathlib import Path
 import attrs
 import numpy as np
 import polars as pl
+from contracts.bundle import ModelKind, Role
 
-from fbml.bundle.store import Bundle
-from fbml.errors import FbmlError
+from fbml.bundle.bundle import Bundle
+from fbml.bundle.predictions import Name
 from fbml.modeling.metrics import per_product
 from fbml.tables.clean import CleanTables
+from fbml.workflows.inputs import Examples, decoded_photos, frame_listings, known_categories, labels_of, with_decoded_photos
 from fbml.workflows.report import ModelResults, write_report
-from fbml.workflows.runs import IMAGE_KINDS, Run, Scores, known_categories, scored
+from fbml.workflows.scores import Scores, scored
 
 
 @attrs.frozen
@@ -28,56 +34,52 @@ class Evaluation:
     labels: np.ndarray
     scores: Scores
 
+
 def evaluate_bundle(
     bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
-    device: str = "cpu",
-) -> dict[str, Scores]:
+) -> dict[Name, Scores]:
     """Every predictor and model of ``bundle`` on all of ``tables`` (e.g. held-back products), per
     example and per product. Text is scored per product; photo models per photo."""
     return {name: evaluation.scores for name, evaluation in evaluations(bundle, tables, image_dir, work_dir=work_dir,
-                                                                        progress=progress, device=device).items()}
+                                                                        progress=progress).items()}
+
 
 def evaluations(
     bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
-    device: str = "cpu",
-) -> dict[str, Evaluation]:
-    """``evaluate_bundle`` with the predictions behind each score (for reports)."""
+) -> dict[Name, Evaluation]:
+    """``evaluate_bundle`` with the predictions behind each score (for reports): predictors first, then models."""
     known = known_categories(tables, bundle.codec)
-    run = Run(known, image_dir, work_dir, device=device, progress=progress)
-    frames: dict[str, pl.DataFrame] = {"products": known.cleaned.products}
-    if known.manifest is not None and image_dir is not None and bundle.image is not None:
-        frames["photos"] = run.with_photos(known.manifest.images, bundle)
-    totals = {"products": tables.cleaned.products.height, "photos": 0 if tables.manifest is None else tables.manifest.images.height}
-    memo: dict[tuple[str, str], np.ndarray] = {}
-    results: dict[str, Evaluation] = {}
-    for name in [*bundle.predictors, *bundle.models]:
-        on = evaluated_on(bundle, name)
-        if on in frames:
-            frame = frames[on]
-            probabilities = _memoised(run, bundle, name, on, frame, memo)
-            labels = bundle.codec.encode(frame["category"])
-            results[name] = Evaluation(frame, probabilities, labels, scored(probabilities, labels, frame, totals[on] - frame.height))
-    return results
+    totals = {Examples.PRODUCTS: tables.cleaned.products.height,
+              Examples.PHOTOS: 0 if tables.manifest is None else tables.manifest.images.height}  # fmt: skip
+    names: list[Name] = [*bundle.predictors, *bundle.models]
+    on = {name: evaluated_on(bundle, name) for name in names}
+    results: dict[Name, Evaluation] = {}
+    for examples in Examples:
+        scored_here = [name for name in names if on[name] is examples]
+        if not scored_here or (examples is Examples.PHOTOS and (known.manifest is None or image_dir is None or bundle.image is None)):
+            continue
+        photos = None
+        frame: pl.DataFrame = known.cleaned.products
+        if examples is Examples.PHOTOS:
+            assert known.manifest is not None and bundle.image is not None
+            photos = decoded_photos(known, image_dir, work_dir, bundle.image.size, progress=progress)
+            frame = with_decoded_photos(known.manifest.images, photos)
+        texts, images = frame_listings(frame, photos)
+        found = bundle.probabilities(scored_here, texts=texts, images=images, progress=progress)
+        labels = labels_of(frame, bundle.codec)
+        for name in scored_here:
+            results[name] = Evaluation(frame, found[name], labels, scored(found[name], labels, frame, totals[examples] - frame.height))
+    return {name: results[name] for name in names if name in results}
 
-def evaluated_on(bundle: Bundle, name: str) -> str:
-    """``photos`` for a predictor or model that reads photos, else ``products``."""
-    members = bundle.predictors[name].ensemble.names if name in bundle.predictors else (name,)
-    return "photos" if set(members) & set(IMAGE_KINDS) else "products"
 
-def _memoised(run: Run, bundle: Bundle, name: str, on: str, frame: pl.DataFrame, memo: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
-    """``run.probabilities`` of a predictor or model over ``frame``, each model computed once per frame."""
-    if (name, on) not in memo:
-        if name in bundle.predictors:
-            ensemble = bundle.predictors[name].ensemble
-            memo[name, on] = ensemble.combine({member: _memoised(run, bundle, member, on, frame, memo) for member in ensemble.names})
-        else:
-            memo[name, on] = run.outputs(bundle, name, bundle.torch_model(name), frame).probabilities
-    return memo[name, on]
+def evaluated_on(bundle: Bundle, name: Name) -> Examples:
+    """``PHOTOS`` for a predictor or model that reads photos, else ``PRODUCTS``."""
+    return Examples.PHOTOS if (name.reads_photos if isinstance(name, Role) else ModelKind(name).reads_photos) else Examples.PRODUCTS
 
 
 # --- the three trainings --------------------------------------------------------------------------------------
 
-def scores_table(scores: Mapping[str, Scores], classes: tuple[str, ...]) -> str:
+def scores_table(scores: Mapping[Name, Scores], classes: tuple[str, ...]) -> str:
     """Accuracy and macro-F1 per predictor and model, per example and per product."""
     lines = [f"{'model':12}{'examples':>10}{'accuracy':>10}{'macro-F1':>10}{'products':>10}{'accuracy':>10}{'macro-F1':>10}"]
     for kind, score in scores.items():
@@ -90,13 +92,7 @@ def scores_table(scores: Mapping[str, Scores], classes: tuple[str, ...]) -> str:
                  + ", ".join(f"{kind} {score.excluded}" for kind, score in scores.items()))
     return "\n".join(lines)
 
-def _manifest(tables: CleanTables) -> pl.DataFrame:
-    if tables.manifest is None:
-        raise FbmlError("evaluating a photo model needs an images table")
-    return tables.manifest.images
-
-
-def model_results(name: str, evaluation: Evaluation, classes: tuple[str, ...], photos_of: Mapping[str, Path]) -> ModelResults:
+def model_results(name: Name, evaluation: Evaluation, classes: tuple[str, ...], photos_of: Mapping[str, Path]) -> ModelResults:
     """One predictor's or model's evaluation per product, with each product's title and a photo of it."""
     frame = evaluation.frame
     labels, probabilities = per_product(frame["id"].to_list(), evaluation.labels, evaluation.probabilities)
@@ -114,7 +110,7 @@ def model_results(name: str, evaluation: Evaluation, classes: tuple[str, ...], p
 
 
 def write_evaluation_report(
-    directory: Path, bundle: Bundle, evaluations: Mapping[str, Evaluation], *, bundle_path: Path,
+    directory: Path, bundle: Bundle, evaluations: Mapping[Name, Evaluation], *, bundle_path: Path,
     products: str, manifest: pl.DataFrame | None, image_dir: Path | None,
 ) -> Path:
     """The report of every evaluation, predictors first; returns the page's path."""

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import attrs
 
+from fbml.bundle.bundle import Bundle
 from fbml.bundle.locks import bundle_writer
-from fbml.bundle.store import Bundle, load_bundle, save_bundle
+from fbml.bundle.store import load_bundle, save_bundle
 from fbml.modeling.linear_text import LinearTextModel
 from fbml.modeling.onnx_export import checked_graph
 

@@ -28,20 +28,12 @@ from typing import Any
 import attrs
 import polars as pl
 import torch
-from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
+from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, Role, TextCnnOptions
 from torch import nn
 
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.locks import bundle_writer
-from fbml.bundle.store import (
-    MANIFEST,
-    Bundle,
-    BundleModel,
-    ImageSettings,
-    Predictor,
-    TextSettings,
-    load_bundle,
-    save_bundle,
-)
+from fbml.bundle.store import MANIFEST, load_bundle, save_bundle
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
 from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
@@ -64,22 +56,28 @@ from fbml.modeling.models import (
     image_from_options,
     text_cnn_from_options,
 )
+from fbml.modeling.settings import ImageSettings, TextSettings
 from fbml.modeling.training import History, TrainConfig
 from fbml.tables.clean import CleanTables
 from fbml.text.labels import label_codec
-from fbml.text.vocabulary import build_vocabulary, product_text, tokens
+from fbml.text.listings import listing_texts
+from fbml.text.vocabulary import build_vocabulary, tokens
 from fbml.text.word2vec import embedding_matrix, train_word2vec
-from fbml.workflows.runs import (
-    Run,
-    Scores,
-    ValidationStore,
+from fbml.workflows.fitting import FitSettings, Phase, fitted, network_probabilities, refitted
+from fbml.workflows.inputs import (
+    Examples,
+    SplitFrames,
+    TrainingData,
     check_photo_folder,
-    examples,
-    listing_texts,
-    scored,
+    frame_listings,
+    keys_of,
+    split_frames,
+    training_data,
+    training_photos,
 )
+from fbml.workflows.scores import Scores, scored
+from fbml.workflows.validation_store import ValidationStore
 
-MODEL_KINDS = ("image", "text", "combined")
 
 @attrs.frozen
 class TextRecipe:
@@ -123,7 +121,7 @@ class ImageRecipe:
 class TrainRequest:
     """What ``fbml train`` asks for."""
 
-    kind: str = attrs.field(validator=attrs.validators.in_(MODEL_KINDS))
+    kind: Role = attrs.field(converter=Role)
     config: TrainConfig = TrainConfig()
     image: ImageRecipe = ImageRecipe()
     text: TextRecipe = TextRecipe()
@@ -136,7 +134,7 @@ class TrainResult:
     """What one ``fbml train`` did: per model trained, its history; the test scores of the predictor
     it set and of each model; the seconds it took; the search index summary for ``combined``."""
 
-    kind: str
+    kind: Role
     histories: Mapping[str, History]
     test: Scores
     model_tests: Mapping[str, Scores]
@@ -159,13 +157,13 @@ class TrainResult:
         return "\n".join(lines)
 
 RECIPES = {
-    "text": TrainConfig(epochs=20, learning_rate=1e-2, weight_decay=1e-2, patience=5, label_smoothing=0.1),
-    "image": TrainConfig(epochs=30, learning_rate=1e-3, weight_decay=1e-4, patience=5, label_smoothing=0.1),
-    "combined": TrainConfig(epochs=10, learning_rate=1e-3, weight_decay=1e-2, patience=3),
+    Role.TEXT: TrainConfig(epochs=20, learning_rate=1e-2, weight_decay=1e-2, patience=5, label_smoothing=0.1),
+    Role.IMAGE: TrainConfig(epochs=30, learning_rate=1e-3, weight_decay=1e-4, patience=5, label_smoothing=0.1),
+    Role.COMBINED: TrainConfig(epochs=10, learning_rate=1e-3, weight_decay=1e-2, patience=3),
 }
 
 def train_request(
-    kind: str,
+    kind: Role | str,
     *,
     epochs: int | None = None,
     backbone: str = DEFAULT_BACKBONE,
@@ -180,7 +178,7 @@ def train_request(
 ) -> TrainRequest:
     """A request with ``kind``'s recipe, as ``fbml train`` builds it. ``refit``: once chosen on
     validation, the models are trained again on the training and validation splits together."""
-    config = attrs.evolve(RECIPES[kind], seed=seed)
+    config = attrs.evolve(RECIPES[Role(kind)], seed=seed)
     if epochs:
         config = attrs.evolve(config, epochs=epochs)
     if batch_size:
@@ -213,92 +211,101 @@ def train_into_bundle(
     are deterministic, so each computes the same); rank 0 alone holds the lock, builds the caches, writes the
     checkpoints, logs, validation store and bundle, and the others wait for it where they need its files."""
     started = time.perf_counter()
-    if request.kind in ("image", "combined") and (tables.manifest is None or image_dir is None):
+    if request.kind.reads_photos and (tables.manifest is None or image_dir is None):
         raise FbmlError(f"a {request.kind} model needs an images table and --image-dir")
-    if request.kind != "text":
+    if request.kind.reads_photos:
         check_photo_folder(image_dir)
     device = rank_device(resolve_device(request.device), world)
-    run = Run(tables, image_dir, work_dir, config=request.config, device=str(device), split_seed=request.split_seed,
-              feature_cache=request.image.feature_cache, logdir=logdir, resume=resume, progress=progress and world.is_main,
-              world=world)
+    data = training_data(tables, image_dir, work_dir, split_seed=request.split_seed, world=world, progress=progress and world.is_main)
+    settings = FitSettings(request.config, str(device), request.image.feature_cache, logdir, resume)
     with process_group(world, device), held_by_main(world, lambda: bundle_writer(bundle_dir, f"fbml train --model {request.kind}")):
         on_main(world, lambda: _check_output_folders(work_dir, logdir))
         bundle = _starting_bundle(bundle_dir, tables, request.image)
-        if request.kind == "combined":
-            bundle = _with_branches(bundle, bundle_dir, run, request)
-        bundle, outcome = TRAINERS[request.kind](bundle, attrs.evolve(run, config=request.config), request)
+        if request.kind is Role.COMBINED:
+            bundle = _with_branches(bundle, bundle_dir, data, settings, request)
+        bundle, outcome = TRAINERS[request.kind](bundle, data, settings, request)
         on_main(world, lambda: save_bundle(bundle, bundle_dir))
     return attrs.evolve(outcome, seconds=time.perf_counter() - started)
+
 
 def _check_output_folders(*folders: Path | None) -> None:
     for folder in folders:
         check_output_folder(folder)
 
-def _train_text(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
+
+def validation_store(data: TrainingData) -> ValidationStore:
+    """Where the models trained on the training split alone keep their validation predictions."""
+    return ValidationStore(data.work_dir / f"validation-{data.split_seed}", data.world)
+
+
+def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
     """The text CNN and the linear model; the ``text`` predictor chosen among them on validation."""
-    train, validation, test = run.frames("products", bundle)
+    frames = split_frames(data, Examples.PRODUCTS)
     if bundle.text is None:
-        bundle = attrs.evolve(bundle, text=_text_settings(train, request.text, request.config.seed))
-    recipe, seed = request.text, request.config.seed
+        bundle = attrs.evolve(bundle, text=_text_settings(frames.train, request.text, request.config.seed))
+    recipe, seed, store = request.text, request.config.seed, validation_store(data)
     cnn = _new_text_cnn(bundle, recipe, seed)
-    history = run.fit(bundle, "text-cnn", cnn)
-    linear = fit_linear_text(listing_texts(train), bundle.codec.encode(train["category"]), bundle.codec.num_classes,
+    history = fitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings)
+    linear = fit_linear_text(listing_texts(frames.train), bundle.codec.encode(frames.train["category"]), bundle.codec.num_classes,
                              options=recipe.linear, seed=seed)
-    keys = validation["id"].to_list()
-    run.store.save("text-cnn", keys, run.outputs(bundle, "text-cnn", cnn, validation).probabilities, cnn)
-    run.store.save("text-linear", keys, linear.predict_proba(listing_texts(validation)))
-    histories = {"text-cnn": history}
+    keys = frames.validation["id"].to_list()
+    store.save(ModelKind.TEXT_CNN, keys, network_probabilities(bundle, ModelKind.TEXT_CNN, cnn, frames.validation, data, settings), cnn)
+    store.save(ModelKind.TEXT_LINEAR, keys, linear.predict_proba(listing_texts(frames.validation)))
+    histories = {Phase.SPLIT.run_name(ModelKind.TEXT_CNN): history}
     if request.refit:
         cnn = _new_text_cnn(bundle, recipe, seed)
-        histories |= _refit_history("text-cnn", run.refit(bundle, "text-cnn", cnn, history.best_epoch))
-        both = pl.concat([train, validation])
+        histories |= _refit_history(ModelKind.TEXT_CNN, refitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings, history.best_epoch))
+        both = pl.concat([frames.train, frames.validation])
         linear = fit_linear_text(listing_texts(both), bundle.codec.encode(both["category"]), bundle.codec.num_classes,
                                  options=recipe.linear, seed=seed)
-    bundle = bundle.with_model(BundleModel("text-cnn", cnn, recipe.cnn, _report(history, request)))
-    bundle = bundle.with_model(BundleModel("text-linear", linear, None, {"config": attrs.asdict(recipe.linear)}))
-    candidates = [("text-cnn",), ("text-linear",), ("text-cnn", "text-linear")]
-    return _with_chosen(bundle, "text", candidates, (validation, test), histories, run, request)
+    bundle = bundle.with_model(BundleModel(ModelKind.TEXT_CNN, cnn, recipe.cnn, _report(history, request)))
+    bundle = bundle.with_model(BundleModel(ModelKind.TEXT_LINEAR, linear, None, {"config": attrs.asdict(recipe.linear)}))
+    candidates = [(ModelKind.TEXT_CNN,), (ModelKind.TEXT_LINEAR,), (ModelKind.TEXT_CNN, ModelKind.TEXT_LINEAR)]
+    return _with_chosen(bundle, Role.TEXT, candidates, frames, histories, data, request)
 
-def _train_image(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
+
+def _train_image(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
     """A classifier on the backbone's cached frozen features; the ``image`` predictor is it, calibrated."""
-    recipe = request.image
+    recipe, kind = request.image, ModelKind.IMAGE_CNN
     bundle = attrs.evolve(bundle, image=_image_settings(bundle.image, recipe))
     model = _new_image_cnn(bundle, recipe, request.config.seed)
-    history = run.fit(bundle, "image-cnn", model)
-    _, validation, test = run.frames("photos", bundle)
-    run.store.save("image-cnn", validation["image_id"].to_list(), run.outputs(bundle, "image-cnn", model, validation).probabilities, model)
-    histories = {"image-cnn": history}
+    history = fitted(bundle, kind, model, data, settings)
+    frames = split_frames(data, Examples.PHOTOS, training_photos(data, bundle.image_settings().size))
+    validation_store(data).save(kind, keys_of(kind, frames.validation),
+                                network_probabilities(bundle, kind, model, frames.validation, data, settings), model)  # fmt: skip
+    histories = {Phase.SPLIT.run_name(kind): history}
     if request.refit:
         model = _new_image_cnn(bundle, recipe, request.config.seed)
-        histories |= _refit_history("image-cnn", run.refit(bundle, "image-cnn", model, history.best_epoch))
-    bundle = bundle.with_model(BundleModel("image-cnn", model, recipe.options(), _report(history, request)))
-    return _with_chosen(bundle, "image", [("image-cnn",)], (validation, test), histories, run, request)
+        histories |= _refit_history(kind, refitted(bundle, kind, model, data, settings, history.best_epoch))
+    bundle = bundle.with_model(BundleModel(kind, model, recipe.options(), _report(history, request)))
+    return _with_chosen(bundle, Role.IMAGE, [(kind,)], frames, histories, data, request)
 
-def _train_combined(bundle: Bundle, run: Run, request: TrainRequest) -> tuple[Bundle, TrainResult]:
+
+def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
     """The seed's combined network and late fusion of the text predictor's models with the image
     model (and with the network too); the ``combined`` predictor is the best of those on validation.
 
     The network is trained from the branches as the training split alone made them, so its validation
     figures are fair; with refitting, it is then trained again from the refitted branches."""
-    branches = _training_split_branches(bundle, run.store)
+    kind, store = ModelKind.COMBINED_NN, validation_store(data)
+    branches = _training_split_branches(bundle, store)
     network, options = _combined_network(branches)
-    history = run.fit(branches, "combined-nn", network, keep_start=True)
-    _, validation, _ = run.frames("photos", bundle)
-    run.store.save("combined-nn", validation["image_id"].to_list(), run.outputs(bundle, "combined-nn", network, validation).probabilities)
-    histories = {"combined-nn": history}
+    history = fitted(branches, kind, network, data, settings, keep_start=True)
+    frames = split_frames(data, Examples.PHOTOS, training_photos(data, bundle.image_settings().size))
+    store.save(kind, keys_of(kind, frames.validation), network_probabilities(bundle, kind, network, frames.validation, data, settings))
+    histories = {Phase.SPLIT.run_name(kind): history}
     if request.refit:
         network, options = _combined_network(bundle)
-        histories |= _refit_history("combined-nn", run.refit(bundle, "combined-nn", network, history.best_epoch))
-    bundle = bundle.with_model(BundleModel("combined-nn", network, options, _report(history, request)))
-    _, validation, test = run.frames("photos", bundle)
-    fusion = (*bundle.predictor("text").ensemble.names, "image-cnn")
-    candidates = [("combined-nn",), fusion, (*fusion, "combined-nn")]
-    bundle, result = _with_chosen(bundle, "combined", candidates, (validation, test), histories, run, request)
+        histories |= _refit_history(kind, refitted(bundle, kind, network, data, settings, history.best_epoch))
+    bundle = bundle.with_model(BundleModel(kind, network, options, _report(history, request)))
+    fusion = (*(ModelKind(name) for name in bundle.predictor(Role.TEXT).ensemble.names), ModelKind.IMAGE_CNN)
+    candidates = [(kind,), fusion, (*fusion, kind)]
+    bundle, result = _with_chosen(bundle, Role.COMBINED, candidates, frames, histories, data, request)
     from fbml.workflows.index import indexed_bundle
 
-    bundle = indexed_bundle(bundle, run, split_seed=request.split_seed)
-    assert bundle.index is not None
-    return bundle, attrs.evolve(result, index=dict(bundle.index.report))
+    bundle = indexed_bundle(bundle, data)
+    return bundle, attrs.evolve(result, index=dict(bundle.search_index().report))
+
 
 def _new_text_cnn(bundle: Bundle, recipe: TextRecipe, seed: int) -> TextClassifier:
     assert bundle.text is not None
@@ -306,54 +313,63 @@ def _new_text_cnn(bundle: Bundle, recipe: TextRecipe, seed: int) -> TextClassifi
     with seeded_rng(torch.device("cpu"), seed):
         return text_cnn_from_options(recipe.cnn, embeddings, bundle.codec.num_classes)
 
+
 def _new_image_cnn(bundle: Bundle, recipe: ImageRecipe, seed: int) -> ImageClassifier:
     with seeded_rng(torch.device("cpu"), seed):
         return image_from_options(recipe.options(), bundle.codec.num_classes, weights=recipe.start())
 
-def _refit_history(kind: str, history: History | None) -> dict[str, History]:
-    return {} if history is None else {f"{kind}-refit": history}
+
+def _refit_history(kind: ModelKind, history: History | None) -> dict[str, History]:
+    return {} if history is None else {Phase.REFIT.run_name(kind): history}
+
 
 def _training_split_branches(bundle: Bundle, store: ValidationStore) -> Bundle:
     """``bundle`` with its image and text CNNs as the training split alone made them."""
-    branches = {kind: copy.deepcopy(bundle.models[kind]) for kind in ("image-cnn", "text-cnn")}
+    branches = {kind: copy.deepcopy(bundle.models[kind]) for kind in (ModelKind.IMAGE_CNN, ModelKind.TEXT_CNN)}
     for kind, entry in branches.items():
         assert isinstance(entry.module, nn.Module)
         store.load_weights(kind, entry.module)
     return attrs.evolve(bundle, models={**bundle.models, **branches})
 
-TRAINERS = {"text": _train_text, "image": _train_image, "combined": _train_combined}
 
-def _with_branches(bundle: Bundle, bundle_dir: Path, run: Run, request: TrainRequest) -> Bundle:
+TRAINERS = {Role.TEXT: _train_text, Role.IMAGE: _train_image, Role.COMBINED: _train_combined}
+
+
+def _with_branches(bundle: Bundle, bundle_dir: Path, data: TrainingData, settings: FitSettings, request: TrainRequest) -> Bundle:
     """The bundle with text and image predictors, training (and saving) the missing ones first."""
-    for kind in ("text", "image"):
+    for kind in (Role.TEXT, Role.IMAGE):
         if kind not in bundle.predictors:
-            if run.progress:
+            if data.progress:
                 print(f"the combined model needs a trained {kind} model: training it first", flush=True)
             branch = _branch_request(request, kind)
-            bundle, _ = TRAINERS[kind](bundle, attrs.evolve(run, config=branch.config), branch)
-            on_main(run.world, functools.partial(save_bundle, bundle, bundle_dir))
+            bundle, _ = TRAINERS[kind](bundle, data, attrs.evolve(settings, config=branch.config), branch)
+            on_main(data.world, functools.partial(save_bundle, bundle, bundle_dir))
     return bundle
 
-def _branch_request(request: TrainRequest, kind: str) -> TrainRequest:
+
+def _branch_request(request: TrainRequest, kind: Role) -> TrainRequest:
     config = attrs.evolve(RECIPES[kind], seed=request.config.seed, batch_size=request.config.batch_size)
     return attrs.evolve(request, kind=kind, config=config)
 
+
 def _with_chosen(
     bundle: Bundle,
-    role: str,
-    candidates: Sequence[tuple[str, ...]],
-    frames: tuple[pl.DataFrame, pl.DataFrame],
+    role: Role,
+    candidates: Sequence[tuple[ModelKind, ...]],
+    frames: SplitFrames,
     histories: Mapping[str, History],
-    run: Run,
+    data: TrainingData,
     request: TrainRequest,
 ) -> tuple[Bundle, TrainResult]:
     """The bundle with ``role``'s predictor: the candidate ensemble (members, with or without a class
     bias) best on validation by cross-validated per-product accuracy (ties: fewer members, then no
     bias), fitted on all of validation, with the validation predictions of the models trained on the
-    training split alone; then scored on the test split once, with the bundle's (refitted) models."""
-    validation, test = frames
+    training split alone; then scored on the test split once, through the bundle's prediction path with
+    its (refitted) models."""
+    validation, test = frames.validation, frames.test
     names = sorted({name for members in candidates for name in members})
-    validated = {name: run.store.probabilities(name, _keys(name, validation)) for name in names}
+    store = validation_store(data)
+    validated = {name: store.probabilities(name, keys_of(name, validation)) for name in names}
     labels = {"validation": bundle.codec.encode(validation["category"]), "test": bundle.codec.encode(test["category"])}
     products = validation["id"].to_list()
     tried = {
@@ -369,39 +385,47 @@ def _with_chosen(
     ensemble = fit_ensemble({name: validated[name] for name in best}, labels["validation"], fit_bias=bias)
     choice = {"members": list(best), "bias": bias, "validation_accuracy": tried[_candidate_name(best, bias)],
               "candidates": tried, "weights": dict(ensemble.members), "refit": request.refit}
-    tested = {name: run.model_probabilities(bundle, name, test) for name in names}
-    test_scores = scored(ensemble.combine(tested), labels["test"], test, 0)
-    model_tests = {name: scored(tested[name], labels["test"], test, 0) for name in names}
+    bundle = bundle.with_predictor(role, Predictor(ensemble))
+    photos = training_photos(data, bundle.image_settings().size) if role.reads_photos else None
+    texts, images = frame_listings(test, photos)
+    tested = bundle.probabilities([role, *names], texts=texts, images=images, progress=data.progress)
+    test_scores = scored(tested[role], labels["test"], test, 0)
+    model_tests = {str(name): scored(tested[name], labels["test"], test, 0) for name in names}
     bundle = bundle.with_predictor(role, Predictor(ensemble, {"choice": choice, "test": test_scores.to_json()}))
     return bundle, TrainResult(role, histories, test_scores, model_tests, choice, 0.0)
 
-def _keys(kind: str, frame: pl.DataFrame) -> list[str]:
-    """The validation store's keys of ``frame``'s rows for ``kind``: product ids for text, photo ids otherwise."""
-    return frame["id" if examples(kind) == "products" else "image_id"].to_list()
 
-def _candidate_name(members: tuple[str, ...], bias: bool) -> str:
+def _candidate_name(members: tuple[ModelKind, ...], bias: bool) -> str:
     return " + ".join(members) + (" + bias" if bias else "")
 
+
 def _combined_network(bundle: Bundle) -> tuple[CombinedClassifier, CombinedOptions]:
-    """The seed's combined model from copies of the trained branches: the text branch frozen (trained
-    already; tuning it again on photo rows only over-fits it), the output layer starting as the text
-    model's with the photo's weights at zero, so it starts scoring exactly as the text CNN."""
-    image, text = bundle.models["image-cnn"], bundle.models["text-cnn"]
+    """The seed's combined model from the trained branches: the image branch's frozen backbone shared with
+    the image model (frozen stages never train), the rest copied; the text branch frozen (trained already;
+    tuning it again on photo rows only over-fits it), the output layer starting as the text model's with
+    the photo's weights at zero, so it starts scoring exactly as the text CNN."""
+    image, text = bundle.models[ModelKind.IMAGE_CNN], bundle.models[ModelKind.TEXT_CNN]
     assert isinstance(image.options, ImageOptions) and isinstance(text.options, TextCnnOptions)
-    image_branch = copy.deepcopy(bundle.model("image-cnn"))
-    text_branch = copy.deepcopy(bundle.model("text-cnn"))
-    assert isinstance(image_branch, ImageClassifier) and isinstance(text_branch, TextClassifier)
+    image_model = bundle.model(ModelKind.IMAGE_CNN)
+    assert isinstance(image_model, ImageClassifier)
+    image_branch = copy.deepcopy(image_model)
+    image_branch.frozen = image_model.frozen
+    text_branch = copy.deepcopy(bundle.model(ModelKind.TEXT_CNN))
+    assert isinstance(text_branch, TextClassifier)
     text_branch.requires_grad_(False)
     network = combined_model(image_branch, text_branch, bundle.codec.num_classes, from_branch_heads=True, image_weight=0.0)
     return network, CombinedOptions(image.options, text.options)
 
+
 def _report(history: History, request: TrainRequest) -> dict[str, Any]:
     return {"history": history.to_json(), "config": attrs.asdict(request, value_serializer=_serialisable)}
+
 
 def _serialisable(_instance: object, _field: object, value: object) -> object:
     import msgspec
 
     return msgspec.to_builtins(value) if isinstance(value, msgspec.Struct) else value
+
 
 def _starting_bundle(bundle_dir: Path, tables: CleanTables, recipe: ImageRecipe) -> Bundle:
     categories = tables.cleaned.products["category"]
@@ -415,14 +439,16 @@ def _starting_bundle(bundle_dir: Path, tables: CleanTables, recipe: ImageRecipe)
         _image_settings(bundle.image, recipe)
     return bundle
 
+
 def _text_settings(train: pl.DataFrame, recipe: TextRecipe, seed: int) -> TextSettings:
-    token_lists = train.select(tokens(product_text(pl.col("product_name"), pl.col("product_description")))).to_series()
+    token_lists = pl.DataFrame({"text": listing_texts(train)}).select(tokens(pl.col("text"))).to_series()
     vocabulary = build_vocabulary(token_lists, min_count=recipe.min_count)
     vectors = train_word2vec(
         token_lists.to_list(), dim=recipe.word2vec_dim, epochs=recipe.word2vec_epochs, window=recipe.word2vec_window,
         seed=seed,
     )
     return TextSettings(vocabulary, vectors, recipe.length)
+
 
 def _image_settings(existing: ImageSettings | None, recipe: ImageRecipe) -> ImageSettings:
     """The bundle's image settings, or new ones from the recipe's backbone; a recipe that disagrees

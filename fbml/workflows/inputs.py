@@ -1,0 +1,148 @@
+"""What the workflows read, as values: clean tables split by product, photos decoded once into a cache, and
+a frame's listings as the prediction path takes them.
+
+``TrainingData`` is one training's tables, their product-level splits and where its caches live; the
+steps that read it are functions (``decoded_photos``, ``split_frames``, ``frame_listings``, and
+``fbml.workflows.fitting``). A run of several processes training in data parallel (``world``) calls them
+in every process; rank 0 alone builds the caches (the others wait, then memory-map them).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import numpy as np
+import polars as pl
+from contracts.bundle import ModelKind
+
+from fbml.errors import FbmlError
+from fbml.modeling.distributed import World, main_first
+from fbml.tables.clean import CleanTables, restricted_tables
+from fbml.tables.splits import SplitTables, split_tables
+from fbml.text.labels import LabelCodec
+from fbml.text.listings import listing_texts
+from fbml.vision.cache import ImageCache, build_image_cache
+
+
+class Examples(enum.Enum):
+    """What a model learns from and is scored on: products (their text) or photos (each with its product's text)."""
+
+    PRODUCTS = "products"
+    PHOTOS = "photos"
+
+    @classmethod
+    def of(cls, kind: ModelKind) -> Examples:
+        """Photos for a model that reads them, else products."""
+        return cls.PHOTOS if ModelKind(kind).reads_photos else cls.PRODUCTS
+
+
+@attrs.frozen
+class TrainingData:
+    """One training's clean tables, their product-level splits (a product's text and photos in one split),
+    the photo folder, and the work folder where its caches and checkpoints live."""
+
+    tables: CleanTables
+    splits: SplitTables
+    image_dir: Path | None
+    work_dir: Path
+    split_seed: int = 0
+    world: World = World()
+    progress: bool = True
+
+
+@attrs.frozen
+class SplitFrames:
+    """The training, validation and test rows of some examples (products, or photos that decoded)."""
+
+    train: pl.DataFrame
+    validation: pl.DataFrame
+    test: pl.DataFrame
+
+
+def training_data(
+    tables: CleanTables, image_dir: Path | None, work_dir: Path, *, split_seed: int = 0, world: World = World(),
+    progress: bool = True,
+) -> TrainingData:
+    """``tables`` split by product (stratified by category, seeded) for a training."""
+    return TrainingData(tables, split_tables(tables, seed=split_seed), image_dir, work_dir, split_seed, world, progress)
+
+
+def decoded_photos(tables: CleanTables, image_dir: Path | None, work_dir: Path, size: int, *, world: World = World(),
+                   progress: bool = True) -> ImageCache:  # fmt: skip
+    """Every photo of the tables decoded once at ``size`` into ``work_dir/photos-<size>`` (or the cache already
+    there; by rank 0, the others then open it)."""
+    if tables.manifest is None or image_dir is None:
+        raise FbmlError("the photos need an images table and a photo folder")
+    manifest = tables.manifest.images
+    return main_first(world, lambda: build_image_cache(manifest, image_dir, work_dir / f"photos-{size}", size=size, progress=progress))
+
+
+def training_photos(data: TrainingData, size: int) -> ImageCache:
+    """``decoded_photos`` of a training's tables."""
+    return decoded_photos(data.tables, data.image_dir, data.work_dir, size, world=data.world, progress=data.progress)
+
+
+def with_decoded_photos(frame: pl.DataFrame, photos: ImageCache) -> pl.DataFrame:
+    """The rows of a photo frame whose photo decoded."""
+    return frame.filter(pl.Series(photos.cached(frame["image_id"])))
+
+
+def split_frames(data: TrainingData, examples: Examples, photos: ImageCache | None = None) -> SplitFrames:
+    """Training, validation and test frames of products, or of the photos that decoded (``photos``)."""
+    if examples is Examples.PRODUCTS:
+        parts = data.splits.products
+        return SplitFrames(parts.train, parts.validation, parts.test)
+    if data.splits.images is None or photos is None:
+        raise FbmlError("photo examples need an images table and the decoded photos")
+    images = data.splits.images
+    return SplitFrames(*(with_decoded_photos(frame, photos) for frame in (images.train, images.validation, images.test)))
+
+
+def frame_listings(frame: pl.DataFrame, photos: ImageCache | None) -> tuple[list[str], list[np.ndarray] | None]:
+    """A frame's listings as the prediction path takes them: each row's listing text, and for a photo frame
+    (``photos`` given) each row's decoded photo (uint8 H x W x 3, a view of the cache)."""
+    texts = listing_texts(frame)
+    if photos is None:
+        return texts, None
+    return texts, [photos.pixels[row].transpose(1, 2, 0) for row in photos.rows_for(frame["image_id"])]
+
+
+def product_photos(products: pl.DataFrame, manifest: pl.DataFrame, photos: ImageCache) -> list[list[np.ndarray]]:
+    """Each product's decoded photos (uint8 H x W x 3 views of the cache; none for a product without one)."""
+    decoded = with_decoded_photos(manifest.filter(pl.col("id").is_in(products["id"].implode())), photos)
+    rows = photos.rows_for(decoded["image_id"])
+    grouped: dict[str, list[np.ndarray]] = {}
+    for product_id, row in zip(decoded["id"].to_list(), rows.tolist(), strict=True):
+        grouped.setdefault(product_id, []).append(photos.pixels[row].transpose(1, 2, 0))
+    return [grouped.get(product_id, []) for product_id in products["id"].to_list()]
+
+
+def known_categories(tables: CleanTables, codec: LabelCodec) -> CleanTables:
+    """``tables`` without the products (and photos) whose category the codec does not know."""
+    return restricted_tables(tables, pl.col("category").is_in(list(codec.classes)))
+
+
+def labels_of(frame: pl.DataFrame, codec: LabelCodec) -> np.ndarray:
+    """The class index of each row's category."""
+    return codec.encode(frame["category"]) if frame.height else np.zeros(0, np.int64)
+
+
+def check_photo_folder(folder: Path | None) -> None:
+    """Refuse, before any work, a photo folder that is missing, not a folder or empty."""
+    if folder is None:
+        return
+    if not folder.exists():
+        raise FbmlError(f"{folder}: no such photo folder")
+    if not folder.is_dir():
+        raise FbmlError(f"{folder}: is a file, not a photo folder")
+    if not any(path.is_file() for path in folder.iterdir()):
+        raise FbmlError(f"{folder}: the photo folder has no files")
+
+
+def keys_of(kind: ModelKind, frame: pl.DataFrame) -> Sequence[str]:
+    """The key of each row as ``kind``'s examples: the product id for text models, the photo id otherwise."""
+    keys: list[str] = frame["image_id" if Examples.of(kind) is Examples.PHOTOS else "id"].to_list()
+    return keys
