@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import polars as pl
 import pytest
 from fbml.errors import FbmlError
@@ -31,21 +30,12 @@ def test_codec_does_not_depend_on_input_order(values: list[str], random) -> None
 
 
 @given(labels)
-def test_one_hot_rows_pick_the_class(values: list[str]) -> None:
-    codec = label_codec(values)
-    matrix = codec.one_hot(values)
-    assert matrix.shape == (len(values), codec.num_classes)
-    assert np.array_equal(matrix.argmax(axis=1), codec.encode(values))
-    assert np.all(matrix.sum(axis=1) == 1)
-
-
-@given(labels)
 def test_json_round_trip(values: list[str]) -> None:
     codec = label_codec(values)
     assert LabelCodec.from_json(codec.to_json()) == codec
 
 
-def test_unknown_labels_and_indices_are_clear_errors(tmp_path) -> None:
+def test_unknown_labels_and_indices_are_clear_errors() -> None:
     codec = label_codec(["b", "a"])
     with pytest.raises(UnknownLabelError, match=r"unknown label\(s\) \['zebra'\]"):
         codec.encode(["a", "zebra"])
@@ -55,11 +45,6 @@ def test_unknown_labels_and_indices_are_clear_errors(tmp_path) -> None:
         LabelCodec.from_json({"format": "fbml.label-codec/1", "classes": ["b", "a"]})
     with pytest.raises(FbmlError, match="not a label codec"):
         LabelCodec.from_json({"classes": "a"})
-    codec.save(tmp_path / "codec.json")
-    assert LabelCodec.load(tmp_path / "codec.json") == codec
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(FbmlError, match="bad.json: cannot read label codec"):
-        LabelCodec.load(tmp_path / "bad.json")
 
 
 @st.composite

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from fbml.errors import FbmlError, InputError
+from fbml.errors import FbmlError
 from fbml.text.vocabulary import PAD_ID, UNK_ID, Vocabulary, build_vocabulary, product_text, tokenize, tokens
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -124,13 +124,6 @@ def test_json_round_trip(lists: list[list[str]]) -> None:
     assert Vocabulary.from_json(json.loads(json.dumps(vocabulary.to_json()))) == vocabulary
 
 
-def test_file_round_trip(tmp_path: Path) -> None:
-    vocabulary = vocabulary_of([["oak", "table", "oak"], ["lamp"]])
-    vocabulary.save(tmp_path / "vocabulary.json")
-    loaded = Vocabulary.load(tmp_path / "vocabulary.json")
-    assert loaded == vocabulary and loaded.tokens == ("<pad>", "<unk>", "oak", "lamp", "table")
-
-
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
@@ -144,21 +137,9 @@ def test_file_round_trip(tmp_path: Path) -> None:
         (["<pad>", "<unk>"], "JSON object"),
     ],
 )
-def test_corrupt_vocabulary_is_a_clear_error(data: object, problem: str, tmp_path: Path) -> None:
+def test_corrupt_vocabulary_is_a_clear_error(data: object, problem: str) -> None:
     with pytest.raises(FbmlError, match=problem):
         Vocabulary.from_json(data)
-    path = tmp_path / "vocabulary.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(InputError, match=f"{re.escape(str(path))}: not a vocabulary: .*{problem}"):
-        Vocabulary.load(path)
-
-
-def test_unreadable_vocabulary_file_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "broken.json").write_text('{"tokens": ["<pad>",')
-    with pytest.raises(InputError, match="not a vocabulary"):
-        Vocabulary.load(tmp_path / "broken.json")
-    with pytest.raises(InputError, match="cannot read"):
-        Vocabulary.load(tmp_path / "missing.json")
 
 
 def test_importing_text_loads_neither_torch_nor_gensim() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -57,11 +55,6 @@ class LabelCodec:
             raise UnknownLabelError(f"class index {int(bad[0])} out of range for {self.num_classes} classes")
         return [self.classes[index] for index in array.tolist()]
 
-    def one_hot(self, labels: Sequence[str] | pl.Series) -> np.ndarray:
-        """One row per label with a 1.0 in its class column (float32)."""
-        rows: np.ndarray = np.eye(self.num_classes, dtype=np.float32)[self.encode(labels)]
-        return rows
-
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
         return {"format": CODEC_FORMAT, "classes": list(self.classes)}
@@ -75,18 +68,6 @@ class LabelCodec:
         if not all(isinstance(name, str) for name in classes) or classes != sorted(set(classes)):
             raise FbmlError("label codec classes must be unique strings in sorted order")
         return cls(classes)
-
-    def save(self, path: Path) -> None:
-        """Write as JSON."""
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> LabelCodec:
-        """Read a codec ``save`` wrote."""
-        try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as error:
-            raise FbmlError(f"{path}: cannot read label codec: {error}") from None
 
 
 def label_codec(labels: Iterable[str] | pl.Series) -> LabelCodec:

@@ -6,18 +6,16 @@ Tokens are the runs of ASCII letters and digits of the lowercased text (``"iPhon
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 import polars as pl
 
-from fbml.errors import FbmlError, InputError
+from fbml.errors import FbmlError
 
 TOKEN_PATTERN = r"[a-z0-9]+"
 PAD = "<pad>"
@@ -110,20 +108,6 @@ class Vocabulary:
         if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
             raise FbmlError('a vocabulary must be a JSON object {"tokens": [...]}')
         return cls(data["tokens"])
-
-    def save(self, path: str | Path) -> None:
-        """Write the vocabulary as a JSON file."""
-        Path(path).write_text(json.dumps(self.to_json()), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Vocabulary:
-        """Read a vocabulary ``save`` wrote; ``InputError`` naming the file when it cannot."""
-        try:
-            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except OSError as error:
-            raise InputError(path, f"cannot read: {error.strerror}") from None
-        except (ValueError, FbmlError) as error:
-            raise InputError(path, f"not a vocabulary: {error}") from None
 
     def _id_frame(self) -> pl.DataFrame:
         return pl.DataFrame(

@@ -1,22 +1,17 @@
-"""Word vectors for the text classifier: train word2vec (gensim), store them without pickle, and turn
-them into the initial weights of an embedding layer over a ``Vocabulary``."""
+"""Word vectors for the text classifier: train word2vec (gensim) and turn them into the initial weights of an
+embedding layer over a ``Vocabulary`` (a bundle stores them as ``.npy`` and JSON, without pickle)."""
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 
-from fbml.errors import FbmlError, InputError
+from fbml.errors import FbmlError
 from fbml.text.vocabulary import PAD_ID, RESERVED, Vocabulary
-
-VECTORS_FILE = "vectors.npy"
-WORDS_FILE = "words.json"
 
 
 def _read_only_float32(value: object) -> np.ndarray:
@@ -49,41 +44,6 @@ class WordVectors:
     def dim(self) -> int:
         """The length of each vector."""
         return int(self.vectors.shape[1])
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``vectors.npy`` and ``words.json`` into ``directory`` (no pickle)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / VECTORS_FILE, self.vectors, allow_pickle=False)
-        (directory / WORDS_FILE).write_text(json.dumps(list(self.words)), encoding="utf-8")
-
-    @classmethod
-    def load(cls, directory: str | Path) -> WordVectors:
-        """Read what ``save`` wrote; ``InputError`` naming the directory when it cannot."""
-        try:
-            vectors = np.load(Path(directory) / VECTORS_FILE, allow_pickle=False)
-            words = json.loads((Path(directory) / WORDS_FILE).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise InputError(directory, f"cannot read word vectors: {error.strerror or error}") from None
-        except ValueError as error:
-            raise InputError(directory, f"not word vectors: {error}") from None
-        if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
-            raise InputError(directory, f"{WORDS_FILE} must be a JSON list of strings")
-        if vectors.dtype != np.float32:
-            raise InputError(directory, f"{VECTORS_FILE} must hold float32, not {vectors.dtype}")
-        try:
-            return cls(words, vectors)
-        except FbmlError as error:
-            raise InputError(directory, str(error)) from None
-
-    def to_word2vec_text(self, path: str | Path) -> None:
-        """Write the standard word2vec text format: ``count dim``, then ``word v1 ... vdim`` per line."""
-        if any(not word or word != "".join(word.split()) for word in self.words):
-            raise FbmlError("the word2vec text format cannot hold empty words or words with whitespace")
-        with Path(path).open("w", encoding="utf-8") as file:
-            file.write(f"{len(self)} {self.dim}\n")
-            for word, vector in zip(self.words, self.vectors, strict=False):
-                file.write(f"{word} {' '.join(format(value, '.9g') for value in vector.tolist())}\n")
 
 
 def train_word2vec(
