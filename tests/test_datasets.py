@@ -9,6 +9,8 @@ import torch
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fbml.modeling.datasets import (
+    TRAIN_CROP_SCALE,
+    Augmentation,
     ImageBatch,
     ImageDataset,
     ImageSample,
@@ -28,6 +30,7 @@ from fbml.vision.cache import ImageCache, build_image_cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 CACHE_SIZE = 12
 CACHED_ROWS = 40
@@ -122,6 +125,21 @@ def test_train_transform_varies_with_the_rng() -> None:
     assert all(output.dtype == torch.float32 and output.shape == (3, 24, 24) for output in outputs)
     assert torch.equal(seeded(2), outputs[2])
     assert any(not torch.equal(outputs[0], output) for output in outputs[1:])
+
+
+@pytest.mark.parametrize("scale", [TRAIN_CROP_SCALE, (2.0, 3.0)], ids=["crop", "fallback"])  # (2, 3): no crop fits
+@pytest.mark.parametrize("shape", [(3, 20, 28), (3, 28, 20), (3, 20, 22), (3, 16, 16)])
+def test_augmentation_crops_and_flips_as_torchvision_does(shape: tuple[int, int, int], scale: tuple[float, float]) -> None:
+    """Without jitter and with no generator lent, ``Augmentation`` draws from torch's global generator what
+    torchvision's RandomResizedCrop and RandomHorizontalFlip draw, in the same order, and makes the same image."""
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8))
+    ours = Augmentation(12, crop_scale=scale, jitter=0.0)
+    theirs = v2.Compose([v2.RandomResizedCrop(12, scale=scale, antialias=True), v2.RandomHorizontalFlip()])
+    for seed in range(12):
+        torch.manual_seed(seed)
+        augmented = ours(image)
+        torch.manual_seed(seed)
+        assert torch.equal(augmented, theirs(image)), seed
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -21,13 +21,12 @@ from fbml.modeling.devices import (
     loader_settings,
     precision,
     resolve_device,
-    rng_state,
     seeded_rng,
-    set_rng_state,
     to_device,
 )
 from fbml.modeling.features import FeatureBatch, FeatureDataset, FeatureProductBatch
 from fbml.modeling.models import ModelOutput
+from fbml.modeling.randomness import Dropout
 from fbml.modeling.training import CHECKPOINT, TrainConfig, TrainData, fit, predict
 from torch import Tensor, nn
 
@@ -180,14 +179,6 @@ def test_seeded_rng_is_deterministic_and_gives_the_callers_state_back() -> None:
     assert torch.equal(after_forks, torch.rand(4))  # the caller's sequence goes on as if nothing ran
 
 
-def test_rng_state_round_trip_ignores_another_devices_state() -> None:
-    state = rng_state(CPU)
-    assert set(state) == {"cpu"}
-    drawn = torch.rand(3)
-    set_rng_state(CPU, {**state, "cuda": torch.zeros(16, dtype=torch.uint8)})
-    assert torch.equal(torch.rand(3), drawn)
-
-
 # --- on CUDA -----------------------------------------------------------------------------------------
 
 
@@ -195,7 +186,7 @@ class Linear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layer = nn.Linear(6, 3)
-        self.dropout = nn.Dropout(0.1)
+        self.dropout = Dropout(0.1)
 
     def forward(self, features: Tensor) -> ModelOutput:
         embedding = self.dropout(features)
@@ -249,6 +240,34 @@ def test_two_training_steps_on_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     on_cpu = predict(model, data.validation)
     assert on_cuda.probabilities.dtype == np.float32
     np.testing.assert_allclose(on_cuda.probabilities, on_cpu.probabilities, atol=2e-2)
+
+
+@needs_cuda
+def test_training_on_cuda_draws_from_its_own_generators(tmp_path: Path) -> None:
+    """Dropout on CUDA draws from fit's CUDA generator: torch's global CPU and CUDA generators stay where they were,
+    the same seed gives the same weights, a checkpoint keeps both generators' states, and a run resumed on CUDA
+    ends with the uninterrupted run's weights."""
+    data = feature_data(64)
+    config = TrainConfig(epochs=3, batch_size=16, learning_rate=1e-2, seed=4)
+    torch.manual_seed(0)
+    start = Linear().state_dict()
+
+    def trained(config: TrainConfig, **options: object) -> dict[str, Tensor]:
+        model = Linear()
+        model.load_state_dict(start)
+        fit(model, data, config, device="cuda", progress=False, **options)
+        return model.state_dict()
+
+    states = torch.get_rng_state(), torch.cuda.get_rng_state()
+    whole = trained(config)
+    assert torch.equal(torch.get_rng_state(), states[0]) and torch.equal(torch.cuda.get_rng_state(), states[1])
+    assert all(torch.equal(value, trained(config)[name]) for name, value in whole.items())
+    other = trained(attrs.evolve(config, seed=5))
+    assert any(not torch.equal(value, other[name]) for name, value in whole.items())
+    trained(attrs.evolve(config, epochs=1), checkpoint_dir=tmp_path)
+    assert set(torch.load(tmp_path / CHECKPOINT, weights_only=True)["rng"]) == {"cpu", "cuda"}
+    resumed = trained(config, checkpoint_dir=tmp_path, resume=True)
+    assert all(torch.equal(value, resumed[name]) for name, value in whole.items())
 
 
 def _tensors(value: object) -> list[Tensor]:

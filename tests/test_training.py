@@ -1,11 +1,13 @@
 """The training loop: it learns, is deterministic, keeps the best epoch, validates cleanly, stops early,
-resumes after a kill, and logs TensorBoard curves and the confusion matrix.
+resumes after a kill, and logs TensorBoard curves and the confusion matrix; it draws every random number from
+its own generators, for fbml's text, image (cached or augmented) and combined models alike.
 
 Everything runs on tiny synthetic problems over ``FeatureDataset`` (features -> labels), in seconds.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -13,7 +15,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,24 @@ import pytest
 import torch
 from fbml.errors import FbmlError
 from fbml.modeling import training
-from fbml.modeling.features import FeatureDataset
-from fbml.modeling.models import ModelOutput
+from fbml.modeling.datasets import ImageDataset, ProductDataset, TextDataset, eval_transform, train_transform
+from fbml.modeling.features import FeatureDataset, FromFeatures
+from fbml.modeling.models import ModelOutput, combined_model, image_model, text_model
+from fbml.modeling.randomness import Dropout
 from fbml.modeling.training import BEST_WEIGHTS, CHECKPOINT, History, TrainConfig, TrainData, fit, predict
 from torch import Tensor, nn
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small tensors on a busy 2-core machine: a second intra-op thread mostly waits (the model kinds' fits ran
+    about ten times slower with two), so this module computes on one and restores the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --- synthetic problems ------------------------------------------------------------------------------
@@ -51,7 +67,7 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int = 8, classes: int = 4, hidden: int = 16) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.2))
+        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), Dropout(0.2))
         self.classify = nn.Linear(hidden, classes)
 
     def forward(self, features: Tensor) -> ModelOutput:
@@ -184,7 +200,7 @@ def assert_same_rng_states(left: tuple[Tensor, tuple, object], right: tuple[Tens
 
 
 def test_fit_leaves_the_callers_random_state_alone() -> None:
-    """``fit`` trains on its own seeded RNG: the global states are the same after, and what the caller drew
+    """``fit`` trains on its own seeded generators: the global states are the same after, and what the caller drew
     before does not change the result."""
     data = blob_data(train=96, validation=32)
     config = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, seed=5)
@@ -211,6 +227,173 @@ def test_workers_change_nothing_but_the_speed() -> None:
     fit(alone, data, config, progress=False)
     fit(with_workers, data, attrs.evolve(config, num_workers=2), progress=False)
     assert_same_weights(weights_of(alone), weights_of(with_workers))
+
+
+# --- fbml's models: every random draw from fit's own generators -------------------------------------------------
+
+CLASSES = 3
+PHOTO = 32
+WORDS = 30
+KINDS = ["text", "image-cached", "image-plain", "image-augmented", "combined-cached", "combined-plain",
+         "combined-augmented"]
+"""Model and data: the text CNN; the image model and the combined one on cached features, or on photos through
+the evaluation transform (plain) or the training one (augmented)."""
+MODEL_CONFIG = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, patience=5)
+Case = Callable[[], tuple[nn.Module, TrainData]]
+
+
+def examples(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random photos (uint8), token ids (no padding), labels and rows."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (count, 3, PHOTO, PHOTO), dtype=np.uint8)
+    return pixels, rng.integers(1, WORDS, (count, 8)), rng.integers(0, CLASSES, count), np.arange(count)
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, Case]:
+    """Each kind's model (built once: EfficientNet-Lite0 without weights, frozen but for its head, and a small text
+    CNN, dropout and word dropout on) and data, a fresh copy of the model per call."""
+    torch.manual_seed(0)
+    image = image_model(CLASSES, weights="none", trainable_stages=0, embedding_dim=8)
+    text = text_model(np.random.default_rng(0).normal(size=(WORDS, 6)).astype(np.float32), CLASSES, embedding_dim=8,
+                      channels=4)
+    combined = combined_model(copy.deepcopy(image), copy.deepcopy(text), CLASSES)
+    splits = {"train": examples(24, seed=1), "validation": examples(9, seed=2)}
+    with torch.inference_mode():
+        features = {name: image.eval().frozen_features(eval_transform(PHOTO)(torch.from_numpy(split[0]))).numpy()
+                    for name, split in splits.items()}
+
+    def dataset(kind: str, split: str) -> training.BatchedDataset:
+        pixels, tokens, labels, rows = splits[split]
+        feed = kind.partition("-")[2]
+        transform = (train_transform if feed == "augmented" and split == "train" else eval_transform)(PHOTO)
+        if kind == "text":
+            return TextDataset(tokens, labels, rows)
+        if feed == "cached":
+            return FeatureDataset(features[split], labels, rows, tokens if kind.startswith("combined") else None)
+        if kind.startswith("image"):
+            return ImageDataset(pixels, labels, rows, transform)
+        return ProductDataset(pixels, tokens, labels, rows, transform)
+
+    def case(kind: str) -> Case:
+        def fresh() -> tuple[nn.Module, TrainData]:
+            model: nn.Module = copy.deepcopy({"text": text, "image": image, "combined": combined}[kind.partition("-")[0]])
+            if kind.endswith("cached"):
+                model = FromFeatures(model)
+            return model, TrainData(dataset(kind, "train"), dataset(kind, "validation"))
+
+        return fresh
+
+    return {kind: case(kind) for kind in KINDS}
+
+
+def fitted_weights(case: Case, seed: int, **config) -> dict[str, Tensor]:
+    """The weights a fresh copy of ``case``'s model ends with (``MODEL_CONFIG`` with ``seed`` and ``config``)."""
+    import attrs
+
+    model, data = case()
+    fit(model, data, attrs.evolve(MODEL_CONFIG, seed=seed, **config), progress=False)
+    return weights_of(model)
+
+
+def global_states() -> list[Tensor]:
+    """torch's global generator states: the CPU's and, where there is CUDA, every device's."""
+    return [torch.random.get_rng_state(), *(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])]
+
+
+def forbid_global_seeding(patch: pytest.MonkeyPatch) -> None:
+    """torch's functions that read, fork or reseed its global generators raise (while ``patch`` lasts)."""
+    def forbidden(name: str) -> Callable[..., None]:
+        def call(*_args, **_kwargs) -> None:
+            raise AssertionError(f"fit called {name}")
+
+        return call
+
+    for module, names in ((torch, ("manual_seed", "seed", "get_rng_state", "set_rng_state")),
+                          (torch.random, ("manual_seed", "seed", "get_rng_state", "set_rng_state", "fork_rng")),
+                          (torch.cuda, ("manual_seed", "manual_seed_all", "get_rng_state", "set_rng_state",
+                                        "get_rng_state_all", "set_rng_state_all"))):
+        for name in names:
+            patch.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_never_reads_or_reseeds_torchs_global_generators(cases: dict[str, Case], kind: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training, checkpointing and resuming draw from fit's own generators: torch's global ones are never forked,
+    reseeded or read, and are where they were after."""
+    import attrs
+
+    torch.manual_seed(11)
+    before = global_states()
+    with monkeypatch.context() as patch:
+        forbid_global_seeding(patch)
+        model, data = cases[kind]()
+        fit(model, data, attrs.evolve(MODEL_CONFIG, epochs=1), checkpoint_dir=tmp_path, progress=False)
+        fit(model, data, MODEL_CONFIG, checkpoint_dir=tmp_path, resume=True, progress=False)
+    after = global_states()
+    assert all(torch.equal(left, right) for left, right in zip(before, after, strict=True)), "a global generator moved"
+
+
+def disturbing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draw from torch's global generators before every batch moves to the device (as another thread might)."""
+    move = training.to_device
+
+    def drawing_then_moving(batch, device):
+        torch.rand(7)
+        if torch.cuda.is_available():
+            torch.rand(7, device="cuda")
+        return move(batch, device)
+
+    monkeypatch.setattr(training, "to_device", drawing_then_moving)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_draws_from_torchs_global_generators_meanwhile_change_nothing(cases: dict[str, Case], kind: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropout, word dropout and augmentation come from fit's generators: draws from torch's global generators
+    between batches leave the weights as they were."""
+    undisturbed = fitted_weights(cases[kind], seed=5)
+    disturbing(monkeypatch)
+    assert_same_weights(fitted_weights(cases[kind], seed=5), undisturbed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_of_every_model_kind_is_reproducible_for_a_seed(cases: dict[str, Case], kind: str) -> None:
+    """The same seed, the same weights; another seed (its shuffles, dropout and augmentation), others."""
+    first = fitted_weights(cases[kind], seed=5)
+    assert_same_weights(fitted_weights(cases[kind], seed=5), first)
+    other = fitted_weights(cases[kind], seed=6)
+    assert any(not torch.equal(value, other[name]) for name, value in first.items()), "the seed changed nothing"
+
+
+def test_another_thread_drawing_meanwhile_changes_nothing(cases: dict[str, Case]) -> None:
+    """A thread drawing from torch's global generator all through ``fit`` (a host service's other work)."""
+    undisturbed = fitted_weights(cases["combined-augmented"], seed=5)
+    done = threading.Event()
+    draws = [0]
+
+    def draw() -> None:
+        while not done.is_set():
+            torch.rand(16)
+            draws[0] += 1
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        disturbed = fitted_weights(cases["combined-augmented"], seed=5)
+    finally:
+        done.set()
+        thread.join()
+    assert draws[0] > 100
+    assert_same_weights(disturbed, undisturbed)
+
+
+def test_loader_workers_augment_reproducibly(cases: dict[str, Case]) -> None:
+    """With two loader workers, each augmenting from a generator of its own seed (drawn from the run's seed), a
+    second run ends with the same weights."""
+    case = cases["image-augmented"]
+    assert_same_weights(fitted_weights(case, seed=5, num_workers=2), fitted_weights(case, seed=5, num_workers=2))
 
 
 def test_validation_loss_is_the_training_loss() -> None:

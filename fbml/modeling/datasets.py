@@ -1,24 +1,27 @@
 """Torch datasets over decoded photos (an `ImageCache`) and token ids, with typed samples and batches.
 
 Items do no file I/O: an image is a row of a uint8 (N, 3, S, S) array, usually the cache's
-memory map, turned into a normalised float32 tensor by a torchvision v2 transform. Every item
+memory map, turned into a normalised float32 tensor by a transform (``eval_transform``, or
+``train_transform``, which augments from the generator training lends it). Every item
 carries ``row``, its row in the manifest it was built from, for per-product evaluation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
+from fbml.modeling.randomness import Drawing
 
 TRAIN_CROP_SCALE = (0.7, 1.0)
 TRAIN_JITTER = 0.1
@@ -252,16 +255,57 @@ def eval_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET
     return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_normalised(mean, std)])
 
 
-def train_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Compose:
-    """uint8 (3, H, W) -> float32 (3, size, size), augmented: a mild random crop, flip and colour jitter."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=TRAIN_JITTER, contrast=TRAIN_JITTER, saturation=TRAIN_JITTER),
-            *_normalised(mean, std),
-        ]
-    )
+def train_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> nn.Sequential:
+    """uint8 (3, H, W) -> float32 (3, size, size), augmented (``Augmentation``: a mild random crop, flip and colour
+    jitter), drawing from the generator training lends it."""
+    return nn.Sequential(Augmentation(size), *_normalised(mean, std))
+
+
+class Augmentation(nn.Module, Drawing):
+    """uint8 (3, H, W) -> uint8 (3, size, size): torchvision's ``RandomResizedCrop`` (``crop_scale`` of the area,
+    aspect 3:4 to 4:3), ``RandomHorizontalFlip`` and ``ColorJitter`` (brightness, contrast and saturation, each by
+    a factor within ``jitter`` of 1, in random order), drawing from the generator it is lent (``Drawing``)."""
+
+    def __init__(self, size: int, crop_scale: tuple[float, float] = TRAIN_CROP_SCALE, jitter: float = TRAIN_JITTER) -> None:
+        super().__init__()
+        self.size = size
+        self.crop_scale = crop_scale
+        self.jitter = jitter
+
+    def forward(self, image: Tensor) -> Tensor:
+        top, left, height, width = _crop_box(image.shape[-2], image.shape[-1], self.crop_scale, self.generator)
+        image = v2.functional.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
+        if _uniform(self.generator) < 0.5:
+            image = v2.functional.horizontal_flip(image)
+        low, high = max(0.0, 1.0 - self.jitter), 1.0 + self.jitter
+        for index in torch.randperm(len(_JITTERS), generator=self.generator).tolist():
+            image = _JITTERS[index](image, _uniform(self.generator, low, high))
+        return image
+
+
+_JITTERS = (v2.functional.adjust_brightness, v2.functional.adjust_contrast, v2.functional.adjust_saturation)
+_ASPECTS = (3 / 4, 4 / 3)
+
+
+def _crop_box(height: int, width: int, scale: tuple[float, float], generator: torch.Generator | None) -> tuple[int, int, int, int]:
+    """Top, left, height and width of a random crop as ``RandomResizedCrop`` draws it: up to 10 tries at an area
+    within ``scale`` and an aspect within ``_ASPECTS`` that fits, else the largest central crop of an aspect within them."""
+    for _ in range(10):
+        area = height * width * _uniform(generator, *scale)
+        aspect = math.exp(_uniform(generator, math.log(_ASPECTS[0]), math.log(_ASPECTS[1])))
+        crop_width, crop_height = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(torch.randint(0, height - crop_height + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - crop_width + 1, (1,), generator=generator))
+            return top, left, crop_height, crop_width
+    aspect = min(max(width / height, _ASPECTS[0]), _ASPECTS[1])
+    crop_width, crop_height = min(width, round(height * aspect)), min(height, round(width / aspect))
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+def _uniform(generator: torch.Generator | None, low: float = 0.0, high: float = 1.0) -> float:
+    """A number drawn uniformly from [``low``, ``high``) (from torch's global generator when ``generator`` is None)."""
+    return float(torch.empty(()).uniform_(low, high, generator=generator))
 
 
 def _normalised(mean: Stats, std: Stats) -> list[v2.Transform]:

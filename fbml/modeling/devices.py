@@ -1,4 +1,5 @@
-"""Devices: which one to train on, moving batches to it, its mixed precision, RNGs and loader settings.
+"""Devices: which one to train on, moving batches to it, its mixed precision, loader settings and a seeded fork of
+torch's global generators (for building models, whose layers initialise from them).
 
 Batches are frozen attrs classes whose tensor fields move together (``to_device``); they need no
 methods of their own. Nothing here changes global state outside a ``with`` block.
@@ -157,7 +158,10 @@ def loader_settings(device: torch.device, num_workers: int) -> LoaderSettings:
 def seeded_rng(device: torch.device, seed: int) -> Iterator[None]:
     """Inside, torch's global RNGs of the CPU and ``device`` start from ``seed``; after, the caller's states are back.
 
-    Only torch's generators for the CPU and ``device`` are forked (Python's and NumPy's are not touched).
+    Only torch's generators for the CPU and ``device`` are forked (Python's and NumPy's are not touched). For building
+    a model reproducibly: torch's layers initialise their weights from the global generator and take no other. It is
+    a process-wide switch while it lasts (another thread drawing meanwhile changes what it builds): training never
+    uses it (``fbml.modeling.randomness``).
     """
     accelerator = [device.index] if device.type in ("cuda", "mps") else []
     with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else "cpu"):
@@ -168,22 +172,3 @@ def seeded_rng(device: torch.device, seed: int) -> Iterator[None]:
         elif device.type == "mps":
             torch.mps.manual_seed(seed)
         yield
-
-
-def rng_state(device: torch.device) -> dict[str, Tensor]:
-    """The global RNG states ``seeded_rng`` forks, by device type (for checkpoints)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def set_rng_state(device: torch.device, state: dict[str, Tensor]) -> None:
-    """Restore ``rng_state``'s states; a state saved for another device type than ``device``'s is ignored."""
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    elif device.type == "mps" and "mps" in state:
-        torch.mps.set_rng_state(state["mps"])

@@ -2,7 +2,8 @@
 
 Plain functions with keyword-only options, in the manner of torchvision's builders. Every model
 returns ``ModelOutput(logits, embedding)``: the embedding (``embedding_dim`` wide) serves the
-recommendations, the logits the classification.
+recommendations, the logits the classification. Their dropout and word dropout draw from the generator
+training lends them (``fbml.modeling.randomness``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import DEFAULT_BACKBONE
 from fbml.modeling.backbones import backbone as get_backbone
+from fbml.modeling.randomness import Drawing, Dropout
 
 DEFAULT_EMBEDDING_DIM = 128
 DEFAULT_KERNEL_SIZES = (1, 2, 3)
@@ -48,8 +50,8 @@ class EmbeddingHead(nn.Module):
     ) -> None:
         super().__init__()
         self.normalise = nn.BatchNorm1d(in_features) if normalise_input else nn.Identity()
-        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embedding_dim), nn.ReLU())
-        self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, num_classes))
+        self.embed = nn.Sequential(Dropout(dropout), nn.Linear(in_features, embedding_dim), nn.ReLU())
+        self.classify = nn.Sequential(Dropout(dropout), nn.Linear(embedding_dim, num_classes))
 
     @property
     def output_layer(self) -> nn.Linear:
@@ -101,7 +103,7 @@ class ImageClassifier(nn.Module):
         return self.forward_features(self.frozen_features(images))
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(nn.Module, Drawing):
     """Token ids -> word2vec-initialised embeddings -> two kinds of view, each L2-normalised -> head.
 
     * parallel 1-D convolutions (one per kernel size), ReLU, max-pooled over time;
@@ -110,7 +112,8 @@ class TextClassifier(nn.Module):
       which comes first, can count for more than the description.
 
     Each view is scaled to length ``branch_scale`` before the head, so that no view drowns the
-    others by its size. In training, ``word_dropout`` of the tokens are dropped (made padding).
+    others by its size. In training, ``word_dropout`` of the tokens are dropped (made padding), drawn
+    from the generator the model is lent (``Drawing``).
     Padding never reaches the output: it is masked out of both views.
     """
 
@@ -145,7 +148,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, tokens: Tensor) -> ModelOutput:
         if self.training and self.word_dropout > 0:
-            dropped = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
+            dropped = torch.rand(tokens.shape, generator=self.generator, device=tokens.device) < self.word_dropout
             tokens = tokens.masked_fill(dropped, 0)
         mask = (tokens != 0).unsqueeze(1)
         words = self.embedding(tokens).transpose(1, 2) * mask

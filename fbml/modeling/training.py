@@ -4,6 +4,8 @@ A dataset brings its own ``collate`` (items -> batch); a batch is a frozen attrs
 ``inputs`` (the model's positional arguments), ``labels`` and ``rows``, whose tensor fields move to
 the device together (``fbml.modeling.devices.to_device``); the model returns ``ModelOutput(logits, embedding)``.
 Training and prediction run on any device (``fbml.modeling.devices.resolve_device``), in mixed precision on CUDA.
+Training draws every random number from generators of its own (``fbml.modeling.randomness``), never from torch's
+global ones, which it neither reads nor reseeds.
 """
 
 from __future__ import annotations
@@ -33,12 +35,10 @@ from fbml.modeling.devices import (
     grad_scaler,
     loader_settings,
     resolve_device,
-    rng_state,
-    seeded_rng,
-    set_rng_state,
     to_device,
 )
 from fbml.modeling.distributed import World, data_parallel, per_process_batch, rank_seed
+from fbml.modeling.randomness import TrainingGenerators, seed_worker, training_generators
 
 CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"
@@ -160,13 +160,17 @@ def fit(
 
     The model trains on ``device`` (``resolve_device``: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``; mixed
     precision on CUDA) and is back on the CPU when ``fit`` returns or raises, for callers to save it.
-    Training draws its shuffles, dropout and augmentation from torch's global generators forked and
-    seeded by ``config.seed``: the caller's RNG states are the same after ``fit``. (Loader workers,
-    ``num_workers > 0``, are seeded from ``config.seed`` once per ``fit`` and kept between epochs, so
-    augmentation in workers after a resume differs from the uninterrupted run's.)
+    Training draws its shuffles, dropout and augmentation from generators of its own seeded by ``config.seed``,
+    never from torch's global ones, which it neither reads nor reseeds (``fbml.modeling.randomness``): for its
+    duration it lends the device's generator to the model's ``Drawing`` modules (fbml's ``Dropout``, the text CNN's
+    word dropout) and the CPU's to those of the training data's transform (``train_transform``'s augmentation). So
+    another thread drawing from torch's global generators meanwhile changes nothing here. A model with one of
+    torch's dropout modules is refused (it would draw from the global generator). Loader workers, ``num_workers > 0``,
+    augment from generators of their own seeds, drawn from ``config.seed`` once per ``fit``, and are kept between
+    epochs, so augmentation in workers after a resume differs from the uninterrupted run's.
     Validation runs in ``eval()`` mode under ``inference_mode``, scored with the training loss. With
     ``checkpoint_dir`` every epoch is checkpointed (model, optimiser, schedule, loss scale, history,
-    random state; CPU tensors, so a run resumes on any device) and ``resume`` continues after the last
+    generator states; CPU tensors, so a run resumes on any device) and ``resume`` continues after the last
     completed epoch. ``keep_start``: the starting weights are scored on validation first and kept
     unless an epoch beats them (for a model started from trained parts). ``keep_last``: train every
     epoch of ``config`` and end with the last one's weights (a refit whose epoch count was chosen on
@@ -176,16 +180,16 @@ def fit(
     every one calls ``fit`` alike). Each takes its share of every batch (``DistributedSampler``: the same order,
     drawn from the seed and the epoch, cut among them), gradients are averaged (``DistributedDataParallel``), and
     rank 0 alone validates, checkpoints and logs: its epoch figures, batch-norm statistics and so its stopping
-    decisions are every rank's. Each rank seeds its own dropout (``rank_seed``); a checkpoint keeps every rank's
-    random state. With one process (the default) nothing of ``torch.distributed`` is touched.
+    decisions are every rank's. Each rank seeds its own generators (``rank_seed``); a checkpoint keeps every rank's
+    generator states. With one process (the default) nothing of ``torch.distributed`` is touched.
     """
     target = resolve_device(device)
     model.to(target)
     shown = progress and world.is_main
     writer = _writer(logdir if world.is_main else None)
     try:
-        with seeded_rng(target, rank_seed(config.seed, world)):
-            trainer = _trainer(model, data, config, target, world)
+        trainer = _trainer(model, data, config, target, world)
+        with trainer.generators.lent_to(model, data.train):
             state = _first_state(trainer, checkpoint_dir, resume, keep_start)
             for epoch in range(len(state.history) + 1, config.epochs + 1):
                 if state.epochs_without_improvement >= config.patience and not keep_last:
@@ -288,6 +292,7 @@ class _Trainer:
     loss_function: nn.CrossEntropyLoss
     train: _Shuffled
     validation: DataLoader[Loaded[Any]]
+    generators: TrainingGenerators
 
     def epoch(self, number: int, progress: bool) -> EpochMetrics:
         """Train one epoch, step the schedule, score validation (rank 0's figures, on every rank)."""
@@ -312,8 +317,8 @@ class _Trainer:
         return _loss_and_accuracy(self.validate(), self.loss_function) if self.world.is_main else (0.0, 0.0)
 
     def checkpoint(self, directory: Path, state: _TrainingState) -> None:
-        """Rank 0 saves the checkpoint, with every rank's random state."""
-        states = self.world.gather(rng_state(self.device))
+        """Rank 0 saves the checkpoint, with every rank's generator states."""
+        states = self.world.gather(self.generators.state())
         if self.world.is_main:
             _save_checkpoint(directory, self.model, self.optimizer, self.schedule, state, states)
 
@@ -351,26 +356,27 @@ class _Trainer:
 
 def _trainer(model: nn.Module, data: TrainData, config: TrainConfig, device: torch.device, world: World) -> _Trainer:
     """The optimiser, schedule, loss scaler, loss and loaders for ``model``, already on ``device``; this process's
-    share of each batch and, with several processes, the model in ``DistributedDataParallel``."""
+    share of each batch and, with several processes, the model in ``DistributedDataParallel``; the generators of
+    this process, seeded from the seed and its rank."""
     settings = loader_settings(device, config.num_workers)
     optimizer = _optimizer([parameter for parameter in model.parameters() if parameter.requires_grad], config)
     sampler: DistributedSampler[Any] = DistributedSampler(cast("Dataset[Any]", data.train), num_replicas=world.size, rank=world.rank,
                                  seed=config.seed * 1000)
     batch_size = per_process_batch(config.batch_size, world)
-    train = _loader(data.train, batch_size, settings, sampler=sampler, seed=rank_seed(config.seed, world),
-                    drop_last=len(sampler) > batch_size)
+    seed = rank_seed(config.seed, world)
+    train = _loader(data.train, batch_size, settings, sampler=sampler, seed=seed, drop_last=len(sampler) > batch_size)
     return _Trainer(
         model, data_parallel(model, world, device), config, device, world, optimizer, _schedule(optimizer, config),
         grad_scaler(device), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), _Shuffled(train, sampler),
-        _loader(data.validation, config.batch_size, settings),
+        _loader(data.validation, config.batch_size, settings), training_generators(device, seed),
     )
 
 
 def _first_state(trainer: _Trainer, checkpoint_dir: Path | None, resume: bool, keep_start: bool) -> _TrainingState:
-    """The resumed state (restoring model, optimiser, schedule, loss scale and RNG), else a fresh one; every rank
-    reads the same checkpoint, before rank 0 writes any."""
+    """The resumed state (restoring model, optimiser, schedule, loss scale and generators), else a fresh one; every
+    rank reads the same checkpoint, before rank 0 writes any."""
     world = trainer.world
-    state = _resume(checkpoint_dir, trainer.model, trainer.optimizer, trainer.schedule, world.rank) if resume else None
+    state = _resume(checkpoint_dir, trainer, world.rank) if resume else None
     if len(set(world.gather(-1 if state is None else len(state.history)))) > 1:
         raise FbmlError(f"{checkpoint_dir}: the training processes found different checkpoints; "
                         "the work folder must be one every process sees")
@@ -400,10 +406,11 @@ def _loader(
     drop_last: bool = False,
 ) -> DataLoader[Loaded[Any]]:
     """``dataset``'s batches in ``Loaded`` (pinned where ``settings`` say); workers seeded from ``seed``,
-    not from the global RNG."""
+    not from the global RNG, each one's transform drawing from a generator of its own seed (``seed_worker``)."""
     return DataLoader(
         cast("Dataset[Any]", dataset), batch_size=batch_size, sampler=sampler, collate_fn=LoadingCollate(dataset.collate),
-        generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **attrs.asdict(settings),
+        generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker, drop_last=drop_last,
+        **attrs.asdict(settings),
     )
 
 
@@ -481,7 +488,7 @@ def _save_checkpoint(
     rng: Sequence[dict[str, Tensor]],
 ) -> None:
     """``last.pt`` (and ``best.pt`` when this epoch is the best), every tensor on the CPU. ``rng``: each rank's
-    random state (``rng`` holds rank 0's, ``rng_ranks`` every one's when there are several)."""
+    generator states (``rng`` holds rank 0's, ``rng_ranks`` every one's when there are several)."""
     directory.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "model": _on_cpu(model.state_dict()),
@@ -501,38 +508,27 @@ def _save_checkpoint(
     _atomic_save(checkpoint, directory / CHECKPOINT)
 
 
-def _resume(
-    directory: Path | None,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    rank: int = 0,
-) -> _TrainingState | None:
-    """Load ``last.pt`` into the model (on any device), optimiser, schedule and the forked RNG (``rank``'s); its state."""
+def _resume(directory: Path | None, trainer: _Trainer, rank: int = 0) -> _TrainingState | None:
+    """Load ``last.pt`` into the trainer's model (on any device), optimiser, schedule and generators (``rank``'s);
+    its state."""
     if directory is None or not (directory / CHECKPOINT).is_file():
         return None
     try:
-        return _resumed(directory, model, optimizer, schedule, rank)
+        return _resumed(directory, trainer, rank)
     except Exception as error:  # a truncated, foreign or tampered checkpoint: torch, json and KeyError alike
         detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise FbmlError(f"{directory / CHECKPOINT}: cannot resume from this checkpoint ({type(error).__name__}: {detail}); "
                         "train without --resume to start again") from None
 
 
-def _resumed(
-    directory: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    rank: int,
-) -> _TrainingState:
+def _resumed(directory: Path, trainer: _Trainer, rank: int) -> _TrainingState:
     checkpoint = torch.load(directory / CHECKPOINT, map_location="cpu", weights_only=True)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])  # moves the optimiser's state to its parameters' device
-    schedule.load_state_dict(checkpoint["schedule"])
+    trainer.model.load_state_dict(checkpoint["model"])
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])  # moves the optimiser's state to its parameters' device
+    trainer.schedule.load_state_dict(checkpoint["schedule"])
     states = checkpoint.get("rng_ranks") or [checkpoint["rng"] if "rng" in checkpoint else {"cpu": checkpoint["torch_rng"]}]
     if rank < len(states):  # a rank the checkpoint's run did not have keeps its fresh seed
-        set_rng_state(_device_of(model), states[rank])
+        trainer.generators.restore(states[rank])
     history = [EpochMetrics(**metrics) for metrics in json.loads(checkpoint["history"])]
     best_path = directory / BEST_WEIGHTS
     best = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None
