@@ -76,35 +76,53 @@ def test_datasets_and_batches_have_the_declared_dtypes_and_shapes(
     pixels = rng.integers(0, 256, (count, 3, stored, stored), dtype=np.uint8)
     token_ids = rng.integers(0, 50, (count, length))
     labels, rows = rng.integers(0, classes, count), rng.permutation(count) * 3
-    datasets = {
-        ImageBatch: ImageDataset(pixels, labels, rows, eval_transform(size)),
-        TextBatch: TextDataset(token_ids, labels, rows),
-        ProductBatch: ProductDataset(pixels, torch.from_numpy(token_ids), labels, rows, train_transform(size)),
-    }
-    for batch_type, dataset in datasets.items():
+    datasets = [
+        (ImageBatch, ImageDataset(pixels, labels, rows, train_transform(size)), size),
+        (ImageBatch, ImageDataset(pixels, labels, rows, eval_transform(stored)), stored),  # photos stored at the model's size
+        (TextBatch, TextDataset(token_ids, labels, rows), size),
+        (ProductBatch, ProductDataset(pixels, torch.from_numpy(token_ids), labels, rows, train_transform(size)), size),
+    ]
+    for batch_type, dataset, side in datasets:
         samples = [dataset[index] for index in range(len(dataset))]
         for sample in samples:
-            assert_sample(sample, size=size, length=length, classes=classes)
+            assert_sample(sample, size=side, length=length, classes=classes)
         assert [sample.row for sample in samples] == rows.tolist()
         batch = batch_type.collate(samples)
         assert batch.labels.dtype == batch.rows.dtype == torch.int64 and batch.labels.shape == (count,)
         assert batch.labels.tolist() == labels.tolist() and batch.rows.tolist() == rows.tolist()
         if batch_type is not TextBatch:
-            assert batch.images.dtype == torch.float32 and batch.images.shape == (count, 3, size, size)
+            assert batch.images.dtype == torch.float32 and batch.images.shape == (count, 3, side, side)
         if batch_type is not ImageBatch:
             assert batch.tokens.dtype == torch.int64 and batch.tokens.shape == (count, length)
             np.testing.assert_array_equal(batch.tokens.numpy(), token_ids)
 
 
 @settings(max_examples=20, deadline=None)
-# size >= 2: torch's uint8 antialiased resize fails an internal assert for a 1-pixel output.
-@given(height=st.integers(1, 30), width=st.integers(1, 30), size=st.integers(2, 16), seed=st.integers(0, 2**32 - 1))
-def test_eval_transform_is_deterministic(height: int, width: int, size: int, seed: int) -> None:
-    image = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (3, height, width), dtype=np.uint8))
+@given(size=st.integers(1, 16), batch=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+def test_eval_transform_is_deterministic(size: int, batch: int, seed: int) -> None:
+    shape = (3, size, size) if batch == 0 else (batch, 3, size, size)
+    image = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
     transform = eval_transform(size)
     first, second = transform(image), transform(image)
-    assert first.dtype == torch.float32 and first.shape == (3, size, size)
+    assert first.dtype == torch.float32 and first.shape == shape
     assert torch.equal(first, second)
+    with pytest.raises(FbmlError, match=f"expected photos letterboxed to {size + 1} x {size + 1}"):
+        eval_transform(size + 1)(image)
+
+
+def test_training_reads_each_photo_as_the_prediction_path_prepares_it(manifest: pl.DataFrame, cache: ImageCache, sample) -> None:
+    """A photo of the decoded-photo cache (what training and evaluation read) through the evaluation transform
+    equals the same file prepared by the prediction path (``Preparation.prepared``): decoding, letterbox and
+    normalisation are one implementation."""
+    from fbml.vision.photos import Preparation, PhotoLimits
+
+    preparation = Preparation(CACHE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    transform = eval_transform(CACHE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    files = {path.stem: path for path in sample.image_dir.iterdir()}
+    for image_id, row in zip(cache.image_ids, range(len(cache.image_ids)), strict=True):
+        trained = transform(torch.from_numpy(np.array(cache.pixels[row]))).numpy()
+        served = preparation.prepared(files[image_id], limits=PhotoLimits(max_pixels=10**9, decode_seconds=60)).pixels
+        np.testing.assert_array_equal(trained, served, err_msg=image_id)
 
 
 def test_eval_transform_at_the_stored_size_only_normalises() -> None:

@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fbml.modeling.randomness import Drawing
+from fbml.vision.photos import normalised
 
 TRAIN_CROP_SCALE = (0.7, 1.0)
 TRAIN_JITTER = 0.1
@@ -250,15 +251,30 @@ class ProductDataset(Dataset[ProductSample]):
         return ProductBatch.collate(samples)
 
 
-def eval_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Compose:
-    """uint8 (3, H, W) -> float32 (3, size, size), deterministic: resize (a no-op at ``size``), centre crop, normalise."""
-    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_normalised(mean, std)])
+def eval_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> nn.Module:
+    """uint8 (..., 3, size, size) letterboxed photos -> float32, deterministic: normalised as the prediction path
+    normalises (``fbml.vision.photos.normalised``, the one implementation)."""
+    return Normalised(size, mean, std)
 
 
 def train_transform(size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> nn.Sequential:
     """uint8 (3, H, W) -> float32 (3, size, size), augmented (``Augmentation``: a mild random crop, flip and colour
-    jitter), drawing from the generator training lends it."""
-    return nn.Sequential(Augmentation(size), *_normalised(mean, std))
+    jitter), drawing from the generator training lends it, then normalised as ``eval_transform`` normalises."""
+    return nn.Sequential(Augmentation(size), Normalised(size, mean, std))
+
+
+class Normalised(nn.Module):
+    """uint8 (..., 3, size, size) -> float32 scaled to [0, 1] and normalised by the backbone's ``mean`` and ``std``:
+    ``fbml.vision.photos.normalised`` on the tensor's memory."""
+
+    def __init__(self, size: int, mean: Stats, std: Stats) -> None:
+        super().__init__()
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        if pixels.shape[-2:] != (self.size, self.size):
+            raise FbmlError(f"expected photos letterboxed to {self.size} x {self.size}, got {tuple(pixels.shape[-2:])}")
+        return torch.from_numpy(normalised(pixels.numpy(), self.mean, self.std))
 
 
 class Augmentation(nn.Module, Drawing):
@@ -307,6 +323,3 @@ def _uniform(generator: torch.Generator | None, low: float = 0.0, high: float = 
     """A number drawn uniformly from [``low``, ``high``) (from torch's global generator when ``generator`` is None)."""
     return float(torch.empty(()).uniform_(low, high, generator=generator))
 
-
-def _normalised(mean: Stats, std: Stats) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
