@@ -129,16 +129,18 @@ def _photo_reference(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from fbml.workflows.runs import Run
-    from fbml.modeling.models import ImageClassifier
     from fbml.modeling.metrics import per_product
+    from fbml.modeling.models import ImageClassifier
+    from fbml.workflows.fitting import backbone_features
+    from fbml.workflows.inputs import Examples, split_frames, training_data, training_photos
 
-    run = Run(tables, image_dir, out / "work", progress=False, split_seed=seed)
+    data = training_data(tables, image_dir, out / "work", split_seed=seed, progress=False)
     model = bundle.model("image-cnn")
     assert isinstance(model, ImageClassifier) and bundle.image is not None
-    features = run.features(model, bundle.image)
-    cache = run.photo_cache(bundle.image.size)
-    train, _, test = run.frames("photos", bundle)
+    cache = training_photos(data, bundle.image.size)
+    features = backbone_features(model, bundle.image, cache, data)
+    frames = split_frames(data, Examples.PHOTOS, cache)
+    train, test = frames.train, frames.test
     x_train, x_test = (np.asarray(features[cache.rows_for(frame["image_id"])], np.float32) for frame in (train, test))
     scaler = StandardScaler().fit(x_train)
     logistic = LogisticRegression(C=0.01, max_iter=2000).fit(scaler.transform(x_train), train["category"].to_numpy())
