@@ -136,7 +136,8 @@ def _load(path: Path, runtime: str) -> Bundle:
     models = {kind: _read_model(path, kind, entry, codec, text, runtime) for kind, entry in manifest.models.items()}
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
-    bundle = Bundle(codec, image, text, _sharing_backbones(models), predictors, index, hashlib.sha256(content).hexdigest())
+    shared = _sharing_backbones(models) if runtime == "torch" else models
+    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest())
     _check_settings(path, bundle)
     return bundle
 
@@ -398,15 +399,15 @@ def _check_index(bundle: Bundle) -> None:
 
 
 def _sharing_backbones(models: dict[ModelKind, BundleModel]) -> dict[ModelKind, BundleModel]:
-    """``models`` with the combined network's frozen backbone replaced by the image model's when their weights are
-    equal (training copies it, and frozen stages never change), so that the prediction path runs it once per photo."""
+    """``models`` (torch networks) with the combined network's frozen backbone replaced by the image model's when
+    their weights are equal (training copies it, and frozen stages never change), so that the prediction path runs
+    it once per photo. (ONNX Runtime runs each graph whole.)"""
     image, combined = models.get(ModelKind.IMAGE_CNN), models.get(ModelKind.COMBINED_NN)
     if image is None or combined is None:
         return models
     from fbml.modeling.models import CombinedClassifier, ImageClassifier
 
-    if not isinstance(image.module, ImageClassifier) or not isinstance(combined.module, CombinedClassifier):
-        return models  # ONNX Runtime sessions: each graph runs whole
+    assert isinstance(image.module, ImageClassifier) and isinstance(combined.module, CombinedClassifier)
     ours, theirs = image.module.frozen.state_dict(), combined.module.image.frozen.state_dict()
     if ours.keys() == theirs.keys() and all(ours[name].equal(theirs[name]) for name in ours):
         combined.module.image.frozen = image.module.frozen
