@@ -3,7 +3,7 @@
 Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
 small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
 vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, price) as JSON.
-How a listing becomes a vector is ``fbml.workflows.index``' job.
+How a listing becomes a vector is ``fbml.bundle.listings``' job (one place for the catalogue and queries alike).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A handler receives its body already read into its struct (``given``, provided by ``body_provider``)
 and the ``Service``; the ``bundle_serves`` guard has answered 404 before that when the bundle lacks
-what the endpoint needs (``opt["needs"]``).
+what the endpoint needs (``opt["needs"]``). It parses, then asks the bundle's prediction path (through
+the service's micro-batchers: ``Bundle.predict_many``, ``Bundle.embed_many``; and ``Bundle.similar``)
+and turns its ``Prediction``s and ``Similar`` listings into the API's answers.
 """
 
 from __future__ import annotations

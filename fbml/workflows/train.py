@@ -13,7 +13,8 @@ training split:
   builds the similar-listings index. Text or image models the bundle lacks are trained first.
 
 Once chosen, the models are trained again on the training and validation splits together (the
-epochs validation chose; ``refit``), and the test split is scored with them, once.
+epochs validation chose; ``refit``), and the test split is scored with them, once, through the
+bundle's prediction path (``Bundle.probabilities``), as a caller's or the HTTP API's would be.
 """
 
 from __future__ import annotations
