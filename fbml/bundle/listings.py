@@ -53,6 +53,8 @@ class ListingWeights:
         values = {name: weights[name] for name in ("text", "image", "classes")}
         if not all(type(value) in (int, float) and 0.0 <= value <= 100.0 for value in values.values()):
             raise FbmlError(f"the search index's part weights must be numbers from 0 to 100, got {values}")
+        if not any(values.values()):
+            raise FbmlError("the search index's part weights are all 0: its vectors would say nothing of a listing")
         return cls(float(values["text"]), float(values["image"]), float(values["classes"]))
 
 

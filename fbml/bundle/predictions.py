@@ -161,6 +161,8 @@ def batch_probabilities(bundle: Bundle, listings: Listings, names: Sequence[Name
     def model(kind: ModelKind) -> np.ndarray:
         if kind not in outputs:
             outputs[kind] = bundle.listing_model(kind).outputs(listings).probabilities
+            if not bool(np.isfinite(outputs[kind]).all()):
+                raise FbmlError(f"the {kind} model answered probabilities that are not finite numbers")
         return outputs[kind]
 
     found: dict[Name, np.ndarray] = {}

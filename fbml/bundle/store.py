@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
@@ -45,6 +44,7 @@ from contracts.bundle import (
     TextLinearEntry,
 )
 
+from fbml.bundle.arrays import finite, plain_array
 from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
@@ -327,6 +327,11 @@ def _load_weights(path: Path, kind: str, module: nn.Module, ref: FileRef) -> Non
     except RuntimeError as error:
         detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise FbmlError(f"{path}: the {kind} weights do not fit its options, codec or vocabulary: {detail}") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise FbmlError(f"{path}: the {kind} weights {name} hold values that are not finite numbers (NaN or infinite)")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise FbmlError(f"{path}: the {kind} weights {name} hold negative variances")
 
 
 def _predictor_entry(predictor: Predictor) -> PredictorEntry:
@@ -430,16 +435,11 @@ def _read(path: Path, ref: FileRef, what: str, parse: Any) -> Any:
 
 
 def _read_npy(path: Path, ref: FileRef, dtype: type[np.floating[Any]]) -> np.ndarray:
+    """The 2-D ``dtype`` array of finite values in a bundle's ``.npy`` file (its header checked against its size first)."""
     try:
-        array = np.load(BytesIO(_checked(path, ref)), allow_pickle=False)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise FbmlError(f"{path}: bundle file {ref.file} is not a plain .npy array ({detail})") from None
-    if not isinstance(array, np.ndarray):
-        raise FbmlError(f"{path}: bundle file {ref.file} is not a plain .npy array (an .npz archive)")
-    if array.dtype != dtype or array.ndim != 2:
-        raise FbmlError(f"{path}: bundle file {ref.file} holds {array.dtype} {array.shape}, not a 2-D {np.dtype(dtype)} array")
-    return array
+        return finite(plain_array(_checked(path, ref), dtype, 2), "it")
+    except FbmlError as error:
+        raise FbmlError(f"{path}: bundle file {ref.file}: {error}") from None
 
 
 def _string_list(value: object) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 import attrs
 import numpy as np
 
+from fbml.bundle.arrays import finite, plain_array
 from fbml.errors import FbmlError
 
 Method = Literal["auto", "exact", "hnsw"]
@@ -38,6 +39,9 @@ EXACT_MAX_FLOATS = 20_000 * 256
 HNSW_M = 32  # links per node (64 at the base layer)
 HNSW_EF_CONSTRUCTION = 64  # candidates kept while inserting
 HNSW_EF_SEARCH = 256  # candidates kept while searching (at least k + 1 is used)
+HNSW_MAX = {"m": 256, "ef_construction": 4096, "ef_search": 4096}
+"""The largest HNSW settings built or loaded: far past any useful recall, and each search's working set stays
+megabytes (a bundle asking for ef_search 2**40 would make every search fail)."""
 
 # Exact search scores at most this many (query, row) pairs at once: 128 MiB of float32.
 _SCORE_BLOCK = 1 << 25
@@ -76,9 +80,10 @@ def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], v
 
 
 def check_vectors(vectors: np.ndarray) -> None:
-    """``FbmlError`` unless ``vectors`` is a float32 (N, D) array with D >= 1."""
+    """``FbmlError`` unless ``vectors`` is a float32 (N, D) array with D >= 1 of finite values."""
     if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] < 1:
         raise FbmlError(f"index vectors must be a float32 (N, D) array with D >= 1, got {vectors.dtype} {vectors.shape}")
+    finite(vectors, "the index's vectors")
 
 
 @attrs.frozen
@@ -227,7 +232,7 @@ def build_hnsw(vectors: np.ndarray, *, seed: int, m: int, ef_construction: int, 
     faiss = _faiss()
 
     for name, value in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
-        _check_positive(name, value)
+        _check_setting(name, value)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise FbmlError(f"an index seed is an integer between 0 and 2**63 - 1, got {seed!r}")
     index = faiss.IndexHNSWFlat(int(vectors.shape[1]), m, faiss.METRIC_INNER_PRODUCT)
@@ -259,12 +264,9 @@ def load_vector_index(parameters: Any, content: bytes) -> VectorIndex:
 
 def _load_exact(content: bytes) -> ExactIndex:
     try:
-        vectors = np.load(io.BytesIO(content), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise FbmlError(f"exact index bytes are not a plain .npy array ({str(error).splitlines()[0]})") from None
-    if not isinstance(vectors, np.ndarray):
-        raise FbmlError("exact index bytes are not a plain .npy array")
-    return ExactIndex(vectors)
+        return ExactIndex(plain_array(content, np.float32, 2))
+    except FbmlError as error:
+        raise FbmlError(f"exact index bytes: {error}") from None
 
 
 def _load_hnsw(parameters: Mapping[str, Any], content: bytes) -> HnswIndex:
@@ -277,10 +279,10 @@ def _load_hnsw(parameters: Mapping[str, Any], content: bytes) -> HnswIndex:
     if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise FbmlError(f"hnsw index bytes hold a {type(index).__name__}, not an inner-product IndexHNSWFlat")
     check_graph(index)
-    m, ef_construction, ef_search = (_setting(parameters, key, 1) for key in ("m", "ef_construction", "ef_search"))
+    m, ef_construction, ef_search = (_setting(parameters, key, 1, HNSW_MAX[key]) for key in ("m", "ef_construction", "ef_search"))
     _expect(parameters, "m", int(index.hnsw.nb_neighbors(1)), what="the loaded index has")
     _expect(parameters, "ef_construction", int(index.hnsw.efConstruction), what="the loaded index has")
-    return HnswIndex(index, m, ef_construction, ef_search, _setting(parameters, "seed", 0))
+    return HnswIndex(index, m, ef_construction, ef_search, _setting(parameters, "seed", 0, 2**63 - 1))
 
 
 def check_graph(index: Any) -> None:
@@ -335,7 +337,8 @@ def checked_exclude(exclude: Sequence[int] | None, queries: int, rows: int) -> n
 
 def answer_width(k: int, rows: int, excluding: bool) -> int:
     """``k' = min(k, rows left)``; ``FbmlError`` when ``k < 1``."""
-    _check_positive("k", k)
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise FbmlError(f"k must be a positive integer, got {k!r}")
     return max(0, min(k, rows - excluding))
 
 
@@ -386,16 +389,16 @@ def _faiss() -> Any:
     return importlib.import_module("faiss")
 
 
-def _setting(parameters: Mapping[str, Any], key: str, minimum: int) -> int:
+def _setting(parameters: Mapping[str, Any], key: str, minimum: int, maximum: int) -> int:
     value = parameters.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise FbmlError(f"vector index parameter {key!r} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise FbmlError(f"vector index parameter {key!r} must be an integer from {minimum} to {maximum}, got {value!r}")
     return value
 
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise FbmlError(f"{name} must be a positive integer, got {value!r}")
+def _check_setting(name: str, value: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 1 <= value <= HNSW_MAX[name]:
+        raise FbmlError(f"{name} must be an integer from 1 to {HNSW_MAX[name]}, got {value!r}")
 
 
 def _expect(parameters: Mapping[str, Any], key: str, actual: object, *, what: str = "expected") -> None:
