@@ -34,6 +34,7 @@ from fbml.bundle.locks import FILES_LOCK, WRITER_LOCK
 from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
 from fbml.bundle.store import MANIFEST, load_bundle, read_manifest, save_bundle
 from fbml.errors import FbmlError
+from fbml.serving.server import free_port
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
 from fbml.modeling.models import (
@@ -857,7 +858,7 @@ def test_an_object_array_is_not_unpickled(copy: Path, where: tuple, monkeypatch:
 
     monkeypatch.setattr(pickle, "load", no_unpickling)
     monkeypatch.setattr(pickle, "loads", no_unpickling)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} is not a plain \.npy array \(Object arrays cannot be loaded")
+    load_error(copy, rf"bundle file {re.escape(ref['file'])}: holds object \(5, 28\), not a 2-D float32 array")
 
 
 @pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
@@ -872,7 +873,7 @@ def test_an_npy_of_the_wrong_dtype_or_ndim(copy: Path, where: tuple, array: np.n
     ref = ref_at(manifest, where)
     replace_file(copy, ref, npy_bytes(array))
     write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} holds {described}, not a 2-D float32 array")
+    load_error(copy, rf"bundle file {re.escape(ref['file'])}: holds {described}, not a 2-D float32 array")
 
 
 def test_an_npy_with_a_broken_header(copy: Path) -> None:
@@ -880,7 +881,7 @@ def test_an_npy_with_a_broken_header(copy: Path) -> None:
     ref = manifest["index"]["vectors"]
     replace_file(copy, ref, npy_bytes(np.zeros((5, 28), np.float32))[:40])
     write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} is not a plain \.npy array")
+    load_error(copy, rf"bundle file {re.escape(ref['file'])}: not a plain \.npy array")
 
 
 def _npz_bytes() -> bytes:
@@ -1150,6 +1151,99 @@ def test_an_index_needs_every_predictor(copy: Path) -> None:
     del manifest["predictors"]["combined"]
     write_manifest(copy, manifest)
     load_error(copy, r": the bundle has no combined predictor \(it has: text, image\)")
+
+
+# --- numbers and arrays that load but would poison serving ---------------------------------------------
+
+
+@pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
+@pytest.mark.parametrize("claimed", ["(10000000, 10000000)", "(5, 29)", "(4, 28)", "(0, 28)"])
+def test_an_npy_whose_header_claims_another_size_than_it_holds(copy: Path, where: tuple, claimed: str) -> None:
+    """A header claiming terabytes (np.load would allocate them and die of MemoryError), or a shape a few bytes
+    off what follows it, is refused in one line before anything is allocated."""
+    manifest = manifest_of(copy)
+    ref = ref_at(manifest, where)
+    original = np.load(copy / ref["file"], allow_pickle=False)
+    content = npy_bytes(original)
+    header = f"'shape': {tuple(original.shape)}".encode()
+    forged = content.replace(header, f"'shape': {claimed}".encode().ljust(len(header)), 1)
+    assert forged != content
+    replace_file(copy, ref, forged)
+    write_manifest(copy, manifest)
+    load_error(copy, rf"bundle file {re.escape(ref['file'])}: its header claims .*, the file holds \d+ bytes of data")
+
+
+@pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_word_and_index_vectors_that_are_not_finite(copy: Path, where: tuple, bad: float) -> None:
+    manifest = manifest_of(copy)
+    ref = ref_at(manifest, where)
+    array = np.load(copy / ref["file"], allow_pickle=False).copy()
+    array[0, 0] = bad
+    replace_file(copy, ref, npy_bytes(array))
+    write_manifest(copy, manifest)
+    load_error(copy, rf"bundle file {re.escape(ref['file'])}: .*1 value\(s\) that are not finite")
+
+
+@pytest.mark.parametrize("kind", ["text-cnn", "image-cnn", "combined-nn"])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf], ids=["nan", "-inf"])
+def test_weights_that_are_not_finite(copy: Path, kind: str, bad: float) -> None:
+    from safetensors.numpy import load, save
+
+    manifest = manifest_of(copy)
+    ref = manifest["models"][kind]["weights"]
+    state = dict(load((copy / ref["file"]).read_bytes()))
+    name = next(key for key, value in state.items() if value.dtype == np.float32 and value.size > 1 and "running" not in key)
+    state[name] = np.full_like(state[name], bad)
+    replace_file(copy, ref, save(state))
+    write_manifest(copy, manifest)
+    load_error(copy, rf"the {kind} weights {re.escape(name)} hold values that are not finite numbers")
+
+
+def test_batch_norm_variances_that_are_negative(copy: Path) -> None:
+    from safetensors.numpy import load, save
+
+    manifest = manifest_of(copy)
+    ref = manifest["models"]["image-cnn"]["weights"]
+    state = dict(load((copy / ref["file"]).read_bytes()))
+    name = next(key for key in state if key.endswith("running_var"))
+    state[name] = -np.abs(state[name]) - 1.0
+    replace_file(copy, ref, save(state))
+    write_manifest(copy, manifest)
+    load_error(copy, rf"the image-cnn weights {re.escape(name)} hold negative variances")
+
+
+def test_part_weights_that_are_all_zero(copy: Path) -> None:
+    manifest = manifest_of(copy)
+    manifest["index"]["report"]["weights"] = {"text": 0, "image": 0.0, "classes": 0}
+    write_manifest(copy, manifest)
+    load_error(copy, r"the search index's part weights are all 0")
+
+
+@pytest.mark.parametrize(("key", "value"), [("ef_search", 2**40), ("ef_search", 0), ("m", 10**6), ("seed", -1),
+                                            ("ef_construction", 2**31)])
+def test_hnsw_settings_out_of_range(copy: Path, key: str, value: int) -> None:
+    """An HNSW search parameter of 2**40 loaded, then made every search fail; now it does not load."""
+    hnsw_copy(copy)
+    manifest = manifest_of(copy)
+    manifest["index"]["parameters"][key] = value
+    write_manifest(copy, manifest)
+    load_error(copy, rf"vector index parameter '{key}' must be an integer from \d+ to \d+, got {value}")
+
+
+def test_a_bundle_that_poisons_serving_ends_fbml_serve_in_one_line(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fbml.cli import main
+
+    manifest = manifest_of(copy)
+    ref = manifest["index"]["vectors"]
+    content = (copy / ref["file"]).read_bytes()
+    shape = f"'shape': {tuple(np.load(copy / ref['file']).shape)}".encode()
+    replace_file(copy, ref, content.replace(shape, b"'shape': (99999999, 99999)".ljust(len(shape)), 1))
+    write_manifest(copy, manifest)
+    capsys.readouterr()
+    assert main(["serve", str(copy), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fbml: error: ") and len(err.strip().splitlines()) == 1 and "its header claims" in err
 
 
 # --- 5. random damage to the manifest ----------------------------------------------------------------
