@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-from torch import nn
-
-from fbml.modeling.efficientnet import EfficientNetLite, same_padding
+from fbml.errors import FbmlError
 from fbml.modeling.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -21,7 +17,10 @@ from fbml.modeling.backbones import (
     efficientnet_keys,
     local_state_dict,
 )
-from fbml.errors import FbmlError
+from fbml.modeling.efficientnet import EfficientNetLite, same_padding
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
 
 
 @pytest.fixture(scope="module")
