@@ -9,6 +9,7 @@ sides (a padded word shorter than n counts once, whole). Plain Python and numpy,
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ def ngrams(text: str, analyzer: str, ngram_range: tuple[int, int]) -> list[str]:
     if analyzer == "char":
         return _substrings(spaced, low, high)
     if analyzer == "char_wb":
-        return [gram for word in spaced.split() for gram in _padded_word_ngrams(f" {word} ", low, high)]
+        return _padded_word_ngrams([f" {word} " for word in spaced.split()], low, high)
     raise ValueError(f"analyzer must be one of {ANALYZERS}, got {analyzer!r}")
 
 
@@ -50,12 +51,12 @@ def _substrings(text: str, low: int, high: int) -> list[str]:
     return [text[start : start + n] for n in range(low, min(high, len(text)) + 1) for start in range(len(text) - n + 1)]
 
 
-def _padded_word_ngrams(word: str, low: int, high: int) -> list[str]:
-    """The n-grams of one padded word; from the first n that covers it whole, only the word itself, once."""
-    if low >= len(word):
-        return [word]
-    grams = _substrings(word, low, min(high, len(word) - 1))
-    return grams + [word] if high >= len(word) else grams
+def _padded_word_ngrams(words: list[str], low: int, high: int) -> list[str]:
+    """The n-grams of padded words, each word on its own: its substrings shorter than itself, and the whole
+    word, once, when an n covers it."""
+    grams = [word[start : start + n] for word in words for n in range(low, min(high, len(word) - 1) + 1)
+             for start in range(len(word) - n + 1)]
+    return grams + [word for word in words if high >= len(word)]
 
 
 @attrs.frozen(eq=False)
@@ -120,16 +121,15 @@ class NgramCounter:
         """One row of counts per text (float64, columns ascending)."""
         column = self._columns.get
         indptr, indices, values = _column_counts(texts, self.analyzer, self.ngram_range,
-                                                 lambda grams: [column(gram, -1) for gram in grams])
+                                                 lambda grams: list(map(column, grams, itertools.repeat(-1))))
         return Rows(indptr, indices, values, len(self.vocabulary))
 
 
 def fitted_counts(texts: Iterable[str], analyzer: str, ngram_range: tuple[int, int], min_df: int) -> tuple[tuple[str, ...], Rows]:
     """The vocabulary of the n-grams found in at least ``min_df`` of ``texts``, sorted, and the texts' counts
     over it: ``CountVectorizer.fit_transform``, in one reading of the texts."""
-    found: dict[str, int] = {}  # every n-gram, numbered in the order met
-    indptr, met, values = _column_counts(texts, analyzer, ngram_range,
-                                         lambda grams: [found.setdefault(gram, len(found)) for gram in grams])
+    found = _Numbering()
+    indptr, met, values = _column_counts(texts, analyzer, ngram_range, lambda grams: [found[gram] for gram in grams])
     kept = np.bincount(met, minlength=len(found)) >= min_df
     vocabulary = sorted(gram for gram, number in found.items() if kept[number])
     column = np.full(len(found), -1, dtype=np.int64)
@@ -140,6 +140,14 @@ def fitted_counts(texts: Iterable[str], analyzer: str, ngram_range: tuple[int, i
     order = np.lexsort((columns, rows))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(indptr) - 1))]).astype(np.int64)
     return tuple(vocabulary), Rows(indptr, columns[order], values[order], len(vocabulary))
+
+
+class _Numbering(dict[str, int]):
+    """N-grams numbered in the order met: a new one gets the next number when first looked up."""
+
+    def __missing__(self, gram: str) -> int:
+        number = self[gram] = len(self)
+        return number
 
 
 def _column_counts(
