@@ -13,7 +13,7 @@ from typing import Any
 import pandera.polars as pa
 import polars as pl
 
-from contracts.rules import CONTROL_CHARACTERS, is_ascii, is_finite_non_negative, is_non_blank, is_printable
+from contracts.rules import CONTROL_CHARACTERS, is_ascii, is_distinct, is_finite_non_negative, is_non_blank, is_printable
 
 __all__ = ["CONTROL_CHARACTERS", "all_distinct", "check", "holds_per_distinct", "is_ascii", "is_finite_non_negative",
            "is_non_blank", "is_printable", "polars_schema"]
@@ -40,7 +40,7 @@ def all_distinct(data: pa.PolarsData) -> bool | pl.LazyFrame:
     column = pl.col(data.key)
     if data.lazyframe.select(column.hash().n_unique() == pl.len()).collect().item():
         return True
-    return data.lazyframe.select(~column.is_duplicated())
+    return data.lazyframe.select(is_distinct(column))
 
 
 def holds_per_distinct(data: pa.PolarsData, rule: Callable[[pl.Expr], pl.Expr]) -> bool | pl.LazyFrame:

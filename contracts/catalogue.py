@@ -1,4 +1,8 @@
-"""The search index's catalogue: the listings its vectors stand for, as the API shows them."""
+"""The search index's catalogue: the listings its vectors stand for, as the API shows them.
+
+Its columns are ``contracts.rules.CATALOGUE_SCHEMA`` and its checks the predicates of
+``contracts.rules.catalogue_rules``, which check catalogues without pandera where bundles are loaded.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The data checks of the table contracts as plain polars expressions, without pandera (nor pandas).
 
-The pandera models of ``contracts.tables`` run these predicates on eager frames; a stream too large for
-memory is checked against the same predicates, per row, as it is written (``row_failures``).
+The pandera models of ``contracts.tables`` and ``contracts.catalogue`` run these predicates on eager
+frames; a stream too large for memory is checked against the same predicates, per row, as it is written
+(``row_failures``), and the search index's catalogue is checked with them where a bundle is loaded
+(``catalogue_rules``), so that serving never imports pandera.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ REJECTED_SCHEMA = pl.Schema(
     {"source": pl.String, "source_row": pl.Int64, "stage": pl.String, "reason": pl.String, "raw": pl.String}
 )
 REJECTED_STAGES = ("products", "images")
+CATALOGUE = "Catalogue"
+"""The catalogue contract's name (its pandera model's)."""
+CATALOGUE_SCHEMA = pl.Schema({"id": pl.String, "product_name": pl.String, "category": pl.String, "price": pl.Float64})
+"""The search index's catalogue: these columns, in this order, none null."""
 
 
 @attrs.frozen
@@ -64,6 +70,11 @@ def path_starts_with_category(path: pl.Expr, category: pl.Expr, subcategory: pl.
     return path.str.starts_with(category) & ((path == category) == subcategory.is_null())
 
 
+def is_distinct(value: pl.Expr) -> pl.Expr:
+    """True where no other row has the same value."""
+    return ~value.is_duplicated()
+
+
 def is_json_object(raw: pl.Expr) -> pl.Expr:
     """True where the text looks like a JSON object (braces at both ends)."""
     return raw.str.starts_with("{") & raw.str.ends_with("}")
@@ -93,6 +104,19 @@ def image_manifest_rules() -> tuple[RowRule, ...]:
         RowRule("image_id", "not_null", image_id.is_not_null()),
         RowRule("image_id", "non_blank", is_non_blank(image_id)),
         RowRule("image_id", "printable", is_printable(image_id)),
+    )
+
+
+def catalogue_rules() -> tuple[RowRule, ...]:
+    """``Catalogue``'s data checks, column by column in the order its pandera model runs them; its nulls and
+    dtypes are ``CATALOGUE_SCHEMA``'s. Unique ids included: a catalogue is checked whole, in memory."""
+    identifier = pl.col("id")
+    return (
+        RowRule("id", "non_blank", is_non_blank(identifier)),
+        RowRule("id", "printable", is_printable(identifier)),
+        RowRule("id", "unique", is_distinct(identifier)),
+        RowRule("category", "non_blank", is_non_blank(pl.col("category"))),
+        RowRule("price", "finite_non_negative", is_finite_non_negative(pl.col("price"))),
     )
 
 

@@ -1,4 +1,5 @@
-"""Backbones: the offline EfficientNet-Lite0 weights map key for key onto timm's architecture and give the
+"""Backbones: fbml's EfficientNet-Lite is timm's ``tf_efficientnet_lite`` (keys, shapes, outputs at any input
+size, training behaviour); the offline EfficientNet-Lite0 weights map key for key onto it and give the
 original's outputs; cuts, preprocessing, local weight files and clear errors."""
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from fbml.modeling.backbones import (
     efficientnet_keys,
     local_state_dict,
 )
+from fbml.modeling.efficientnet import EfficientNetLite, same_padding
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,88 @@ def packaged_state() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-def test_every_packaged_key_maps_onto_timm_with_none_missing_or_unexpected(packaged_state) -> None:
+def timm_lite(variant: int) -> nn.Module:
+    """timm's ``tf_efficientnet_liteN``, the architecture fbml's own implementation reproduces (timm is a test dependency)."""
+    import timm
+
+    model: nn.Module = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def imagenet_pair(packaged_state) -> tuple[nn.Module, nn.Module]:
+    """fbml's EfficientNet-Lite0 and timm's, both with the packaged ImageNet weights."""
+    ours, theirs = EfficientNetLite(0), timm_lite(0)
+    state = efficientnet_keys(ours, packaged_state)
+    ours.load_state_dict(state)
+    theirs.load_state_dict(state)
+    return ours.eval(), theirs.eval()
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_the_architecture_has_timms_keys_shapes_and_outputs(variant: int) -> None:
+    ours, theirs = EfficientNetLite(variant), timm_lite(variant)
+    assert [(key, value.shape) for key, value in ours.state_dict().items()] == \
+        [(key, value.shape) for key, value in theirs.state_dict().items()]
+    assert {name for name, _ in ours.named_modules()} <= {name for name, _ in theirs.named_modules()}
+    ours.load_state_dict(theirs.state_dict())
+    images = torch.randn(2, 3, 45, 45, generator=torch.Generator().manual_seed(variant))
+    with torch.inference_mode():
+        torch.testing.assert_close(ours.eval()(images), theirs.eval()(images), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [224, 96, 97, 260])
+def test_imagenet_outputs_equal_timms_at_any_input_size(imagenet_pair: tuple[nn.Module, nn.Module], size: int) -> None:
+    """TensorFlow's "same" padding depends on the input's size: even, odd, the weights' own and others."""
+    ours, theirs = imagenet_pair
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(images), theirs(images), rtol=0, atol=1e-5)
+
+
+def test_training_updates_batch_norm_and_gradients_as_timms_does(packaged_state) -> None:
+    ours, theirs = EfficientNetLite(0), timm_lite(0)
+    start = efficientnet_keys(ours, packaged_state)
+    for model in (ours, theirs):
+        model.load_state_dict(start)
+    images = torch.randn(4, 3, 65, 65, generator=torch.Generator().manual_seed(3))
+    ours_logits, theirs_logits = ours.train()(images), theirs.train()(images)
+    torch.testing.assert_close(ours_logits, theirs_logits, rtol=0, atol=1e-5)
+    ours_logits.square().mean().backward()
+    theirs_logits.square().mean().backward()
+    theirs_state, theirs_parameters = theirs.state_dict(), dict(theirs.named_parameters())
+    for name, value in ours.state_dict().items():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert not torch.equal(value, start[name]), name  # one training step moved every statistic
+        torch.testing.assert_close(value, theirs_state[name], rtol=0, atol=1e-6, msg=name)
+    for name, parameter in ours.named_parameters():
+        assert parameter.grad is not None, name
+        torch.testing.assert_close(parameter.grad, theirs_parameters[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@given(st.integers(1, 300), st.sampled_from([(1, 1), (3, 1), (5, 1), (3, 2), (5, 2)]))
+def test_same_padding_is_timms(size: int, kernel_stride: tuple[int, int]) -> None:
+    from timm.layers.padding import get_same_padding
+
+    kernel, stride = kernel_stride
+    total = get_same_padding(size, kernel, stride, 1)
+    assert same_padding(size, kernel, stride) == (total // 2, total - total // 2)
+
+
+@pytest.mark.parametrize("stages", range(8))
+def test_every_cut_gives_timms_pooled_features(imagenet_pair: tuple[nn.Module, nn.Module], stages: int) -> None:
+    _, theirs = imagenet_pair
+    network = backbone("efficientnet_lite0").network(weights=IMAGENET, trainable_stages=stages)
+    images = torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(stages))
+    with torch.inference_mode():
+        features = network.trainable.eval()(network.frozen.eval()(images))
+        expected = theirs.forward_head(theirs.forward_features(images), pre_logits=True)
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
+    trainable = sum(1 for parameter in network.trainable.parameters())
+    assert trainable == 0 if stages == 0 else trainable > 0
+
+
+def test_every_packaged_key_maps_onto_timms_keys_with_none_missing_or_unexpected(packaged_state) -> None:
     spec = backbone("efficientnet_lite0")
     model = spec.build()
     mapped = efficientnet_keys(model, packaged_state)

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import fbml
 import numpy as np
@@ -13,11 +14,12 @@ import pandera.errors
 import polars as pl
 import pytest
 from contracts import Catalogue, CleanProducts, ImageCleaningFiles, Rejected, polars_schema
+from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 from fbml.bundle.search import SearchIndex, unit_rows
 from fbml.errors import ContractError
 from fbml.tables.cleaning import clean_products, image_manifest
 from fbml.tables.splits import product_splits, split_by_product, splits_from_assignment
-from fbml.tables.validation import validated
+from fbml.tables.validation import checked_by_rules, validated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -142,6 +144,10 @@ def catalogue_of(frame: pl.DataFrame) -> pl.DataFrame:
         (pl.Series("id", ["p0", None], dtype=pl.String), "id", "not_null"),
         (pl.Series("price", [1.0, math.inf]), "price", "finite_non_negative"),
         (pl.Series("category", ["Home", " "]), "category", "non_blank"),
+        (pl.Series("id", ["p0", "p\x85"]), "id", "printable"),
+        (pl.Series("price", [math.nan, 1.0]), "price", "not_null"),
+        (pl.Series("price", [1, 2]), "price", "dtype Float64"),
+        (pl.Series("product_name", ["a", "b"], dtype=pl.Categorical), "product_name", "dtype String"),
     ],
 )
 def test_the_search_catalogue_is_checked_by_its_contract(change: pl.Series, column: str, check: str) -> None:
@@ -150,6 +156,79 @@ def test_the_search_catalogue_is_checked_by_its_contract(change: pl.Series, colu
     assert SearchIndex(vectors, catalogue).catalogue.equals(catalogue)
     with pytest.raises(ContractError, match=f"^Catalogue: column {column!r} fails {check}"):
         SearchIndex(vectors, catalogue.with_columns(change))
+
+
+def test_the_search_catalogue_is_checked_for_its_columns_without_pandera() -> None:
+    catalogue = catalogue_of(products({}, {}))
+    vectors = unit_rows(np.eye(2, dtype=np.float32))
+    with pytest.raises(ContractError, match="^Catalogue: column 'location' fails in_contract$"):
+        SearchIndex(vectors, catalogue.with_columns(pl.lit("Leeds").alias("location")))
+    with pytest.raises(ContractError, match="^Catalogue: the frame fails column_order \\(\"column 'price' out-of-order\"\\)$"):
+        SearchIndex(vectors, catalogue.select("price", "id", "product_name", "category"))
+    with pytest.raises(ContractError, match="^Catalogue: column 'category' fails present$"):
+        SearchIndex(vectors, catalogue.drop("category"))
+    with pytest.raises(ContractError, match="^Catalogue: the frame fails is_polars_dataframe \\(got LazyFrame\\)$"):
+        SearchIndex(vectors, catalogue.lazy())  # type: ignore[arg-type]
+
+
+def test_the_catalogue_rules_have_the_models_columns() -> None:
+    assert polars_schema(Catalogue) == CATALOGUE_SCHEMA
+    assert Catalogue.__name__ == CATALOGUE
+
+
+CATALOGUE_DTYPES = {
+    "id": [pl.String, pl.Categorical, pl.Int64, pl.Null],
+    "product_name": [pl.String, pl.Categorical, pl.Null],
+    "category": [pl.String, pl.Categorical],
+    "price": [pl.Float64, pl.Float32, pl.Int64, pl.String, pl.Null],
+}
+catalogue_rows = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["p1", "p2", "p3", "p4", "p5", "p6", "", " ", "p\x00", "p\x9f", "é", None]),
+        "product_name": st.sampled_from(["Oak table", "x", "", "\t", "Café", None]),
+        "category": st.sampled_from(["Home", "A", "B", "É", "", " ", None]),
+        "price": st.sampled_from([0.0, 1.5, 1e308, -0.0, 2.0, -1.0, math.inf, -math.inf, math.nan, None]),
+    }
+)
+
+
+@st.composite
+def catalogue_frames(draw: st.DrawFn) -> pl.DataFrame:
+    """Mostly catalogues of the right columns and dtypes with bad values; sometimes a wrong dtype, a column
+    missing, unknown or out of order."""
+    rows = draw(st.lists(catalogue_rows, max_size=5))
+    for column in ("id", "product_name", "category"):  # often good, for the checks of the columns after it
+        if draw(st.booleans()):
+            rows = [row | {column: f"p{number}"} for number, row in enumerate(rows)]
+    frame = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
+    dtypes = {name: draw(st.sampled_from(choices) if draw(st.integers(0, 9)) == 0 else st.just(choices[0]))
+              for name, choices in CATALOGUE_DTYPES.items()}
+    frame = frame.with_columns(pl.col(name).cast(dtype, strict=False) for name, dtype in dtypes.items())
+    columns = list(frame.columns)
+    if draw(st.integers(0, 9)) == 0:
+        columns = draw(st.permutations(columns))
+    if draw(st.integers(0, 9)) == 0:
+        columns.remove(draw(st.sampled_from(columns)))
+    frame = frame.select(columns)
+    if draw(st.integers(0, 9)) == 0:
+        frame = frame.insert_column(draw(st.integers(0, frame.width)), pl.Series("extra", [1] * frame.height))
+    return frame
+
+
+def contract_outcome(check: Callable[[], object]) -> tuple[str, str, str | None, str] | None:
+    try:
+        check()
+    except ContractError as error:
+        return str(error), error.contract, error.column, error.check
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(catalogue_frames())
+def test_the_catalogue_rules_fail_as_the_pandera_model_does(frame: pl.DataFrame) -> None:
+    """The same first failure, word for word (contract, column, check, the failing values), or none."""
+    by_rules = contract_outcome(lambda: checked_by_rules(frame, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules()))
+    assert by_rules == contract_outcome(lambda: validated(frame, Catalogue))
 
 
 def rejected_frame(**columns: list[object]) -> pl.DataFrame:

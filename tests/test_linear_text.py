@@ -16,11 +16,14 @@ from fbml.modeling.linear_text import (
     LINEAR_TEXT_FORMAT,
     LinearTextModel,
     LinearTextOptions,
+    _fit_block,
     _fit_uncalibrated,
+    _log_softmax,
     _out_of_fold_scores,
     fit_linear_text,
     fit_temperature,
 )
+from fbml.text.vocabulary import TOKEN_PATTERN
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as load_safetensors
@@ -48,7 +51,7 @@ def corpus(per_class: int, seed: int, purity: float = 0.75) -> tuple[list[str], 
 
 
 TEXTS, LABELS = corpus(20, seed=0)
-PURE = [f"{a} {b} {c}" for words in WORDS for a, b, c in zip(words, words[1:], words[2:])]
+PURE = [f"{a} {b} {c}" for words in WORDS for a, b, c in zip(words, words[1:], words[2:], strict=False)]
 PURE_LABELS = np.repeat(np.arange(CLASSES), len(WORDS[0]) - 2)
 PROBE = [*PURE, "", "!!! ???", "xyzzy quux", "Café Sofa", "SOFA   TABLE"]
 
@@ -61,6 +64,84 @@ def model() -> LinearTextModel:
 @pytest.fixture(scope="module")
 def vector_model() -> LinearTextModel:
     return fit_linear_text(TEXTS, LABELS, CLASSES, options=LinearTextOptions(calibration="vector"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def char_model() -> LinearTextModel:
+    """The other option values: word 2-3-grams, ``char`` 1-4-grams, raw term frequencies, min_df 2, logistic."""
+    options = LinearTextOptions(word_ngrams=(2, 3), char_ngrams=(1, 4), char_analyzer="char", sublinear_tf=False, min_df=2,
+                                classifier="logistic", folds=2)
+    return fit_linear_text(TEXTS, LABELS, CLASSES, options=options, seed=0)
+
+
+def scikit_learn_probabilities(model: LinearTextModel, texts: list[str]) -> np.ndarray:
+    """``predict_proba`` as the model computed it with scikit-learn and scipy: ``CountVectorizer`` counts over the
+    vocabularies, TF-IDF L2-normalised by ``sklearn.preprocessing.normalize``, a float32 sparse product, then
+    ``scipy.special.log_softmax`` of the calibrated scores."""
+    import scipy.sparse as sp
+    from scipy.special import log_softmax
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    options = model.options
+    blocks = []
+    for vocabulary, idf, analyzer, ngram_range in (
+        (model.word_vocabulary, model.word_idf, "word", options.word_ngrams),
+        (model.char_vocabulary, model.char_idf, options.char_analyzer, options.char_ngrams),
+    ):
+        pattern = {"token_pattern": TOKEN_PATTERN} if analyzer == "word" else {}
+        counter = CountVectorizer(vocabulary={term: column for column, term in enumerate(vocabulary)}, analyzer=analyzer,
+                                  ngram_range=ngram_range, lowercase=True, dtype=np.float64, **pattern)
+        weights = sp.csr_matrix(counter.transform(texts)).astype(np.float64)
+        if options.sublinear_tf:
+            np.log(weights.data, out=weights.data)
+            weights.data += 1.0
+        weights.data *= idf[weights.indices]
+        blocks.append(normalize(weights, norm="l2") if weights.shape[0] else weights)
+    rows = sp.hstack(blocks, format="csr").astype(np.float32)
+    scores = np.asarray(rows @ np.ascontiguousarray(model.coef.T), dtype=np.float64) + model.intercept.astype(np.float64)
+    probabilities = np.exp(log_softmax(model.calibration.logits(scores), axis=1))
+    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+ANY_TEXT = st.text(max_size=60) | st.lists(st.sampled_from([*sum(WORDS, ()), *FILLER, "Café", "  ", "\t", "3", "!!"]),
+                                            max_size=8).map(" ".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(ANY_TEXT, max_size=6))
+def test_probabilities_are_bit_for_bit_the_scikit_learn_pipelines(
+    model: LinearTextModel, vector_model: LinearTextModel, char_model: LinearTextModel, texts: list[str]
+) -> None:
+    """Predicting without scikit-learn or scipy changed nothing: every option value, the same float32 probabilities."""
+    for fitted in (model, vector_model, char_model):
+        np.testing.assert_array_equal(fitted.predict_proba(texts), scikit_learn_probabilities(fitted, texts))
+
+
+@pytest.mark.parametrize("block", ["word", "char"])
+def test_fitted_blocks_are_scikit_learns_tfidf(char_model: LinearTextModel, block: str) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    for options in (LinearTextOptions(), char_model.options):
+        fitted = _fit_block(TEXTS, options, block)
+        analyzer, ngram_range = ("word", options.word_ngrams) if block == "word" else (options.char_analyzer, options.char_ngrams)
+        pattern = {"token_pattern": TOKEN_PATTERN} if analyzer == "word" else {}
+        reference = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, min_df=options.min_df,
+                                    sublinear_tf=options.sublinear_tf, **pattern)
+        expected = reference.fit_transform(TEXTS)
+        assert fitted.vocabulary == tuple(sorted(reference.vocabulary_))
+        np.testing.assert_allclose(fitted.idf, reference.idf_, rtol=1e-15)
+        np.testing.assert_allclose(fitted.rows.csr().toarray(), expected.toarray(), rtol=1e-12, atol=1e-15)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.lists(st.floats(-1e6, 1e6) | st.sampled_from([0.0, 709.0, -745.0, 1e300]), min_size=3, max_size=3),
+                min_size=1, max_size=4))
+def test_log_softmax_is_scipys(rows: list[list[float]]) -> None:
+    from scipy.special import log_softmax
+
+    logits = np.array(rows, dtype=np.float64)
+    np.testing.assert_array_equal(_log_softmax(logits), log_softmax(logits, axis=1))
 
 
 def test_it_learns_separable_classes(model: LinearTextModel) -> None:
@@ -92,7 +173,7 @@ def test_texts_without_known_ngrams_get_the_calibrated_prior(model: LinearTextMo
     prior = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose(empty, prior, atol=1e-6)
     np.testing.assert_array_equal(empty, punctuation)
-    assert not model.features(["", "!!! ???"]).nnz
+    assert model.features(["", "!!! ???"]).values.size == 0
 
 
 def test_text_is_read_lowercased(model: LinearTextModel) -> None:

@@ -14,16 +14,13 @@ from typing import Any
 import attrs
 import numpy as np
 import polars as pl
-from contracts import Catalogue, polars_schema
 from contracts.limits import MAX_K
-from pandera.typing.polars import DataFrame
+from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 
 from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
 from fbml.errors import FbmlError
-from fbml.tables.validation import validated
+from fbml.tables.validation import checked_by_rules
 
-CATALOGUE_SCHEMA = polars_schema(Catalogue)
-"""The catalogue's columns and dtypes, from its contract ``Catalogue``: to build a catalogue frame."""
 PRECISION_K = 10
 
 
@@ -35,12 +32,13 @@ def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], v
     check_vectors(vectors)
 
 
-def _checked_catalogue(catalogue: pl.DataFrame) -> DataFrame[Catalogue]:
-    """The catalogue checked against ``Catalogue``: ``ContractError`` naming the column and the check."""
-    return validated(catalogue, Catalogue)
+def _checked_catalogue(catalogue: pl.DataFrame) -> pl.DataFrame:
+    """The catalogue checked against its contract's rules (``CATALOGUE_SCHEMA``, ``catalogue_rules``), as
+    pandera's ``Catalogue`` model checks it but without pandera: ``ContractError`` naming the column and the check."""
+    return checked_by_rules(catalogue, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules())
 
 
-def _check_catalogue(instance: SearchIndex, _attribute: attrs.Attribute[DataFrame[Catalogue]], catalogue: pl.DataFrame) -> None:
+def _check_catalogue(instance: SearchIndex, _attribute: attrs.Attribute[pl.DataFrame], catalogue: pl.DataFrame) -> None:
     if catalogue.height != len(instance.vectors):
         raise FbmlError(f"the index has {len(instance.vectors)} vectors for {catalogue.height} catalogue rows")
 
@@ -69,7 +67,7 @@ class SearchIndex:
     ``engine`` that searches them (by default ``vector_index(vectors)``: exact while small, else HNSW)."""
 
     vectors: np.ndarray = attrs.field(validator=_check_vectors, eq=attrs.cmp_using(eq=np.array_equal))
-    catalogue: DataFrame[Catalogue] = attrs.field(
+    catalogue: pl.DataFrame = attrs.field(
         converter=_checked_catalogue, validator=_check_catalogue, eq=attrs.cmp_using(eq=pl.DataFrame.equals)
     )
     report: Mapping[str, Any] = attrs.field(factory=dict)

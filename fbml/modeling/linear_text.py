@@ -11,6 +11,10 @@ The model is plain data: vocabularies, calibration and options go to JSON (``to_
 vectors, coefficients and intercepts are numeric arrays (``arrays``, e.g. for a safetensors file).
 ``from_parts`` checks both and rebuilds a model giving the same probabilities. No pickle.
 
+Predicting needs numpy only: the n-grams are counted by ``fbml.text.ngrams`` (what scikit-learn's
+``CountVectorizer`` counts), so loading a model and predicting import neither scikit-learn nor scipy;
+fitting imports them (the classifiers, the folds, the calibration's optimiser).
+
 Defaults were chosen on the validation split of the real marketplace data (seed 0). A separate
 TF-IDF block of the first words (where the name is) was tried and dropped: no gain once C was tuned.
 """
@@ -24,17 +28,11 @@ from typing import Any
 
 import attrs
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.optimize import minimize
-from scipy.special import log_softmax
-from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import normalize
 
 from fbml.errors import FbmlError
 from fbml.text.listings import normalised_texts
-from fbml.text.vocabulary import TOKEN_PATTERN
+from fbml.text.ngrams import NgramCounter, Rows, fitted_counts
 
 LINEAR_TEXT_FORMAT = "fbml.linear-text/1"
 CHAR_ANALYZERS = ("char_wb", "char")
@@ -212,26 +210,38 @@ class Calibration:
         return cls("vector", 1.0, tuple(scale), tuple(bias), **report)
 
 
-def _counter(options: LinearTextOptions, block: str, vocabulary: Sequence[str] | None = None) -> CountVectorizer:
-    """The n-gram counter of a block (``"word"`` or ``"char"``), with a fixed vocabulary if given."""
-    fixed = None if vocabulary is None else {term: column for column, term in enumerate(vocabulary)}
-    common: dict[str, Any] = {"lowercase": True, "min_df": options.min_df, "dtype": np.float64}
-    if block == "word":
-        common.update(analyzer="word", token_pattern=TOKEN_PATTERN, ngram_range=options.word_ngrams)
-    else:
-        common.update(analyzer=options.char_analyzer, ngram_range=options.char_ngrams)
-    counter = CountVectorizer(vocabulary=fixed, **common)
-    return counter.fit([]) if fixed is not None else counter
+def _analyzer(options: LinearTextOptions, block: str) -> tuple[str, tuple[int, int]]:
+    """The analyzer and n-gram range of a block (``"word"`` or ``"char"``)."""
+    return ("word", options.word_ngrams) if block == "word" else (options.char_analyzer, options.char_ngrams)
 
 
-def _tfidf(counts: sp.csr_matrix, idf: Floats, sublinear: bool) -> sp.csr_matrix:
-    """Counts to L2-normalised TF-IDF rows, as scikit-learn's ``TfidfTransformer`` computes them."""
-    weights = counts.astype(np.float64, copy=True)
+def _counter(options: LinearTextOptions, block: str, vocabulary: tuple[str, ...]) -> NgramCounter:
+    """The n-gram counter of a block over its vocabulary."""
+    return NgramCounter(*_analyzer(options, block), vocabulary)
+
+
+def _tfidf(counts: Rows, idf: Floats, sublinear: bool) -> Rows:
+    """Counts to L2-normalised TF-IDF rows, as scikit-learn's ``TfidfTransformer`` computes them (the squares
+    of a row summed in order, as ``sklearn.preprocessing.normalize`` sums them)."""
+    weights = counts.values.astype(np.float64, copy=True)
     if sublinear:
-        np.log(weights.data, out=weights.data)
-        weights.data += 1.0
-    weights.data *= idf[weights.indices]
-    return normalize(weights, norm="l2", copy=False) if weights.shape[0] else weights
+        np.log(weights, out=weights)
+        weights += 1.0
+    weights *= idf[counts.indices]
+    rows = counts.row_of_entries()
+    norms = np.sqrt(np.bincount(rows, weights=weights * weights, minlength=len(counts)))
+    weights /= np.where(norms > 0, norms, 1.0)[rows]
+    return counts.with_values(weights)
+
+
+def _log_softmax(logits: Floats) -> Floats:
+    """``log(softmax(logits))`` per row, computed as ``scipy.special.log_softmax`` computes it."""
+    largest = np.amax(logits, axis=1, keepdims=True)
+    largest[~np.isfinite(largest)] = 0
+    shifted = logits - largest
+    with np.errstate(divide="ignore"):
+        logarithms: Floats = shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+    return logarithms
 
 
 @attrs.frozen
@@ -240,16 +250,15 @@ class _Block:
 
     vocabulary: tuple[str, ...]
     idf: Floats
-    rows: sp.csr_matrix
+    rows: Rows
 
 
 def _fit_block(texts: Sequence[str], options: LinearTextOptions, block: str) -> _Block:
-    counter = _counter(options, block)
-    try:
-        counts = sp.csr_matrix(counter.fit_transform(texts))
-    except ValueError as error:  # no n-gram at all, or none in min_df texts
-        raise FbmlError(f"cannot build the {block} n-gram vocabulary of {len(texts)} texts: {error}") from None
-    vocabulary = tuple(sorted(counter.vocabulary_, key=counter.vocabulary_.__getitem__))
+    analyzer, ngram_range = _analyzer(options, block)
+    vocabulary, counts = fitted_counts(texts, analyzer, ngram_range, options.min_df)
+    if not vocabulary:
+        raise FbmlError(f"cannot build the {block} n-gram vocabulary of {len(texts)} texts: "
+                        f"no {analyzer} n-gram occurs in {options.min_df} or more of them")
     document_frequency = np.bincount(counts.indices, minlength=len(vocabulary))
     idf = np.log((1.0 + len(texts)) / (1.0 + document_frequency)) + 1.0
     return _Block(vocabulary, idf, _tfidf(counts, idf, options.sublinear_tf))
@@ -268,8 +277,10 @@ def _fit_uncalibrated(
     texts: Sequence[str], labels: NDArray[np.int64], num_classes: int, options: LinearTextOptions, seed: int
 ) -> LinearTextModel:
     """Vocabularies, idf and the linear model on ``texts``, with the identity calibration."""
+    import scipy.sparse as sp
+
     word, char = _fit_block(texts, options, "word"), _fit_block(texts, options, "char")
-    classifier = _classifier(options, seed).fit(sp.hstack([word.rows, char.rows], format="csr"), labels)
+    classifier = _classifier(options, seed).fit(sp.hstack([word.rows.csr(), char.rows.csr()], format="csr"), labels)
     coef, intercept = np.asarray(classifier.coef_), np.asarray(classifier.intercept_)
     if num_classes == 2:  # scikit-learn scores class 1 only: split the score between the two classes
         coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
@@ -286,7 +297,7 @@ def _fit_uncalibrated(
 
 
 def _mean_nll(logits: Floats, labels: NDArray[np.int64]) -> float:
-    return float(-log_softmax(logits, axis=1)[np.arange(len(labels)), labels].mean())
+    return float(-_log_softmax(logits)[np.arange(len(labels)), labels].mean())
 
 
 def _one_hot(labels: NDArray[np.int64], num_classes: int) -> Floats:
@@ -295,11 +306,13 @@ def _one_hot(labels: NDArray[np.int64], num_classes: int) -> Floats:
 
 def fit_temperature(scores: Floats, labels: NDArray[np.int64]) -> float:
     """The temperature ``T`` minimising the mean negative log-likelihood of ``softmax(scores / T)``."""
+    from scipy.optimize import minimize
+
     truth = _one_hot(labels, scores.shape[1])
 
     def loss(log_temperature: Floats) -> tuple[float, Floats]:
         logits = scores * math.exp(-float(log_temperature[0]))
-        log_p = log_softmax(logits, axis=1)
+        log_p = _log_softmax(logits)
         gradient = -float(((np.exp(log_p) - truth) * logits).sum()) / len(labels)
         return float(-(log_p * truth).sum() / len(labels)), np.array([gradient])
 
@@ -310,11 +323,13 @@ def fit_temperature(scores: Floats, labels: NDArray[np.int64]) -> float:
 
 def fit_vector_scaling(scores: Floats, labels: NDArray[np.int64]) -> tuple[Floats, Floats]:
     """Per-class ``scale`` and ``bias`` minimising the mean NLL of ``softmax(scores * scale + bias)``."""
+    from scipy.optimize import minimize
+
     classes = scores.shape[1]
     truth = _one_hot(labels, classes)
 
     def loss(parameters: Floats) -> tuple[float, Floats]:
-        log_p = log_softmax(scores * parameters[:classes] + parameters[classes:], axis=1)
+        log_p = _log_softmax(scores * parameters[:classes] + parameters[classes:])
         residual = (np.exp(log_p) - truth) / len(labels)
         gradient = np.concatenate([(residual * scores).sum(axis=0), residual.sum(axis=0)])
         return float(-(log_p * truth).sum() / len(labels)), gradient
@@ -357,6 +372,8 @@ def _out_of_fold_scores(
     texts: Sequence[str], labels: NDArray[np.int64], num_classes: int, options: LinearTextOptions, seed: int, folds: int
 ) -> Floats:
     """Decision scores of every training text by a model (vocabulary and idf included) fitted without its fold."""
+    from sklearn.model_selection import StratifiedKFold
+
     scores = np.zeros((len(texts), num_classes), dtype=np.float64)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_rows, held_rows in splitter.split(np.zeros(len(texts)), labels):
@@ -395,12 +412,16 @@ def _checked_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _unique_strings(name: str, value: object) -> tuple[str, ...]:
+    """``value`` as a tuple of distinct non-empty strings; ``FbmlError`` otherwise. Checked with sets, in C's
+    loops: the char vocabulary has hundreds of thousands of entries."""
     if not isinstance(value, (list, tuple)):
         raise FbmlError(f"the {name} must be a list of strings, got {type(value).__name__}")
-    strings = len(value) > 0 and all(isinstance(term, str) and term for term in value)
-    _require(strings, f"the {name} must be non-empty strings, at least one")
-    duplicates = sorted(term for term, count in Counter(value).items() if count > 1)
-    _require(not duplicates, f"duplicate {name} entr(ies): {duplicates[:3]}")
+    strings = len(value) > 0 and all(issubclass(kind, str) for kind in set(map(type, value)))
+    distinct: set[str] = set(value) if strings else set()
+    _require(strings and "" not in distinct, f"the {name} must be non-empty strings, at least one")
+    if len(distinct) < len(value):
+        duplicates = sorted(term for term, count in Counter(value).items() if count > 1)
+        raise FbmlError(f"duplicate {name} entr(ies): {duplicates[:3]}")
     return tuple(value)
 
 
@@ -428,7 +449,7 @@ class LinearTextModel:
     coef: NDArray[np.float32] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal), repr=False)
     intercept: NDArray[np.float32] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal), repr=False)
     calibration: Calibration
-    _counters: tuple[CountVectorizer, CountVectorizer] = attrs.field(init=False, eq=False, repr=False)
+    _counters: tuple[NgramCounter, NgramCounter] = attrs.field(init=False, eq=False, repr=False)
     _weights: NDArray[np.float32] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -460,14 +481,14 @@ class LinearTextModel:
         """Word plus character n-gram columns."""
         return len(self.word_vocabulary) + len(self.char_vocabulary)
 
-    def features(self, texts: Sequence[str]) -> sp.csr_matrix:
+    def features(self, texts: Sequence[str]) -> Rows:
         """TF-IDF rows (n, features): the word block then the char block, each L2-normalised."""
         values = _checked_texts(texts)
         word, char = (
-            _tfidf(sp.csr_matrix(counter.transform(values)), idf, self.options.sublinear_tf)
+            _tfidf(counter.counts(values), idf, self.options.sublinear_tf)
             for counter, idf in zip(self._counters, (self.word_idf, self.char_idf), strict=True)
         )
-        return sp.hstack([word, char], format="csr")
+        return word.beside(char)
 
     def decision_function(self, texts: Sequence[str]) -> Floats:
         """The linear model's scores (n, classes) of raw texts (normalised here as training text was), before calibration."""
@@ -480,13 +501,13 @@ class LinearTextModel:
 
     def normalised_scores(self, texts: Sequence[str]) -> Floats:
         """``decision_function`` of texts already normalised (``fbml.text.listings.normalised_texts``)."""
-        rows = self.features(texts).astype(np.float32)
-        return np.asarray(rows @ self._weights, dtype=np.float64) + self.intercept.astype(np.float64)
+        scores: Floats = self.features(texts).dot(self._weights).astype(np.float64) + self.intercept.astype(np.float64)
+        return scores
 
     def normalised_probabilities(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """``predict_proba`` of texts already normalised (``fbml.text.listings.normalised_texts``)."""
         logits = self.calibration.logits(self.normalised_scores(texts))
-        probabilities: Floats = np.exp(log_softmax(logits, axis=1))
+        probabilities: Floats = np.exp(_log_softmax(logits))
         normalised: NDArray[np.float32] = (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
         return normalised
 

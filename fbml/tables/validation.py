@@ -4,7 +4,9 @@ pandera checks only the schema of a LazyFrame, and its ``PANDERA_*`` environment
 checks off or down; here every check runs, schema and data, on an eager frame, whatever they say.
 A frame that fails raises ``ContractError`` naming the contract, the column and the check; pandera's
 own errors never leave this module. pandera (and with it pandas) is imported at the first check, so a
-streamed stage that never checks an eager frame never loads it.
+streamed stage that never checks an eager frame never loads it, and ``checked_by_rules`` checks a
+contract written as plain polars rules (``contracts.rules``) with the error pandera's model would give,
+without importing pandera at all (loading a bundle's search index).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import polars as pl
+from contracts.rules import RowRule
 
 from fbml.errors import ContractError, shown
 
@@ -36,6 +39,48 @@ def validated(frame: object, contract: type[Model]) -> DataFrame[Model]:
             return contract.validate(frame)
     except pandera.errors.SchemaError as error:
         raise contract_error(contract.__name__, error) from None
+
+
+def checked_by_rules(frame: object, contract: str, schema: pl.Schema, rules: tuple[RowRule, ...]) -> pl.DataFrame:
+    """``frame`` checked against a contract written as polars rules, without pandera: exactly ``schema``'s
+    columns in its order, none null (NaN counts as null), each of its dtype, every rule holding.
+
+    ``ContractError`` at the first check it fails, the one ``validated`` raises for the pandera model of the
+    same contract (a strict, ordered model of required, non-nullable columns): a column it does not know
+    or one out of order, then a missing column, then column by column its nulls, its dtype, its rules.
+    """
+    if not isinstance(frame, pl.DataFrame):
+        raise ContractError(contract, None, "is_polars_dataframe", f"got {type(frame).__name__}")
+    _check_columns(frame, contract, schema)
+    for column, dtype in schema.items():
+        values = pl.col(column)
+        missing = values.is_null() | values.is_nan() if frame.schema[column].is_float() else values.is_null()
+        _check_rows(frame, contract, column, "not_null", ~missing)
+        if frame.schema[column] != dtype:
+            raise ContractError(contract, column, f"dtype {dtype}", f"got {frame.schema[column]}")
+        for rule in rules:
+            if rule.column == column:
+                _check_rows(frame, contract, column, rule.check, rule.holds.fill_null(True))
+    return frame
+
+
+def _check_columns(frame: pl.DataFrame, contract: str, schema: pl.Schema) -> None:
+    """Every column known and in ``schema``'s order, then every column present."""
+    expected = iter([name for name in schema if name in frame.columns])
+    for name in frame.columns:
+        if name not in schema:
+            raise ContractError(contract, name, "in_contract")
+        if name != next(expected):
+            raise ContractError(contract, None, "column_order", shown(f"column '{name}' out-of-order"))
+    for name in schema:
+        if name not in frame.columns:
+            raise ContractError(contract, name, "present")
+
+
+def _check_rows(frame: pl.DataFrame, contract: str, column: str, check: str, holds: pl.Expr) -> None:
+    failing = frame.filter(~holds).select(column)
+    if failing.height:
+        raise ContractError(contract, column, check, _examples(failing))
 
 
 def rows_of(frame: DataFrame[Model], keep: pl.Expr | pl.Series) -> DataFrame[Model]:
