@@ -28,19 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from fbml.bundle.store import load_bundle
-from fbml.serving.inference import Batch, listing_queries, model_outputs, predictor_probabilities
 
 bundle = load_bundle(Path(sys.argv[1]), runtime=sys.argv[2])
-size = bundle.image.size
-images = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
+images = list(np.random.default_rng(0).integers(0, 256, size=(2, 40, 50, 3), dtype=np.uint8))
 texts = ["red kettle, small", "Café  crème\\tnovel 2"]
-batch = Batch(images, texts)
-ran = sorted(kind for kind in bundle.models if model_outputs(bundle, kind, batch).probabilities.shape[0] == 2)
-roles = sorted(role for role in bundle.predictors
-               if predictor_probabilities(bundle, role, Batch(images if role != "text" else None,
-                                                              texts if role != "image" else None)).shape[0] == 2)
-queries = listing_queries(bundle, [images[0], None], [None, texts[1]])
-found = len(bundle.index.search(queries, 3)[0])
+found = bundle.probabilities([*bundle.predictors, *bundle.models], texts=texts, images=images)
+ran = sorted(str(kind) for kind in bundle.models if found[kind].shape[0] == 2)
+roles = sorted(str(role) for role in bundle.predictors if found[role].shape[0] == 2)
+found = len(bundle.similar(image=images[0], k=3)) + len(bundle.similar(text=texts[1], k=3))
 watched = json.loads(sys.argv[3])
 loaded = sorted(name for name in watched if name in sys.modules)
 print(json.dumps({"models": ran, "predictors": roles, "searched": found, "loaded": loaded}))
@@ -68,7 +63,7 @@ def served_once(bundle: Path, runtime: str) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     answer: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
     assert answer["models"] == ["combined-nn", "image-cnn", "text-cnn", "text-linear"]
-    assert answer["predictors"] == ["combined", "image", "text"] and answer["searched"] == 2
+    assert answer["predictors"] == ["combined", "image", "text"] and answer["searched"] == 6
     return answer
 
 
