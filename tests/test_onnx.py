@@ -107,10 +107,118 @@ def test_a_tampered_graph_is_refused(exported: Path, tmp_path: Path) -> None:
         load_bundle(copy, runtime="onnx")
 
 
+def with_graph(exported: Path, copy: Path, kind: str, change: Any) -> None:
+    """``copy``: the exported bundle with ``kind``'s graph replaced by ``change(onnx model)``, named and checksummed
+    as a bundle's own file (so only its content is hostile)."""
+    import hashlib
+    import shutil
+
+    import onnx
+
+    shutil.copytree(exported, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    ref = manifest["models"][kind]["onnx"]["graph"]
+    model = onnx.load_model_from_string((copy / ref["file"]).read_bytes())
+    change(model)
+    content = model.SerializeToString()
+    digest = hashlib.sha256(content).hexdigest()
+    (copy / ref["file"]).unlink()
+    ref.update(file=f"{kind}-graph-{digest[:16]}.onnx", sha256=digest)
+    (copy / ref["file"]).write_bytes(content)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+
+
+def external(tensor: Any, location: str) -> None:
+    """``tensor``'s data moved to ``location`` outside the graph (as ``onnx``'s external data does)."""
+    import onnx
+
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * int(np.prod(tensor.dims))))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+@pytest.mark.parametrize("location", ["secret.bin", "../secret.bin", "/etc/hostname"])
+def test_a_graph_that_reads_tensor_data_from_outside_it_is_refused(exported: Path, tmp_path: Path, location: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime reads external data relative to the server's working folder: a bundle would choose a file the
+    operator never gave it. Such a graph is refused before any session reads it, wherever the file is."""
+    copy = tmp_path / "bundle"
+    with_graph(exported, copy, "text-cnn", lambda model: external(model.graph.initializer[0], location))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 10**6)
+    with pytest.raises(FbmlError, match=r"the text-cnn ONNX graph keeps tensor data in other files"):
+        load_bundle(copy, runtime="onnx")
+
+
+def test_a_graph_of_nan_weights_is_refused(exported: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    def poisoned(model: onnx.ModelProto) -> None:
+        for tensor in model.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.FLOAT and len(tensor.dims) == 2:
+                tensor.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(tensor).shape, np.nan, np.float32), tensor.name))
+
+    copy = tmp_path / "bundle"
+    with_graph(exported, copy, "image-cnn", poisoned)
+    with pytest.raises(FbmlError, match=r"the image-cnn ONNX graph answers a blank input with values that are not finite"):
+        load_bundle(copy, runtime="onnx")
+
+
+def test_names_external_data_finds_it_wherever_onnx_does(exported: Path) -> None:
+    """The wire-format reading agrees with ``onnx``'s own ``uses_external_data`` on a graph's initializers, a node's
+    tensor attribute, a subgraph's initializer and a function's node."""
+    import onnx
+    from fbml.modeling.onnx_runtime import names_external_data
+    from onnx import helper
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    graph_file = json.loads((exported / MANIFEST).read_text())["models"]["text-cnn"]["onnx"]["graph"]["file"]
+    base = onnx.load_model_from_string((exported / graph_file).read_bytes())
+    constant = helper.make_tensor("c", onnx.TensorProto.FLOAT, [2], [1.0, 2.0])
+    branch = helper.make_graph([helper.make_node("Constant", [], ["y"], value=constant)], "branch", [],
+                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+                               [helper.make_tensor("i", onnx.TensorProto.FLOAT, [1], [3.0])])
+    holder = helper.make_node("If", ["cond"], ["out"], then_branch=branch, else_branch=branch)
+    function = helper.make_function("fbml", "f", [], ["z"], [helper.make_node("Constant", [], ["z"], value=constant)],
+                                    [helper.make_opsetid("", 17)])
+
+    def variants() -> list[onnx.ModelProto]:
+        found = []
+        for where in ("initializer", "attribute", "subgraph", "function", "none"):
+            model = onnx.ModelProto()
+            model.CopyFrom(base)
+            model.graph.node.append(holder)
+            model.functions.append(function)
+            if where == "initializer":
+                external(model.graph.initializer[1], "w.bin")
+            elif where == "attribute":
+                external(model.graph.node[-1].attribute[0].g.node[0].attribute[0].t, "w.bin")
+            elif where == "subgraph":
+                external(model.graph.node[-1].attribute[1].g.initializer[0], "w.bin")
+            elif where == "function":
+                external(model.functions[0].node[0].attribute[0].t, "w.bin")
+            found.append(model)
+        return found
+
+    for model in variants():
+        expected = any(uses_external_data(tensor) for tensor in _get_all_tensors(model)) or \
+            any(uses_external_data(node.attribute[0].t) for node in model.functions[0].node)
+        assert names_external_data(model.SerializeToString()) == expected
+    assert [names_external_data(model.SerializeToString()) for model in variants()] == [True, True, True, True, False]
+    for broken in (b"\x0a\xff\xff\xff\xff\x0f", b"\x0b", bytes(range(256))):
+        with pytest.raises(FbmlError, match="not a protobuf message"):
+            names_external_data(broken)
+
+
 def test_training_a_network_again_drops_its_stale_graph(exported: Path, tmp_path: Path) -> None:
     import shutil
 
-    from fbml.bundle.store import BundleModel, save_bundle
+    from fbml.bundle.bundle import BundleModel
+    from fbml.bundle.store import save_bundle
 
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)
