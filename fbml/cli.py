@@ -325,7 +325,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     device = str(resolve_device(args.device))
     if args.report is not None:
-        from fbml.workflows.report import report_files
+        from fbml.workflows.report.folder import report_files
 
         report_files(args.report)  # a folder the report may not replace stops here, before any work
     bundle = load_bundle(args.bundle)
