@@ -1,7 +1,9 @@
 """The data checks of the table contracts as plain polars expressions, without pandera (nor pandas).
 
-The pandera models of ``contracts.tables`` run these predicates on eager frames; a stream too large for
-memory is checked against the same predicates, per row, as it is written (``row_failures``).
+The pandera models of ``contracts.tables`` and ``contracts.photos`` run these predicates on eager frames;
+a stream too large for memory is checked against the same predicates, per row, as it is written
+(``row_failures``), and so is a frame checked where pandera's import would cost more than the work
+(the report of ``fbml clean-images``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ REJECTED_SCHEMA = pl.Schema(
     {"source": pl.String, "source_row": pl.Int64, "stage": pl.String, "reason": pl.String, "raw": pl.String}
 )
 REJECTED_STAGES = ("products", "images")
+_SEPARATOR = "\x1f"
+CLEANED = "cleaned"
+REJECTED = "rejected"
+IMAGE_CLEANING_FILES_SCHEMA = pl.Schema({"file": pl.String, "status": pl.String, "reason": pl.String, "output": pl.String})
+NULLABLE_IMAGE_CLEANING_COLUMNS = ("reason", "output")
 
 
 @attrs.frozen
@@ -69,6 +76,12 @@ def is_json_object(raw: pl.Expr) -> pl.Expr:
     return raw.str.starts_with("{") & raw.str.ends_with("}")
 
 
+def has_reason_or_output(status: pl.Expr, reason: pl.Expr, output: pl.Expr) -> pl.Expr:
+    """True where a ``rejected`` file has a reason and no output, and any other file an output and no reason."""
+    rejected = status == REJECTED
+    return (rejected == reason.is_not_null()) & (rejected == output.is_null())
+
+
 def clean_product_rules() -> tuple[RowRule, ...]:
     """``CleanProducts``' per-row checks (its one whole-table check, unique ids, is the caller's)."""
     column = pl.col
@@ -108,6 +121,26 @@ def rejected_rules() -> tuple[RowRule, ...]:
     )
 
 
+def image_cleaning_file_rules() -> tuple[RowRule, ...]:
+    """``ImageCleaningFiles``' per-row checks (its one whole-table check, unique file names, is the caller's)."""
+    column = pl.col
+    not_null = [RowRule(name, "not_null", column(name).is_not_null())
+                for name in IMAGE_CLEANING_FILES_SCHEMA if name not in NULLABLE_IMAGE_CLEANING_COLUMNS]
+    return (
+        *not_null,
+        RowRule("status", "isin", column("status").is_in((CLEANED, REJECTED))),
+        *(RowRule(name, "non_blank", is_non_blank(column(name))) for name in ("file", "reason", "output")),
+        RowRule("status", "reason_or_output", has_reason_or_output(column("status"), column("reason"), column("output"))),
+    )
+
+
 def row_failures(rules: tuple[RowRule, ...]) -> list[pl.Expr]:
-    """Per rule, how many rows fail it (a null counts as passing: nullability is its own rule)."""
-    return [(~rule.holds.fill_null(True)).sum().alias(f"{rule.column}\x1f{rule.check}") for rule in rules]
+    """Per rule, how many rows fail it (a null counts as passing: nullability is its own rule), named
+    for ``failed_rule``."""
+    return [(~rule.holds.fill_null(True)).sum().alias(f"{rule.column}{_SEPARATOR}{rule.check}") for rule in rules]
+
+
+def failed_rule(name: str) -> tuple[str, str]:
+    """The column and check of a ``row_failures`` figure's name."""
+    column, check = name.split(_SEPARATOR)
+    return column, check

@@ -1,4 +1,6 @@
-"""Frames checked against their contracts where they enter a stage: the one place pandera runs.
+"""Frames checked against their contracts where they enter a stage: the one place pandera runs, and the
+checks of the same contracts as plain polars predicates (``contracts.rules``) where pandera's import
+would cost more than the work.
 
 pandera checks only the schema of a LazyFrame, and its ``PANDERA_*`` environment variables can turn
 checks off or down; here every check runs, schema and data, on an eager frame, whatever they say.
@@ -9,9 +11,11 @@ streamed stage that never checks an eager frame never loads it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import polars as pl
+from contracts.rules import RowRule, failed_rule, row_failures
 
 from fbml.errors import ContractError, shown
 
@@ -36,6 +40,39 @@ def validated(frame: object, contract: type[Model]) -> DataFrame[Model]:
             return contract.validate(frame)
     except pandera.errors.SchemaError as error:
         raise contract_error(contract.__name__, error) from None
+
+
+def rules_checked(frame: pl.DataFrame, contract: str, schema: pl.Schema, rules: tuple[RowRule, ...], unique: str) -> pl.DataFrame:
+    """``frame`` checked by the plain polars predicates of ``contract`` (no pandera): ``schema``'s columns
+    and dtypes in its order, every row passing ``rules``, no value of the column ``unique`` twice;
+    ``ContractError`` naming the contract, column and check at the first it fails."""
+    _check_columns(frame.schema, contract, schema)
+    raise_rule_failures(contract, frame.select(row_failures(rules)).row(0, named=True))
+    repeated = frame.height - frame[unique].n_unique()
+    if repeated:
+        raise ContractError(contract, unique, "unique", f"{repeated} repeated")
+    return frame
+
+
+def raise_rule_failures(contract: str, failures: Mapping[str, int]) -> None:
+    """``ContractError`` for the first rule with failing rows, ``failures`` being ``row_failures``' counts."""
+    for name, failing in failures.items():
+        if failing:
+            raise ContractError(contract, *failed_rule(name), f"{failing} failing")
+
+
+def _check_columns(found: pl.Schema, contract: str, schema: pl.Schema) -> None:
+    """Refuse a missing, extra or mistyped column, or the columns out of ``schema``'s order."""
+    for name, dtype in schema.items():
+        if name not in found:
+            raise ContractError(contract, name, "present")
+        if found[name] != dtype:
+            raise ContractError(contract, name, f"dtype {dtype}", f"got {found[name]}")
+    extra = [name for name in found if name not in schema]
+    if extra:
+        raise ContractError(contract, extra[0], "in_contract")
+    if found.names() != schema.names():
+        raise ContractError(contract, None, "column_order", f"expected {schema.names()}, got {found.names()}")
 
 
 def rows_of(frame: DataFrame[Model], keep: pl.Expr | pl.Series) -> DataFrame[Model]:
