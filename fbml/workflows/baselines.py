@@ -13,8 +13,7 @@ from fbml.modeling.metrics import accuracy
 from fbml.tables.clean import CleanTables
 from fbml.tables.splits import split_tables
 from fbml.text.labels import label_codec
-from fbml.vision.cache import Photos, load_photos
-from fbml.workflows.runs import check_photo_folder
+from fbml.vision.cache import Photos, check_photo_folder, load_photos
 
 DEFAULT_PRICE_RANGE = (1.0, 1000.0)
 DEFAULT_PIXEL_SIZE = 32

@@ -20,7 +20,8 @@ from fbml.bundle.vector_index import Method, vector_index
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
 from fbml.tables.clean import CleanTables
-from fbml.workflows.runs import Run, check_photo_folder, known_categories
+from fbml.vision.cache import check_photo_folder
+from fbml.workflows.runs import Run, known_categories
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")

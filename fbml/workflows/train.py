@@ -69,11 +69,11 @@ from fbml.tables.clean import CleanTables
 from fbml.text.labels import label_codec
 from fbml.text.vocabulary import build_vocabulary, product_text, tokens
 from fbml.text.word2vec import embedding_matrix, train_word2vec
+from fbml.vision.cache import check_photo_folder
 from fbml.workflows.runs import (
     Run,
     Scores,
     ValidationStore,
-    check_photo_folder,
     examples,
     listing_texts,
     scored,
