@@ -1,5 +1,4 @@
-"""Streamed cleaning: the same tables as the eager cleaning, ids unique across batches, contracts enforced,
-pandas never imported by ``fbml clean-products``."""
+"""Streamed cleaning: the same tables as the eager cleaning, ids unique across batches, contracts enforced."""
 
 from __future__ import annotations
 
