@@ -17,13 +17,13 @@ if TYPE_CHECKING:
     from fbml.workflows.train import TrainRequest
 
 Command = Callable[[argparse.Namespace], None]
-POLARS_ALLOCATOR = ("_RJEM_MALLOC_CONF", "dirty_decay_ms:2000,muzzy_decay_ms:2000")
-"""How long polars' allocator (jemalloc) keeps freed memory before giving it back to the system: polars'
-own defaults are 0.5 s and 1 s, and ``clean-products`` cleans a batch in about a second, so each batch
-faulted its memory in afresh (half a million page faults on 1M rows, a fifth of its CPU time spent by
-the kernel zeroing new pages); for 2 s the next batch reuses the last one's. polars reads it when it is
-imported; a value the user set is kept."""
 Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
+POLARS_ALLOCATOR = ("_RJEM_MALLOC_CONF", "dirty_decay_ms:2000,muzzy_decay_ms:2000")
+"""How long polars' allocator (jemalloc) keeps freed memory before giving it back to the system. polars'
+own defaults are 0.5 s and 1 s, and ``clean-products`` cleans a batch in about a second, so each batch
+faulted its memory in afresh (half a million page faults on 1M rows; the kernel's page handling took a
+sixth of the command's CPU time); kept 2 s, the next batch reuses the last one's. polars reads the
+variable when it is imported (after its own defaults, so these win); a value the user set is kept."""
 
 
 class Parser(argparse.ArgumentParser):
