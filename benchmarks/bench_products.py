@@ -5,7 +5,8 @@
 The real ``Products.csv`` is replicated (ids made unique) to ``--rows`` rows in a temporary CSV. Each
 implementation runs in its own child process so that its peak resident memory can be reported; both
 read the same file and are timed for reading and for cleaning. Target: fbml >= 10x pandas rows/s.
-``--profile`` adds fbml's steps timed one at a time (in a third child): where its time goes.
+``--profile`` adds the steps of ``fbml clean-products`` timed one at a time (in a third child): where
+its CPU time goes.
 
 Then the whole process, as a user runs it: ``fbml clean-products FILE --out DIR`` (imports, reading,
 cleaning, checks, writing parquet) against a fresh interpreter running the pandas steps (importing pandas,
@@ -100,42 +101,48 @@ def cpu_seconds() -> float:
 
 
 def run_profile(path: str) -> dict[str, float]:
-    """fbml's steps, each run alone (wall seconds): reading, each clean column, the whole query, checks."""
+    """What ``fbml clean-products`` does, one step at a time (CPU seconds of all threads; the command runs
+    reading, cleaning and writing the parts at once): imports, reading, each clean column on one batch,
+    the per-row cleaning, the part files, the duplicates across batches, the final write with its checks."""
+    start = cpu_seconds()
     import polars as pl
-    from contracts import CleanProducts, RawProducts, Rejected
-    from fbml.tables import cleaning
-    from fbml.tables.sources import read_table
-    from fbml.tables.validation import validated
+    from contracts.rules import clean_product_rules, rejected_rules
+    from fbml.tables import cleaning, streaming
 
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"imports (polars, fbml)": cpu_seconds() - start}
 
     def timed(step: str, action: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
+        start = cpu_seconds()
         result = action()
-        seconds[step] = time.perf_counter() - start
+        seconds[step] = seconds.get(step, 0.0) + cpu_seconds() - start
         return result
 
-    def checked(products: pl.DataFrame, rejected: pl.DataFrame) -> None:
-        validated(products, CleanProducts)
-        validated(rejected, Rejected)
-
-    register_pandera_backends()
-    raw = timed("read_csv", lambda: read_table(path))
-    timed("RawProducts check", lambda: validated(raw, RawProducts))
+    raw = streaming.RawTables(path)
+    batches = timed("read the CSV in batches", lambda: list(raw.product_batches()))
     columns = {
-        "id (strip)": pl.col("id").str.strip_chars(),
-        "product_name": cleaning.product_name(pl.col("product_name")),
-        "product_description": cleaning.ascii_text(pl.col("product_description")),
-        "price, per distinct": cleaning.per_distinct(pl.col("price"), cleaning.price),
-        "category, per distinct": cleaning.per_distinct(pl.col("category"), cleaning.category_fields),
-        "location, per distinct": cleaning.per_distinct(pl.col("location"), cleaning.place_fields),
+        "id (strip)": pl.col("_raw_id").str.strip_chars(),
+        "product_name": cleaning.product_name(pl.col("_raw_product_name")),
+        "product_description": cleaning.ascii_text(pl.col("_raw_product_description")),
+        "price, per distinct": cleaning.per_distinct(pl.col("_raw_price"), cleaning.price),
+        "category, per distinct": cleaning.per_distinct(pl.col("_raw_category"), cleaning.category_fields),
+        "location, per distinct": cleaning.per_distinct(pl.col("_raw_location"), cleaning.place_fields),
     }
+    first = batches[0].rechunk()
     for step, column in columns.items():
-        timed(f"  {step}", lambda column=column: raw.select(column))
-    numbered = cleaning.numbered(raw.lazy(), cleaning.PRODUCT_TEXT_COLUMNS).collect()
-    timed("annotated_rows: the columns at once, reasons", lambda: cleaning.annotated_rows(numbered))
-    cleaned = timed("clean_products (all of the above, then checks)", lambda: cleaning.clean_products(raw))
-    timed("  CleanProducts + Rejected checks (schema and data)", lambda: checked(cleaned.products, cleaned.rejected))
+        timed(f"  first batch: {step}", lambda column=column: first.select(column))
+    cleaned = [timed("per-row cleaning (cleaned_batch, all batches)", lambda batch=batch: cleaning.cleaned_batch(batch))
+               for batch in batches]
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        timed("part files (lz4 parquet)", lambda: streaming._write_parts(cleaned, path, work))
+        parts = pl.scan_parquet(work / "products-*.parquet")
+        duplicates = timed("duplicate ids across batches", lambda: streaming.later_duplicates(parts))
+        products = parts.filter(~pl.col(streaming.ROW).is_in(duplicates[streaming.ROW].implode())).select(cleaning.CLEAN_COLUMNS)
+        timed("final products.parquet with its checks", lambda: streaming._sink_checked(
+            products, work / "products.parquet", "CleanProducts", clean_product_rules(), ("id",)))
+        timed("final rejected.parquet with its checks", lambda: streaming._sink_checked(
+            pl.scan_parquet(work / "rejected-*.parquet"), work / "rejected.parquet", "Rejected", rejected_rules(),
+            ("source", "stage", streaming.ROW)))
     return seconds
 
 
@@ -170,7 +177,7 @@ def report(rows: int, fbml: dict[str, float], pandas: dict[str, float]) -> None:
 
 
 def report_profile(profile: dict[str, float]) -> None:
-    print("fbml steps, each run alone (seconds; the query runs its columns in parallel):")
+    print("fbml clean-products, its steps one at a time (CPU seconds, all threads):")
     for step, seconds in profile.items():
         if step != "peak_rss_mib":
             print(f"  {step:62}{seconds:>7.2f}")

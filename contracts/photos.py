@@ -6,14 +6,13 @@ import pandera.polars as pa
 import polars as pl
 
 from contracts.base import all_distinct, check, is_non_blank
-
-CLEANED = "cleaned"
-REJECTED = "rejected"
+from contracts.rules import CLEANED, REJECTED, has_reason_or_output
 
 
 class ImageCleaningFiles(pa.DataFrameModel):
     """One row per source file (a unique name): ``cleaned`` with its ``output`` file, or ``rejected``
-    with its ``reason`` (the kind before any ``:``), never both."""
+    with its ``reason`` (the kind before any ``:``), never both. The same checks as plain polars
+    predicates: ``contracts.rules.image_cleaning_file_rules``."""
 
     file: str
     status: str = pa.Field(isin=[CLEANED, REJECTED])
@@ -30,8 +29,7 @@ class ImageCleaningFiles(pa.DataFrameModel):
 
     @check("status", name="reason_or_output")
     def _reason_or_output(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        rejected = pl.col("status") == REJECTED
-        return data.lazyframe.select((rejected == pl.col("reason").is_not_null()) & (rejected == pl.col("output").is_null()))
+        return data.lazyframe.select(has_reason_or_output(pl.col("status"), pl.col("reason"), pl.col("output")))
 
     class Config:
         strict = True

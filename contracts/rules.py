@@ -1,9 +1,10 @@
 """The data checks of the table contracts as plain polars expressions, without pandera (nor pandas).
 
-The pandera models of ``contracts.tables`` and ``contracts.catalogue`` run these predicates on eager
-frames; a stream too large for memory is checked against the same predicates, per row, as it is written
-(``row_failures``), and the search index's catalogue is checked with them where a bundle is loaded
-(``catalogue_rules``), so that serving never imports pandera.
+The pandera models of ``contracts.tables``, ``contracts.catalogue`` and ``contracts.photos`` run these predicates
+on eager frames; a stream too large for memory is checked against the same predicates, per row, as it is written
+(``row_failures``), and so is a frame checked where pandera's import would cost more than the work: the search
+index's catalogue where a bundle is loaded (``catalogue_rules``), so that serving never imports pandera, and the
+report of ``fbml clean-images`` (``image_cleaning_file_rules``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ CATALOGUE = "Catalogue"
 """The catalogue contract's name (its pandera model's)."""
 CATALOGUE_SCHEMA = pl.Schema({"id": pl.String, "product_name": pl.String, "category": pl.String, "price": pl.Float64})
 """The search index's catalogue: these columns, in this order, none null."""
+_SEPARATOR = "\x1f"
+CLEANED = "cleaned"
+REJECTED = "rejected"
+IMAGE_CLEANING_FILES_SCHEMA = pl.Schema({"file": pl.String, "status": pl.String, "reason": pl.String, "output": pl.String})
+NULLABLE_IMAGE_CLEANING_COLUMNS = ("reason", "output")
 
 
 @attrs.frozen
@@ -78,6 +84,12 @@ def is_distinct(value: pl.Expr) -> pl.Expr:
 def is_json_object(raw: pl.Expr) -> pl.Expr:
     """True where the text looks like a JSON object (braces at both ends)."""
     return raw.str.starts_with("{") & raw.str.ends_with("}")
+
+
+def has_reason_or_output(status: pl.Expr, reason: pl.Expr, output: pl.Expr) -> pl.Expr:
+    """True where a ``rejected`` file has a reason and no output, and any other file an output and no reason."""
+    rejected = status == REJECTED
+    return (rejected == reason.is_not_null()) & (rejected == output.is_null())
 
 
 def clean_product_rules() -> tuple[RowRule, ...]:
@@ -132,6 +144,26 @@ def rejected_rules() -> tuple[RowRule, ...]:
     )
 
 
+def image_cleaning_file_rules() -> tuple[RowRule, ...]:
+    """``ImageCleaningFiles``' per-row checks (its one whole-table check, unique file names, is the caller's)."""
+    column = pl.col
+    not_null = [RowRule(name, "not_null", column(name).is_not_null())
+                for name in IMAGE_CLEANING_FILES_SCHEMA if name not in NULLABLE_IMAGE_CLEANING_COLUMNS]
+    return (
+        *not_null,
+        RowRule("status", "isin", column("status").is_in((CLEANED, REJECTED))),
+        *(RowRule(name, "non_blank", is_non_blank(column(name))) for name in ("file", "reason", "output")),
+        RowRule("status", "reason_or_output", has_reason_or_output(column("status"), column("reason"), column("output"))),
+    )
+
+
 def row_failures(rules: tuple[RowRule, ...]) -> list[pl.Expr]:
-    """Per rule, how many rows fail it (a null counts as passing: nullability is its own rule)."""
-    return [(~rule.holds.fill_null(True)).sum().alias(f"{rule.column}\x1f{rule.check}") for rule in rules]
+    """Per rule, how many rows fail it (a null counts as passing: nullability is its own rule), named
+    for ``failed_rule``."""
+    return [(~rule.holds.fill_null(True)).sum().alias(f"{rule.column}{_SEPARATOR}{rule.check}") for rule in rules]
+
+
+def failed_rule(name: str) -> tuple[str, str]:
+    """The column and check of a ``row_failures`` figure's name."""
+    column, check = name.split(_SEPARATOR)
+    return column, check

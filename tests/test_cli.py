@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,19 @@ def test_clean_products_accounts_for_every_row(sample, tmp_path: Path) -> None:
     assert images.height + by_stage["images"] == raw_images
     assert f"products: {raw_products} read, {products.height} clean" in result.stdout
     assert "unparseable price" in result.stdout
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "dirty_decay_ms:2000,muzzy_decay_ms:2000"), ("narenas:2", "narenas:2")])
+def test_clean_products_keeps_freed_memory_for_the_next_batch(sample, tmp_path: Path, preset: str | None, expected: str) -> None:
+    """polars appends the variable to its own allocator settings (the last value of each wins); one set by the user is kept."""
+    code = ("import os\nfrom fbml.cli import main\n"
+            f"main(['clean-products', {str(sample.products_csv)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+            "print(os.environ['_RJEM_MALLOC_CONF'])")
+    environment = {name: value for name, value in os.environ.items() if name != "_RJEM_MALLOC_CONF"}
+    if preset is not None:
+        environment["_RJEM_MALLOC_CONF"] = preset
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
+    assert done.stdout.splitlines()[-1].endswith(expected)
 
 
 def test_real_products_from_the_command_line(real_data, tmp_path: Path) -> None:

@@ -14,12 +14,21 @@ import pandera.errors
 import polars as pl
 import pytest
 from contracts import Catalogue, CleanProducts, ImageCleaningFiles, Rejected, polars_schema
-from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
+from contracts.rules import (
+    CATALOGUE,
+    CATALOGUE_SCHEMA,
+    IMAGE_CLEANING_FILES_SCHEMA,
+    NULLABLE_IMAGE_CLEANING_COLUMNS,
+    catalogue_rules,
+    failed_rule,
+    image_cleaning_file_rules,
+    row_failures,
+)
 from fbml.bundle.search import SearchIndex, unit_rows
 from fbml.errors import ContractError
 from fbml.tables.cleaning import clean_products, image_manifest
 from fbml.tables.splits import product_splits, split_by_product, splits_from_assignment
-from fbml.tables.validation import checked_by_rules, validated
+from fbml.tables.validation import rules_checked, validated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,7 +236,7 @@ def contract_outcome(check: Callable[[], object]) -> tuple[str, str, str | None,
 @given(catalogue_frames())
 def test_the_catalogue_rules_fail_as_the_pandera_model_does(frame: pl.DataFrame) -> None:
     """The same first failure, word for word (contract, column, check, the failing values), or none."""
-    by_rules = contract_outcome(lambda: checked_by_rules(frame, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules()))
+    by_rules = contract_outcome(lambda: rules_checked(frame, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules()))
     assert by_rules == contract_outcome(lambda: validated(frame, Catalogue))
 
 
@@ -262,6 +271,56 @@ def test_the_image_cleaning_report_is_checked_by_its_contract() -> None:
         validated(good.with_columns(pl.lit(None, pl.String).alias("reason")), ImageCleaningFiles)
     with pytest.raises(ContractError, match="^ImageCleaningFiles: column 'file' fails unique"):
         validated(good.with_columns(pl.lit("a.png").alias("file")), ImageCleaningFiles)
+
+
+def plain_image_cleaning_check(frame: pl.DataFrame) -> pl.DataFrame:
+    return rules_checked(frame, "ImageCleaningFiles", IMAGE_CLEANING_FILES_SCHEMA, image_cleaning_file_rules(),
+                         nullable=NULLABLE_IMAGE_CLEANING_COLUMNS, unique="file")
+
+
+def test_the_image_cleaning_report_has_the_contract_s_schema_without_pandera() -> None:
+    assert polars_schema(ImageCleaningFiles) == IMAGE_CLEANING_FILES_SCHEMA
+    good = pl.DataFrame({"file": ["a.png"], "status": ["cleaned"], "reason": [None], "output": ["a.jpg"]},
+                        schema=IMAGE_CLEANING_FILES_SCHEMA)
+    assert plain_image_cleaning_check(good).equals(good)
+    for changed, check in [
+        (good.select("status", "file", "reason", "output"), "column_order"),
+        (good.drop("output"), "present"),
+        (good.with_columns(pl.lit(1).alias("output")), "dtype String"),
+        (good.with_columns(pl.lit("x").alias("extra")), "in_contract"),
+    ]:
+        with pytest.raises(ContractError, match=f"^ImageCleaningFiles: .* fails {check}"):
+            plain_image_cleaning_check(changed)
+
+
+image_files = st.fixed_dictionaries(
+    {
+        "file": st.sampled_from(["a.png", "b.png", "c.jpg", "", " ", "é.gif"]) | st.none(),
+        "status": st.sampled_from(["cleaned", "rejected", "", "Cleaned"]) | st.none(),
+        "reason": st.sampled_from(["not an image", "decompression bomb: big", "", "\t"]) | st.none(),
+        "output": st.sampled_from(["a.jpg", "b.jpg", "", " "]) | st.none(),
+    }
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(image_files, min_size=1, max_size=5))
+def test_the_image_cleaning_report_s_plain_checks_agree_with_its_pandera_model(records: list[dict[str, str | None]]) -> None:
+    frame = pl.DataFrame(records, schema=IMAGE_CLEANING_FILES_SCHEMA)
+    failures = {failed_rule(name) for name, count in frame.select(row_failures(image_cleaning_file_rules())).row(0, named=True).items()
+                if count}
+    if frame["file"].drop_nulls().is_duplicated().any():
+        failures.add(("file", "unique"))
+    outcomes = []
+    for check in (plain_image_cleaning_check, lambda frame: validated(frame, ImageCleaningFiles)):
+        try:
+            check(frame)
+        except ContractError as error:
+            assert (error.column, error.check) in failures
+            outcomes.append(False)
+        else:
+            outcomes.append(True)
+    assert outcomes == [not failures] * 2
 
 
 # The same rules in plain Python and polars, written apart from the contract, to agree with it.

@@ -681,14 +681,12 @@ def test_tensorboard_curves_and_confusion_matrix(tmp_path: Path) -> None:
     assert "confusion_matrix/validation" in tags["images"]
     (image,) = accumulator.Images("confusion_matrix/validation")
     assert image.step == history.best_epoch
-    from fbml.modeling.metrics import CELL, LABEL_WIDTH
-
-    assert (image.width, image.height) == (LABEL_WIDTH + 4 * CELL + 10, LABEL_WIDTH // 2 + 4 * CELL + 10)
     from io import BytesIO
 
     from PIL import Image
 
     assert Image.open(BytesIO(image.encoded_image_string)).size == (image.width, image.height)
+    assert image.width > 100 and image.height > 100  # the chart itself: tests/test_charts.py
 
 
 def test_no_logdir_writes_no_events(tmp_path: Path) -> None:

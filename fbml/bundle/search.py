@@ -19,7 +19,7 @@ from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 
 from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
 from fbml.errors import FbmlError
-from fbml.tables.validation import checked_by_rules
+from fbml.tables.validation import rules_checked
 
 PRECISION_K = 10
 
@@ -35,7 +35,7 @@ def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], v
 def _checked_catalogue(catalogue: pl.DataFrame) -> pl.DataFrame:
     """The catalogue checked against its contract's rules (``CATALOGUE_SCHEMA``, ``catalogue_rules``), as
     pandera's ``Catalogue`` model checks it but without pandera: ``ContractError`` naming the column and the check."""
-    return checked_by_rules(catalogue, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules())
+    return rules_checked(catalogue, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules())
 
 
 def _check_catalogue(instance: SearchIndex, _attribute: attrs.Attribute[pl.DataFrame], catalogue: pl.DataFrame) -> None:

@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 
 from fbml.errors import FbmlError
-from fbml.modeling.metrics import per_product
+from fbml.modeling.metrics import accuracy, per_product, top_classes
 
 FLOOR = 1e-7
 BIAS_PENALTY = 1e-3
@@ -76,7 +76,7 @@ def fit_ensemble(
 def product_accuracy(products: Sequence[str], labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Accuracy of the mean of each product's example probabilities."""
     truth, means = per_product(products, labels, probabilities)
-    return float((means.argmax(axis=1) == truth).mean()) if len(truth) else 0.0
+    return accuracy(truth, top_classes(means))
 
 
 def cross_validated_accuracy(

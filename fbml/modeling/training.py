@@ -579,11 +579,12 @@ def _log_summary(
     history: History,
     class_names: Sequence[str] | None,
 ) -> None:
-    from fbml.modeling.metrics import confusion_matrix, confusion_matrix_image
+    from fbml.modeling.charts import confusion_chart
+    from fbml.modeling.metrics import confusion_matrix, top_classes
 
     names = list(class_names) if class_names else [str(index) for index in range(validation.probabilities.shape[1])]
-    matrix = confusion_matrix(validation.labels, validation.probabilities.argmax(axis=1), len(names))
-    writer.add_image("confusion_matrix/validation", confusion_matrix_image(matrix, names), history.best_epoch,
+    matrix = confusion_matrix(validation.labels, top_classes(validation.probabilities), len(names))
+    writer.add_image("confusion_matrix/validation", np.asarray(confusion_chart(matrix, names)), history.best_epoch,
                      dataformats="HWC")
     best = history.best
     writer.add_hparams(

@@ -38,10 +38,10 @@ from fbml.tables.cleaning import (
     rejected_rows,
 )
 from fbml.tables.sources import UTF8, StorageOptions, read_errors, scan_images, scan_products
+from fbml.tables.validation import raise_rule_failures
 
 ROW, REASON = "source_row", "reason"
 REJECTED_COLUMNS = tuple(REJECTED_SCHEMA.names())
-_SEPARATOR = "\x1f"
 PARTS: Final = "lz4"
 """The parts are read once, soon: written fast rather than small."""
 
@@ -164,12 +164,9 @@ def _sink_checked(frame: pl.LazyFrame, path: Path, contract: str, rules: tuple[R
     checks = frame.select(*row_failures(rules), pl.len().alias("rows"), key.n_unique().alias("distinct"))
     _, result = pl.collect_all([frame.sink_parquet(path, lazy=True), checks], engine="streaming")
     figures = result.row(0, named=True)
-    rows = figures.pop("rows")
-    for name, failing in figures.items():
-        if name != "distinct" and failing:
-            column, check = name.split(_SEPARATOR)
-            raise ContractError(contract, column, check, f"{failing} failing")
-    if figures["distinct"] < rows:
+    rows, distinct = figures.pop("rows"), figures.pop("distinct")
+    raise_rule_failures(contract, figures)
+    if distinct < rows:
         _check_unique(pl.scan_parquet(path), contract, unique, rows)
     return int(rows)
 

@@ -1,4 +1,6 @@
-"""Frames checked against their contracts where they enter a stage: the one place pandera runs.
+"""Frames checked against their contracts where they enter a stage: the one place pandera runs, and the
+checks of the same contracts as plain polars predicates (``contracts.rules``) where pandera's import
+would cost more than the work.
 
 pandera checks only the schema of a LazyFrame, and its ``PANDERA_*`` environment variables can turn
 checks off or down; here every check runs, schema and data, on an eager frame, whatever they say.
@@ -11,10 +13,11 @@ without importing pandera at all (loading a bundle's search index).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import polars as pl
-from contracts.rules import RowRule
+from contracts.rules import RowRule, failed_rule
 
 from fbml.errors import ContractError, shown
 
@@ -41,27 +44,41 @@ def validated(frame: object, contract: type[Model]) -> DataFrame[Model]:
         raise contract_error(contract.__name__, error) from None
 
 
-def checked_by_rules(frame: object, contract: str, schema: pl.Schema, rules: tuple[RowRule, ...]) -> pl.DataFrame:
-    """``frame`` checked against a contract written as polars rules, without pandera: exactly ``schema``'s
-    columns in its order, none null (NaN counts as null), each of its dtype, every rule holding.
+def rules_checked(
+    frame: object, contract: str, schema: pl.Schema, rules: tuple[RowRule, ...], *, nullable: tuple[str, ...] = (),
+    unique: str | None = None,
+) -> pl.DataFrame:
+    """``frame`` checked against a contract written as polars rules, without pandera (whose import would cost
+    more than the check): exactly ``schema``'s columns in its order, none null but the ``nullable`` ones (NaN
+    counts as null), each of its dtype, every rule holding, no value of ``unique`` twice.
 
     ``ContractError`` at the first check it fails, the one ``validated`` raises for the pandera model of the
-    same contract (a strict, ordered model of required, non-nullable columns): a column it does not know
-    or one out of order, then a missing column, then column by column its nulls, its dtype, its rules.
+    same contract: a column it does not know or one out of order, then a missing column, then column by
+    column its nulls, its dtype, its rules, its uniqueness.
     """
     if not isinstance(frame, pl.DataFrame):
         raise ContractError(contract, None, "is_polars_dataframe", f"got {type(frame).__name__}")
     _check_columns(frame, contract, schema)
     for column, dtype in schema.items():
         values = pl.col(column)
-        missing = values.is_null() | values.is_nan() if frame.schema[column].is_float() else values.is_null()
-        _check_rows(frame, contract, column, "not_null", ~missing)
+        if column not in nullable:
+            missing = values.is_null() | values.is_nan() if frame.schema[column].is_float() else values.is_null()
+            _check_rows(frame, contract, column, "not_null", ~missing)
         if frame.schema[column] != dtype:
             raise ContractError(contract, column, f"dtype {dtype}", f"got {frame.schema[column]}")
         for rule in rules:
             if rule.column == column:
                 _check_rows(frame, contract, column, rule.check, rule.holds.fill_null(True))
+        if column == unique:
+            _check_rows(frame, contract, column, "unique", values.is_null() | ~values.is_duplicated())
     return frame
+
+
+def raise_rule_failures(contract: str, failures: Mapping[str, int]) -> None:
+    """``ContractError`` for the first rule with failing rows, ``failures`` being ``contracts.rules.row_failures``' counts."""
+    for name, failing in failures.items():
+        if failing:
+            raise ContractError(contract, *failed_rule(name), f"{failing} failing")
 
 
 def _check_columns(frame: pl.DataFrame, contract: str, schema: pl.Schema) -> None:

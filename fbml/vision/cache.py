@@ -115,6 +115,18 @@ class _Loaded:
     rejected: DataFrame[Rejected]
 
 
+def check_photo_folder(folder: Path | None) -> None:
+    """Refuse, before any work, a photo folder that is missing, not a folder or empty."""
+    if folder is None:
+        return
+    if not folder.exists():
+        raise FbmlError(f"{folder}: no such photo folder")
+    if not folder.is_dir():
+        raise FbmlError(f"{folder}: is a file, not a photo folder")
+    if not any(path.is_file() for path in folder.iterdir()):
+        raise FbmlError(f"{folder}: the photo folder has no files")
+
+
 def load_photos(
     manifest: DataFrame[ImageManifest],
     image_dir: Path,

@@ -17,18 +17,27 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import numpy as np
 import polars as pl
-from contracts import ImageCleaningFiles, polars_schema
-from contracts.photos import CLEANED, REJECTED
-from pandera.typing.polars import DataFrame
+from contracts.rules import (
+    CLEANED,
+    IMAGE_CLEANING_FILES_SCHEMA,
+    NULLABLE_IMAGE_CLEANING_COLUMNS,
+    REJECTED,
+    image_cleaning_file_rules,
+)
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from fbml.errors import FbmlError, InputError
-from fbml.tables.validation import validated
+from fbml.tables.validation import rules_checked
+
+if TYPE_CHECKING:
+    from contracts import ImageCleaningFiles
+    from pandera.typing.polars import DataFrame
 
 OUTSIDE_LINK = "symbolic link out of the folder"
 BROKEN_LINK = "broken symbolic link"
@@ -342,12 +351,15 @@ def _write_jpeg(image: Image.Image, output: Path, quality: int) -> None:
 
 
 def _report(outcomes: list[_Outcome]) -> ImageCleaningReport:
-    """The report table, one row per source file, sorted by file name."""
+    """The report table, one row per source file, sorted by file name, checked by the plain polars
+    predicates of ``ImageCleaningFiles`` (pandera's import would cost more than the check)."""
     rows = {
         "file": [outcome.file for outcome in outcomes],
         "status": [REJECTED if outcome.reason else CLEANED for outcome in outcomes],
         "reason": [outcome.reason for outcome in outcomes],
         "output": [outcome.output for outcome in outcomes],
     }
-    frame = pl.DataFrame(rows, schema=polars_schema(ImageCleaningFiles)).sort("file")
-    return ImageCleaningReport(validated(frame, ImageCleaningFiles))
+    frame = pl.DataFrame(rows, schema=IMAGE_CLEANING_FILES_SCHEMA).sort("file")
+    checked = rules_checked(frame, "ImageCleaningFiles", IMAGE_CLEANING_FILES_SCHEMA, image_cleaning_file_rules(),
+                            nullable=NULLABLE_IMAGE_CLEANING_COLUMNS, unique="file")
+    return ImageCleaningReport(cast("DataFrame[ImageCleaningFiles]", checked))

@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 
 from fbml.errors import FbmlError
+from fbml.modeling.metrics import accuracy
 from fbml.tables.clean import CleanTables
 from fbml.tables.splits import split_tables
 from fbml.text.labels import label_codec
-from fbml.vision.cache import Photos, load_photos
-from fbml.workflows.inputs import check_photo_folder
+from fbml.vision.cache import Photos, check_photo_folder, load_photos
 
 DEFAULT_PRICE_RANGE = (1.0, 1000.0)
 DEFAULT_PIXEL_SIZE = 32
@@ -114,8 +114,8 @@ def image_baseline(train: Photos, train_labels: np.ndarray, test: Photos, test_l
     model.fit(_flat(train), train_labels)
     majority = np.bincount(train_labels).argmax()
     return ImageBaseline(
-        accuracy=float((model.predict(_flat(test)) == test_labels).mean()),
-        majority_rate=float((test_labels == majority).mean()),
+        accuracy=accuracy(test_labels, model.predict(_flat(test))),
+        majority_rate=accuracy(test_labels, np.full_like(test_labels, majority)),
         train_photos=len(train_labels),
         test_photos=len(test_labels),
         pixel_size=int(train.pixels.shape[-1]),

@@ -24,7 +24,8 @@ from fbml.errors import FbmlError
 from fbml.files import check_output_folder
 from fbml.tables.clean import CleanTables
 from fbml.text.listings import listing_texts
-from fbml.workflows.inputs import TrainingData, check_photo_folder, decoded_photos, known_categories, product_photos
+from fbml.vision.cache import check_photo_folder
+from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")

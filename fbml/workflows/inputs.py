@@ -130,18 +130,6 @@ def labels_of(frame: pl.DataFrame, codec: LabelCodec) -> np.ndarray:
     return codec.encode(frame["category"]) if frame.height else np.zeros(0, np.int64)
 
 
-def check_photo_folder(folder: Path | None) -> None:
-    """Refuse, before any work, a photo folder that is missing, not a folder or empty."""
-    if folder is None:
-        return
-    if not folder.exists():
-        raise FbmlError(f"{folder}: no such photo folder")
-    if not folder.is_dir():
-        raise FbmlError(f"{folder}: is a file, not a photo folder")
-    if not any(path.is_file() for path in folder.iterdir()):
-        raise FbmlError(f"{folder}: the photo folder has no files")
-
-
 def keys_of(kind: ModelKind, frame: pl.DataFrame) -> Sequence[str]:
     """The key of each row as ``kind``'s examples: the product id for text models, the photo id otherwise."""
     keys: list[str] = frame["image_id" if Examples.of(kind) is Examples.PHOTOS else "id"].to_list()

@@ -64,12 +64,12 @@ from fbml.text.labels import label_codec
 from fbml.text.listings import listing_texts
 from fbml.text.vocabulary import build_vocabulary, tokens
 from fbml.text.word2vec import embedding_matrix, train_word2vec
+from fbml.vision.cache import check_photo_folder
 from fbml.workflows.fitting import FitSettings, Phase, fitted, network_probabilities, refitted
 from fbml.workflows.inputs import (
     Examples,
     SplitFrames,
     TrainingData,
-    check_photo_folder,
     frame_listings,
     keys_of,
     split_frames,
