@@ -27,6 +27,7 @@ import polars as pl
 import pytest
 import schemathesis
 import torch
+from contracts.api import PHOTO_FORMATS
 from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, Role, TextCnnOptions
 from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.listings import ListingWeights, listing_parts
@@ -45,6 +46,7 @@ from fbml.serving.batching import MicroBatcher
 from fbml.serving.errors import ApiError
 from fbml.serving.requests import TextRules, readable_pattern
 from fbml.serving.service import Example, listing_vectors, predictions
+from fbml.testing import photo_bytes as photo_files
 from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors, embedding_matrix
@@ -687,6 +689,22 @@ def test_one_readable_character_among_the_noise_is_answered(client: TestClient, 
     assert response.status_code == 200, response.text
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), format=st.sampled_from(sorted(PHOTO_FORMATS)))
+def test_a_photo_of_any_mode_size_and_orientation_is_answered_as_the_bundle_predicts(
+    client: TestClient, bundle: Bundle, data: st.DataObject, format: str
+) -> None:
+    """fbml.testing's photos of every mode the format holds: the answer is the bundle's own prediction, to
+    float32 noise (1e-4: a micro-batch and numpy's normalisation against one photo through torch's)."""
+    photo = data.draw(photo_files(format, max_side=300, max_pixels=40_000), label="photo")
+    response = client.post("/predict/image", files=multipart(image=photo))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    got = np.array([answer["probabilities"][name] for name in CATEGORIES])
+    np.testing.assert_allclose(got, expected_prediction(bundle, "image", image=photo), rtol=0, atol=1e-4)
+    assert answer["category"] == CATEGORIES[int(np.argmax(got))]
+
+
 def test_a_field_given_twice_is_422(client: TestClient) -> None:
     part = b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\n%s\r\n'
     body = part % b"red" + part % b"blue" + b"--b--\r\n"
@@ -895,12 +913,6 @@ PHOTO_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WE
 SCHEMA_EXAMPLES = 40  # generated cases per operation, beside its coverage cases (about 300 in all)
 
 
-def photos_of(format: str) -> st.SearchStrategy[bytes]:
-    """Real photos of one format and of many small sizes."""
-    return st.builds(lambda seed, width, height: photo_bytes(seed, (width, height), format),
-                     st.integers(0, 99), st.integers(1, 90), st.integers(1, 90))  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def api_schema(bundle: Bundle) -> Iterator[schemathesis.BaseSchema]:
     """The schema the app serves, bound to an app of its own (called in-process, no network). A photo
@@ -908,7 +920,7 @@ def api_schema(bundle: Bundle) -> Iterator[schemathesis.BaseSchema]:
     those types for it (registered for this module only)."""
     with pytest.MonkeyPatch.context() as patch:
         for media_type, format in PHOTO_MEDIA_TYPES.items():
-            patch.setitem(MEDIA_TYPE_STRATEGIES, media_type, photos_of(format))
+            patch.setitem(MEDIA_TYPE_STRATEGIES, media_type, photo_files(format, max_side=90, max_pixels=90 * 90))
         yield schemathesis.openapi.from_asgi("/schema/openapi.json", app_over(bundle))
 
 

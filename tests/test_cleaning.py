@@ -12,7 +12,9 @@ import polars as pl
 import pytest
 from contracts import CleanProducts, ImageManifest, RawProducts, Rejected
 from contracts.base import CONTROL_CHARACTERS
+from contracts.rules import RAW_PRODUCT_COLUMNS
 from fbml.errors import ContractError
+from fbml.sample.marketplace import TOP_LEVEL_CATEGORIES
 from fbml.tables.cleaning import (
     COMMON_BLOCKS,
     ascii_text,
@@ -25,17 +27,9 @@ from fbml.tables.cleaning import (
     product_name,
 )
 from fbml.tables.validation import validated
+from fbml.testing import LabelledTable, labelled_raw_images, labelled_raw_products, raw_products, raw_products_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-RAW_COLUMNS = ["", "id", "product_name", "category", "product_description", "price", "location"]
-
-
-def raw_products(rows: list[dict[str, str | None]]) -> pl.DataFrame:
-    """A raw products frame (all strings) from dicts with any subset of the raw columns."""
-    data = {name: [row.get(name) for row in rows] for name in RAW_COLUMNS}
-    data[""] = [str(index) for index in range(len(rows))]
-    return pl.DataFrame(data, schema=dict.fromkeys(RAW_COLUMNS, pl.String))
 
 
 def good_row(**overrides: str | None) -> dict[str, str | None]:
@@ -137,40 +131,50 @@ level = st.text(alphabet=st.characters(codec="ascii", exclude_characters="/"), m
 
 @given(levels=st.lists(level, min_size=1, max_size=5))
 def test_category_and_subcategory_come_from_the_path(levels: list[str]) -> None:
-    result = clean_products(raw_products([good_row(category=" / ".join(levels))])).products.row(0, named=True)
+    result = clean_products(raw_products_frame([good_row(category=" / ".join(levels))])).products.row(0, named=True)
     assert result["category"] == levels[0]
     assert result["subcategory"] == (levels[1] if len(levels) > 1 else None)
     assert result["category_path"] == " / ".join(levels)
 
 
-optional_text = st.one_of(st.none(), st.text(max_size=30), st.sampled_from(["", " ", "£12.50", "a / b", "x, y"]))
-raw_row = st.fixed_dictionaries(
-    {
-        "id": st.one_of(st.none(), st.sampled_from(["a", "b", "c", " a ", ""])),
-        "product_name": optional_text,
-        "category": optional_text,
-        "product_description": optional_text,
-        "price": st.one_of(optional_text, st.sampled_from(["£1,000.00", "5", "£0.99"])),
-        "location": optional_text,
-    }
-)
+STARTS_WITH_A_TOP_LEVEL_CATEGORY = "^(" + "|".join(re.escape(name) for name in TOP_LEVEL_CATEGORIES) + ")"
 
 
-@settings(max_examples=150)
-@given(rows=st.lists(raw_row, max_size=12))
-def test_every_row_is_cleaned_or_rejected_exactly_once(rows: list[dict[str, str | None]]) -> None:
-    raw = raw_products(rows)
+@settings(max_examples=100)
+@given(table=labelled_raw_products(max_rows=16))
+def test_every_row_is_cleaned_or_rejected_exactly_once_with_its_reason(table: LabelledTable) -> None:
+    raw, reasons = table.frame, table.reasons
     result = clean_products(raw)
     assert result.products.height + result.rejected.height == raw.height
-    assert result.rejected["source_row"].is_unique().all()
-    kept_rows = set(range(1, raw.height + 1)) - set(result.rejected["source_row"])
-    assert sorted(result.products["id"]) == sorted(rows[row - 1]["id"].strip() for row in kept_rows)
+    assert dict(result.rejected.select("source_row", "reason").iter_rows()) == {
+        row: reason for row, reason in enumerate(reasons, start=1) if reason is not None
+    }
+    kept = raw.filter(pl.Series([reason is None for reason in reasons], dtype=pl.Boolean))
+    assert result.products["id"].to_list() == kept["id"].str.strip_chars().to_list()
     for record in result.rejected.iter_rows(named=True):
-        assert json.loads(record["raw"]) == {name: rows[record["source_row"] - 1][name] for name in RAW_COLUMNS[1:]}
+        assert json.loads(record["raw"]) == raw.select(RAW_PRODUCT_COLUMNS).row(record["source_row"] - 1, named=True)
+    assert validated(result.products, CleanProducts).height == kept.height
+
+
+@settings(max_examples=40)
+@given(table=labelled_raw_products(min_rows=1, max_rows=12, bad_rows=0.0))
+def test_a_table_of_only_good_rows_is_kept_whole_in_order(table: LabelledTable) -> None:
+    result = clean_products(table.frame)
+    assert result.rejected.height == 0
+    assert result.products["id"].to_list() == table.frame["id"].str.strip_chars().to_list()
+    assert result.products["category"].str.contains(STARTS_WITH_A_TOP_LEVEL_CATEGORY).all()
+
+
+@settings(max_examples=40)
+@given(table=labelled_raw_products(min_rows=1, max_rows=12, bad_rows=1.0))
+def test_a_table_of_only_bad_rows_keeps_nothing(table: LabelledTable) -> None:
+    result = clean_products(table.frame)
+    assert result.products.height == 0
+    assert result.rejected["reason"].to_list() == list(table.reasons)
 
 
 def test_clean_product_fields() -> None:
-    row = clean_products(raw_products([good_row()])).products.row(0, named=True)
+    row = clean_products(raw_products_frame([good_row()])).products.row(0, named=True)
     assert row == {
         "id": "p1",
         "product_name": "Oak table",
@@ -185,7 +189,7 @@ def test_clean_product_fields() -> None:
 
 
 def test_location_without_county_and_missing_optional_fields() -> None:
-    row = clean_products(raw_products([good_row(location="London", product_description=None)])).products.row(
+    row = clean_products(raw_products_frame([good_row(location="London", product_description=None)])).products.row(
         0, named=True
     )
     assert (row["location"], row["county"], row["product_description"]) == ("London", None, "")
@@ -209,14 +213,14 @@ def test_location_without_county_and_missing_optional_fields() -> None:
     ],
 )
 def test_rejection_reasons(overrides: dict[str, str | None], reason: str) -> None:
-    result = clean_products(raw_products([good_row(id="ok"), good_row(**overrides)]))
+    result = clean_products(raw_products_frame([good_row(id="ok"), good_row(**overrides)]))
     assert result.products["id"].to_list() == ["ok"]
     assert result.rejected.select("source_row", "stage", "reason").rows() == [(2, "products", reason)]
 
 
 def test_first_valid_occurrence_of_an_id_wins() -> None:
     rows = [good_row(id="a", price="bad"), good_row(id="a", product_name="second"), good_row(id=" a", product_name="third")]
-    result = clean_products(raw_products(rows))
+    result = clean_products(raw_products_frame(rows))
     assert result.products["product_name"].to_list() == ["second"]
     assert dict(result.rejected.select("source_row", "reason").iter_rows()) == {
         1: "unparseable price",
@@ -226,16 +230,16 @@ def test_first_valid_occurrence_of_an_id_wins() -> None:
 
 def test_clean_products_checks_its_input_contract() -> None:
     with pytest.raises(ContractError, match="^RawProducts: column 'price' fails present$") as caught:
-        clean_products(raw_products([good_row()]).drop("price"))
+        clean_products(raw_products_frame([good_row()]).drop("price"))
     assert (caught.value.contract, caught.value.column, caught.value.check) == ("RawProducts", "price", "present")
     with pytest.raises(ContractError, match="^RawProducts: column 'price' fails dtype String"):
-        clean_products(raw_products([good_row()]).with_columns(pl.lit(1.0).alias("price")))
-    assert validated(raw_products([good_row()]), RawProducts).height == 1
+        clean_products(raw_products_frame([good_row()]).with_columns(pl.lit(1.0).alias("price")))
+    assert validated(raw_products_frame([good_row()]), RawProducts).height == 1
 
 
 def test_category_levels_are_stripped_of_slashes_at_their_ends() -> None:
     rows = [good_row(id="a", category="A / / B"), good_row(id="b", category="A // / Ham/Amateur /"), good_row(id="c", category="/A/")]
-    paths = clean_products(raw_products(rows)).products["category_path"].to_list()
+    paths = clean_products(raw_products_frame(rows)).products["category_path"].to_list()
     assert paths == ["A / B", "A / Ham/Amateur", "A"]
 
 
@@ -245,7 +249,7 @@ separator_text = st.lists(st.sampled_from([" ", "/", " / ", "\t", "\u00a0", "A",
 @settings(max_examples=100)
 @given(category=separator_text)
 def test_a_category_has_no_blank_or_slash_only_level(category: str) -> None:
-    result = clean_products(raw_products([good_row(category=category)]))
+    result = clean_products(raw_products_frame([good_row(category=category)]))
     for path in result.products["category_path"]:
         levels = path.split(" / ")
         assert all(level.strip(" /") == level and level.strip(" /") != "" for level in levels)
@@ -259,7 +263,7 @@ digits = st.integers(1, 500).flatmap(lambda length: st.text("0123456789", min_si
 @settings(max_examples=100)
 @given(whole=digits, pence=st.sampled_from(["", ".5", ".99"]), pound=st.booleans())
 def test_a_price_is_finite_or_the_row_is_rejected(whole: str, pence: str, pound: bool) -> None:
-    result = clean_products(raw_products([good_row(price=("£" if pound else "") + whole + pence)]))
+    result = clean_products(raw_products_frame([good_row(price=("£" if pound else "") + whole + pence)]))
     if result.products.height:
         value = result.products["price"].item()
         assert math.isfinite(value) and value == pytest.approx(float(whole + pence))
@@ -271,7 +275,7 @@ def test_a_price_is_finite_or_the_row_is_rejected(whole: str, pence: str, pound:
 @settings(max_examples=100)
 @given(raw_id=st.text(max_size=8))
 def test_clean_ids_are_printable_text(raw_id: str) -> None:
-    result = clean_products(raw_products([good_row(id=raw_id)]))
+    result = clean_products(raw_products_frame([good_row(id=raw_id)]))
     for clean_id in result.products["id"]:
         assert clean_id.strip() == clean_id != ""
         assert re.search(CONTROL_CHARACTERS, clean_id) is None
@@ -280,18 +284,18 @@ def test_clean_ids_are_printable_text(raw_id: str) -> None:
 
 
 any_text = st.one_of(st.none(), st.text(max_size=20), st.sampled_from(["£1,000.00", "£" + "9" * 400, " / / ", "a\x00b", "5"]))
-any_row = st.fixed_dictionaries({name: any_text for name in RAW_COLUMNS[1:]})
+any_row = st.fixed_dictionaries({name: any_text for name in RAW_PRODUCT_COLUMNS})
 
 
 @settings(max_examples=100)
 @given(rows=st.lists(any_row, max_size=8))
 def test_whatever_clean_products_returns_keeps_its_contracts(rows: list[dict[str, str | None]]) -> None:
-    result = clean_products(raw_products(rows))
+    result = clean_products(raw_products_frame(rows))
     assert validated(result.products, CleanProducts).height + validated(result.rejected, Rejected).height == len(rows)
 
 
 def test_image_manifest_keeps_every_photo_and_reports_the_rest() -> None:
-    products = clean_products(raw_products([good_row(id="a"), good_row(id="b"), good_row(id="c")])).products
+    products = clean_products(raw_products_frame([good_row(id="a"), good_row(id="b"), good_row(id="c")])).products
     raw_images = pl.DataFrame(
         {
             "": ["0", "1", "2", "3", "4", "5"],
@@ -309,6 +313,21 @@ def test_image_manifest_keeps_every_photo_and_reports_the_rest() -> None:
     ]
 
 
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_photo_row_is_joined_or_rejected_exactly_once_with_its_reason(data: st.DataObject) -> None:
+    products = clean_products(data.draw(raw_products(max_rows=8), label="products")).products
+    images = data.draw(labelled_raw_images(products["id"].to_list(), max_rows=14), label="images")
+    manifest = image_manifest(products, images.frame)
+    assert dict(manifest.rejected.select("source_row", "reason").iter_rows()) == {
+        row: reason for row, reason in enumerate(images.reasons, start=1) if reason is not None
+    }
+    joined = images.frame.filter(pl.Series([reason is None for reason in images.reasons], dtype=pl.Boolean))
+    assert manifest.images["image_id"].to_list() == joined["id"].str.strip_chars().to_list()
+    assert manifest.images["id"].to_list() == joined["product_id"].str.strip_chars().to_list()
+    assert sorted(manifest.products_without_images["id"]) == sorted(set(products["id"]) - set(manifest.images["id"]))
+
+
 def test_real_products_and_images(real_data) -> None:
     from fbml.tables.clean import clean_tables
 
@@ -324,7 +343,7 @@ def test_real_products_and_images(real_data) -> None:
 
 
 def test_output_contracts_check_that_ids_are_unique() -> None:
-    products = clean_products(raw_products([good_row(id="a"), good_row(id="b")])).products
+    products = clean_products(raw_products_frame([good_row(id="a"), good_row(id="b")])).products
     assert validated(products, CleanProducts).height == 2
     with pytest.raises(ContractError, match="^CleanProducts: column 'id' fails unique \\(2 failing, e.g. 'a', 'a'\\)$"):
         validated(pl.concat([products, products.head(1)]), CleanProducts)
@@ -335,7 +354,7 @@ def test_output_contracts_check_that_ids_are_unique() -> None:
 
 
 def test_image_rows_with_control_characters_in_their_id_are_rejected() -> None:
-    products = clean_products(raw_products([good_row(id="a")])).products
+    products = clean_products(raw_products_frame([good_row(id="a")])).products
     raw_images = pl.DataFrame({"id": ["i\x001", "i2"], "product_id": ["a", "a"]})
     manifest = image_manifest(products, raw_images)
     assert manifest.images["image_id"].to_list() == ["i2"]

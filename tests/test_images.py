@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fbml.errors import FbmlError, InputError
+from fbml.testing import ENCODABLE_MODES, EXIF_FORMATS, ORIENTATION, encoded, photos
 from fbml.vision.cleaning import (
     BROKEN_LINK,
     OUTSIDE_LINK,
@@ -32,7 +34,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "marketplace" / "raw_images"
-ORIENTATION = 0x0112
 BRIGHT = {
     "RGB": (230, 180, 40),
     "L": 200,
@@ -101,14 +102,46 @@ def test_clean_image_letterboxes_any_mode(width: int, height: int, mode: str, si
     assert np.asarray(out.crop((left, top, right, bottom))).max(axis=-1).min() > 0
 
 
-@pytest.mark.parametrize("mode", sorted(BRIGHT))
-def test_clean_image_leaves_its_input_alone(mode: str) -> None:
-    image = solid(mode, (37, 21))
+def letterbox(size: tuple[int, int], orientation: int | None, square: int) -> tuple[int, int, int, int]:
+    """Where a photo of ``size`` shown upright (EXIF 5-8 turn it) lies on a black ``square``: left, top, right, bottom."""
+    width, height = size[::-1] if orientation in (5, 6, 7, 8) else size
+    scale = square / max(width, height)
+    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+    left, top = (square - fitted[0]) // 2, (square - fitted[1]) // 2
+    return left, top, left + fitted[0], top + fitted[1]
+
+
+@settings(max_examples=150)
+@given(image=photos(max_side=300, max_pixels=20_000), size=st.integers(1, 48))
+def test_any_photo_becomes_an_rgb_square_black_outside_it_and_is_left_as_it_was(image: Image.Image, size: int) -> None:
     before = (image.mode, image.size, image.tobytes(), dict(image.info))
 
-    clean_image(image, 16)
+    out = clean_image(image, size)
 
     assert (image.mode, image.size, image.tobytes(), dict(image.info)) == before
+    assert (out.mode, out.size) == ("RGB", (size, size))
+    left, top, right, bottom = letterbox(image.size, image.getexif().get(ORIENTATION), size)
+    pixels = np.asarray(out).copy()
+    pixels[top:bottom, left:right] = 0
+    assert not pixels.any()
+
+
+@settings(max_examples=100)
+@given(data=st.data(), format=st.sampled_from(sorted(ENCODABLE_MODES)), size=st.integers(1, 48))
+def test_a_photo_file_of_any_format_opens_and_cleans_to_its_upright_letterbox(data: st.DataObject, format: str, size: int) -> None:
+    photo = data.draw(photos(modes=ENCODABLE_MODES[format], max_side=200, max_pixels=10_000), label="photo")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"photo.{format.lower()}"
+        path.write_bytes(encoded(photo, format))
+        with open_image(path, size=None, max_pixels=10**6) as image:
+            out = clean_image(image, size)
+
+    assert (out.mode, out.size) == ("RGB", (size, size))
+    orientation = photo.getexif().get(ORIENTATION) if format in EXIF_FORMATS else None
+    left, top, right, bottom = letterbox(photo.size, orientation, size)
+    pixels = np.asarray(out).copy()
+    pixels[top:bottom, left:right] = 0
+    assert not pixels.any()
 
 
 def test_clean_image_applies_exif_orientation_without_touching_input() -> None:

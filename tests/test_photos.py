@@ -20,6 +20,7 @@ from fbml.errors import ContractError, FbmlError, InputError
 from fbml.tables.clean import clean_tables
 from fbml.tables.cleaning import MANIFEST_COLUMNS
 from fbml.tables.validation import validated
+from fbml.testing import photo_bytes
 from fbml.vision.cache import (
     INDEX_FILE,
     MISSING,
@@ -35,17 +36,18 @@ from hypothesis import strategies as st
 from PIL import Image
 
 CATEGORIES = ("Appliances", "Home & Garden", "Other Goods")
-FILE_KINDS = ("jpg", "png", "missing")
 
 
 @attrs.frozen
 class PhotoSpec:
-    """One manifest row's photo: how it is stored (or ``missing`` / ``corrupt``), its size and colour."""
+    """One manifest row's photo: how it is stored (or ``missing`` / ``corrupt``), and its size and colour
+    or, for a drawn photo, the file's bytes."""
 
     kind: str
-    width: int
-    height: int
-    colour: tuple[int, int, int]
+    width: int = 1
+    height: int = 1
+    colour: tuple[int, int, int] = (0, 0, 0)
+    data: bytes | None = None
 
 
 def manifest_of(image_ids: list[str], categories: list[str] | None = None) -> pl.DataFrame:
@@ -71,7 +73,10 @@ def manifest_of(image_ids: list[str], categories: list[str] | None = None) -> pl
 
 
 def write_photo(path: Path, spec: PhotoSpec) -> None:
-    """A small RGB JPEG, an RGBA PNG, or text bytes named ``.jpg`` for ``corrupt``."""
+    """The spec's bytes, or a small RGB JPEG, an RGBA PNG, or text bytes named ``.jpg`` for ``corrupt``."""
+    if spec.data is not None:
+        path.with_suffix(f".{spec.kind}").write_bytes(spec.data)
+        return
     pixels = np.zeros((spec.height, spec.width, 3), dtype=np.uint8) + np.array(spec.colour, dtype=np.uint8)
     pixels[:, : spec.width // 2] //= 2
     if spec.kind == "jpg":
@@ -92,20 +97,19 @@ def photo_folder(folder: Path, specs: list[PhotoSpec]) -> pl.DataFrame:
     return manifest_of(image_ids)
 
 
-photo_specs = st.builds(
-    PhotoSpec,
-    kind=st.sampled_from(FILE_KINDS),
-    width=st.integers(1, 24),
-    height=st.integers(1, 24),
-    colour=st.tuples(*[st.integers(0, 255)] * 3),
-)
+def drawn_photo(kind: str, format: str) -> st.SearchStrategy[PhotoSpec]:
+    """Photos of every mode ``format`` holds (fbml.testing), stored as ``.kind`` files."""
+    return photo_bytes(format, max_side=24, max_pixels=24 * 24).map(lambda data: PhotoSpec(kind, data=data))
+
+
+photo_specs = st.one_of(drawn_photo("jpg", "JPEG"), drawn_photo("png", "PNG"), st.just(PhotoSpec("missing")))
 
 
 @st.composite
 def photo_sets(draw: st.DrawFn) -> list[PhotoSpec]:
     """Some photos, some missing, and exactly one corrupt file somewhere among them."""
     specs = draw(st.lists(photo_specs, max_size=7))
-    corrupt = PhotoSpec("corrupt", 1, 1, (0, 0, 0))
+    corrupt = PhotoSpec("corrupt")
     return [*specs[: (at := draw(st.integers(0, len(specs))))], corrupt, *specs[at:]]
 
 

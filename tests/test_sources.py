@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from fbml.errors import InputError
+from fbml.sample.marketplace import write_raw_table
 from fbml.tables.clean import clean_tables
 from fbml.tables.sources import read_images, read_products
+from fbml.testing import raw_images, raw_products
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -180,8 +182,21 @@ def test_reads_both_tables_from_s3(s3_endpoint: str) -> None:
         read_products("s3://fbml-raw/missing.csv", storage_options=options)
 
 
+@settings(max_examples=80)
+@given(data=st.data())
+def test_drawn_raw_tables_read_back_from_csv_unchanged(data: st.DataObject) -> None:
+    products = data.draw(raw_products(max_rows=12), label="products")
+    images = data.draw(raw_images(["p1", "p2"], max_rows=8), label="images")
+    with tempfile.TemporaryDirectory() as folder:
+        write_raw_table(products, Path(folder) / "Products.csv")
+        write_raw_table(images, Path(folder) / "Images.csv")
+        assert read_products(Path(folder) / "Products.csv").equals(products)
+        assert read_images(Path(folder) / "Images.csv").equals(images)
+
+
 def test_import_fbml_is_cheap() -> None:
-    code = "import sys, fbml; fbml.clean_products; print(sorted(m for m in ('torch','gensim','litestar') if m in sys.modules))"
+    modules = "('torch', 'gensim', 'litestar', 'hypothesis', 'fbml.testing')"
+    code = f"import sys, fbml; fbml.clean_products; print(sorted(m for m in {modules} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 

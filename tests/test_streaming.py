@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -11,10 +12,14 @@ import polars as pl
 import pytest
 from contracts.rules import REJECTED_SCHEMA
 from fbml.errors import ContractError
+from fbml.sample.marketplace import write_raw_table
 from fbml.tables.clean import clean_tables
 from fbml.tables.cleaning import BATCH_SCHEMA, CLEAN_COLUMNS, clean_products, cleaned_batch
 from fbml.tables.sources import read_products, scan_products
 from fbml.tables.streaming import RawTables, stream_clean_tables, write_cleaned
+from fbml.testing import raw_images, raw_products
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 HEADER = ",id,product_name,category,product_description,price,location\n"
 
@@ -64,6 +69,19 @@ def test_streamed_tables_equal_the_eager_ones_whatever_the_batches(tmp_path: Pat
     assert products["id"].is_unique().all()
     assert products.height + rejected.height == 60
     assert rejected.filter(pl.col("reason") == "duplicate id").height > 0
+
+
+@settings(max_examples=25)
+@given(data=st.data(), batch_rows=st.sampled_from([1, 3, 1000]))
+def test_streamed_drawn_tables_equal_the_eager_ones(data: st.DataObject, batch_rows: int) -> None:
+    products = data.draw(raw_products(max_rows=15, bad_rows=0.4), label="products")
+    ids = products["id"].drop_nulls().str.strip_chars().unique(maintain_order=True).to_list()
+    images = data.draw(raw_images(ids, max_rows=10), label="images")
+    with tempfile.TemporaryDirectory() as folder:
+        write_raw_table(products, Path(folder) / "Products.csv")
+        write_raw_table(images, Path(folder) / "Images.csv")
+        raw = RawTables(str(Path(folder) / "Products.csv"), str(Path(folder) / "Images.csv"), batch_rows=batch_rows)
+        assert_same_as_eager(raw, Path(folder) / "out")
 
 
 def test_the_sample_streams_to_the_eager_tables(sample, tmp_path: Path) -> None:

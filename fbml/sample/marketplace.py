@@ -333,7 +333,14 @@ _PROFILES: tuple[_Profile, ...] = (
     ),
 )
 
-_TOWNS = (
+CATEGORY_PATHS: tuple[str, ...] = tuple(
+    f"{top} / {subpath}" for top, profile in zip(TOP_LEVEL_CATEGORIES, _PROFILES, strict=True) for subpath in profile.subpaths
+)
+"""Every category path the sample's listings are filed under (2-5 levels)."""
+LISTING_NOUNS: tuple[str, ...] = tuple(noun for profile in _PROFILES for noun in profile.nouns)
+"""Every noun the sample's listing titles are made of (ASCII)."""
+
+TOWNS: tuple[tuple[str, str], ...] = (  # (town, county) of the sample's locations
     ("Reading", "Berkshire"), ("Harrogate", "North Yorkshire"), ("Truro", "Cornwall"), ("Kendal", "Cumbria"),
     ("Stirling", "Stirling"), ("Bangor", "Gwynedd"), ("Ipswich", "Suffolk"), ("Norwich", "Norfolk"),
     ("Bath", "Somerset"), ("Exeter", "Devon"), ("Chelmsford", "Essex"), ("Guildford", "Surrey"),
@@ -347,7 +354,7 @@ _TOWNS = (
     ("Llandudno", "Conwy"), ("Taunton", "Somerset"), ("Kidderminster", "Worcestershire"),
     ("Solihull", "West Midlands"), ("Milton Keynes", "Buckinghamshire"), ("Stoke-on-Trent", "Staffordshire"),
 )  # fmt: skip
-_CITIES = ("London", "Glasgow", "Leeds", "Belfast", "Bristol", "Cardiff", "Swansea", "Sheffield")
+CITIES = ("London", "Glasgow", "Leeds", "Belfast", "Bristol", "Cardiff", "Swansea", "Sheffield")
 _FIRST_NAMES = (
     "Amira", "Ben", "chloe", "Dev", "Eilidh", "Fatima", "Gareth", "Hannah", "Ioan", "Jo", "Kwame",
     "Liam", "Marta", "Niamh", "Olu", "Priya", "Rhys", "sam", "Zoë", "Renée", "Siân", "Tomasz",
@@ -586,9 +593,9 @@ def _uuid(rng: random.Random) -> str:
 def _location(rng: random.Random) -> tuple[str, str]:
     """(town, ``Town, County``); a few locations are a bare city with no comma."""
     if rng.random() < _NO_COMMA_LOCATION_RATE:
-        city = rng.choice(_CITIES)
+        city = rng.choice(CITIES)
         return city, city
-    town, county = rng.choice(_TOWNS)
+    town, county = rng.choice(TOWNS)
     return town, f"{town}, {county}"
 
 
@@ -714,10 +721,14 @@ def _write_images_csv(path: Path, photos: Sequence[_Photo], rng: random.Random) 
 
 
 def _write_csv(path: Path, columns: Mapping[str, Sequence[str | None]]) -> None:
-    """A CSV with a bare header (first name empty) and minimally quoted fields; ``\\r`` is quoted."""
-    frame = pl.DataFrame(columns, schema=dict.fromkeys(columns, pl.String))
+    write_raw_table(pl.DataFrame(columns, schema=dict.fromkeys(columns, pl.String)), path)
+
+
+def write_raw_table(frame: pl.DataFrame, path: Path) -> None:
+    """``frame`` as the marketplace's CSVs are: a bare header (the index column's name empty, unquoted),
+    fields quoted only where they must be (a ``\\r`` is), ``\\n`` line ends, UTF-8; ``""`` and null stay apart."""
     body = frame.write_csv(include_header=False, quote_style="necessary", line_terminator="\n")
-    path.write_bytes((",".join(columns) + "\n" + body).encode())
+    path.write_bytes((",".join(frame.columns) + "\n" + body).encode())
 
 
 def _write_photos(image_dir: Path, photos: Sequence[_Photo], rng: np.random.Generator, *, progress: bool) -> None:
