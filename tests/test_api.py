@@ -246,7 +246,7 @@ def ascii_text(text: str) -> str:
 def direct_image(image: bytes) -> torch.Tensor:
     """A photo prepared by hand as training photos are (``fbml.vision.cache``: decoded straight to about
     ``SIZE``, letterboxed), then the deterministic eval transform with EfficientNet-Lite's statistics (0.5)."""
-    with open_image(io.BytesIO(image), size=SIZE, max_pixels=10**8) as decoded:
+    with open_image(image, size=SIZE, max_pixels=10**8) as decoded:
         square = clean_image(decoded, SIZE)
     pixels = torch.from_numpy(np.asarray(square).transpose(2, 0, 1).copy())
     return eval_transform(SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(pixels)[None]

@@ -7,6 +7,7 @@ threads decoding at once cannot race on them.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import re
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from fbml.errors import FbmlError, InputError
 from fbml.tables.validation import rules_checked
+from fbml.vision.jpeg import check_decode_cost
 
 if TYPE_CHECKING:
     from contracts import ImageCleaningFiles
@@ -102,11 +104,14 @@ def clean_image(image: Image.Image, size: int = 512) -> Image.Image:
     return _letterbox(_to_rgb(ImageOps.exif_transpose(image)), size)
 
 
-def open_image(path: Path, *, size: int | None, max_pixels: int) -> Image.Image:
-    """Decode `path` fully, refusing images over `max_pixels` by their header before any pixel is
-    decoded (and again once loaded, for formats whose frames may grow); JPEGs decode straight to about
-    `size` px. PIL's own limit (`Image.MAX_IMAGE_PIXELS`, left as the host set it) applies as well."""
-    image = Image.open(path)
+def open_image(path: Path | bytes, *, size: int | None, max_pixels: int) -> Image.Image:
+    """Decode `path` (a file, or its bytes) fully, refusing images over `max_pixels` by their header before any pixel is
+    decoded (and again once loaded, for formats whose frames may grow), and JPEGs whose scans would cost more
+    than that (`fbml.vision.jpeg.check_decode_cost`); JPEGs decode straight to about `size` px. PIL's own
+    limit (`Image.MAX_IMAGE_PIXELS`, left as the host set it) applies as well."""
+    data = path if isinstance(path, bytes) else path.read_bytes()
+    check_decode_cost(data, max_pixels)
+    image = Image.open(io.BytesIO(data))
     try:
         _refuse_bomb(image, max_pixels)
         if size is not None and image.format == "JPEG":

@@ -27,6 +27,7 @@ from PIL import GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, Unidenti
 
 from fbml.errors import InputError
 from fbml.vision.cleaning import clean_image
+from fbml.vision.jpeg import check_decode_cost
 
 DEFAULT_MAX_IMAGE_PIXELS = 12_000_000
 DEFAULT_DECODE_SECONDS = 1.0
@@ -112,7 +113,10 @@ def decoded_photo(data: bytes, size: int, limits: PhotoLimits, field: str = "ima
     """``data`` decoded (a JPEG at the smallest scale whose longest side is at least ``size``), within
     ``limits``; ``InputError`` naming ``field`` when it is not a photo or would cost too much."""
     try:
+        check_decode_cost(data, limits.max_pixels)
         image = Image.open(_Deadline(data, limits.decode_seconds), formats=list(PHOTO_FORMATS))
+    except Image.DecompressionBombError as error:
+        raise InputError(field, str(error)) from None
     except UnidentifiedImageError:
         raise InputError(field, f"is not an image ({FORMAT_NAMES})") from None
     except Exception as error:  # PIL raises many kinds for a broken header
