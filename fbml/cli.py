@@ -234,9 +234,10 @@ def _run_clean_products(args: argparse.Namespace) -> None:
 
 
 def _run_clean_images(args: argparse.Namespace) -> None:
-    from fbml.files import check_output_folder
+    from fbml.files import check_destination, check_output_folder
     from fbml.vision.cleaning import clean_images
 
+    check_destination(args.dst, "destination", source_folder=args.src)
     check_output_folder(args.dst)
     report = clean_images(args.src, args.dst, size=args.size, workers=args.workers)
     print(f"photos: {report.cleaned + report.rejected} read, {report.cleaned} cleaned, {report.rejected} rejected")
@@ -268,6 +269,7 @@ def _run_train(args: argparse.Namespace) -> None:
     from fbml.tables.clean import clean_tables
     from fbml.workflows.train import train_request
 
+    _check_folders(args, bundle=args.out, work_dir=args.work_dir or args.out.with_name(args.out.name + ".work"), logdir=args.logdir)
     launched = world_from_environment(os.environ)
     if launched is not None and args.nproc is not None:
         raise FbmlError(f"--nproc {args.nproc}: this is already one of {launched.size} processes a launcher started "
@@ -331,6 +333,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from fbml.workflows.evaluate import evaluations, scores_table
 
     device = str(resolve_device(args.device))
+    _check_folders(args, report=args.report)
     if args.report is not None:
         from fbml.workflows.report.folder import report_files
 
@@ -363,8 +366,9 @@ def _run_index(args: argparse.Namespace) -> None:
 
     device = str(resolve_device(args.device))
     read_manifest(args.bundle)  # not a bundle: stop before cleaning the tables
-    tables = clean_tables(args.products, args.images)
     work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
+    _check_folders(args, work_dir=work_dir)
+    tables = clean_tables(args.products, args.images)
     report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json,
                           method=args.method)
     print(json.dumps(dict(report), indent=2) if args.json else index_summary(report))
@@ -398,6 +402,19 @@ def _run_quickstart(args: argparse.Namespace) -> None:
 
     check_output_folder(args.out)
     quickstart(args.out, products=args.products, seed=args.seed)
+
+
+def _check_folders(args: argparse.Namespace, **outputs: Path | None) -> None:
+    """Refuse, before any work, a ``--image-dir`` that is missing (even where the command could do without it)
+    and an output folder inside what the command reads: the photo folder, or the bundle for what is not it."""
+    from fbml.files import check_destination
+    from fbml.vision.cache import check_photo_folder
+
+    check_photo_folder(args.image_dir)
+    bundle = getattr(args, "bundle", None)
+    for name, folder in outputs.items():
+        sources = {"photo_folder": args.image_dir, "bundle": None if name == "bundle" else outputs.get("bundle", bundle)}
+        check_destination(folder, name.replace("_", " "), **sources)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -88,3 +88,19 @@ def check_output_folder(folder: Path | None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise FbmlError(f"{folder}: cannot create the folder ({error.strerror})") from None
+
+
+def check_destination(destination: Path | None, what: str, **sources: Path | None) -> None:
+    """Refuse, before any work, a ``destination`` folder that is one of ``sources`` or inside one (links followed):
+    writing there would replace or mix with what the command reads (``fbml clean-images DIR DIR`` would overwrite
+    every original with its small copy)."""
+    if destination is None:
+        return
+    target = destination.resolve()
+    for name, source in sources.items():
+        if source is None:
+            continue
+        origin = source.resolve()
+        if target == origin or target.is_relative_to(origin):
+            place = "is" if target == origin else "is inside"
+            raise FbmlError(f"{destination}: the {what} {place} the {name.replace('_', ' ')} {source}; choose a folder outside it")

@@ -665,6 +665,16 @@ def test_bad_input_is_refused_with_the_field_named(
     assert_error(client.post(path, **request_kwargs), status, field, detail)
 
 
+def test_an_error_never_repeats_a_clients_megabytes(client: TestClient) -> None:
+    """A 2 MB product id, field name or text: the answer names them, bounded (it echoed a 9 MB id whole)."""
+    huge = "x" * 2_000_000
+    for response in (client.post("/recommend", json={"product_id": huge}),
+                     client.post("/predict/image", files=multipart(**{huge[:200_000]: "kettle"})),
+                     client.post("/predict/text", json={"text": huge})):
+        assert response.status_code in (400, 404, 422) and len(response.content) < 2_000, response.content[:200]
+        assert response.json()["detail"]
+
+
 UNREADABLE = ["\x00", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", " ", "\t", "\n", "\u00a0", "\u3000", "!", "-", "\u2019"]
 UNREADABLE_TEXTS = st.text(alphabet=st.sampled_from(UNREADABLE) | st.characters(categories=["Mn", "Me"]), min_size=1, max_size=30)
 

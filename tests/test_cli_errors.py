@@ -40,6 +40,15 @@ def a_folder(root: Path, name: str = "folder", files: int = 0) -> Path:
     return path
 
 
+def a_bundle(root: Path) -> Path:
+    """A folder that passes for a bundle as far as the commands' first checks go (its manifest is read later)."""
+    path = root / "bundle"
+    path.mkdir(exist_ok=True)
+    (path / "bundle.json").write_text('{"format": "fbml.bundle/2", "codec": {"file": "codec-0000000000000000.json", '
+                                      '"sha256": "' + "0" * 64 + '"}}')
+    return path
+
+
 def busy_port() -> tuple[socket.socket, int]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -82,6 +91,22 @@ CASES: dict[str, tuple[Setup, str]] = {
     "serve a missing bundle": (lambda root, sample: ["serve", str(root / "none")], "not a bundle"),
     "serve on port 99999": (lambda root, sample: ["serve", str(root), "--port", "99999"], "a port is between 1 and 65535"),
     "quickstart into a file": (lambda root, sample: ["quickstart", "--out", str(a_file(root))], "a-file"),
+    "clean-images into its own source": (lambda root, sample: ["clean-images", str(sample.image_dir), str(sample.image_dir)],
+                                         "the destination is the source folder"),
+    "clean-images into a folder inside its source": (lambda root, sample: ["clean-images", str(sample.image_dir),
+                                                                           str(sample.image_dir / "small")],
+                                                     "the destination is inside the source folder"),
+    "train a text model with a missing photo folder": (lambda root, sample: ["train", "--model", "text", *data(sample)[:4],
+                                                                              "--image-dir", str(root / "none"), "--out",
+                                                                              str(root / "b")], "none: no such photo folder"),
+    "train into the photo folder": (lambda root, sample: ["train", "--model", "text", *data(sample), "--out",
+                                                         str(sample.image_dir / "bundle")], "the bundle is inside the photo folder"),
+    "evaluate with a missing photo folder": (lambda root, sample: ["evaluate", str(root), *data(sample)[:4], "--image-dir",
+                                                                  str(root / "none")], "none: no such photo folder"),
+    "evaluate a report into the photo folder": (lambda root, sample: ["evaluate", str(root), *data(sample), "--report",
+                                                                     str(sample.image_dir)], "the report is the photo folder"),
+    "index with a missing photo folder": (lambda root, sample: ["index", str(a_bundle(root)), *data(sample)[:4], "--image-dir",
+                                                               str(root / "none")], "none: no such photo folder"),
     "an unknown command": (lambda root, sample: ["nonsense"], "invalid choice: 'nonsense'"),
     "a missing argument": (lambda root, sample: ["train", "--model", "text"], "the following arguments are required"),
 }
@@ -148,3 +173,31 @@ def test_resume_from_a_broken_checkpoint_is_one_line(tmp_path: Path, sample, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "last.pt: cannot resume from this checkpoint" in err[0] and "without --resume" in err[0]
+
+
+def test_evaluate_of_a_text_bundle_with_a_missing_photo_folder_is_one_line(trained_bundle_dir: Path, tmp_path: Path,
+                                                                           sample, capsys) -> None:
+    """A text-only bundle needs no photos, but a folder the user typed that does not exist is still an error."""
+    capsys.readouterr()
+    code = main(["evaluate", str(trained_bundle_dir), *data(sample)[:4], "--image-dir", str(tmp_path / "typo")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"fbml: error: {tmp_path / 'typo'}: no such photo folder"]
+
+
+@pytest.mark.parametrize("setting", ["missing", "a-file"])
+def test_serve_with_an_unusable_metrics_folder_is_one_line_before_any_worker(trained_bundle_dir: Path, tmp_path: Path,
+                                                                             setting: str) -> None:
+    """Several workers with $PROMETHEUS_MULTIPROC_DIR naming a missing folder (or a file) crashed in a loop while the
+    parent served nothing; now nothing starts."""
+    import os
+
+    from fbml.serving.server import free_port
+
+    folder = tmp_path / "metrics" if setting == "missing" else a_file(tmp_path)
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    for workers in ("1", "2"):
+        result = subprocess.run([sys.executable, "-m", "fbml.cli", "serve", str(trained_bundle_dir), "--port", str(free_port()),
+                                 "--workers", workers], capture_output=True, text=True, timeout=120, env=environment)
+        assert result.returncode == 2, result.stderr
+        reason = "no such folder" if setting == "missing" else "not a folder"
+        assert result.stderr.strip().splitlines() == [f"fbml: error: PROMETHEUS_MULTIPROC_DIR={folder}: {reason}"]

@@ -387,6 +387,22 @@ def test_clean_images_overwrites_previous_outputs(messy_folder: Path, tmp_path: 
         assert image.size == (48, 48)
 
 
+def test_clean_images_replaces_a_link_in_the_destination_never_writes_through_it(messy_folder: Path, tmp_path: Path) -> None:
+    """A link left under an output's name, or under the name its temporary file takes, is replaced by the cleaned
+    photo (or removed): what it points to is left as it was."""
+    import os
+
+    outside = tmp_path / "precious.jpg"
+    outside.write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "good.jpg").symlink_to(outside)
+    (tmp_path / "out" / f".good.jpg.{os.getpid()}.tmp").symlink_to(outside)
+    clean_messy(messy_folder, tmp_path / "out", workers=1)
+    assert outside.read_text() == "keep" and not (tmp_path / "out" / "good.jpg").is_symlink()
+    with Image.open(tmp_path / "out" / "good.jpg") as image:
+        assert image.size == (48, 48)
+
+
 def test_clean_images_reports_other_os_errors(messy_folder: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out"
     (dst / "good.jpg").mkdir(parents=True)

@@ -190,9 +190,14 @@ def test_text_logs_are_one_line_each_with_the_request_id(bundle: Bundle, capsys:
         until(lambda: client.get("/health/ready").status_code == 200)
         capsys.readouterr()
         client.get("/health/live%0AINFO%20forged", headers={"x-request-id": "t-1"})
+        client.get("/a%20request_id=forged%20status=200%20%22", headers={"x-request-id": "t-2"})
         lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1
-    assert re.fullmatch(r"\S+ INFO GET /health/live\\nINFO forged 404 request_id=t-1 route=unmatched status=404 duration_ms=[0-9.]+", lines[0])
+    assert len(lines) == 2
+    first = json.dumps("GET " + ascii("/health/live\nINFO forged")[1:-1] + " 404")  # the path escaped, then quoted
+    assert re.fullmatch(r"\S+ INFO " + re.escape(first) + r" request_id=t-1 route=unmatched status=404 duration_ms=[0-9.]+", lines[0])
+    # a path with spaces and key=value in it stays inside the quoted message: the first fields are the real ones
+    second = json.dumps('GET /a request_id=forged status=200 " 404')
+    assert re.fullmatch(r"\S+ INFO " + re.escape(second) + r" request_id=t-2 route=unmatched status=404 duration_ms=[0-9.]+", lines[1])
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +278,21 @@ def test_fbml_serve_logs_one_json_object_a_line_with_request_ids(two_workers: st
     access = [line for line in lines if line["request_id"] == "from-the-test"]
     assert len(access) == 1 and access[0]["route"] == "/health/live" and access[0]["status"] == 200
     assert any(line["message"].startswith("Started server process") for line in lines)  # uvicorn's own lines, as JSON
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_fbml_serve_with_exit_status_0(saved: Path, workers: str) -> None:
+    """SIGTERM is how a container runtime stops a service: a normal stop, not a failure (it was 143)."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    fbml = Path(sys.executable).with_name("fbml")
+    server = subprocess.Popen([str(fbml), "serve", str(saved), "--port", str(port), "--workers", workers],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        until(lambda: server.poll() is None and _status(f"http://127.0.0.1:{port}/health/ready") == 200, seconds=120)
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)

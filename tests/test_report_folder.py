@@ -62,3 +62,22 @@ def test_an_unreadable_marker_is_refused(tmp_path: Path, content: str) -> None:
     (tmp_path / MARKER).write_text(content, encoding="utf-8")
     with pytest.raises(FbmlError, match="unreadable report marker"):
         report_files(tmp_path)
+
+
+def test_a_link_left_in_the_folder_is_replaced_never_written_through(tmp_path: Path, photos: list[Path | None]) -> None:
+    """An earlier report's page and pictures replaced by symbolic links to files outside: writing the report again
+    replaces the links with its own files and leaves what they pointed to as it was; a marker that is a link is refused."""
+    folder, outside = tmp_path / "report", tmp_path / "precious.txt"
+    write_report(folder, [example_results("text", 20, photos, seed=1)], title="t", mistakes=0)
+    outside.write_text("keep")
+    names = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
+    for name in names:
+        (folder / name).unlink()
+        (folder / name).symlink_to(outside)
+    write_report(folder, [example_results("text", 20, photos, seed=1)], title="t", mistakes=0)
+    assert outside.read_text() == "keep"
+    assert all((folder / name).is_file() and not (folder / name).is_symlink() for name in names)
+    (folder / MARKER).unlink()
+    (folder / MARKER).symlink_to(outside)
+    with pytest.raises(FbmlError, match="is a symbolic link, not a report fbml wrote"):
+        report_files(folder)

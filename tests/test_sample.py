@@ -231,3 +231,15 @@ def test_photos_predict_the_category(sample: SampleMarketplace, photos: dict[str
         accuracy = cross_val_score(model, features, labels, cv=5).mean()
     print(f"image accuracy {accuracy:.3f} (majority {majority:.3f})")
     assert accuracy > majority + 0.2
+
+
+def test_a_link_in_the_output_folder_is_replaced_never_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    out = tmp_path / "sample"
+    out.mkdir()
+    for name in ("Products.csv", "Images.csv", "sample.json"):
+        (out / name).symlink_to(outside)
+    sample = write_sample(out, products=20, seed=0, progress=False)
+    assert outside.read_text() == "keep"
+    assert not sample.products_csv.is_symlink() and sample.products_csv.read_text().startswith(",id,")

@@ -20,7 +20,7 @@ from fbml.bundle.store import Bundle, BundleModel, Predictor
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import fit_linear_text
 from fbml.serving.app import DEFAULT_MAX_BODY_BYTES, SECURITY_HEADERS, create_app
-from fbml.serving.server import serving
+from fbml.serving.server import MIN_BODY_RATE, serving
 from fbml.text.labels import LabelCodec
 
 READ_TIMEOUT = 1.0
@@ -87,15 +87,36 @@ def test_a_client_that_stops_sending_is_closed_within_the_read_timeout(base_url:
 
 
 def test_a_body_that_keeps_coming_is_read_however_long_it_takes(base_url: str) -> None:
-    """The timeout is on a pause, not on the whole body: a slow upload still gets its answer."""
-    body = json.dumps({"text": "red kettle"}).encode()
+    """The timeout is on a pause and on the body's average rate, not on the whole body: an upload arriving in
+    parts at well above ``MIN_BODY_RATE`` still gets its answer, however many read timeouts it takes."""
+    body = b'{"text": "red kettle"' + b" " * 150_000 + b"}"  # JSON's own whitespace: the text stays short
+    part = int(MIN_BODY_RATE * READ_TIMEOUT * 0.4 * 2)  # twice the minimum rate, a part every 0.4 read timeouts
     with connection(base_url) as sock:
         sock.sendall(HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
-        for start in range(0, len(body), 7):
+        started = time.monotonic()
+        for start in range(0, len(body), part):
             time.sleep(READ_TIMEOUT * 0.4)
-            sock.sendall(body[start : start + 7])
+            sock.sendall(body[start : start + part])
+        assert time.monotonic() - started > 2 * READ_TIMEOUT
         answer = reply(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_a_body_that_trickles_is_closed_once_it_has_had_the_read_timeout(base_url: str) -> None:
+    """A byte every 0.3 read timeouts never pauses long enough to be cut, but averages far below ``MIN_BODY_RATE``:
+    the connection is closed once the body has had ``read_timeout`` seconds, and what it sent is let go."""
+    with connection(base_url) as sock:
+        sock.sendall(HEAD + b"Content-Length: 1000000\r\n\r\n" + b'{"text": "')
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < WAIT and not closed:
+            time.sleep(READ_TIMEOUT * 0.3)
+            try:
+                sock.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        assert closed or not sock.recv(100)
+        assert time.monotonic() - started < READ_TIMEOUT + 2.0
 
 
 def over_the_limit() -> bytes:

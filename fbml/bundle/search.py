@@ -18,7 +18,7 @@ from contracts.limits import MAX_K
 from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 
 from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
-from fbml.errors import FbmlError
+from fbml.errors import FbmlError, shown
 from fbml.tables.validation import rules_checked
 
 PRECISION_K = 10
@@ -93,7 +93,7 @@ class SearchIndex:
     def row(self, product_id: str) -> int:
         """The catalogue row of ``product_id``; ``UnknownProductError`` when the index lacks it."""
         if product_id not in self._rows:
-            raise UnknownProductError(f"no product {product_id!r} in the search index")
+            raise UnknownProductError(f"no product {shown(product_id)} in the search index")
         return self._rows[product_id]
 
     def listing(self, row: int) -> dict[str, Any]:

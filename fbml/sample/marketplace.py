@@ -39,6 +39,8 @@ import polars as pl
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from fbml.files import write_atomically
+
 TOP_LEVEL_CATEGORIES: tuple[str, ...] = (
     "Home & Garden",
     "Office Furniture & Equipment",
@@ -728,7 +730,7 @@ def write_raw_table(frame: pl.DataFrame, path: Path) -> None:
     """``frame`` as the marketplace's CSVs are: a bare header (the index column's name empty, unquoted),
     fields quoted only where they must be (a ``\\r`` is), ``\\n`` line ends, UTF-8; ``""`` and null stay apart."""
     body = frame.write_csv(include_header=False, quote_style="necessary", line_terminator="\n")
-    path.write_bytes((",".join(frame.columns) + "\n" + body).encode())
+    write_atomically(path, (",".join(frame.columns) + "\n" + body).encode())
 
 
 def _write_photos(image_dir: Path, photos: Sequence[_Photo], rng: np.random.Generator, *, progress: bool) -> None:
@@ -739,13 +741,13 @@ def _write_photos(image_dir: Path, photos: Sequence[_Photo], rng: np.random.Gene
             stale.unlink()
     noise = rng.integers(-_NOISE, _NOISE + 1, size=(_MAX_SIDE, _MAX_SIDE, 3), dtype=np.int16)
     for photo in tqdm(photos, desc="photos", disable=not progress):
-        (image_dir / photo.file_name).write_bytes(_photo_bytes(photo, noise, rng))
+        write_atomically(image_dir / photo.file_name, _photo_bytes(photo, noise, rng))
 
 
 def _write_manifest(path: Path, seed: int, products: int, defects: SampleDefects) -> None:
     """``sample.json``: seed, number of product rows and the defect counts."""
     manifest = {"seed": seed, "products": products, "defects": attrs.asdict(defects)}
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomically(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _photo_bytes(photo: _Photo, noise: np.ndarray, rng: np.random.Generator) -> bytes:

@@ -9,7 +9,10 @@ metrics in prometheus-client's multiprocess mode (a fresh ``$PROMETHEUS_MULTIPRO
 uvicorn closes a connection idle between requests (``timeout_keep_alive``) but waits forever for a
 request that stops arriving. ``ReadTimeoutH11Protocol`` closes those: a request's head must arrive
 within ``read_timeout`` seconds of the connection opening (or of the last answer), and its body
-may pause no longer than ``read_timeout`` between bytes.
+may pause no longer than ``read_timeout`` between bytes and, once it has had ``read_timeout`` seconds,
+must average ``MIN_BODY_RATE`` bytes a second (a trickle would hold its connection and buffer for ever).
+SIGTERM stops ``serve`` gracefully with exit status 0; ``$PROMETHEUS_MULTIPROC_DIR`` is checked before
+any worker starts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -44,6 +48,9 @@ BUNDLE_ENV = "FBML_BUNDLE"
 THREADS_ENV = "FBML_THREADS"
 OPTIONS_ENV = "FBML_APP_OPTIONS"
 DEFAULT_READ_TIMEOUT = 30.0
+MIN_BODY_RATE = 20_000.0
+"""Bytes per second a body must average once it has had ``read_timeout`` seconds: a client trickling a byte
+at a time never pauses long enough to be cut, but would hold its connection and what it sent for ever."""
 KEEP_ALIVE_SECONDS = 5
 WORKER_STARTUP_SECONDS = 120
 """How long a worker may take to import, load its bundle and answer uvicorn's health check (5 s by
@@ -60,13 +67,17 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
-    """Serve the bundle with uvicorn in ``workers`` processes (``serving_threads`` inference threads each)."""
+    """Serve the bundle with uvicorn in ``workers`` processes (``serving_threads`` inference threads each), until
+    SIGTERM or Ctrl-C. SIGTERM is a normal stop: the server shuts down gracefully and this returns (exit 0)."""
     import uvicorn
 
+    check_metrics_folder(os.environ.get(MULTIPROCESS_ENV))  # a bad setting stops here, before any worker starts
     threads = serving_threads(workers)
     served = served_bundle(bundle_dir, options.runtime, threads)  # in this process too: a bad bundle stops here
     settings = {"host": host, "port": port, "access_log": False, "log_config": uvicorn_logging(options.log_format),
                 **uvicorn_timeouts(DEFAULT_READ_TIMEOUT)}  # fmt: skip
+    # uvicorn handles SIGTERM, then raises it again to the handler it found: found this one, the process ends 0.
+    signal.signal(signal.SIGTERM, _stopped)
     if workers == 1:
         uvicorn.run(app_over(served, options), **settings)
         return
@@ -78,6 +89,25 @@ def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, worker
             os.environ[MULTIPROCESS_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="fbml-metrics-"))
         uvicorn.run("fbml.serving.server:app_from_env", factory=True, workers=workers,
                     timeout_worker_healthcheck=WORKER_STARTUP_SECONDS, **settings)  # fmt: skip
+
+
+def _stopped(_signal: int, _frame: object) -> None:
+    """SIGTERM once the server has shut down: nothing more to do."""
+
+
+def check_metrics_folder(folder: str | None) -> None:
+    """Refuse ``$PROMETHEUS_MULTIPROC_DIR`` (when set) unless it names a folder this process can write files in:
+    else every worker would fail at its first metric, and be restarted for ever."""
+    if not folder:
+        return
+    path = Path(folder)
+    if not path.is_dir():
+        raise FbmlError(f"{MULTIPROCESS_ENV}={folder}: {'not a folder' if path.exists() else 'no such folder'}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fbml-check-"):
+            pass
+    except OSError as error:
+        raise FbmlError(f"{MULTIPROCESS_ENV}={folder}: cannot write in it ({error.strerror or type(error).__name__})") from None
 
 
 def app_from_env() -> Litestar:
@@ -164,12 +194,15 @@ def uvicorn_timeouts(read_timeout: float) -> dict[str, Any]:
 
 
 class ReadTimeoutH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request stops arriving (see the module)."""
+    """uvicorn's h11 protocol, closing a connection whose request stops arriving or trickles (see the module)."""
 
-    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, read_timeout: float, min_body_rate: float = MIN_BODY_RATE, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeout = read_timeout
+        self.min_body_rate = min_body_rate
         self._stall: asyncio.TimerHandle | None = None
+        self._rate_check: asyncio.TimerHandle | None = None
+        self._body: tuple[float, int] | None = None  # when the body began arriving, and the bytes since
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -177,14 +210,26 @@ class ReadTimeoutH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        self._watch(restart=self.conn.their_state is h11.SEND_BODY)
+        reading_body = self.conn.their_state is h11.SEND_BODY
+        if reading_body:
+            started, received = self._body or (self.loop.time(), 0)
+            self._body = (started, received + len(data))
+            if self._rate_check is None:
+                self._rate_check = self.loop.call_at(started + self.read_timeout, self._check_rate)
+        else:
+            self._end_body()
+        self._watch(restart=reading_body)
+        if reading_body and self._too_slow():
+            self._close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._end_body()
         self._watch(restart=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch()
+        self._end_body()
         super().connection_lost(exc)
 
     def _watch(self, *, restart: bool) -> None:
@@ -193,14 +238,35 @@ class ReadTimeoutH11Protocol(H11Protocol):
             self._unwatch()
         elif restart or self._stall is None:
             self._unwatch()
-            self._stall = self.loop.call_later(self.read_timeout, self._stalled)
+            self._stall = self.loop.call_later(self.read_timeout, self._close)
 
     def _unwatch(self) -> None:
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
 
-    def _stalled(self) -> None:
+    def _end_body(self) -> None:
+        self._body = None
+        if self._rate_check is not None:
+            self._rate_check.cancel()
+            self._rate_check = None
+
+    def _too_slow(self) -> bool:
+        """Whether the body, past its first ``read_timeout`` seconds, has come slower than ``min_body_rate`` on average."""
+        if self._body is None or self.conn.their_state is not h11.SEND_BODY:
+            return False
+        started, received = self._body
+        elapsed = self.loop.time() - started
+        return elapsed >= self.read_timeout and received < self.min_body_rate * elapsed
+
+    def _check_rate(self) -> None:
+        self._rate_check = None
+        if self._too_slow():
+            self._close()
+        elif self._body is not None:  # still coming, fast enough so far: look again
+            self._rate_check = self.loop.call_later(self.read_timeout, self._check_rate)
+
+    def _close(self) -> None:
         self._stall = None
         if not self.transport.is_closing():
             self.transport.close()

@@ -126,11 +126,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level message key=value ...`` on one line (``log_fields``; line breaks escaped)."""
+    """``time level "message" key=value ...`` on one line (``log_fields``): the message in double quotes, JSON-escaped,
+    so that nothing a client sent (a path with spaces and ``key=value`` in it, line breaks) reads as a field."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = log_fields(record)
         pairs = " ".join(f"{name}={value}" for name, value in fields.items() if name in FIELDS and value is not None)
-        message = str(fields["message"]).replace("\r", "\\r").replace("\n", "\\n")
+        message = json.dumps(str(fields["message"]), ensure_ascii=True)
         line = f"{fields['time']} {fields['level']} {message} {pairs}".rstrip()
         return line if "exception" not in fields else f"{line} {fields['exception']!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import attrs
 import contracts
 import polars as pl
 
+from fbml.files import write_atomically
 from fbml.tables.cleaning import Cleaned, Manifest, clean_products, image_manifest
 from fbml.tables.sources import UTF8, StorageOptions, read_images, read_products
 from fbml.tables.validation import rows_of, validated
@@ -112,11 +114,14 @@ def clean_tables(
 
 
 def write_clean_tables(tables: CleanTables, out: Path) -> None:
-    """Write products, rejected rows and (when present) the photo manifest as parquet."""
+    """Write products, rejected rows and (when present) the photo manifest as parquet, each file afresh and
+    renamed into place (a link left under its name is replaced, not written through)."""
     out.mkdir(parents=True, exist_ok=True)
     frames: list[pl.DataFrame] = [tables.cleaned.products, tables.rejected, *([tables.manifest.images] if tables.manifest else [])]
     for frame, path in zip(frames, tables.output_paths(out), strict=True):
-        frame.write_parquet(path)
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        write_atomically(path, buffer.getvalue())
 
 
 def restricted_tables(tables: CleanTables, keep: pl.Expr) -> CleanTables:

@@ -346,10 +346,16 @@ def _reason(error: Exception) -> str:
 
 
 def _write_jpeg(image: Image.Image, output: Path, quality: int) -> None:
-    """Save `image` as `output` atomically: a temporary file in the same folder, then a rename."""
+    """Save `image` as `output` atomically: a temporary file in the same folder, created afresh (never through a
+    link someone left under its name), then renamed over `output` (a link there is replaced, not followed)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
     partial = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    partial.unlink(missing_ok=True)  # a stale one of a dead process with our pid, or a link planted there
     try:
-        image.save(partial, "JPEG", quality=quality)
+        handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(handle, "wb") as file:
+            file.write(buffer.getvalue())
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)

@@ -3,6 +3,7 @@ page and its pictures in their place."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import attrs
 from PIL import Image
 
 from fbml.errors import FbmlError
+from fbml.files import write_atomically
 
 INDEX = "index.html"
 MARKER = ".fbml-report.json"
@@ -31,6 +33,8 @@ def report_files(directory: Path) -> tuple[str, ...]:
     if not directory.is_dir():
         raise FbmlError(f"{directory}: exists and is not a folder; choose a new folder for the report")
     marker = directory / MARKER
+    if marker.is_symlink():
+        raise FbmlError(f"{marker}: is a symbolic link, not a report fbml wrote; remove the folder or choose another")
     if marker.is_file():
         return _marked_files(marker)
     if any(directory.iterdir()):
@@ -57,7 +61,8 @@ def _plain_name(name: str) -> bool:
 
 def write_folder(directory: Path, previous: tuple[str, ...], pictures: Sequence[Picture], page: str) -> Path:
     """Replace an earlier report's files by ``pictures`` and the page; the marker is written before the rest.
-    The page's path."""
+    Every file is written afresh and renamed into place (``write_atomically``), so a symbolic link left under
+    one of their names is replaced, never written through. The page's path."""
     directory.mkdir(parents=True, exist_ok=True)
     names = [INDEX, *(picture.name for picture in pictures)]
     for name in set(previous) - set(names):
@@ -65,16 +70,19 @@ def write_folder(directory: Path, previous: tuple[str, ...], pictures: Sequence[
         if stale.is_file() and not stale.is_symlink():
             stale.unlink()
     marker = {"written_by": "fbml.workflows.report", "files": names}
-    (directory / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    write_atomically(directory / MARKER, json.dumps(marker, indent=1).encode())
     for picture in pictures:
-        _save(picture, directory / picture.name)
+        write_atomically(directory / picture.name, _encoded(picture))
     index = directory / INDEX
-    index.write_text(page, encoding="utf-8")
+    write_atomically(index, page.encode("utf-8"))
     return index
 
 
-def _save(picture: Picture, path: Path) -> None:
-    if path.suffix == ".jpg":
-        picture.image.save(path, "JPEG", quality=85)
+def _encoded(picture: Picture) -> bytes:
+    """The picture as a file's bytes: JPEG for a ``.jpg`` name, else PNG."""
+    buffer = io.BytesIO()
+    if picture.name.endswith(".jpg"):
+        picture.image.save(buffer, "JPEG", quality=85)
     else:
-        picture.image.save(path, "PNG")
+        picture.image.save(buffer, "PNG")
+    return buffer.getvalue()
