@@ -419,7 +419,8 @@ def test_a_few_named_refusals(model: LinearTextModel) -> None:
         (document, {**arrays, "coef": arrays["coef"][:, 1:]}, "coef must have shape"),
         (document, {**arrays, "intercept": arrays["intercept"][:2]}, r"intercept must have shape \(3,\)"),
         ({**document, "num_classes": 4}, arrays, "coef must have 4 rows"),
-        (copy.deepcopy(document) | {"calibration": {**document["calibration"], "temperature": -1}}, arrays, "temperature must be a positive"),
+        (copy.deepcopy(document) | {"calibration": {**document["calibration"], "temperature": -1}}, arrays, "temperature must be a number from e"),
+        (copy.deepcopy(document) | {"calibration": {**document["calibration"], "temperature": 1e-300}}, arrays, "temperature must be a number from e"),
     ]
     for json_value, parts, message in cases:
         with pytest.raises(FbmlError, match=message):

@@ -28,8 +28,16 @@ class UnknownProductError(FbmlError):
     """A product id the index does not hold."""
 
 
+UNIT_TOLERANCE = 1e-3
+
+
 def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], vectors: np.ndarray) -> None:
+    """Listing vectors: float32 (N, D), finite, each of length 1 (or 0: a listing with no part)."""
     check_vectors(vectors)
+    norms = np.linalg.norm(vectors, axis=1)
+    off = int(np.count_nonzero((np.abs(norms - 1.0) > UNIT_TOLERANCE) & (norms > 0)))
+    if off:
+        raise FbmlError(f"{off} of the index's vectors are not of length 1 (cosine search needs unit vectors)")
 
 
 def _checked_catalogue(catalogue: pl.DataFrame) -> pl.DataFrame:

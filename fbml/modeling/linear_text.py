@@ -159,11 +159,13 @@ class Calibration:
 
     def __attrs_post_init__(self) -> None:
         _check_choice("calibration method", self.method, CALIBRATIONS)
-        positive = _is_number(self.temperature) and self.temperature > 0
-        _require(positive, f"calibration temperature must be a positive number, got {self.temperature!r}")
-        for name, values in (("scale", self.scale), ("bias", self.bias)):
-            valid = isinstance(values, tuple) and all(_is_number(item) for item in values)
-            _require(valid, f"calibration {name} must be a list of finite numbers")
+        lowest, highest = math.exp(-LOG_TEMPERATURE_BOUND) * (1 - 1e-9), math.exp(LOG_TEMPERATURE_BOUND) * (1 + 1e-9)
+        within = _is_number(self.temperature) and lowest <= self.temperature <= highest
+        _require(within, f"calibration temperature must be a number from e^-{LOG_TEMPERATURE_BOUND:g} to "
+                         f"e^{LOG_TEMPERATURE_BOUND:g} (what fitting allows), got {self.temperature!r}")
+        for name, values, bound in (("scale", self.scale, VECTOR_SCALE_BOUND), ("bias", self.bias, VECTOR_BIAS_BOUND)):
+            valid = isinstance(values, tuple) and all(_is_number(item) and abs(item) <= bound for item in values)
+            _require(valid, f"calibration {name} must be a list of numbers from -{bound:g} to {bound:g}")
         _require(len(self.scale) == len(self.bias), f"calibration scale has {len(self.scale)} values, bias {len(self.bias)}")
         _require(_is_int(self.folds) and self.folds >= 0, f"calibration folds must be an integer >= 0, got {self.folds!r}")
         for name, loss in (("oof_nll", self.oof_nll), ("oof_nll_raw", self.oof_nll_raw)):
