@@ -1200,6 +1200,14 @@ def test_weights_that_are_not_finite(copy: Path, kind: str, bad: float) -> None:
     load_error(copy, rf"the {kind} weights {re.escape(name)} hold values that are not finite numbers")
 
 
+def test_index_vectors_that_are_not_of_length_one(copy: Path) -> None:
+    manifest = manifest_of(copy)
+    ref = manifest["index"]["vectors"]
+    replace_file(copy, ref, npy_bytes(np.load(copy / ref["file"], allow_pickle=False) * 3))
+    write_manifest(copy, manifest)
+    load_error(copy, r"of the index's vectors are not of length 1")
+
+
 def test_batch_norm_variances_that_are_negative(copy: Path) -> None:
     from safetensors.numpy import load, save
 
