@@ -61,6 +61,7 @@ from fbml.text.vocabulary import Vocabulary
 from fbml.text.word2vec import WordVectors
 
 MANIFEST = "bundle.json"
+MAX_MANIFEST_BYTES = 16 * 2**20
 CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)")
 RUNTIMES = ("torch", "onnx")
 if TYPE_CHECKING:
@@ -153,11 +154,15 @@ def manifest_bytes(path: Path) -> bytes:
     if not path.is_dir():
         raise FbmlError(f"{path}: not a bundle (not a directory)")
     try:
-        return file.read_bytes()
+        with file.open("rb") as reading:
+            content = reading.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise FbmlError(f"{path}: not a bundle (no {MANIFEST})") from None
     except OSError as error:
         raise FbmlError(f"{file}: cannot read ({error.strerror})") from None
+    if len(content) > MAX_MANIFEST_BYTES:
+        raise FbmlError(f"{file}: over {MAX_MANIFEST_BYTES // 2**20} MiB; a bundle's manifest names its files, it holds none")
+    return content
 
 
 def parsed_manifest(path: Path, content: bytes) -> Manifest:
