@@ -28,8 +28,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from fbml.bundle.store import Bundle
-    from fbml.workflows.train import TrainResult
     from fbml.tables.clean import CleanTables
+    from fbml.workflows.train import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "marketplace"
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(data: Path, out: Path, device: str, seed: int = 0) -> None:
     from fbml.modeling.devices import resolve_device
-    from fbml.workflows.train import train_into_bundle, train_request
     from fbml.tables.clean import clean_tables
+    from fbml.workflows.train import train_into_bundle, train_request
 
     tables = clean_tables(data / "Products.csv", data / "Images.csv")
     results: dict[str, TrainResult] = {}
@@ -96,13 +96,12 @@ class TextLR:
 
 def _text_references(tables: CleanTables, seed: int) -> tuple[dict[str, float], TextLR]:
     import polars as pl
+    from fbml.tables.splits import split_tables
+    from fbml.text.vocabulary import product_text
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
-
-    from fbml.tables.splits import split_tables
-    from fbml.text.vocabulary import product_text
 
     splits = split_tables(tables, seed=seed).products
     text = product_text(pl.col("product_name"), pl.col("product_description"))
@@ -126,13 +125,12 @@ def _photo_reference(
 ) -> dict[str, float]:
     """Logistic regression on the frozen backbone's pooled features (the training photos), per product;
     and its log-linear fusion with the text logistic regression, the weight picked on test."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     from fbml.modeling.metrics import per_product
     from fbml.modeling.models import ImageClassifier
     from fbml.workflows.fitting import backbone_features
     from fbml.workflows.inputs import Examples, split_frames, training_data, training_photos
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
     data = training_data(tables, image_dir, out / "work", split_seed=seed, progress=False)
     model = bundle.model("image-cnn")

@@ -1,1538 +1,256 @@
-"""Bundles (format ``fbml.bundle/2``): round trips of every model kind, predictor and index; a bundle
-grown as ``fbml train`` grows one; a manifest that pins every factory argument; one clear line for
-every kind of damage (and for random damage, by hypothesis); nothing downloaded or read outside the
-bundle; saves that leave the previous bundle whole when they crash."""
+"""The bundle's prediction path as a caller's ``import fbml`` uses it (``Bundle.predict``, ``predict_many``,
+``probabilities``, ``embed``, ``similar``), over the small bundle of ``test_app`` (random networks, a linear
+text model, three predictors as ensembles, an index): the answers equal the models run by hand and the
+HTTP API's; every kind of photo input gives the same answer; bad input is an ``InputError`` naming the field."""
 
 from __future__ import annotations
 
-import builtins
-import hashlib
+import copy
 import io
-import json
-import os
-import re
-import shutil
-import stat
-import tempfile
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
-import fbml.bundle.store as bundle_module
-import fbml.modeling.backbones
-import fbml.modeling.models
-import msgspec
+import fbml
 import numpy as np
-import polars as pl
 import pytest
 import torch
-from contracts.bundle import BUNDLE_FORMAT, CombinedOptions, ImageOptions, Manifest, TextCnnOptions
-from fbml.bundle.bundle import Bundle, BundleModel, Predictor
-from fbml.bundle.locks import FILES_LOCK, WRITER_LOCK
-from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
-from fbml.bundle.store import MANIFEST, load_bundle, read_manifest, save_bundle
-from fbml.errors import FbmlError
-from fbml.serving.server import free_port
-from fbml.modeling.ensembles import Ensemble
-from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
-from fbml.modeling.models import (
-    CombinedClassifier,
-    ImageClassifier,
-    TextClassifier,
-    build_model,
-    combined_model,
-    image_from_options,
-    text_cnn_from_options,
+from contracts.bundle import ModelKind, Role
+from fbml.bundle.bundle import Bundle, BundleModel
+from fbml.errors import InputError
+from fbml.modeling.linear_text import LinearTextModel
+from fbml.serving.app import create_app
+from fbml.vision.photos import PhotoLimits
+from litestar.testing import TestClient
+from PIL import Image
+
+from test_app import (
+    CATALOGUE_SIZE,
+    CATEGORIES,
+    INDEX_WEIGHTS,
+    MAX_PIXELS,
+    catalogue_photo,
+    direct,
+    exact_search,
+    expected_prediction,
+    expected_vector,
+    indexed,
+    models_bundle,
+    multipart,
+    photo_bytes,
+    probability_row,
+    product_text,
 )
-from fbml.modeling.settings import ImageSettings, TextSettings
-from fbml.text.labels import LabelCodec
-from fbml.text.vocabulary import RESERVED, Vocabulary
-from fbml.text.word2vec import WordVectors, embedding_matrix
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-from torch import nn
 
-LOCK_FILES = (FILES_LOCK, WRITER_LOCK)
-CLASSES = ("bikes", "books", "chairs", "phones")
-CODEC = LabelCodec(CLASSES)
-SIDE = 32
-IMAGE_SETTINGS = ImageSettings("efficientnet_lite0", SIDE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-IMAGE = ImageOptions(backbone="efficientnet_lite0", trainable_stages=1, embedding_dim=8, dropout=0.1)
-TEXT_CNN = TextCnnOptions(
-    embedding_dim=16, kernel_sizes=[2, 3], channels=8, dropout=0.2, freeze_embeddings=False,
-    normalise_embeddings=True, positions=6, word_dropout=0.1, branch_scale=3.0,
-)
-COMBINED = CombinedOptions(IMAGE, TEXT_CNN)
-LINEAR = LinearTextOptions(folds=2)
-TORCH_KINDS = ("text-cnn", "image-cnn", "combined-nn")
-TEXT_ENSEMBLE = Ensemble((("text-cnn", 0.75), ("text-linear", 1.25)), (0.125, -0.25, 0.0625, 0.0))
-IMAGE_ENSEMBLE = Ensemble((("image-cnn", 1.1),), (0.0, 0.0, 0.0, 0.0))
-COMBINED_ENSEMBLE = Ensemble((("combined-nn", 0.9),), (0.01, 0.02, -0.03, 0.0))
-FUSION = Ensemble((("text-cnn", 0.5), ("text-linear", 0.8), ("image-cnn", 0.3)), (0.1, 0.2, -0.3, 0.4))
-INDEX_WEIGHTS = {"text": 1.0, "image": 1.0, "classes": 1.0}
-TOPICS = {
-    "bikes": ("bike", "wheel", "pedal", "saddle", "gears"),
-    "books": ("novel", "paperback", "author", "chapter", "hardback"),
-    "chairs": ("chair", "seat", "oak", "armrest", "cushion"),
-    "phones": ("phone", "screen", "battery", "charger", "android"),
-}
+LIMITS = PhotoLimits(MAX_PIXELS)
+MESSY = "Crème brûlée ﬁne “red” kettle\u00a0\u00a0for a café 🚲\r\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors on a busy 2-core machine: one intra-op thread is much faster than two."""
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# --- building blocks ---------------------------------------------------------------------------------
-
-
-def text_settings() -> TextSettings:
-    words = tuple(f"word{index}" for index in range(30))
-    vectors = np.random.default_rng(0).normal(size=(len(words) - 4, 8)).astype(np.float32)
-    return TextSettings(Vocabulary((*RESERVED, *words)), WordVectors(words[:-4], vectors), length=12)
-
-
-def trained(model: nn.Module, seed: int) -> nn.Module:
-    """Every parameter and batch-norm statistic moved away from its initial value, as training
-    leaves them, so that a round trip must carry parameters and buffers alike."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.copy_(torch.rand(buffer.shape, generator=generator) - 0.5)
-            elif name.endswith("running_var"):
-                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
-            elif name.endswith("num_batches_tracked"):
-                buffer.fill_(17)
-    return model.eval()
-
-
-def new_text_cnn(text: TextSettings, seed: int = 0) -> TextClassifier:
-    torch.manual_seed(seed)
-    model = text_cnn_from_options(TEXT_CNN, embedding_matrix(text.word_vectors, text.vocabulary, seed=seed), len(CLASSES))
-    return trained(model, seed)
-
-
-def new_image_cnn(seed: int = 1) -> ImageClassifier:
-    torch.manual_seed(seed)
-    return trained(image_from_options(IMAGE, len(CLASSES)), seed)
-
-
-def new_combined(text: TextSettings, seed: int = 2) -> CombinedClassifier:
-    torch.manual_seed(seed)
-    text_branch = text_cnn_from_options(TEXT_CNN, embedding_matrix(text.word_vectors, text.vocabulary), len(CLASSES))
-    return trained(combined_model(image_from_options(IMAGE, len(CLASSES)), text_branch, len(CLASSES)), seed)
-
-
-def linear_texts() -> tuple[list[str], np.ndarray]:
-    rng = np.random.default_rng(3)
-    texts, labels = [], []
-    for label, category in enumerate(CLASSES):
-        for _ in range(8):
-            words = rng.choice(TOPICS[category], size=3, replace=False).tolist()
-            texts.append(" ".join([*words, "used", "good", f"item{int(rng.integers(0, 50))}"]))
-            labels.append(label)
-    return texts, np.array(labels)
-
-
-QUERIES = ["red bike with gears", "old paperback novel", "oak chair cushion", "android phone charger", "nothing known"]
-
-
-def inputs(kind: str, text: TextSettings) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(5)
-    images = torch.randn(3, 3, SIDE, SIDE, generator=generator)
-    tokens = torch.randint(2, len(text.vocabulary), (3, text.length), generator=generator)
-    tokens[1:, -4:] = 0
-    return {"image-cnn": (images,), "text-cnn": (tokens,), "combined-nn": (images, tokens)}[kind]
-
-
-def outputs(model: nn.Module, kind: str, text: TextSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    with torch.inference_mode():
-        output = model(*inputs(kind, text))
-    return output.logits.clone(), output.embedding.clone()
-
-
-def assert_same_model(left: nn.Module, right: nn.Module, kind: str, text: TextSettings) -> None:
-    """The same class, the same state (parameters and buffers), exactly the same logits and embeddings."""
-    assert type(left) is type(right)
-    theirs = right.state_dict()
-    mine = left.state_dict()
-    assert list(mine) == list(theirs)
-    for name, value in mine.items():
-        assert value.dtype == theirs[name].dtype and torch.equal(value, theirs[name]), name
-    for mine_out, theirs_out in zip(outputs(left, kind, text), outputs(right, kind, text), strict=True):
-        assert torch.equal(mine_out, theirs_out)
-
-
-def make_index(bundle: Bundle, seed: int = 0, rows: int = 5) -> SearchIndex:
-    vectors = unit_rows(np.random.default_rng(seed).normal(size=(rows, bundle.listing_width())))
-    catalogue = pl.DataFrame(
-        {
-            "id": [f"p{seed}-{row}" for row in range(rows)],
-            "product_name": [f"product {row} é" for row in range(rows)],
-            "category": [CLASSES[row % len(CLASSES)] for row in range(rows)],
-            "price": [1.5 * row + 0.25 for row in range(rows)],
-        },
-        schema=CATALOGUE_SCHEMA,
-    )
-    return SearchIndex(vectors, catalogue, {"weights": dict(INDEX_WEIGHTS), "products": rows})
-
-
-def manifest_of(path: Path) -> dict[str, Any]:
-    return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-
-
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    (path / MANIFEST).unlink(missing_ok=True)  # never write through a hard link (see ``linked_copy``)
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-
-
-def linked_copy(source: Path, target: Path) -> None:
-    """A copy of a bundle made of hard links (the bundle is 30 MB, and copied for every test): tests
-    replace files (unlink, then write) and never write into one, so the original stays as it was
-    (``grown`` checks that when the module ends)."""
-    target.mkdir(parents=True)
-    for file in source.iterdir():
-        os.link(file, target / file.name)
-
-
-def content_name(old: str, content: bytes) -> tuple[str, str]:
-    digest = hashlib.sha256(content).hexdigest()
-    stem, suffix = old.rsplit("-", 1)[0], old.rsplit(".", 1)[1]
-    return f"{stem}-{digest[:16]}.{suffix}", digest
-
-
-def replace_file(path: Path, ref: dict[str, str], content: bytes) -> None:
-    """Put ``content`` in place of the file a manifest entry names, with a matching name and checksum
-    (the caller writes the manifest afterwards)."""
-    name, digest = content_name(ref["file"], content)
-    (path / ref["file"]).unlink()
-    (path / name).unlink(missing_ok=True)
-    (path / name).write_bytes(content)
-    ref.update(file=name, sha256=digest)
-
-
-def npy_bytes(array: np.ndarray, *, allow_pickle: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
-
-
-def file_refs(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, dict[str, str]]]:
-    """Every ``{"file", "sha256"}`` of a manifest document, with where it is."""
-    if isinstance(value, dict):
-        if set(value) == {"file", "sha256"}:
-            yield where, value
-        for key, item in value.items():
-            yield from file_refs(item, (*where, key))
-
-
-def load_error(path: Path, pattern: str) -> FbmlError:
-    """``load_bundle(path)`` fails with one line naming the bundle and matching ``pattern``."""
-    with pytest.raises(FbmlError, match=re.escape(str(path)) + r"\b.*" + pattern) as info:
-        load_bundle(path)
-    assert "\n" not in str(info.value)
-    return info.value
-
-
-# --- fixtures ----------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Parts:
-    text: TextSettings
-    text_cnn: TextClassifier
-    linear: LinearTextModel
-    image_cnn: ImageClassifier
-    combined: CombinedClassifier
-
-
-@attrs.frozen
-class Grown:
-    path: Path
-    expected: Bundle  # what was saved last, with the original modules
-    stages: dict[str, bytes]  # the manifest after each step
-
-
-@pytest.fixture(scope="module")
-def parts() -> Parts:
-    text = text_settings()
-    texts, labels = linear_texts()
-    linear = fit_linear_text(texts, labels, len(CLASSES), options=LINEAR)
-    return Parts(text, new_text_cnn(text), linear, new_image_cnn(), new_combined(text))
-
-
-@pytest.fixture(scope="module")
-def grown(tmp_path_factory: pytest.TempPathFactory, parts: Parts) -> Iterator[Grown]:
-    """A bundle grown as ``fbml train`` grows one: the text models, then the image model, then the
-    combined one with the index, loading what is there before each step."""
-    path = tmp_path_factory.mktemp("grown") / "bundle"
-    stages: dict[str, bytes] = {}
-    bundle = Bundle(CODEC, text=parts.text)
-    bundle = bundle.with_model(BundleModel("text-cnn", parts.text_cnn, TEXT_CNN, {"history": {"best_epoch": 2}, "note": "é"}))
-    bundle = bundle.with_model(BundleModel("text-linear", parts.linear, None, {"config": LINEAR.to_json()}))
-    bundle = bundle.with_predictor("text", Predictor(TEXT_ENSEMBLE, {"choice": {"members": ["text-cnn", "text-linear"]}}))
-    save_bundle(bundle, path)
-    stages["text"] = (path / MANIFEST).read_bytes()
-
-    bundle = attrs.evolve(load_bundle(path), image=IMAGE_SETTINGS)
-    bundle = bundle.with_model(BundleModel("image-cnn", parts.image_cnn, IMAGE, {"history": {"best_epoch": 1}}))
-    bundle = bundle.with_predictor("image", Predictor(IMAGE_ENSEMBLE))
-    save_bundle(bundle, path)
-    stages["image"] = (path / MANIFEST).read_bytes()
-
-    bundle = load_bundle(path).with_model(BundleModel("combined-nn", parts.combined, COMBINED, {"history": {}}))
-    bundle = bundle.with_predictor("combined", Predictor(COMBINED_ENSEMBLE, {"choice": {"bias": True}}))
-    bundle = attrs.evolve(bundle, index=make_index(bundle))
-    save_bundle(bundle, path)
-    stages["combined"] = (path / MANIFEST).read_bytes()
-
-    originals = {"text-cnn": parts.text_cnn, "text-linear": parts.linear, "image-cnn": parts.image_cnn,
-                 "combined-nn": parts.combined}
-    expected = attrs.evolve(bundle, models={kind: attrs.evolve(model, module=originals[kind])
-                                            for kind, model in bundle.models.items()})
-    yield Grown(path, expected, stages)
-    # the tests' hard-linked copies left it as it was
-    assert (path / MANIFEST).read_bytes() == stages["combined"]
-    refs = [ref for _, ref in file_refs(manifest_of(path))]
-    assert {file.name for file in path.iterdir() if file.name not in LOCK_FILES} == {MANIFEST, *(ref["file"] for ref in refs)}
-    for ref in refs:
-        assert hashlib.sha256((path / ref["file"]).read_bytes()).hexdigest() == ref["sha256"], ref["file"]
-
-
-@pytest.fixture(scope="module")
-def loaded(grown: Grown) -> Bundle:
-    return load_bundle(grown.path)
-
-
-@pytest.fixture
-def copy(grown: Grown, tmp_path: Path) -> Path:
-    """A copy of the grown bundle to damage."""
-    target = tmp_path / "bundle"
-    linked_copy(grown.path, target)
-    return target
-
-
-# --- 1. round trips ----------------------------------------------------------------------------------
-
-
-def test_bundle_files_are_as_readable_as_plain_files(grown: Grown) -> None:
-    """A bundle mounted into another user's container needs no chmod: its files get 0666 less the umask."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in grown.path.iterdir() if file.name not in LOCK_FILES}
-    assert modes and set(modes.values()) == {0o666 & ~umask}, modes
-
-
-@pytest.mark.parametrize("kind", TORCH_KINDS)
-def test_torch_models_round_trip_exactly(loaded: Bundle, grown: Grown, parts: Parts, kind: str) -> None:
-    model = loaded.model(kind)
-    assert not model.training
-    assert_same_model(model, grown.expected.models[kind].module, kind, parts.text)
-    entry = loaded.models[kind]
-    assert entry == grown.expected.models[kind]  # kind, typed options, report
-    assert type(entry.options) is type(grown.expected.models[kind].options)
-
-
-def test_batch_norm_statistics_were_moved_before_saving(parts: Parts) -> None:
-    """Otherwise the round trip above would not show that buffers are saved."""
-    fresh = image_from_options(IMAGE, len(CLASSES))
-    moved = dict(parts.image_cnn.named_buffers())
-    for name, buffer in fresh.named_buffers():
-        if name.endswith(("running_mean", "running_var")):
-            assert not torch.equal(buffer, moved[name]), name
-
-
-def test_linear_model_round_trips(loaded: Bundle, parts: Parts) -> None:
-    model = loaded.model("text-linear")
-    assert isinstance(model, LinearTextModel)
-    assert model == parts.linear  # options, vocabularies, idf, coefficients, calibration
-    assert loaded.models["text-linear"].options is None
-    assert loaded.models["text-linear"].report == {"config": LINEAR.to_json()}
-    np.testing.assert_array_equal(model.predict_proba(QUERIES), parts.linear.predict_proba(QUERIES))
-    assert model.predict_proba(QUERIES).argmax(axis=1)[:4].tolist() == [0, 1, 2, 3]  # a fitted model, not noise
-
-
-def test_codec_settings_predictors_and_index_round_trip(loaded: Bundle, grown: Grown) -> None:
-    expected = grown.expected
-    assert loaded.codec == CODEC
-    assert loaded.image == IMAGE_SETTINGS
-    assert loaded.text == expected.text
-    assert loaded.text is not None and loaded.text.length == 12
-    assert loaded.text.word_vectors.vectors.dtype == np.float32
-    assert list(loaded.models) == ["text-cnn", "text-linear", "image-cnn", "combined-nn"]
-    assert loaded.models["combined-nn"].options == COMBINED
-    assert dict(loaded.predictors) == dict(expected.predictors)
-    assert loaded.predictor("text").ensemble == TEXT_ENSEMBLE
-    assert loaded.predictor("text").ensemble.bias == (0.125, -0.25, 0.0625, 0.0)
-    assert loaded.predictor("image").ensemble.members == (("image-cnn", 1.1),)
-    assert loaded.predictor("combined").report == {"choice": {"bias": True}}
-    assert loaded.index is not None and expected.index is not None
-    np.testing.assert_array_equal(loaded.index.vectors, expected.index.vectors)
-    assert loaded.index.vectors.dtype == np.float32
-    assert loaded.index.catalogue.equals(expected.index.catalogue)
-    assert loaded.index.catalogue["product_name"][0] == "product 0 é"
-    assert dict(loaded.index.report) == {"weights": INDEX_WEIGHTS, "products": 5}
-    assert loaded.index == expected.index
-
-
-def test_a_fusion_predictor_round_trips(copy: Path, loaded: Bundle) -> None:
-    save_bundle(loaded.with_predictor("combined", Predictor(FUSION, {"choice": "fusion"})), copy)
-    reloaded = load_bundle(copy)
-    assert reloaded.predictor("combined") == Predictor(FUSION, {"choice": "fusion"})
-    assert reloaded.predictor("combined").ensemble.names == ("text-cnn", "text-linear", "image-cnn")
-
-
-def test_saving_a_loaded_bundle_writes_the_same_bytes(grown: Grown, loaded: Bundle, tmp_path: Path) -> None:
-    save_bundle(loaded, tmp_path / "again")
-    original = {file.name: file.read_bytes() for file in grown.path.iterdir() if file.name not in LOCK_FILES}
-    again = {file.name: file.read_bytes() for file in (tmp_path / "again").iterdir() if file.name not in LOCK_FILES}
-    assert again == original
-
-
-def test_missing_model_or_predictor_is_a_clear_error(loaded: Bundle) -> None:
-    small = Bundle(CODEC, models={"text-linear": loaded.models["text-linear"]})
-    with pytest.raises(FbmlError, match=r"the bundle has no image-cnn model \(it has: text-linear\)"):
-        small.model("image-cnn")
-    with pytest.raises(FbmlError, match=r"the bundle has no text predictor \(it has: none\)"):
-        small.predictor("text")
-    with pytest.raises(FbmlError, match=r"unknown predictor 'audio'"):
-        small.with_predictor("audio", loaded.predictor("text"))
-
-
-def test_build_model_needs_text_settings_and_matching_options(parts: Parts) -> None:
-    with pytest.raises(FbmlError, match="a text-cnn model needs text settings"):
-        build_model("text-cnn", TEXT_CNN, len(CLASSES), None)
-    with pytest.raises(FbmlError, match="a combined-nn model cannot be built from TextCnnOptions"):
-        build_model("combined-nn", TEXT_CNN, len(CLASSES), (len(parts.text.vocabulary), parts.text.word_vectors.dim))
-    model = build_model("image-cnn", IMAGE, len(CLASSES), None)
-    assert isinstance(model, ImageClassifier) and model.embedding_dim == 8
-
-
-# --- 2. a bundle grown step by step ------------------------------------------------------------------
-
-
-def test_each_step_keeps_what_earlier_steps_wrote(grown: Grown) -> None:
-    stages = {step: json.loads(content) for step, content in grown.stages.items()}
-    assert list(stages["text"]["models"]) == ["text-cnn", "text-linear"]
-    assert list(stages["image"]["models"]) == ["text-cnn", "text-linear", "image-cnn"]
-    assert list(stages["combined"]["models"]) == ["text-cnn", "text-linear", "image-cnn", "combined-nn"]
-    assert list(stages["combined"]["predictors"]) == ["text", "image", "combined"]
-    assert stages["text"]["image"] is None and stages["text"]["index"] is None
-    for step, keys in (("text", [("codec",), ("text",), ("models", "text-cnn"), ("models", "text-linear"),
-                                 ("predictors", "text")]),
-                       ("image", [("image",), ("models", "image-cnn"), ("predictors", "image")])):
-        for key in keys:
-            earlier, now = stages[step], stages["combined"]
-            for part in key:
-                earlier, now = earlier[part], now[part]
-            # the same entry, key order included: the same text wherever it is written
-            assert json.dumps(earlier) == json.dumps(now), (step, key)
-    # and the entries' text appears verbatim in the final manifest
-    final = grown.stages["combined"].decode()
-    block = grown.stages["text"].decode()
-    models = block[block.index('"text-cnn": {'):block.index('\n  },\n  "predictors"')]
-    assert models in final
-
-
-def test_manifest_is_the_typed_format(grown: Grown) -> None:
-    manifest = read_manifest(grown.path)
-    assert isinstance(manifest, Manifest)
-    assert manifest.format == BUNDLE_FORMAT == "fbml.bundle/2"
-    assert manifest.text is not None and manifest.text.tokenizer == "fbml.tokens/1"
-    assert manifest.text.normalisation == "fbml.ascii-nfkd/1"
-    assert manifest.models["image-cnn"].options == IMAGE  # type: ignore[union-attr]
-    document = manifest_of(grown.path)
-    assert document["models"]["text-cnn"]["type"] == "text-cnn"
-    assert document["models"]["text-cnn"]["options"] == msgspec.to_builtins(TEXT_CNN)
-    assert document["models"]["combined-nn"]["options"] == {"image": msgspec.to_builtins(IMAGE),
-                                                            "text": msgspec.to_builtins(TEXT_CNN)}
-    assert set(document["models"]["text-linear"]) == {"type", "parameters", "arrays", "report"}
-    assert document["image"] == {"backbone": "efficientnet_lite0", "size": SIDE,
-                                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    for settings_or_options in (document["image"], document["models"]["image-cnn"]["options"]):
-        assert "weights" not in json.dumps(settings_or_options)  # no weights choice: nothing to download
-    assert document["index"]["method"] == "exact"
-
-
-def test_replacing_a_model_of_the_same_kind(copy: Path, loaded: Bundle, parts: Parts) -> None:
-    before = manifest_of(copy)
-    old_weights = before["models"]["text-cnn"]["weights"]["file"]
-    replacement = new_text_cnn(parts.text, seed=9)
-    save_bundle(loaded.with_model(BundleModel("text-cnn", replacement, TEXT_CNN, {"run": 2})), copy)
-    after = manifest_of(copy)
-    assert list(after["models"]) == list(before["models"])
-    assert after["models"]["text-cnn"]["weights"] != before["models"]["text-cnn"]["weights"]
-    for kind in ("text-linear", "image-cnn", "combined-nn"):
-        assert after["models"][kind] == before["models"][kind]
-    assert not (copy / old_weights).exists()
-    reloaded = load_bundle(copy)
-    assert_same_model(reloaded.model("text-cnn"), replacement, "text-cnn", parts.text)
-    assert reloaded.models["text-cnn"].report == {"run": 2}
-    assert_same_model(reloaded.model("image-cnn"), parts.image_cnn, "image-cnn", parts.text)
-
-
-def test_unreferenced_files_are_removed_and_others_left_alone(copy: Path, loaded: Bundle) -> None:
-    first = manifest_of(copy)
-    (copy / "notes.txt").write_text("mine, not the bundle's")
-    (copy / "Codec-0123456789abcdef.json").write_text("{}")  # not a content name: left alone
-    stray = copy / "codec-0123456789abcdef.json"
-    stray.write_text("{}")  # a content name nothing references: removed
-    smaller = Bundle(CODEC, text=attrs.evolve(loaded.text, length=20), models={"text-linear": loaded.models["text-linear"]})
-    save_bundle(smaller, copy)
-    second = manifest_of(copy)
-    names = {file.name for file in copy.iterdir() if file.name not in LOCK_FILES}
-    assert second["text"]["vocabulary"] == first["text"]["vocabulary"]  # unchanged content keeps its file
-    assert second["text"]["length"] == 20
-    referenced = {MANIFEST, *(ref["file"] for _, ref in file_refs(second))}
-    assert names == referenced | {"notes.txt", "Codec-0123456789abcdef.json"}
-    for gone in (first["models"]["image-cnn"]["weights"], first["index"]["vectors"], first["index"]["catalogue"]):
-        assert gone["file"] not in names
-    assert set(load_bundle(copy).models) == {"text-linear"}
-
-
-def test_json_everywhere_but_weights_and_arrays(grown: Grown) -> None:
-    from safetensors import safe_open
-
-    files = sorted(file for file in grown.path.iterdir() if file.name not in LOCK_FILES)
-    assert all(file.is_file() and not file.is_symlink() for file in files)
-    assert not [file.name for file in files if file.name.startswith(".") or file.name.endswith(".tmp")]
-    suffixes = [file.suffix for file in files]
-    assert suffixes.count(".safetensors") == 4  # text-cnn, text-linear arrays, image-cnn, combined-nn
-    assert suffixes.count(".npy") == 2  # word vectors, index vectors
-    for file in files:
-        head = file.read_bytes()[:2]
-        assert head not in (b"\x80\x02", b"\x80\x04", b"PK"), f"{file.name} looks like a pickle or a zip"
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="numpy") as tensors:
-                assert list(tensors.keys())
-        elif file.suffix == ".npy":
-            array = np.load(file, allow_pickle=False)
-            assert array.dtype == np.float32 and array.ndim == 2
-        else:
-            assert file.suffix == ".json"
-            json.loads(file.read_text(encoding="utf-8"))
-        if file.name != MANIFEST:
-            assert re.fullmatch(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors)", file.name), file.name
-    manifest = manifest_of(grown.path)
-    referenced = {MANIFEST}
-    for _, ref in file_refs(manifest):
-        content = (grown.path / ref["file"]).read_bytes()
-        assert hashlib.sha256(content).hexdigest() == ref["sha256"]
-        assert ref["file"].rsplit("-", 1)[1].startswith(ref["sha256"][:16])
-        referenced.add(ref["file"])
-    assert referenced == {file.name for file in files}  # nothing stray, nothing missing
-
-
-# --- 3. the manifest pins every factory argument -----------------------------------------------------
-
-
-def test_changed_defaults_do_not_change_a_saved_bundle(
-    grown: Grown, parts: Parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name, value in (("DEFAULT_EMBEDDING_DIM", 32), ("DEFAULT_KERNEL_SIZES", (4,)), ("DEFAULT_TEXT_CHANNELS", 3),
-                        ("DEFAULT_TEXT_DROPOUT", 0.9), ("DEFAULT_WORD_DROPOUT", 0.9), ("DEFAULT_POSITIONS", 2),
-                        ("DEFAULT_BRANCH_SCALE", 1.0)):
-        monkeypatch.setattr(fbml.modeling.models, name, value)
-    # the factories bind their defaults when defined: change those too, as an edit of models.py would
-    monkeypatch.setattr(fbml.modeling.models.text_model, "__kwdefaults__", {
-        "embedding_dim": 32, "kernel_sizes": (4,), "channels": 3, "dropout": 0.9, "freeze_embeddings": True,
-        "normalise_embeddings": False, "positions": 2, "word_dropout": 0.9, "branch_scale": 1.0,
-    })
-    monkeypatch.setattr(fbml.modeling.models.image_model, "__kwdefaults__", {
-        "backbone": "resnet50", "weights": "none", "trainable_stages": 3, "embedding_dim": 32, "dropout": 0.9,
-    })
-    lite = fbml.modeling.backbones.BACKBONES["efficientnet_lite0"]
-    other_default = attrs.evolve(lite, default_trainable_stages=3)
-    monkeypatch.setitem(fbml.modeling.backbones.BACKBONES, "efficientnet_lite0", other_default)  # type: ignore[arg-type]
-    changed = fbml.modeling.models.text_model(np.ones((5, 4), np.float32), 3)
-    assert changed.branch_scale == 1.0 and changed.embedding_dim == 32  # the patches do bite
-
-    reloaded = load_bundle(grown.path)
-    for kind in TORCH_KINDS:
-        assert_same_model(reloaded.model(kind), grown.expected.models[kind].module, kind, parts.text)
-    text_cnn = reloaded.model("text-cnn")
-    assert isinstance(text_cnn, TextClassifier)
-    assert (text_cnn.branch_scale, text_cnn.word_dropout) == (3.0, 0.1)  # not in the weights: from the options
-    assert [conv.kernel_size for conv in text_cnn.convolutions] == [(2,), (3,)]
-    combined = reloaded.model("combined-nn")
-    assert isinstance(combined, CombinedClassifier) and combined.text.branch_scale == 3.0
-    assert reloaded.models["image-cnn"].options == IMAGE
-
-
-def test_linear_parameters_pin_every_option(grown: Grown) -> None:
-    ref = manifest_of(grown.path)["models"]["text-linear"]["parameters"]
-    parameters = json.loads((grown.path / ref["file"]).read_text())
-    assert parameters["options"] == LINEAR.to_json()
-    assert set(parameters["options"]) == {field.name for field in attrs.fields(LinearTextOptions)}
-
-
-# --- 4. damaged bundles ------------------------------------------------------------------------------
-
-
-def test_no_manifest(tmp_path: Path) -> None:
-    load_error(tmp_path, r": not a bundle \(no bundle\.json\)")
-
-
-def test_path_is_a_file_or_absent(tmp_path: Path) -> None:
-    file = tmp_path / "bundle"
-    file.write_text("{}")
-    load_error(file, r": not a bundle \(not a folder\)")
-    load_error(tmp_path / "absent", r": not a bundle \(no such folder\)")
-
-
-@pytest.mark.parametrize("content", [b"{not json", b"", b"\xff\xfe\x00", b"{\"format\": \"fbml.bundle/2\", "])
-def test_manifest_not_json(tmp_path: Path, content: bytes) -> None:
-    (tmp_path / MANIFEST).write_bytes(content)
-    load_error(tmp_path, r"bundle\.json: not valid JSON")
-
-
-def test_the_old_format_says_how_to_retrain(copy: Path) -> None:
-    write_manifest(copy, {"format": "fbml.bundle/1", "codec": "codec.json", "models": {"text": {"weights": "text.safetensors"}}})
-    error = load_error(copy, r"bundle\.json: bundle format 'fbml\.bundle/1' is no longer read")
-    assert "fbml train" in str(error) and "'fbml.bundle/2'" in str(error)
-
-
-def test_a_newer_format_is_not_called_old(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["format"] = "fbml.bundle/3"
-    write_manifest(copy, manifest)
-    error = load_error(copy, r"fbml\.bundle/3' is newer than this fbml reads")
-    assert "no longer read" not in str(error) and "upgrade fbml" in str(error)
-
-
-@pytest.mark.parametrize("format_", ["acme.bundle/2", None, 2, "FBML.BUNDLE/2"])
-def test_unknown_format(copy: Path, format_: object) -> None:
-    manifest = manifest_of(copy)
-    manifest["format"] = format_
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: not a valid fbml\.bundle/2 manifest: .*\$\.format")
-
-
-def test_only_the_format(copy: Path) -> None:
-    write_manifest(copy, {"format": BUNDLE_FORMAT})
-    load_error(copy, r"not a valid fbml\.bundle/2 manifest: Object missing required field `codec`")
-
-
-def test_not_an_object(copy: Path) -> None:
-    write_manifest(copy, [BUNDLE_FORMAT])  # type: ignore[arg-type]
-    load_error(copy, r"not a valid fbml\.bundle/2 manifest: Expected `object`, got `array`")
-
-
-def test_models_as_a_list(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"] = list(manifest["models"].values())
-    write_manifest(copy, manifest)
-    load_error(copy, r"Expected `object`, got `array` - at `\$\.models`")
-
-
-@pytest.mark.parametrize("where", [(), ("codec",), ("image",), ("text",), ("models", "text-cnn"),
-                                   ("models", "text-cnn", "options"), ("models", "combined-nn", "options", "image"),
-                                   ("models", "text-linear", "arrays"), ("predictors", "text"),
-                                   ("predictors", "text", "members", 0), ("index",)])
-def test_unknown_fields_are_refused(copy: Path, where: tuple) -> None:
-    manifest = manifest_of(copy)
-    target = manifest
-    for part in where:
-        target = target[part]
-    target["weights_url"] = "https://example.com/weights.pth"
-    write_manifest(copy, manifest)
-    load_error(copy, r"Object contains unknown field `weights_url`")
-
-
-def test_a_model_described_as_another_kind(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["text-cnn"] = manifest["models"]["image-cnn"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: model 'text-cnn' is described as a 'image-cnn' model")
-
-
-def test_a_model_under_an_unknown_name(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"] = {"audio-cnn": manifest["models"]["image-cnn"]} | manifest["models"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"not a valid fbml.bundle/2 manifest: Invalid enum value 'audio-cnn' - at `key` in `\$.models`")
-
-
-@pytest.mark.parametrize("tag", ["audio", None, "Text-Cnn"])
-def test_an_unknown_type_tag(copy: Path, tag: object) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["text-cnn"]["type"] = tag
-    write_manifest(copy, manifest)
-    load_error(copy, r"not a valid fbml\.bundle/2 manifest: .* - at `\$\.models\[\.\.\.\]\.type`")
-
-
-def test_a_tag_that_differs_from_its_fields(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["text-cnn"]["type"] = "image-cnn"  # text CNN options under an image tag
-    write_manifest(copy, manifest)
-    load_error(copy, r"not a valid fbml\.bundle/2 manifest: Object contains unknown field `kernel_sizes`"
-                     r" - at `\$\.models\[\.\.\.\]\.options`")
-
-
-def test_an_unknown_backbone_in_the_settings(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["image"]["backbone"] = "vgg99"
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: unknown backbone 'vgg99' \(choose from efficientnet_lite0, resnet50\)")
-
-
-def test_an_unknown_backbone_in_the_options(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["image-cnn"]["options"]["backbone"] = "vgg99"
-    write_manifest(copy, manifest)
-    load_error(copy, r"cannot rebuild the image-cnn model: unknown backbone 'vgg99'")
-
-
-def test_a_model_on_another_backbone_than_the_settings(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["image"]["backbone"] = "resnet50"
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: the image-cnn model's backbone efficientnet_lite0 is not the bundle's resnet50")
-
-
-def test_trainable_stages_beyond_the_backbone(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["image-cnn"]["options"]["trainable_stages"] = 9  # in the manifest's bound, past lite0's 7
-    write_manifest(copy, manifest)
-    load_error(copy, r"cannot rebuild the image-cnn model: trainable_stages must be between 0 and 7")
-
-
-@pytest.mark.parametrize(("where", "value", "message"), [
-    (("image", "size"), 0, r"Expected `int` >= 8 - at `\$\.image\.size`"),
-    (("image", "size"), 100000, r"Expected `int` <= 1024 - at `\$\.image\.size`"),
-    (("image", "mean", 0), 50.0, r"Expected `float` < 10\.0 - at `\$\.image\.mean\[0\]`"),
-    (("image", "std", 2), 0.0, r"Expected `float` > 0\.0 - at `\$\.image\.std\[2\]`"),
-    (("text", "length"), 10**9, r"Expected `int` <= 4096 - at `\$\.text\.length`"),
-    (("models", "text-cnn", "options", "embedding_dim"), 0, r"Expected `int` >= 1"),
-    (("models", "image-cnn", "options", "embedding_dim"), 10**6, r"Expected `int` <= 8192"),
-    (("models", "text-cnn", "options", "dropout"), 1.5, r"Expected `float` < 1\.0 - at `\$\.models\[\.\.\.\]\.options\.dropout`"),
-    (("models", "image-cnn", "options", "dropout"), -0.1, r"Expected `float` >= 0\.0"),
-    (("models", "text-cnn", "options", "kernel_sizes", 0), 999, r"Expected `int` <= 16"),
-    (("models", "text-cnn", "options", "kernel_sizes"), [], r"Expected `array` of length >= 1"),
-    (("models", "text-cnn", "options", "kernel_sizes"), [2] * 9, r"Expected `array` of length <= 8"),
-    (("models", "text-cnn", "options", "channels"), -1, r"Expected `int` >= 1"),
-    (("models", "text-cnn", "options", "positions"), 10**5, r"Expected `int` <= 4096"),
-    (("models", "text-cnn", "options", "branch_scale"), 0.0, r"Expected `float` > 0\.0"),
-    (("models", "text-cnn", "options", "freeze_embeddings"), 1, r"Expected `bool`, got `int`"),
-    (("models", "combined-nn", "options", "image", "trainable_stages"), 17, r"Expected `int` <= 16"),
-    (("predictors", "text", "members", 0, "weight"), -1.0, r"Expected `float` >= 0\.0"),
-    (("predictors", "text", "members"), [], r"Expected `array` of length >= 1"),
-    (("predictors", "text", "bias", 0), 1e300, r"Expected `float` <= 1000000\.0"),
-    (("text", "tokenizer"), "fbml.tokens/2", r"Invalid enum value 'fbml\.tokens/2' - at `\$\.text\.tokenizer`"),
-    (("index", "method"), "approximate", r"Invalid enum value 'approximate'"),
-])
-def test_out_of_bound_values(copy: Path, where: tuple, value: object, message: str) -> None:
-    manifest = manifest_of(copy)
-    target = manifest
-    for part in where[:-1]:
-        target = target[part]
-    target[where[-1]] = value
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: not a valid fbml\.bundle/2 manifest: " + message)
-
-
-def test_an_unknown_predictor_role(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["predictors"]["audio"] = manifest["predictors"]["text"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"not a valid fbml\.bundle/2 manifest: Invalid enum value 'audio' - at `key` in `\$\.predictors`")
-
-
-@pytest.mark.parametrize("name", [
-    "../codec-0123456789abcdef.json", "sub/codec-0123456789abcdef.json", "/etc/passwd",
-    "/tmp/codec-0123456789abcdef.json", "codec.json", "codec-0123456789abcdef.pkl", "codec-0123456789ABCDEF.json",
-    "codec-0123456789abcdef.json/..", "..",
-])
-def test_file_names_that_are_paths_are_refused(copy: Path, name: str) -> None:
-    manifest = manifest_of(copy)
-    manifest["codec"]["file"] = name
-    write_manifest(copy, manifest)
-    load_error(copy, r"not a valid fbml\.bundle/2 manifest: Expected `str` matching regex .* - at `\$\.codec\.file`")
-
-
-def test_a_path_inside_the_bundle_is_refused_too(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    (copy / "sub").mkdir()
-    shutil.copy(copy / manifest["codec"]["file"], copy / "sub" / manifest["codec"]["file"])
-    manifest["codec"]["file"] = "sub/" + manifest["codec"]["file"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"Expected `str` matching regex")
-
-
-@pytest.mark.parametrize("digest", ["0" * 63, "A" * 64, "g" * 64, ""])
-def test_malformed_checksums(copy: Path, digest: str) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["text-cnn"]["weights"]["sha256"] = digest
-    write_manifest(copy, manifest)
-    load_error(copy, r"Expected `str` matching regex .* - at `\$\.models\[\.\.\.\]\.weights\.sha256`")
-
-
-def ref_at(manifest: dict[str, Any], where: tuple) -> dict[str, str]:
-    target: Any = manifest
-    for part in where:
-        target = target[part]
-    return target
-
-
-REFS = [("codec",), ("text", "vocabulary"), ("text", "words"), ("text", "vectors"), ("models", "text-cnn", "weights"),
-        ("models", "text-linear", "parameters"), ("models", "text-linear", "arrays"), ("models", "image-cnn", "weights"),
-        ("models", "combined-nn", "weights"), ("index", "vectors"), ("index", "catalogue")]
-
-
-def test_the_list_of_references_is_complete(grown: Grown) -> None:
-    assert sorted(where for where, _ in file_refs(manifest_of(grown.path))) == sorted(REFS)
-
-
-@pytest.mark.parametrize("where", REFS)
-def test_a_missing_file(copy: Path, where: tuple) -> None:
-    ref = ref_at(manifest_of(copy), where)
-    (copy / ref["file"]).unlink()
-    load_error(copy, rf": bundle file {re.escape(ref['file'])} is missing")
-
-
-@pytest.mark.parametrize("where", REFS)
-def test_a_checksum_mismatch(copy: Path, where: tuple) -> None:
-    ref = ref_at(manifest_of(copy), where)
-    file = copy / ref["file"]
-    content = bytearray(file.read_bytes())
-    content[-2] ^= 0x01
-    file.unlink()
-    file.write_bytes(bytes(content))
-    load_error(copy, rf": bundle file {re.escape(ref['file'])} does not match its checksum")
-
-
-def test_a_directory_in_place_of_a_file(copy: Path) -> None:
-    ref = manifest_of(copy)["codec"]
-    (copy / ref["file"]).unlink()
-    (copy / ref["file"]).mkdir()
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} is missing")
-
-
-@pytest.mark.parametrize("where", [("codec",), ("models", "text-cnn", "weights"), ("index", "vectors")])
-def test_a_symlink_out_of_the_bundle_is_refused(copy: Path, tmp_path: Path, where: tuple) -> None:
-    ref = ref_at(manifest_of(copy), where)
-    outside = tmp_path / "outside" / ref["file"]
-    outside.parent.mkdir()
-    shutil.move(copy / ref["file"], outside)  # the right content, the right checksum, but not in the bundle
-    (copy / ref["file"]).symlink_to(outside)
-    assert hashlib.sha256((copy / ref["file"]).read_bytes()).hexdigest() == ref["sha256"]
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} is a symbolic link")
-
-
-@pytest.mark.parametrize("where", [("models", "text-cnn", "weights"), ("models", "text-linear", "arrays")])
-@pytest.mark.parametrize("content", [
-    b"\xff" * 8 + b"{}",  # a header length far past the end
-    (20).to_bytes(8, "little") + b'{"a": "not a tensor"',  # a header that is not JSON
-    b"",
-    b"abc",
-])
-def test_a_safetensors_file_that_is_not_one(copy: Path, where: tuple, content: bytes) -> None:
-    manifest = manifest_of(copy)
-    ref = ref_at(manifest, where)
-    replace_file(copy, ref, content)
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])} is not a safetensors file")
-
-
-@pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
-def test_an_object_array_is_not_unpickled(copy: Path, where: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pickle
-
-    manifest = manifest_of(copy)
-    ref = ref_at(manifest, where)
-    replace_file(copy, ref, npy_bytes(np.array([{"a": 1}, None], dtype=object), allow_pickle=True))
-    write_manifest(copy, manifest)
-
-    def no_unpickling(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("a bundle file was unpickled")
-
-    monkeypatch.setattr(pickle, "load", no_unpickling)
-    monkeypatch.setattr(pickle, "loads", no_unpickling)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])}: holds object \(2,\), not a 2-D float32 array")
-
-
-@pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
-@pytest.mark.parametrize(("array", "described"), [
-    (np.zeros((26, 8), np.float64), r"float64 \(26, 8\)"),
-    (np.zeros(26, np.float32), r"float32 \(26,\)"),
-    (np.zeros((2, 3, 4), np.float32), r"float32 \(2, 3, 4\)"),
-    (np.zeros((5, 28), np.int32), r"int32 \(5, 28\)"),
-])
-def test_an_npy_of_the_wrong_dtype_or_ndim(copy: Path, where: tuple, array: np.ndarray, described: str) -> None:
-    manifest = manifest_of(copy)
-    ref = ref_at(manifest, where)
-    replace_file(copy, ref, npy_bytes(array))
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])}: holds {described}, not a 2-D float32 array")
-
-
-def test_an_npy_with_a_broken_header(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["vectors"]
-    replace_file(copy, ref, npy_bytes(np.zeros((5, 28), np.float32))[:40])
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])}: not a plain \.npy array")
-
-
-def _npz_bytes() -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, vectors=np.zeros((5, 28), np.float32))
-    return buffer.getvalue()
-
-
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip", _npz_bytes()], ids=["empty", "bad-zip", "npz"])
-def test_an_npy_that_is_empty_or_a_zip(copy: Path, content: bytes) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["vectors"]
-    replace_file(copy, ref, content)
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])}")
-
-
-@pytest.mark.parametrize(("kind", "option", "value", "key"), [
-    ("text-cnn", "channels", 9, r"convolutions\.0\.weight"),
-    ("text-cnn", "positions", 7, r"position_weights"),
-    ("text-cnn", "embedding_dim", 17, r"head\."),
-    ("image-cnn", "embedding_dim", 9, r"head\."),
-    ("image-cnn", "trainable_stages", 2, r""),
-])
-def test_weights_that_do_not_fit_the_options(copy: Path, kind: str, option: str, value: object, key: str) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"][kind]["options"][option] = value
-    write_manifest(copy, manifest)
-    load_error(copy, rf": the {kind} weights do not fit its options, codec or vocabulary: .*{key}")
-
-
-def test_combined_weights_that_do_not_fit_its_text_branch(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["combined-nn"]["options"]["text"]["kernel_sizes"] = [2]
-    write_manifest(copy, manifest)
-    load_error(copy, r"the combined-nn weights do not fit its options, codec or vocabulary: Unexpected key\(s\)")
-
-
-def test_weights_of_another_model(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["models"]["image-cnn"]["weights"] = manifest["models"]["text-cnn"]["weights"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"the image-cnn weights do not fit its options, codec or vocabulary")
-
-
-def test_a_codec_with_another_number_of_classes(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    replace_file(copy, manifest["codec"], json.dumps(LabelCodec((*CLASSES, "tables")).to_json()).encode())
-    write_manifest(copy, manifest)
-    load_error(copy, r"the text-cnn weights do not fit its options, codec or vocabulary: size mismatch for head\.classify")
-
-
-def test_a_codec_the_linear_model_does_not_fit(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    replace_file(copy, manifest["codec"], json.dumps(LabelCodec((*CLASSES, "tables")).to_json()).encode())
-    manifest["models"] = {"text-linear": manifest["models"]["text-linear"]}  # read before any torch model
-    write_manifest(copy, manifest)
-    load_error(copy, r": the text-linear model has 4 classes, the codec 5")
-
-
-@pytest.mark.parametrize(("content", "message"), [
-    (b'{"format": "fbml.label-codec/0", "classes": ["a", "b"]}', r"is not a valid codec: not a label codec"),
-    (b'{"format": "fbml.label-codec/1", "classes": ["b", "a"]}', r"is not a valid codec: label codec classes must be unique"),
-    (b'{"format": "fbml.label-codec/1", "classes": []}', r"is not a valid codec: a label codec needs at least one class"),
-    (b"[1, 2, 3]", r"is not a valid codec"),
-    (b"\xff\xfe", r"is not valid JSON"),
-    (b"{", r"is not valid JSON"),
-])
-def test_a_codec_file_that_is_not_one(copy: Path, content: bytes, message: str) -> None:
-    manifest = manifest_of(copy)
-    replace_file(copy, manifest["codec"], content)
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file codec-[0-9a-f]{{16}}\.json {message}")
-
-
-def test_a_vocabulary_of_another_size(copy: Path, parts: Parts) -> None:
-    manifest = manifest_of(copy)
-    vocabulary = Vocabulary((*parts.text.vocabulary.tokens, "extra"))
-    replace_file(copy, manifest["text"]["vocabulary"], json.dumps(vocabulary.to_json()).encode())
-    write_manifest(copy, manifest)
-    load_error(copy, r"the text-cnn weights do not fit .*size mismatch for embedding\.weight")
-
-
-@pytest.mark.parametrize(("where", "value", "message"), [
-    (("text", "vocabulary"), {"tokens": ["<unk>", "<pad>", "a"]}, r"is not a valid vocabulary: a vocabulary must start"),
-    (("text", "vocabulary"), {"tokens": ["<pad>", "<unk>", "a", "a"]}, r"is not a valid vocabulary: duplicate"),
-    (("text", "vocabulary"), ["<pad>"], r"is not a valid vocabulary"),
-    (("text", "words"), ["a", 2], r"is not a valid word list: expected a JSON list of strings"),
-    (("text", "words"), ["word0"], r"the word vectors do not fit their words"),
-])
-def test_text_files_that_do_not_fit(copy: Path, where: tuple, value: object, message: str) -> None:
-    manifest = manifest_of(copy)
-    replace_file(copy, ref_at(manifest, where), json.dumps(value).encode())
-    write_manifest(copy, manifest)
-    load_error(copy, message)
-
-
-def test_linear_parameters_that_are_broken(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["models"]["text-linear"]["parameters"]
-    parameters = json.loads((copy / ref["file"]).read_text())
-    parameters["num_classes"] = 3
-    replace_file(copy, ref, json.dumps(parameters).encode())
-    write_manifest(copy, manifest)
-    load_error(copy, r"the text-linear model is broken: not a linear text model: coef must have 3 rows")
-
-
-def test_linear_arrays_of_the_wrong_dtype(copy: Path, parts: Parts) -> None:
-    from safetensors.numpy import save
-
-    manifest = manifest_of(copy)
-    arrays = {**parts.linear.arrays(), "coef": parts.linear.coef.astype(np.float64)}
-    replace_file(copy, manifest["models"]["text-linear"]["arrays"], save(arrays))
-    write_manifest(copy, manifest)
-    load_error(copy, r"the text-linear model is broken: .*coef must be float32, got float64")
-
-
-def test_a_predictor_naming_a_model_the_bundle_lacks(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    del manifest["models"]["combined-nn"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: the combined predictor uses model\(s\) the bundle lacks: combined-nn")
-
-
-def test_a_predictor_naming_a_model_no_bundle_has(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["predictors"]["text"]["members"].append({"model": "text-rnn", "weight": 1.0})
-    write_manifest(copy, manifest)
-    load_error(copy, r"Invalid enum value 'text-rnn' - at `\$.predictors\[...\].members\[2\].model`")
-
-
-def test_a_predictor_whose_model_was_dropped(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    del manifest["models"]["image-cnn"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"the image predictor uses model\(s\) the bundle lacks: image-cnn")
-
-
-@pytest.mark.parametrize("bias", [[0.0] * 3, [0.0] * 5, []])
-def test_a_predictor_bias_of_the_wrong_length(copy: Path, bias: list[float]) -> None:
-    manifest = manifest_of(copy)
-    manifest["predictors"]["combined"]["bias"] = bias
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle\.json: the combined predictor has {len(bias)} biases for 4 classes")
-
-
-def test_image_models_need_image_settings(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["image"] = None
-    write_manifest(copy, manifest)
-    load_error(copy, r"bundle\.json: the image-cnn model needs image settings")
-
-
-def test_text_models_need_text_settings(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    del manifest["text"]
-    write_manifest(copy, manifest)
-    load_error(copy, r"cannot rebuild the text-cnn model: a text-cnn model needs text settings")
-
-
-def test_an_index_of_the_wrong_width(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    replace_file(copy, manifest["index"]["vectors"], npy_bytes(unit_rows(np.ones((5, 27), np.float32))))
-    write_manifest(copy, manifest)
-    load_error(copy, r": the search index has 27-dim vectors, the bundle's models make 28")
-
-
-def test_an_index_whose_catalogue_has_another_length(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["catalogue"]
-    rows = json.loads((copy / ref["file"]).read_text())
-    replace_file(copy, ref, json.dumps(rows[:4]).encode())
-    write_manifest(copy, manifest)
-    load_error(copy, r": the index has 5 vectors for 4 catalogue rows")
-
-
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda rows: [{**rows[0], "extra": 1}, *rows[1:]], r"an index catalogue is a list of rows with keys"),
-    (lambda rows: {"rows": rows}, r"an index catalogue is a list of rows"),
-    (lambda rows: [rows[0], rows[0], *rows[2:]], r"Catalogue: column 'id' fails unique"),
-    (lambda rows: [{**rows[0], "id": None}, *rows[1:]], r"Catalogue: column 'id' fails not_null"),
-    (lambda rows: [{**rows[0], "price": 2}, *rows[1:]], None),  # an integer price is a price
-])
-def test_a_catalogue_that_is_not_one(copy: Path, change: Callable[[list], object], message: str | None) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["catalogue"]
-    replace_file(copy, ref, json.dumps(change(json.loads((copy / ref["file"]).read_text()))).encode())
-    write_manifest(copy, manifest)
-    if message is None:
-        index = load_bundle(copy).index
-        assert index is not None and index.catalogue["price"][0] == 2.0
-    else:
-        load_error(copy, message)
-
-
-def test_a_catalogue_price_that_is_not_a_number(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["catalogue"]
-    rows = json.loads((copy / ref["file"]).read_text())
-    replace_file(copy, ref, json.dumps([{**rows[0], "price": "cheap"}, *rows[1:]]).encode())
-    write_manifest(copy, manifest)
-    load_error(copy, r": bad index catalogue")
-
-
-@pytest.mark.parametrize("report", [{}, {"weights": {"text": 1.0, "image": 1.0}}, {"weights": [1, 1, 1]}])
-def test_an_index_without_its_weights(copy: Path, report: dict[str, Any]) -> None:
-    manifest = manifest_of(copy)
-    manifest["index"]["report"] = report
-    write_manifest(copy, manifest)
-    load_error(copy, r": the search index does not say how its vectors were built")
-
-
-@pytest.mark.parametrize("value", ["heavy", None, [1.0], 10**400], ids=["text", "null", "list", "huge-int"])
-def test_an_index_with_weights_that_are_not_numbers(copy: Path, value: object) -> None:
-    manifest = manifest_of(copy)
-    manifest["index"]["report"]["weights"]["text"] = value
-    write_manifest(copy, manifest)
-    load_error(copy, r"search index")
-
-
-def hnsw_copy(copy: Path) -> Bundle:
-    """The copy with its index searched by an HNSW graph, saved: what it loads as."""
-    bundle = load_bundle(copy)
-    assert bundle.index is not None and bundle.index.engine.method == "exact"
-    save_bundle(attrs.evolve(bundle, index=bundle.index.with_method("hnsw")), copy)
-    return bundle
-
-
-def test_an_hnsw_index_round_trips_and_answers_as_saved(copy: Path) -> None:
-    before = hnsw_copy(copy)
-    entry = manifest_of(copy)["index"]
-    assert entry["method"] == "hnsw" and entry["graph"]["file"].endswith(".faiss")
-    assert entry["parameters"]["count"] == 5 and entry["parameters"]["method"] == "hnsw"
-    index = load_bundle(copy).index
-    assert index is not None and index.engine.method == "hnsw" and before.index is not None
-    queries = before.index.vectors
-    for exact, approximate in zip(before.index.search(queries, 3), index.search(queries, 3), strict=True):
-        np.testing.assert_allclose(exact, approximate, rtol=1e-5)  # five rows: the graph finds every one
-    assert [n.row for n in index.neighbours("p0-0", 4)] == [n.row for n in before.index.neighbours("p0-0", 4)]
-
-
-def test_an_hnsw_graph_that_is_not_the_indexs(copy: Path) -> None:
-    hnsw_copy(copy)
-    manifest = manifest_of(copy)
-    other = SearchIndex(unit_rows(np.ones((6, 28), np.float32)), pl.DataFrame(
-        {"id": list("abcdef"), "product_name": list("abcdef"), "category": ["x"] * 6, "price": [1.0] * 6},
-        schema=CATALOGUE_SCHEMA)).with_method("hnsw")
-    replace_file(copy, manifest["index"]["graph"], other.engine.to_bytes())
-    write_manifest(copy, manifest)
-    load_error(copy, r"vector index parameters say count=5, the loaded index has 6")
-
-
-@pytest.mark.parametrize("change", [
-    lambda entry: entry.pop("graph"),
-    lambda entry: entry.update(method="exact"),
-])
-def test_an_index_whose_method_and_graph_disagree(copy: Path, change: Callable[[dict[str, Any]], Any]) -> None:
-    hnsw_copy(copy)
-    manifest = manifest_of(copy)
-    change(manifest["index"])
-    write_manifest(copy, manifest)
-    load_error(copy, r"an hnsw index names its graph file, and only an hnsw index does")
-
-
-def test_an_index_needs_every_predictor(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    del manifest["predictors"]["combined"]
-    write_manifest(copy, manifest)
-    load_error(copy, r": the bundle has no combined predictor \(it has: text, image\)")
-
-
-# --- numbers and arrays that load but would poison serving ---------------------------------------------
-
-
-@pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
-@pytest.mark.parametrize("claimed", ["(10000000, 10000000)", "(5, 29)", "(4, 28)", "(0, 28)"])
-def test_an_npy_whose_header_claims_another_size_than_it_holds(copy: Path, where: tuple, claimed: str) -> None:
-    """A header claiming terabytes (np.load would allocate them and die of MemoryError), or a shape a few bytes
-    off what follows it, is refused in one line before anything is allocated."""
-    manifest = manifest_of(copy)
-    ref = ref_at(manifest, where)
-    original = np.load(copy / ref["file"], allow_pickle=False)
-    content = npy_bytes(original)
-    header = f"'shape': {tuple(original.shape)}".encode()
-    forged = content.replace(header, f"'shape': {claimed}".encode().ljust(len(header)), 1)
-    assert forged != content
-    replace_file(copy, ref, forged)
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])}: its header claims .*, the file holds \d+ bytes of data")
-
-
-@pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_word_and_index_vectors_that_are_not_finite(copy: Path, where: tuple, bad: float) -> None:
-    manifest = manifest_of(copy)
-    ref = ref_at(manifest, where)
-    array = np.load(copy / ref["file"], allow_pickle=False).copy()
-    array[0, 0] = bad
-    replace_file(copy, ref, npy_bytes(array))
-    write_manifest(copy, manifest)
-    load_error(copy, rf"bundle file {re.escape(ref['file'])}: .*1 value\(s\) that are not finite")
-
-
-@pytest.mark.parametrize("kind", ["text-cnn", "image-cnn", "combined-nn"])
-@pytest.mark.parametrize("bad", [np.nan, -np.inf], ids=["nan", "-inf"])
-def test_weights_that_are_not_finite(copy: Path, kind: str, bad: float) -> None:
-    from safetensors.numpy import load, save
-
-    manifest = manifest_of(copy)
-    ref = manifest["models"][kind]["weights"]
-    state = dict(load((copy / ref["file"]).read_bytes()))
-    name = next(key for key, value in state.items() if value.dtype == np.float32 and value.size > 1 and "running" not in key)
-    state[name] = np.full_like(state[name], bad)
-    replace_file(copy, ref, save(state))
-    write_manifest(copy, manifest)
-    load_error(copy, rf"the {kind} weights {re.escape(name)} hold values that are not finite numbers")
-
-
-def test_index_vectors_that_are_not_of_length_one(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["vectors"]
-    replace_file(copy, ref, npy_bytes(np.load(copy / ref["file"], allow_pickle=False) * 3))
-    write_manifest(copy, manifest)
-    load_error(copy, r"of the index's vectors are not of length 1")
-
-
-def test_batch_norm_variances_that_are_negative(copy: Path) -> None:
-    from safetensors.numpy import load, save
-
-    manifest = manifest_of(copy)
-    ref = manifest["models"]["image-cnn"]["weights"]
-    state = dict(load((copy / ref["file"]).read_bytes()))
-    name = next(key for key in state if key.endswith("running_var"))
-    state[name] = -np.abs(state[name]) - 1.0
-    replace_file(copy, ref, save(state))
-    write_manifest(copy, manifest)
-    load_error(copy, rf"the image-cnn weights {re.escape(name)} hold negative variances")
-
-
-def test_part_weights_that_are_all_zero(copy: Path) -> None:
-    manifest = manifest_of(copy)
-    manifest["index"]["report"]["weights"] = {"text": 0, "image": 0.0, "classes": 0}
-    write_manifest(copy, manifest)
-    load_error(copy, r"the search index's part weights are all 0")
-
-
-@pytest.mark.parametrize(("key", "value"), [("ef_search", 2**40), ("ef_search", 0), ("m", 10**6), ("seed", -1),
-                                            ("ef_construction", 2**31)])
-def test_hnsw_settings_out_of_range(copy: Path, key: str, value: int) -> None:
-    """An HNSW search parameter of 2**40 loaded, then made every search fail; now it does not load."""
-    hnsw_copy(copy)
-    manifest = manifest_of(copy)
-    manifest["index"]["parameters"][key] = value
-    write_manifest(copy, manifest)
-    load_error(copy, rf"vector index parameter '{key}' must be an integer from \d+ to \d+, got {value}")
-
-
-def test_a_bundle_that_poisons_serving_ends_fbml_serve_in_one_line(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fbml.cli import main
-
-    manifest = manifest_of(copy)
-    ref = manifest["index"]["vectors"]
-    content = (copy / ref["file"]).read_bytes()
-    shape = f"'shape': {tuple(np.load(copy / ref['file']).shape)}".encode()
-    replace_file(copy, ref, content.replace(shape, b"'shape': (99999999, 99999)".ljust(len(shape)), 1))
-    write_manifest(copy, manifest)
-    capsys.readouterr()
-    assert main(["serve", str(copy), "--port", str(free_port())]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fbml: error: ") and len(err.strip().splitlines()) == 1 and "its header claims" in err
-
-
-# --- 5. random damage to the manifest ----------------------------------------------------------------
-
-# the values a mutation puts in place of another
-ODD_VALUES = [None, True, False, 0, 1, -1, 2.5, "", "x", [], {}, [1, 2], {"a": 1}, "fbml.bundle/1", "text-cnn"]
-HUGE_NUMBERS = [10**12, -(10**12), 2**63, -(2**63) - 1, 10**30, -1, -0.5, 1e300, -1e300, 1e-300]
-def nodes(value: Any, where: tuple = ()) -> Iterator[tuple]:
-    """The position of every value of a JSON document (the document itself included)."""
-    yield where
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        yield from nodes(item, (*where, key))
-
-
-def at(document: Any, where: tuple) -> Any:
-    for part in where:
-        document = document[part]
-    return document
-
-
-@st.composite
-def mutated(draw: st.DrawFn, document: dict[str, Any]) -> dict[str, Any]:
-    document = json.loads(json.dumps(document))
-    for _ in range(draw(st.integers(1, 3))):
-        places = list(nodes(document))
-        where = draw(st.sampled_from(places))
-        kind = draw(st.sampled_from(["drop", "retype", "insert", "number", "text", "swap-file"]))
-        parent = at(document, where[:-1]) if where else None
-        value = at(document, where)
-        if kind == "drop" and where:
-            del parent[where[-1]]
-        elif kind == "retype" and where:
-            parent[where[-1]] = draw(st.sampled_from(ODD_VALUES))
-        elif kind == "insert" and isinstance(value, dict):
-            value[draw(st.text(max_size=12))] = draw(st.sampled_from(ODD_VALUES))
-        elif kind == "insert" and isinstance(value, list):
-            value.insert(draw(st.integers(0, len(value))), draw(st.sampled_from(ODD_VALUES)))
-        elif kind == "number" and where and isinstance(value, (int, float)) and not isinstance(value, bool):
-            parent[where[-1]] = draw(st.sampled_from(HUGE_NUMBERS))
-        elif kind == "text" and where and isinstance(value, str):
-            parent[where[-1]] = draw(st.one_of(st.text(max_size=30), st.sampled_from(
-                ["../bundle.json", "/etc/passwd", "codec-0123456789abcdef.json", "resnet50", "image-cnn", "combined"])))
-        elif kind == "swap-file":
-            refs = [ref for _, ref in file_refs(document)]
-            if len(refs) >= 2:
-                first, second = draw(st.permutations(refs))[:2]
-                first["file"], first["sha256"], second["file"], second["sha256"] = (
-                    second["file"], second["sha256"], first["file"], first["sha256"])
-    return document
-
-
-@pytest.fixture(scope="module")
-def grown_manifest(grown: Grown) -> dict[str, Any]:
-    return manifest_of(grown.path)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data())
-def test_random_damage_to_the_manifest_is_an_fbml_error_or_a_bundle(
-    grown: Grown, grown_manifest: dict, data: st.DataObject
-) -> None:
-    document = data.draw(mutated(grown_manifest))
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "bundle"
-        linked_copy(grown.path, path)
-        write_manifest(path, document)
-        try:
-            bundle = load_bundle(path)
-        except FbmlError as error:
-            message = str(error)
-            assert "\n" not in message
-            assert str(path) in message
-            event(re.sub(r"[0-9a-f]{16}|'[^']*'|`[^`]*`", "_", message.replace(str(path), ""))[:60])
-        else:
-            assert isinstance(bundle, Bundle) and bundle.codec == CODEC
-            event("loaded")
-
-
-# --- 6. nothing downloaded, nothing read outside the bundle ------------------------------------------
-
-
-class Forbidden(Exception):
-    """Loading reached for something outside the bundle."""
-
-
-def forbid(what: str) -> Callable[..., Any]:
-    def refuse(*_args: object, **_kwargs: object) -> Any:
-        raise Forbidden(what)
-
-    return refuse
-
-
-def test_loading_downloads_nothing_and_reads_only_the_bundle(
-    grown: Grown, parts: Parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(urllib.request, "urlopen", forbid("urlopen"))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", forbid("load_state_dict_from_url"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", forbid("download_url_to_file"))
-    monkeypatch.setattr(fbml.modeling.backbones, "local_state_dict", forbid("local_state_dict"))
-    for name, spec in list(fbml.modeling.backbones.BACKBONES.items()):
-        refusing = attrs.evolve(spec, imagenet_state=forbid(f"{name} weights"))
-        monkeypatch.setitem(fbml.modeling.backbones.BACKBONES, name, refusing)  # type: ignore[arg-type]
-    opened: list[Path] = []
-    real_open = builtins.open
-
-    def recording_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(file, (str, os.PathLike)):
-            opened.append(Path(file).resolve())
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", recording_open)
-    monkeypatch.setattr(io, "open", recording_open)
-    reloaded = load_bundle(grown.path)
-    monkeypatch.undo()
-    for kind in TORCH_KINDS:
-        assert_same_model(reloaded.model(kind), grown.expected.models[kind].module, kind, parts.text)
-    root = grown.path.resolve()
-    assert opened, "the recording saw no file opened: it did not record"
-    assert [file for file in opened if file.parent != root] == []
-    assert {file.name for file in opened} == {MANIFEST, *(ref["file"] for _, ref in file_refs(manifest_of(grown.path)))}
-
-
-def test_a_pretrained_image_model_loads_without_its_starting_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: Parts
-) -> None:
-    torch.manual_seed(4)
-    pretrained = image_from_options(IMAGE, len(CLASSES), weights="imagenet").eval()
-    torch.manual_seed(4)
-    random = image_from_options(IMAGE, len(CLASSES))
-    stem = "frozen.0.weight"
-    assert not torch.equal(pretrained.state_dict()[stem], random.state_dict()[stem])  # it did start from ImageNet
-    bundle = Bundle(CODEC, image=IMAGE_SETTINGS).with_model(BundleModel("image-cnn", pretrained, IMAGE))
-    save_bundle(bundle.with_predictor("image", Predictor(IMAGE_ENSEMBLE)), tmp_path)
-
-    calls: list[str] = []
-    lite = fbml.modeling.backbones.BACKBONES["efficientnet_lite0"]
-
-    def counted() -> Any:
-        calls.append("imagenet")
-        raise Forbidden("the packaged ImageNet weights")
-
-    counting = attrs.evolve(lite, imagenet_state=counted)
-    monkeypatch.setitem(fbml.modeling.backbones.BACKBONES, "efficientnet_lite0", counting)  # type: ignore[arg-type]
-    monkeypatch.setattr(fbml.modeling.backbones, "local_state_dict", forbid("local_state_dict"))
-    reloaded = load_bundle(tmp_path)
-    assert calls == []
-    assert_same_model(reloaded.model("image-cnn"), pretrained, "image-cnn", parts.text)
-
-
-# --- 7. atomic saves ---------------------------------------------------------------------------------
-
-
-class Crash(Exception):
-    """Stands for the process dying at that point."""
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {file.name: file.read_bytes() for file in path.iterdir() if file.name not in LOCK_FILES}
-
-
-def changed_bundle(loaded: Bundle, parts: Parts, codec: LabelCodec) -> tuple[Bundle, TextClassifier]:
-    retrained = new_text_cnn(parts.text, seed=7)
-    changed = attrs.evolve(loaded, codec=codec).with_model(BundleModel("text-cnn", retrained, TEXT_CNN, {"run": 3}))
-    return attrs.evolve(changed, index=make_index(loaded, seed=3)), retrained
-
-
-def assert_as_before(path: Path, before: dict[str, bytes], grown: Grown, parts: Parts) -> None:
-    after = snapshot(path)
-    assert {name: after[name] for name in before} == before  # every previous file, manifest included, as it was
-    assert not [name for name in after if name.endswith(".tmp")]
-    reloaded = load_bundle(path)
-    assert reloaded.codec == CODEC
-    assert reloaded.index == grown.expected.index
-    for kind in TORCH_KINDS:
-        assert_same_model(reloaded.model(kind), grown.expected.models[kind].module, kind, parts.text)
-
-
-def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_bundle(
-    copy: Path, grown: Grown, loaded: Bundle, parts: Parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    before = snapshot(copy)
-    real_write = bundle_module.write_atomically
-    written: list[str] = []
-
-    def write_then_crash(target: Path, content: bytes) -> None:
-        if written:
-            raise Crash  # after the first new file (the codec), before the retrained weights
-        written.append(target.name)
-        real_write(target, content)
-
-    monkeypatch.setattr(bundle_module, "write_atomically", write_then_crash)
-    changed, retrained = changed_bundle(loaded, parts, LabelCodec((*CLASSES, "tables")))
-    with pytest.raises(Crash):
-        save_bundle(changed, copy)
-    monkeypatch.undo()
-    assert len(written) == 1 and written[0].startswith("codec-")
-    leftovers = set(snapshot(copy)) - set(before)
-    assert leftovers == set(written), "the crashed save wrote nothing: the test did not crash it in the middle"
-    assert_as_before(copy, before, grown, parts)
-
-    # the next successful save removes what the crashed one left and what the new manifest no longer needs
-    (copy / "notes.txt").write_text("mine, not the bundle's")
-    changed, retrained = changed_bundle(loaded, parts, CODEC)
-    save_bundle(changed, copy)
-    final = snapshot(copy)
-    assert not leftovers & set(final)
-    old = json.loads(before[MANIFEST])
-    for gone in (old["models"]["text-cnn"]["weights"], old["index"]["vectors"], old["index"]["catalogue"]):
-        assert gone["file"] not in final
-    assert "notes.txt" in final
-    reloaded = load_bundle(copy)
-    assert_same_model(reloaded.model("text-cnn"), retrained, "text-cnn", parts.text)
-    assert reloaded.index == changed.index
-
-
-def test_a_crash_while_writing_the_manifest(
-    copy: Path, grown: Grown, loaded: Bundle, parts: Parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    before = snapshot(copy)
-    real_write = bundle_module.write_atomically
-    written: list[str] = []
-
-    def crash_on_manifest(target: Path, content: bytes) -> None:
-        if target.name == MANIFEST:
-            raise Crash
-        written.append(target.name)
-        real_write(target, content)
-
-    monkeypatch.setattr(bundle_module, "write_atomically", crash_on_manifest)
-    with pytest.raises(Crash):
-        save_bundle(changed_bundle(loaded, parts, LabelCodec((*CLASSES, "tables")))[0], copy)
-    monkeypatch.undo()
-    assert len(written) == 4  # codec, text-cnn weights, index vectors and catalogue: all before the manifest
-    assert set(snapshot(copy)) - set(before) == set(written)
-    assert_as_before(copy, before, grown, parts)
-
-
-def test_a_crash_as_the_manifest_replaces_the_old_one(
-    copy: Path, grown: Grown, loaded: Bundle, parts: Parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The rename itself fails (the disk, a kill): the temporary manifest goes, the old one stays."""
-    before = snapshot(copy)
-    real_replace = os.replace
-
-    def crash_on_manifest(source: Any, target: Any) -> None:
-        if Path(target).name == MANIFEST:
-            assert Path(source).read_bytes().startswith(b"{")  # the new manifest was written in full beside it
-            raise Crash
-        real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", crash_on_manifest)
-    with pytest.raises(Crash):
-        save_bundle(changed_bundle(loaded, parts, CODEC)[0], copy)
-    monkeypatch.undo()
-    assert_as_before(copy, before, grown, parts)
-
-
-def test_a_write_killed_before_its_clean_up_leaves_a_temporary_the_next_save_removes(
-    copy: Path, grown: Grown, loaded: Bundle, parts: Parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The real atomic write, killed at its rename with its clean-up lost (as a SIGKILL loses it), leaves
-    its temporary manifest; the next save removes it and keeps names the bundle did not make."""
-    before = snapshot(copy)
-
-    def killed(source: Any, target: Any) -> None:
-        raise Crash
-
-    monkeypatch.setattr(os, "replace", killed)
-    monkeypatch.setattr(Path, "unlink", lambda *_, **__: None)
-    with pytest.raises(Crash):
-        save_bundle(changed_bundle(loaded, parts, CODEC)[0], copy)
-    monkeypatch.undo()
-    temporaries = set(snapshot(copy)) - set(before)
-    assert temporaries and all(re.fullmatch(r"\.[a-z-]+(-[0-9a-f]{16})?\.(json|npy|safetensors)\.[0-9a-f]{8}\.tmp", name)
-                               for name in temporaries)
-    after = snapshot(copy)
-    assert {name: after[name] for name in before} == before
-    foreign = [".notes.txt.0123abcd.tmp", ".bundle.json.tmp", ".codec-0123456789abcdef.json.mine.tmp"]
-    for name in foreign:
-        (copy / name).write_bytes(b"not the bundle's")
-    save_bundle(loaded, copy)
-    assert set(snapshot(copy)) == set(before) | set(foreign)
-    assert load_bundle(copy).index == grown.expected.index
+    try:
+        yield indexed(models_bundle())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_probabilities(got: fbml.Prediction, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(probability_row(got.probabilities), expected, rtol=0, atol=1e-5)
+    assert got.category == CATEGORIES[int(np.argmax(expected))]
+
+
+def test_the_public_api_is_exported_from_fbml() -> None:
+    assert fbml.load_bundle is fbml.bundle.store.load_bundle
+    for name in ("Bundle", "Prediction", "Similar", "InputError", "listing_text", "Role", "ModelKind", "PhotoLimits"):
+        assert name in fbml.__all__ and getattr(fbml, name) is not None
+    assert "predict" not in fbml.__all__ and "Predictor" not in fbml.__all__  # training's predict and the ensemble holder
+
+
+def test_predict_text_image_and_both_use_the_predictor_reading_what_is_given(bundle: Bundle) -> None:
+    photo = photo_bytes(3)
+    text = bundle.predict(text=MESSY)
+    assert (text.role, text.model_version) == (Role.TEXT, "unversioned")
+    assert_probabilities(text, expected_prediction(bundle, "text", text=MESSY))
+    assert_probabilities(bundle.predict(image=photo), expected_prediction(bundle, "image", image=photo))
+    both = bundle.predict(text=MESSY, image=photo)
+    assert both.role is Role.COMBINED
+    assert_probabilities(both, expected_prediction(bundle, "combined", photo, MESSY))
+
+
+def test_a_prediction_is_frozen_and_ranks_its_top_categories(bundle: Bundle) -> None:
+    prediction = bundle.predict(text="red kettle")
+    ranked = prediction.top(3)
+    assert [category for category, _ in ranked] == sorted(CATEGORIES, key=lambda name: -prediction.probabilities[name])
+    assert ranked[0] == (prediction.category, prediction.probabilities[prediction.category])
+    assert len(prediction.top()) == len(CATEGORIES) and sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        prediction.category = "Books"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        prediction.probabilities["Books"] = 1.0  # type: ignore[index]
+    with pytest.raises(InputError, match="k: must be at least 1"):
+        prediction.top(0)
+
+
+def test_a_photo_as_bytes_a_file_a_pil_image_or_pixels_gets_the_same_answer(bundle: Bundle, tmp_path: Path) -> None:
+    photo = photo_bytes(9, size=(64, 40))
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(photo)
+    with Image.open(io.BytesIO(photo)) as decoded:
+        decoded.draft("RGB", (32, 1))  # as the bytes are decoded: at the smallest scale keeping the side
+        pixels = np.asarray(decoded.convert("RGB"))
+        image = decoded.copy()
+    expected = bundle.predict(image=photo).probabilities
+    for given in (bytearray(photo), path, image, pixels):
+        np.testing.assert_allclose(probability_row(bundle.predict(image=given).probabilities), probability_row(expected),
+                                   rtol=0, atol=1e-5, err_msg=type(given).__name__)  # fmt: skip
+
+
+def test_predict_many_equals_predict_one_by_one_whatever_the_batch_size(bundle: Bundle) -> None:
+    texts = [MESSY, "novel story", "bike for a doll", "small red toaster", "ｋｅｔｔｌｅ ①"]
+    photos = [photo_bytes(20 + seed) for seed in range(len(texts))]
+    one_by_one = [bundle.predict(text=text, image=photo) for text, photo in zip(texts, photos, strict=True)]
+    for batch_size in (1, 2, 32):
+        many = bundle.predict_many(texts=texts, images=photos, batch_size=batch_size)
+        for got, alone in zip(many, one_by_one, strict=True):
+            np.testing.assert_allclose(probability_row(got.probabilities), probability_row(alone.probabilities), rtol=0, atol=1e-5)
+    assert [got.role for got in bundle.predict_many(texts=texts)] == [Role.TEXT] * len(texts)
+
+
+def test_probabilities_scores_predictors_and_models_each_model_once(bundle: Bundle) -> None:
+    texts, photos = ["novel story", "red lamp"], [photo_bytes(30), photo_bytes(31)]
+    names = [Role.COMBINED, Role.IMAGE, ModelKind.COMBINED_NN, ModelKind.TEXT_LINEAR]
+    found = bundle.probabilities(names, texts=texts, images=photos)
+    for row, (text, photo) in enumerate(zip(texts, photos, strict=True)):
+        np.testing.assert_allclose(found[Role.COMBINED][row], expected_prediction(bundle, "combined", photo, text), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(found[Role.IMAGE][row], expected_prediction(bundle, "image", image=photo), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(found[ModelKind.COMBINED_NN][row], direct(bundle, "combined-nn", photo, text)[0], rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="reads text"):
+        bundle.probabilities([Role.TEXT], images=photos)
+
+
+def test_the_linear_text_model_reads_raw_text_as_the_api_does(bundle: Bundle) -> None:
+    linear = bundle.model(ModelKind.TEXT_LINEAR)
+    assert isinstance(linear, LinearTextModel)
+    served = attrs.evolve(bundle, predictors={"text": attrs.evolve(bundle.predictor("text"),
+                                                                    ensemble=fbml.Ensemble(((ModelKind.TEXT_LINEAR, 1.0),), (0.0,) * 3))})
+    with TestClient(create_app(attrs.evolve(served, index=None))) as client:
+        answer = client.post("/predict/text", json={"text": MESSY}).json()
+    np.testing.assert_allclose(linear.predict_proba([MESSY])[0], probability_row(answer["probabilities"]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(linear.predict_proba([MESSY]), linear.predict_proba(["Creme brulee fine red kettle for a cafe"]),
+                               rtol=0, atol=1e-6)  # fmt: skip
+
+
+def test_the_library_and_the_http_api_give_the_same_answers(bundle: Bundle) -> None:
+    texts = [MESSY, "‘Quoted’ ﬂower vase — £5", "bike\u00a0for\u2003a doll", "novel 📚 story"]
+    photos = [photo_bytes(40 + seed) for seed in range(len(texts))]
+    with TestClient(create_app(bundle)) as client:
+        for text, photo in zip(texts, photos, strict=True):
+            answers = {
+                Role.TEXT: (client.post("/predict/text", json={"text": text}), bundle.predict(text=text)),
+                Role.IMAGE: (client.post("/predict/image", files=multipart(image=photo)), bundle.predict(image=photo)),
+                Role.COMBINED: (client.post("/predict/combined", files=multipart(image=photo, text=text)),
+                                bundle.predict(text=text, image=photo)),
+            }
+            for role, (response, library) in answers.items():
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["category"] == library.category, role
+                np.testing.assert_allclose(probability_row(body["probabilities"]), probability_row(library.probabilities),
+                                           rtol=0, atol=1e-5)  # fmt: skip
+            similar = bundle.similar(text=text, image=photo, k=4)
+            served = client.post("/recommend", files=multipart(image=photo, text=text, k="4")).json()["results"]
+            assert [item["id"] for item in served] == [item.id for item in similar]
+
+
+def test_bad_input_is_an_input_error_naming_the_field(bundle: Bundle) -> None:
+    cases = [
+        (lambda: bundle.predict(), "text: give"),
+        (lambda: bundle.predict(text=" \u200b "), "text: is empty"),
+        (lambda: bundle.predict(image=b"GIF89a not really"), "image: is not an image"),
+        (lambda: bundle.predict(image=Path("/no/such/photo.jpg")), "image: cannot read"),
+        (lambda: bundle.predict(image=np.zeros((4, 4), np.float32)), "image: pixels must be uint8"),
+        (lambda: bundle.predict(image="photo.jpg"), "image: is a str, not a photo"),  # type: ignore[arg-type]
+        (lambda: bundle.predict(text="red", role="image"), "text: the image predictor reads no text"),
+        (lambda: bundle.predict(text="red", role="sound"), "role: unknown predictor 'sound'"),
+        (lambda: bundle.predict_many(texts="red kettle"), "texts: must be a list of texts"),
+        (lambda: bundle.predict_many(texts=["red", "kettle", ""]), r"texts\[2\]: is empty"),
+        (lambda: bundle.predict_many(images=[photo_bytes(1), photo_bytes(2), b"%PDF"]), r"images\[2\]: is not an image"),
+        (lambda: bundle.predict_many(texts=["red"], images=[photo_bytes(1), photo_bytes(2)]), "images: 2 photos for 1 texts"),
+        (lambda: bundle.predict(image=photo_bytes(1, size=(1200, 1000), format="PNG"), limits=PhotoLimits(max_pixels=1000)),
+         "image: has more than 1000 pixels"),
+        (lambda: bundle.similar(k=3), "query: give one of"),
+        (lambda: bundle.similar(product_id="p1", text="red", k=3), "query: give one of"),
+        (lambda: bundle.similar(text="red", k=0), "k: must be a whole number"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InputError, match=message):
+            call()
+
+
+def test_a_bundle_without_a_predictor_says_so(bundle: Bundle) -> None:
+    text_only = attrs.evolve(bundle, predictors={"text": bundle.predictor("text")}, index=None)
+    with pytest.raises(InputError, match="role: the bundle has no image predictor"):
+        text_only.predict(image=photo_bytes(1))
+    with pytest.raises(fbml.FbmlError, match="no search index"):
+        text_only.similar(text="red", k=2)
+
+
+def test_the_listing_vector_of_a_query_is_its_index_vector(bundle: Bundle) -> None:
+    """Index weights all non-zero (text, photo and classes all count): a catalogue listing's text and photo,
+    embedded as a query, give the vector the index holds for it."""
+    assert min(attrs.astuple(INDEX_WEIGHTS)) > 0
+    index = bundle.search_index()
+    for product in range(CATALOGUE_SIZE):
+        photo = catalogue_photo(product)
+        vector = bundle.embed(text=product_text(product), image=photo, limits=LIMITS)
+        np.testing.assert_allclose(vector, index.vectors[index.row(f"p{product}")], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(vector, expected_vector(bundle, photo, product_text(product)), rtol=0, atol=1e-5)
+
+
+def test_embed_many_averages_a_listings_photos(bundle: Bundle) -> None:
+    photos = [photo_bytes(50), photo_bytes(51)]
+    both = bundle.embed_many(texts=["red doll"], images=[photos])[0]
+    single = [bundle.embed(text="red doll", image=photo) for photo in photos]
+    assert not np.allclose(both, single[0], atol=1e-4) and not np.allclose(both, single[1], atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(both), 1.0, rtol=0, atol=1e-5)
+    mixed = bundle.embed_many(texts=["red doll", None, "novel"], images=[photos[:1], photos[1:], []])
+    np.testing.assert_allclose(mixed[0], single[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mixed[1], bundle.embed(image=photos[1]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mixed[2], bundle.embed(text="novel"), rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match=r"texts\[0\]: a listing needs its text, a photo or both"):
+        bundle.embed_many(texts=[None], images=[[]])
+
+
+def test_similar_by_product_text_photo_or_vector(bundle: Bundle) -> None:
+    index = bundle.search_index()
+    by_id = bundle.similar(product_id="p3", k=4)
+    expected = exact_search(index, index.vectors[index.row("p3")].astype(np.float64), 4, exclude=index.row("p3"))
+    assert [(item.id, round(item.score, 5)) for item in by_id] == [(name, round(score, 5)) for name, score in expected]
+    row = index.listing(index.row(by_id[0].id))
+    assert (by_id[0].name, by_id[0].category, by_id[0].price) == (row["product_name"], row["category"], row["price"])
+    query = bundle.embed(text="novel about a red bike", image=photo_bytes(21))
+    by_listing = bundle.similar(text="novel about a red bike", image=photo_bytes(21), k=5)
+    assert [item.id for item in by_listing] == [item.id for item in bundle.similar(vector=query, k=5)]
+    assert [item.id for item in by_listing] == [name for name, _ in exact_search(index, query.astype(np.float64), 5)]
+
+
+def test_a_freshly_trained_bundle_serves_eval_mode_networks(bundle: Bundle) -> None:
+    """Networks handed over in training mode (dropout on, as ``fit`` leaves a model it trains) are served in
+    eval mode: the same text answers the same, as the networks run by hand in eval mode do."""
+    fresh = Bundle(bundle.codec, bundle.image, bundle.text)
+    for kind, entry in bundle.models.items():
+        module = copy.deepcopy(entry.module)
+        if isinstance(module, torch.nn.Module):
+            for layer in module.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = 0.5
+            module.train()
+        fresh = fresh.with_model(BundleModel(kind, module, entry.options))
+    for role, predictor in bundle.predictors.items():
+        fresh = fresh.with_predictor(role, predictor)
+    assert all(not entry.module.training for entry in fresh.models.values() if isinstance(entry.module, torch.nn.Module))
+    with TestClient(create_app(fresh)) as client:
+        answers = [client.post("/predict/text", json={"text": "red kettle novel"}).json() for _ in range(3)]
+    assert answers[0] == answers[1] == answers[2]
+    assert_probabilities(fresh.predict(text="red kettle novel"), expected_prediction(bundle, "text", text="red kettle novel"))

@@ -114,7 +114,7 @@ def test_training_reads_each_photo_as_the_prediction_path_prepares_it(manifest: 
     """A photo of the decoded-photo cache (what training and evaluation read) through the evaluation transform
     equals the same file prepared by the prediction path (``Preparation.prepared``): decoding, letterbox and
     normalisation are one implementation."""
-    from fbml.vision.photos import Preparation, PhotoLimits
+    from fbml.vision.photos import PhotoLimits, Preparation
 
     preparation = Preparation(CACHE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
     transform = eval_transform(CACHE_SIZE, IMAGENET_MEAN, IMAGENET_STD)

@@ -15,7 +15,7 @@ import torch
 from fbml.bundle.store import save_bundle
 from fbml.workflows.export import export_onnx
 
-from test_api import indexed, models_bundle
+from test_app import indexed, models_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's notices about its ONNX exporter
 

@@ -14,7 +14,7 @@ import pytest
 from fbml.errors import InputError
 from fbml.vision.cleaning import clean_images, open_image
 from fbml.vision.jpeg import MAX_SCANS, JpegLayout, check_decode_cost, jpeg_layout
-from fbml.vision.photos import Preparation, PhotoLimits
+from fbml.vision.photos import PhotoLimits, Preparation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image

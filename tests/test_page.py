@@ -20,7 +20,7 @@ from fbml.serving.page import ASSETS, PAGE_POLICY
 from fbml.serving.server import serving
 from litestar.testing import TestClient
 
-from test_api import app_over, indexed, models_bundle, photo_bytes
+from test_app import app_over, indexed, models_bundle, photo_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")

@@ -1,8 +1,8 @@
 """fbml.testing: its strategies draw what they promise (the real mess, the bounds, every photo mode) and
 refuse what they cannot draw; the README's example runs as a user would run it.
 
-How fbml treats what they draw is tested where that is: cleaning in test_cleaning.py, reading CSVs in
-test_sources.py, streaming in test_streaming.py, photos in test_images.py and test_photos.py.
+How fbml treats what they draw is tested where that is: cleaning in test_tables_cleaning.py, reading CSVs in
+test_sources.py, streaming in test_streaming.py, photos in test_vision_cleaning.py and test_cache.py.
 """
 
 from __future__ import annotations

@@ -283,6 +283,7 @@ def _recorded(entrypoint: Callable[..., T], errors: Path, *args: Any) -> T:
     ``launch``, or, when it only follows another process's failure (``RankZeroError``, ``PeersLostError``), a
     mark that this process followed."""
     rank = os.environ.get("RANK", "unknown")
+    signal.signal(signal.SIGINT, _interrupted_quietly)
     try:
         return entrypoint(*args)
     except (RankZeroError, PeersLostError):
@@ -292,6 +293,13 @@ def _recorded(entrypoint: Callable[..., T], errors: Path, *args: Any) -> T:
         line = str(error) if isinstance(error, FbmlError) else one_line(f"rank {rank} failed: {type(error).__name__}: {error}")
         (errors / ERROR_FILE.format(rank=rank)).write_text(line, encoding="utf-8")
         raise
+
+
+def _interrupted_quietly(signum: int, frame: object) -> None:
+    """A launched process's answer to SIGINT: exit 130 without a traceback. Ctrl-C reaches every process of the
+    group, and the launcher's stop (SIGTERM, then SIGINT when it ends) can follow while the process is already
+    unwinding from the first; a second ``KeyboardInterrupt`` there would print multiprocessing's traceback."""
+    raise SystemExit(130)
 
 
 def _first_error(errors: Path, nproc: int) -> str | None:

@@ -10,7 +10,6 @@ from litestar.exceptions import HTTPException
 
 from fbml.errors import FbmlError, one_line
 
-
 MAX_FIELD_NAME = 100
 """The most characters of a field's name an error repeats (a client names the fields of a form)."""
 
