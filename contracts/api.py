@@ -97,6 +97,10 @@ class Prediction(msgspec.Struct):
     probabilities: dict[str, float]
     top: list[CategoryScore]
     model_version: ModelVersion
+    subcategory: str | None = None
+    """The most likely subcategory (first two levels of the category path) within ``category``; null when
+    the bundle predicts none."""
+    subcategory_probability: float | None = None
 
 
 class Listing(msgspec.Struct):

@@ -40,12 +40,15 @@ def _probability_map(value: Mapping[str, float]) -> Mapping[str, float]:
 @attrs.frozen
 class Prediction:
     """One listing's predicted category, every category's probability, the predictor that made it
-    (``role``) and the bundle's ``model_version``."""
+    (``role``) and the bundle's ``model_version``; the most likely ``subcategory`` within ``category`` (the
+    first two levels of a category path) and its probability, None when the bundle predicts none."""
 
     category: str
     probabilities: Mapping[str, float] = attrs.field(converter=_probability_map)
     role: Role
     model_version: str
+    subcategory: str | None = None
+    subcategory_probability: float | None = None
 
     def top(self, k: int = TOP) -> list[tuple[str, float]]:
         """The ``k`` most likely categories with their probabilities, best first (ties: the codec's order)."""

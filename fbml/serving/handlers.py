@@ -164,7 +164,8 @@ def body_provider(shape: RequestShape[Any]) -> Provide:
 def answer(found: predictions.Prediction) -> Prediction:
     """A ``Prediction`` of the bundle as the API answers it."""
     top = [CategoryScore(category, probability) for category, probability in found.top(TOP_CATEGORIES)]
-    return Prediction(found.category, dict(found.probabilities), top, found.model_version)
+    return Prediction(found.category, dict(found.probabilities), top, found.model_version, found.subcategory,
+                      found.subcategory_probability)
 
 
 def recommendations(found: Sequence[Similar], model_version: str) -> Recommendations:
