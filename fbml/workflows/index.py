@@ -41,6 +41,12 @@ def catalogue_parts(bundle: Bundle, tables: CleanTables, image_dir: Path | None,
     return listing_parts(bundle, listing_texts(products), groups, batch_size=DEFAULT_BATCH, progress=progress)
 
 
+def catalogue_vectors(bundle: Bundle, tables: CleanTables, image_dir: Path | None, products: pl.DataFrame, *,
+                      work_dir: Path, progress: bool) -> np.ndarray:  # fmt: skip
+    """The listing vector of every product of ``products``, as the bundle's index builds them (its weights)."""
+    return catalogue_parts(bundle, tables, image_dir, products, work_dir=work_dir, progress=progress).vectors(bundle.listing_weights())
+
+
 def chosen_weights(parts: ListingParts, catalogue: pl.DataFrame) -> tuple[ListingWeights, float]:
     """The part weights with the best precision@10 among these listings (ties: the earlier in the grid)."""
     best: tuple[ListingWeights, float] | None = None
