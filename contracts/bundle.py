@@ -213,6 +213,15 @@ class IndexEntry(Struct, frozen=True):
             raise ValueError("an hnsw index names its graph file, and only an hnsw index does")
 
 
+class SubcategoryEntry(Struct, frozen=True):
+    """The subcategory model: its codec (``category / subcategory`` names, JSON) and its TF-IDF linear model."""
+
+    codec: FileRef
+    parameters: FileRef
+    arrays: FileRef
+    report: dict[str, object] = {}
+
+
 class Manifest(Struct, frozen=True):
     """``bundle.json``: the codec, preparation settings, models, predictors and the index."""
 
@@ -223,3 +232,4 @@ class Manifest(Struct, frozen=True):
     models: dict[ModelKind, ModelEntry] = {}
     predictors: dict[Role, PredictorEntry] = {}
     index: IndexEntry | None = None
+    subcategories: SubcategoryEntry | None = None

@@ -245,23 +245,37 @@ def test_unit_rows() -> None:
     np.testing.assert_array_equal(vectors, [[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])  # the input is left alone
 
 
-# --- precision@k ---------------------------------------------------------------------------------------
+# --- alikeness: precision@k at three depths, and ties ---------------------------------------------------------
 
 
-def test_precision_at_k_counts_neighbours_of_the_same_category() -> None:
-    from fbml.bundle.listings import precision_at_k
+def test_alikeness_counts_neighbours_of_the_same_category_subcategory_and_path() -> None:
+    from fbml.bundle.listings import alikeness
 
-    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
-    catalogue = pl.DataFrame(
-        {"id": ["a", "b", "c", "d"], "product_name": list("abcd"), "category": ["X", "X", "Y", "Z"], "price": [1.0] * 4},
-        schema=CATALOGUE_SCHEMA,
-    )
-    index = SearchIndex(unit_rows(vectors), catalogue)
-    # a's nearest other is b (X, a hit); c's is d (Z, a miss)
-    assert precision_at_k(index, np.array([0, 2]), k=1) == pytest.approx(0.5)
-    assert precision_at_k(index, np.array([0, 1]), k=1) == pytest.approx(1.0)
-    # a's three others: b (X), d (Z), c (Y)
-    assert precision_at_k(index, np.array([0]), k=3) == pytest.approx(1 / 3)
-    assert precision_at_k(index, np.array([0]), k=10) == pytest.approx(1 / 3)  # k beyond the catalogue: every other row
-    assert precision_at_k(index, np.array([], dtype=np.int64), k=3) == 0.0
-    assert precision_at_k(SearchIndex(index.vectors[:1], catalogue.head(1)), np.array([0]), k=3) == 0.0
+    vectors = unit_rows(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32))
+    paths = np.array(["X / a / 1", "X / a / 2", "Y / b", "X / c"])
+    # a's nearest other is b (same category and subcategory, another path); c's is d (another category)
+    found = alikeness(vectors, paths, np.array([0, 2]), k=1)
+    assert (found.category, found.subcategory, found.path) == (0.5, 0.5, 0.0)
+    # a's three others: b (X / a), d (X / c), c (Y)
+    found = alikeness(vectors, paths, np.array([0]), k=3)
+    assert (found.category, found.subcategory) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+    assert alikeness(vectors, paths, np.array([0]), k=10).category == pytest.approx(2 / 3)  # k beyond: every other row
+    assert alikeness(vectors, paths, np.array([], dtype=np.int64), k=3).category == 0.0
+    assert alikeness(vectors[:1], paths[:1], np.array([0]), k=3).category == 0.0
+    # candidates: only these rows may be neighbours
+    assert alikeness(vectors, paths, np.array([0]), np.array([0, 2]), k=1).category == 0.0
+    # the index's own engine answers the same as the exact search here
+    catalogue = pl.DataFrame({"id": list("abcd"), "product_name": list("abcd"), "category": ["X", "X", "Y", "X"],
+                              "price": [1.0] * 4}, schema=CATALOGUE_SCHEMA)
+    index = SearchIndex(vectors, catalogue)
+    assert alikeness(vectors, paths, np.arange(4), index=index, k=2) == alikeness(vectors, paths, np.arange(4), k=2)
+
+
+def test_alikeness_counts_queries_whose_neighbours_tie() -> None:
+    from fbml.bundle.listings import alikeness
+
+    vectors = unit_rows(np.array([[1, 0], [1, 0], [1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32))
+    paths = np.array(["X / a"] * 5)
+    found = alikeness(vectors, paths, np.arange(5), k=2)
+    # rows 0-2: their two nearest others are copies (tied); row 3's two differ; row 4's nearest are 3 then a copy
+    assert found.tied == pytest.approx(3 / 5)

@@ -18,6 +18,7 @@ from fbml.cli import main
 from fbml.modeling import training
 from fbml.tables.clean import clean_tables
 from fbml.tables.splits import split_tables
+from fbml.text.listings import listing_texts
 
 PRODUCTS = 160
 IMAGE_SIZE = 48  # EfficientNet-Lite0's pooled features carry little of a 32 px photo: the image model learns at 48
@@ -235,6 +236,32 @@ def test_evaluate_lists_every_predictor_and_model(market, trained, tables, capsy
         # every photo row is scored or counted as left out (the unreadable ones were not cleaned)
         assert results[name]["per_example"]["examples"] + results[name]["excluded"] == photos
         assert results[name]["excluded"] >= 1
+    for name in PREDICTORS:  # each predictor's subcategories are scored (the sample's paths have two levels or more)
+        assert 0.0 <= results[name]["subcategory_accuracy"] <= 1.0
+    assert all("subcategory_accuracy" not in results[name] for name in MODELS)
+
+
+def test_predictions_name_a_subcategory_of_the_predicted_category(trained, tables) -> None:
+    """The text and combined predictors answer a subcategory (``category / subcategory``) of the category they
+    chose, with its joint probability at most the category's (none when the model learned no subcategory of
+    that category: the sample has a few listings of each); a photo alone gets none (no text to read)."""
+    bundle = load_bundle(trained["bundle"])
+    products = tables.cleaned.products
+    texts = listing_texts(products)
+    found = bundle.predict_many(texts=texts)
+    known = bundle.subcategories.codec.classes
+    for prediction in found:
+        if any(name.startswith(prediction.category + " / ") for name in known):
+            assert prediction.subcategory in known and prediction.subcategory.startswith(prediction.category + " / ")
+            assert 0.0 < prediction.subcategory_probability <= prediction.probabilities[prediction.category] + 1e-6
+        else:
+            assert (prediction.subcategory, prediction.subcategory_probability) == (None, None)
+    right = [p.subcategory == " / ".join(path.split(" / ")[:2]) for p, path in zip(found, products["category_path"], strict=True)]
+    assert sum(right) > len(right) / 4  # the sample's subcategories are few listings each; chance is about 1 in 8
+    photo = np.zeros((48, 48, 3), np.uint8)
+    assert bundle.predict(image=photo).subcategory is None
+    combined = bundle.predict(text=texts[0], image=photo)
+    assert combined.subcategory is not None and combined.subcategory.startswith(combined.category + " / ")
 
 
 class _Tables(HTMLParser):
@@ -341,14 +368,20 @@ def test_training_data_with_an_unknown_category_is_refused(market, trained, unkn
 
 def test_training_the_combined_model_reports_its_index(trained, tables) -> None:
     """The index holds every product (those without a photo by their text); its part weights were
-    chosen on the validation products; precision@10 is reported for the test products."""
+    chosen on the validation products (by subcategory precision, among weightings that keep the category
+    and rarely tie); precision@10 at three depths and the tied share are reported for the test products."""
     bundle = load_bundle(trained["bundle"])
     report = bundle.index.report
-    assert set(report["weights"]) == {"text", "image", "classes"}
+    assert set(report["weights"]) == {"text", "image", "classes", "subcategories"}
     assert report["products"] == len(bundle.index) == tables.cleaned.products.height
     assert report["test_products"] == split_tables(tables, seed=0).products.test.height
     assert 0.3 < report["precision_at_10"] <= 1.0
-    assert 0.0 < report["validation_precision_at_10"] <= 1.0  # ~2 validation products a class here: at most ~0.1
+    assert 0.0 < report["subcategory_precision_at_10"] <= report["precision_at_10"]
+    assert report["path_precision_at_10"] <= report["subcategory_precision_at_10"]
+    assert 0.0 <= report["tied_at_10"] <= 1.0
+    validation = report["validation"]
+    assert 0.0 < validation["subcategory_precision_at_10"] <= validation["precision_at_10"] <= 1.0
+    assert bundle.subcategories is not None and bundle.subcategories.num_classes > 1
 
 
 def test_index_rebuilds_over_a_catalogue_and_prints_json(market, trained, tables, tmp_path: Path, capsys) -> None:
@@ -360,6 +393,7 @@ def test_index_rebuilds_over_a_catalogue_and_prints_json(market, trained, tables
     assert report["products"] == tables.cleaned.products.height  # products without a photo are indexed by text
     assert report["weights"] == load_bundle(trained["bundle"]).index.report["weights"]
     assert 0.3 < report["precision_at_10"] <= 1.0
+    assert 0.0 < report["subcategory_precision_at_10"] <= report["precision_at_10"] and "tied_at_10" in report
     assert report["method"] == "exact" and len(load_bundle(bundle).index) == report["products"]
 
     assert main(["index", str(bundle), *data_args(market), "--device", "cpu", "--method", "hnsw", "--json"]) == 0

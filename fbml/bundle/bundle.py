@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from fbml.modeling.onnx_runtime import OnnxModel
+    from fbml.modeling.subcategories import SubcategoryModel
 
     Model = nn.Module | LinearTextModel | OnnxModel
 
@@ -107,6 +108,7 @@ class Bundle:
     predictors: Mapping[Role, Predictor] = attrs.field(factory=dict, converter=_roles)
     index: SearchIndex | None = None
     model_version: str = UNVERSIONED
+    subcategories: SubcategoryModel | None = None
 
     # --- the prediction path ------------------------------------------------------------------------------
 
@@ -237,7 +239,12 @@ class Bundle:
 
     def listing_width(self) -> int:
         """The width of a listing vector made by this bundle's models (``fbml.bundle.listings``)."""
-        return self.embedding_dim(ModelKind.TEXT_CNN) + self.embedding_dim(ModelKind.IMAGE_CNN) + self.codec.num_classes
+        return (self.embedding_dim(ModelKind.TEXT_CNN) + self.embedding_dim(ModelKind.IMAGE_CNN) + self.codec.num_classes
+                + self.subcategory_count())
+
+    def subcategory_count(self) -> int:
+        """How many subcategories the bundle tells apart (0: it predicts none)."""
+        return 0 if self.subcategories is None else self.subcategories.num_classes
 
     # --- the work behind the prediction methods ------------------------------------------------------------
 
@@ -246,7 +253,15 @@ class Bundle:
         _check_pairs(texts, images)
         chosen = resolved_role(self, role, has_text=texts is not None, has_photos=images is not None)
         found = self._probabilities([chosen], texts, images, limits, batch_size, single=single, progress=False)
-        return predictions(self, found[chosen], chosen)
+        return predictions(self, found[chosen], chosen, self.subcategory_joint(texts, found[chosen]))
+
+    def subcategory_joint(self, texts: Sequence[str] | None, category_probabilities: np.ndarray) -> np.ndarray | None:
+        """``P(category) * P(subcategory | category)`` of listings with these (checked) texts and a predictor's
+        category probabilities; None when the bundle predicts no subcategory or there are no texts."""
+        if self.subcategories is None or texts is None:
+            return None
+        probabilities = self.subcategories.probabilities(texts)
+        return self.subcategories.joint(self.codec, category_probabilities, probabilities)
 
     def _probabilities(self, names: Sequence[Name], texts: list[str] | None, images: list[PhotoInput | PreparedPhoto] | None,
                        limits: PhotoLimits, batch_size: int, *, single: bool, progress: bool) -> dict[Name, np.ndarray]:  # fmt: skip

@@ -1,12 +1,15 @@
 """Listing vectors: how a listing (its text, its photos, or both) becomes one vector of the search index.
 
-A listing's vector joins three unit-length parts, each weighted: the text CNN's embedding of its
-text, the image model's embedding of its photos (their mean), and the square roots of its class
+A listing's vector joins four parts, each weighted: the text CNN's embedding of its text and the image
+model's embedding of its photos (their mean), each of unit length; the square roots of its class
 probabilities (so that their dot product is the Bhattacharyya coefficient of two predictions): the
 ``combined`` predictor's for a listing with text and photos (the mean over its photos), the ``image``
-predictor's for photos alone, the ``text`` predictor's for text alone. A part the listing lacks is zero.
-The weights are chosen on the validation products and saved with the index. ``listing_parts`` is the
-one place that computes the parts, for the catalogue (``fbml.workflows.index``) and for queries alike.
+predictor's for photos alone, the ``text`` predictor's for text alone; and the square roots of its
+subcategory probabilities, ``P(category) * P(subcategory | category)`` with those class probabilities
+(``fbml.modeling.subcategories``; listings with text, in bundles that predict subcategories). A part
+the listing lacks is zero. The weights are chosen on the validation products and saved with the index.
+``listing_parts`` is the one place that computes the parts, for the catalogue (``fbml.workflows.index``)
+and for queries alike; ``alikeness`` measures how alike an index's neighbours are.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from fbml.vision.photos import PhotoInput, PhotoLimits, PreparedPhoto
 if TYPE_CHECKING:
     from fbml.bundle.bundle import Bundle
 
+PARTS = ("text", "image", "classes", "subcategories")
+REQUIRED_PARTS = {"text", "image", "classes"}
+TIE_TOLERANCE = 1e-6
+"""Ten neighbours whose scores all lie within this of each other are tied: the index cannot order them."""
 TEXT_MODEL = ModelKind.TEXT_CNN
 IMAGE_MODEL = ModelKind.IMAGE_CNN
 Photo = PhotoInput | PreparedPhoto
@@ -39,6 +46,7 @@ class ListingWeights:
     text: float
     image: float
     classes: float
+    subcategories: float = 0.0
 
     def to_json(self) -> dict[str, float]:
         """The weights by part name."""
@@ -46,31 +54,39 @@ class ListingWeights:
 
     @classmethod
     def from_report(cls, report: Mapping[str, object]) -> ListingWeights:
-        """The weights an index's report records; ``FbmlError`` when it records none that are usable."""
+        """The weights an index's report records (an index built before subcategories has no such weight:
+        0); ``FbmlError`` when it records none that are usable."""
         weights = report.get("weights")
-        if not isinstance(weights, Mapping) or set(weights) != {"text", "image", "classes"}:
+        if not isinstance(weights, Mapping) or not REQUIRED_PARTS <= set(weights) <= set(PARTS):
             raise FbmlError("the search index does not say how its vectors were built")
-        values = {name: weights[name] for name in ("text", "image", "classes")}
+        values = {name: weights.get(name, 0.0) for name in PARTS}
         if not all(type(value) in (int, float) and 0.0 <= value <= 100.0 for value in values.values()):
             raise FbmlError(f"the search index's part weights must be numbers from 0 to 100, got {values}")
         if not any(values.values()):
             raise FbmlError("the search index's part weights are all 0: its vectors would say nothing of a listing")
-        return cls(float(values["text"]), float(values["image"]), float(values["classes"]))
+        return cls(**{name: float(value) for name, value in values.items()})
 
 
 @attrs.frozen
 class ListingParts:
-    """Per listing: the text embedding, the photos' mean embedding and the class probabilities (zero rows: absent)."""
+    """Per listing: the text embedding, the photos' mean embedding, the class probabilities and the joint
+    subcategory probabilities (zero rows: absent; no columns: the bundle predicts no subcategory)."""
 
     text: np.ndarray
     image: np.ndarray
     classes: np.ndarray
+    subcategories: np.ndarray
 
     def vectors(self, weights: ListingWeights) -> np.ndarray:
-        """Unit-length float32 vectors joining the weighted unit-length parts."""
+        """Unit-length float32 vectors joining the weighted parts."""
         parts = [unit_rows(self.text) * weights.text, unit_rows(self.image) * weights.image,
-                 np.sqrt(np.clip(self.classes, 0.0, 1.0)) * weights.classes]
+                 np.sqrt(np.clip(self.classes, 0.0, 1.0)) * weights.classes,
+                 np.sqrt(np.clip(self.subcategories, 0.0, 1.0)) * weights.subcategories]
         return unit_rows(np.concatenate(parts, axis=1))
+
+    def rows(self, rows: np.ndarray) -> ListingParts:
+        """The parts of these listings only."""
+        return ListingParts(self.text[rows], self.image[rows], self.classes[rows], self.subcategories[rows])
 
 
 def listing_parts(
@@ -83,7 +99,8 @@ def listing_parts(
     count = len(text_of)
     parts = ListingParts(np.zeros((count, bundle.embedding_dim(TEXT_MODEL)), np.float32),
                          np.zeros((count, bundle.embedding_dim(IMAGE_MODEL)), np.float32),
-                         np.zeros((count, bundle.codec.num_classes), np.float32))  # fmt: skip
+                         np.zeros((count, bundle.codec.num_classes), np.float32),
+                         np.zeros((count, bundle.subcategory_count()), np.float32))  # fmt: skip
     pairs = [(row, photo, position) for row, group in enumerate(photos_of) for position, photo in enumerate(group)]
     text_rows = [row for row, text in enumerate(text_of) if text is not None]
     with tqdm(total=len(text_rows) + len(pairs), desc="listing vectors", unit="row", disable=not progress) as bar:
@@ -104,6 +121,11 @@ def listing_parts(
     photographed = counts > 0
     parts.image[photographed] = sums[photographed] / counts[photographed, None]
     parts.classes[photographed] = class_sums[photographed] / counts[photographed, None]
+    for part in chunks(len(text_rows), batch_size):
+        rows = text_rows[part]
+        joint = bundle.subcategory_joint([str(text_of[row]) for row in rows], parts.classes[rows])
+        if joint is not None:
+            parts.subcategories[rows] = joint
     return parts
 
 
@@ -158,10 +180,46 @@ def _add_photo_parts(bundle: Bundle, pairs: list[tuple[int, Photo, int]], text_o
     np.add.at(counts, rows, 1)
 
 
-def precision_at_k(index: SearchIndex, rows: np.ndarray, k: int = PRECISION_K) -> float:
-    """Share of each query row's ``k`` nearest other rows with its category."""
-    if rows.size == 0 or len(index) < 2:
-        return 0.0
-    neighbours, _ = index.search(index.vectors[rows], k, exclude=rows.tolist())
-    categories = index.catalogue["category"].to_numpy()
-    return float((categories[neighbours] == categories[rows][:, None]).mean())
+@attrs.frozen
+class Alikeness:
+    """How alike query listings and their ``k`` nearest others are: the share of neighbours with the query's
+    category, subcategory (first two levels of the path) and full category path, and the share of queries
+    whose neighbours' scores all tie (the index cannot order them: it has collapsed onto something coarse)."""
+
+    category: float
+    subcategory: float
+    path: float
+    tied: float
+
+    def to_json(self, k: int = PRECISION_K) -> dict[str, float]:
+        """The figures under the names reports and ``fbml index --json`` give them."""
+        return {f"precision_at_{k}": self.category, f"subcategory_precision_at_{k}": self.subcategory,
+                f"path_precision_at_{k}": self.path, f"tied_at_{k}": self.tied}
+
+
+def alikeness(vectors: np.ndarray, paths: np.ndarray, queries: np.ndarray, candidates: np.ndarray | None = None, *,
+              k: int = PRECISION_K, index: SearchIndex | None = None) -> Alikeness:  # fmt: skip
+    """How alike each query row and its ``k`` nearest other rows are, judged by the rows' category ``paths``
+    (``A / B / C``); neighbours are drawn from ``candidates`` (default: every row) by exact search, or by
+    ``index``'s own engine (whose vectors ``vectors`` are) when given."""
+    if queries.size == 0 or len(vectors) < 2:
+        return Alikeness(0.0, 0.0, 0.0, 0.0)
+    if index is not None:
+        neighbours, scores = index.search(vectors[queries], k, exclude=queries.tolist())
+    else:
+        pool = np.arange(len(vectors)) if candidates is None else candidates
+        similarity = vectors[queries] @ vectors[pool].T
+        similarity[pool[None, :] == queries[:, None]] = -np.inf
+        take = min(k, pool.size - 1)
+        top = np.argpartition(-similarity, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        neighbours, scores = pool[top], np.take_along_axis(similarity, top, axis=1)
+    levels = [np.asarray([_first_levels(path, depth) for path in paths]) for depth in (1, 2, None)]
+    shares = [float((level[neighbours] == level[queries][:, None]).mean()) for level in levels]
+    tied = float(((scores[:, 0] - scores[:, -1]) <= TIE_TOLERANCE).mean()) if scores.shape[1] > 1 else 0.0
+    return Alikeness(shares[0], shares[1], shares[2], tied)
+
+
+def _first_levels(path: str, depth: int | None) -> str:
+    return " / ".join(path.split(" / ")[:depth])

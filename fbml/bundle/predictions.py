@@ -185,10 +185,16 @@ def chunks(count: int, size: int) -> Iterator[slice]:
     return (slice(start, min(start + size, count)) for start in range(0, count, size))
 
 
-def predictions(bundle: Bundle, probabilities: np.ndarray, role: Role) -> list[Prediction]:
-    """Each row of ``role``'s probabilities as a ``Prediction``."""
+def predictions(bundle: Bundle, probabilities: np.ndarray, role: Role, subcategories: np.ndarray | None = None) -> list[Prediction]:
+    """Each row of ``role``'s probabilities as a ``Prediction``, with its most likely subcategory within the
+    predicted category when ``subcategories`` (``Bundle.subcategory_joint``) are given."""
     classes = bundle.codec.classes
-    return [
-        Prediction(classes[int(np.argmax(row))], dict(zip(classes, map(float, row), strict=True)), role, bundle.model_version)
-        for row in probabilities
-    ]
+    found = []
+    for row, values in enumerate(probabilities):
+        category = classes[int(np.argmax(values))]
+        best = None
+        if subcategories is not None and bundle.subcategories is not None:
+            best = bundle.subcategories.best_within(bundle.codec, category, subcategories[row])
+        found.append(Prediction(category, dict(zip(classes, map(float, values), strict=True)), role, bundle.model_version,
+                                *(best or (None, None))))  # fmt: skip
+    return found

@@ -38,6 +38,7 @@ from contracts.bundle import (
     OnnxEntry,
     PredictorEntry,
     Role,
+    SubcategoryEntry,
     TextCnnEntry,
     TextCnnOptions,
     TextEntry,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from fbml.modeling.onnx_runtime import OnnxModel
+    from fbml.modeling.subcategories import SubcategoryModel
 
 
 def save_bundle(bundle: Bundle, path: Path) -> None:
@@ -90,6 +92,7 @@ def _save(bundle: Bundle, path: Path) -> None:
         models={kind: _write_model(path, model) for kind, model in bundle.models.items()},
         predictors={role: _predictor_entry(predictor) for role, predictor in bundle.predictors.items()},
         index=None if bundle.index is None else _write_index(path, bundle.index),
+        subcategories=None if bundle.subcategories is None else _write_subcategories(path, bundle.subcategories),
     )
     write_atomically(path / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n")
     _remove_unreferenced(path, manifest)
@@ -138,7 +141,8 @@ def _load(path: Path, runtime: str) -> Bundle:
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
     shared = _sharing_backbones(models) if runtime == "torch" else models
-    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest())
+    subcategories = None if manifest.subcategories is None else _read_subcategories(path, manifest.subcategories, codec)
+    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories)
     _check_settings(path, bundle)
     return bundle
 
@@ -301,11 +305,11 @@ def _onnx_session(path: Path, kind: str, graph: OnnxGraph | None, codec: LabelCo
         raise FbmlError(f"{path}: {error}") from None
 
 
-def _read_linear(path: Path, entry: TextLinearEntry, codec: LabelCodec) -> LinearTextModel:
+def _read_linear(path: Path, entry: TextLinearEntry | SubcategoryEntry, codec: LabelCodec, what: str = "text-linear") -> LinearTextModel:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    parameters = _read(path, entry.parameters, "text-linear parameters", lambda value: value)
+    parameters = _read(path, entry.parameters, f"{what} parameters", lambda value: value)
     try:
         arrays = load(_checked(path, entry.arrays))
     except (SafetensorError, ValueError) as error:
@@ -313,10 +317,36 @@ def _read_linear(path: Path, entry: TextLinearEntry, codec: LabelCodec) -> Linea
     try:
         model = LinearTextModel.from_parts(parameters, arrays)
     except FbmlError as error:
-        raise FbmlError(f"{path}: the text-linear model is broken: {error}") from None
+        raise FbmlError(f"{path}: the {what} model is broken: {error}") from None
     if model.num_classes != codec.num_classes:
-        raise FbmlError(f"{path}: the text-linear model has {model.num_classes} classes, the codec {codec.num_classes}")
+        raise FbmlError(f"{path}: the {what} model has {model.num_classes} classes, its codec {codec.num_classes}")
     return model
+
+
+def _write_subcategories(path: Path, subcategories: SubcategoryModel) -> SubcategoryEntry:
+    from safetensors.numpy import save
+
+    return SubcategoryEntry(
+        _write_json(path, "subcategory-codec", subcategories.codec.to_json()),
+        _write_json(path, "subcategory-linear", subcategories.model.to_json()),
+        _write_file(path, "subcategory-linear", ".safetensors", save(dict(subcategories.model.arrays()))),
+        dict(subcategories.report),
+    )
+
+
+def _read_subcategories(path: Path, entry: SubcategoryEntry, categories: LabelCodec) -> SubcategoryModel:
+    """The subcategory model, each subcategory a child of one of the codec's categories."""
+    from fbml.modeling.subcategories import SubcategoryModel, parent_of
+
+    codec = _read(path, entry.codec, "subcategory codec", LabelCodec.from_json)
+    model = _read_linear(path, entry, codec, "subcategory")
+    orphans = sorted({parent_of(name) for name in codec.classes} - set(categories.classes))
+    if orphans:
+        raise FbmlError(f"{path}: subcategories of categories the codec lacks: {orphans[:5]}")
+    try:
+        return SubcategoryModel(codec, model, dict(entry.report))
+    except FbmlError as error:
+        raise FbmlError(f"{path}: {error}") from None
 
 
 def _load_weights(path: Path, kind: str, module: nn.Module, ref: FileRef) -> None:

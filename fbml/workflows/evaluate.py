@@ -17,9 +17,11 @@ import polars as pl
 from contracts.bundle import ModelKind, Role
 
 from fbml.bundle.bundle import Bundle
-from fbml.bundle.predictions import Name
+from fbml.bundle.predictions import Name, predictions
 from fbml.modeling.metrics import per_product
+from fbml.modeling.subcategories import subcategory_labels
 from fbml.tables.clean import CleanTables
+from fbml.text.listings import listing_texts
 from fbml.workflows.inputs import Examples, decoded_photos, frame_listings, known_categories, labels_of, with_decoded_photos
 from fbml.workflows.report import ModelResults, write_report
 from fbml.workflows.scores import Scores, scored
@@ -68,8 +70,27 @@ def evaluations(
         found = bundle.probabilities(scored_here, texts=texts, images=images, progress=progress)
         labels = labels_of(frame, bundle.codec)
         for name in scored_here:
-            results[name] = Evaluation(frame, found[name], labels, scored(found[name], labels, frame, totals[examples] - frame.height))
+            scores = scored(found[name], labels, frame, totals[examples] - frame.height)
+            if isinstance(name, Role):
+                scores = attrs.evolve(scores, subcategory_accuracy=subcategory_accuracy(bundle, name, frame, found[name], known.cleaned.products))
+            results[name] = Evaluation(frame, found[name], labels, scores)
     return {name: results[name] for name in names if name in results}
+
+
+def subcategory_accuracy(bundle: Bundle, role: Role, frame: pl.DataFrame, probabilities: np.ndarray,
+                         products: pl.DataFrame) -> float | None:  # fmt: skip
+    """The share of the products of ``frame`` (rows of ``products``, or of their photos) whose predicted
+    subcategory, as ``Bundle.predict`` gives it from the mean of the product's rows' probabilities and its
+    text, is the first two levels of its category path; None when the bundle predicts no subcategory."""
+    if bundle.subcategories is None or frame.height == 0:
+        return None
+    _, means = per_product(frame["id"].to_list(), np.zeros(frame.height, np.int64), probabilities)
+    order = pl.DataFrame({"id": frame["id"].unique(maintain_order=True)})
+    listings = order.join(products, on="id", how="left", maintain_order="left")
+    texts = listing_texts(listings)
+    found = predictions(bundle, means, role, bundle.subcategory_joint(texts, means))
+    truth = subcategory_labels(listings["category_path"]).to_list()
+    return float(np.mean([prediction.subcategory == label for prediction, label in zip(found, truth, strict=True)]))
 
 
 def evaluated_on(bundle: Bundle, name: Name) -> Examples:
@@ -88,6 +109,9 @@ def scores_table(scores: Mapping[Name, Scores], classes: tuple[str, ...]) -> str
             f"{kind:12}{example.examples:>10}{example.accuracy:>10.3f}{example.macro_f1:>10.3f}"
             f"{product.examples:>10}{product.accuracy:>10.3f}{product.macro_f1:>10.3f}"
         )
+    subcategories = [f"{kind} {score.subcategory_accuracy:.3f}" for kind, score in scores.items() if score.subcategory_accuracy is not None]
+    if subcategories:
+        lines.append("subcategory accuracy per product (within the predicted category): " + ", ".join(subcategories))
     lines.append(f"classes: {len(classes)}; rows left out (no photo or unknown category): "
                  + ", ".join(f"{kind} {score.excluded}" for kind, score in scores.items()))
     return "\n".join(lines)

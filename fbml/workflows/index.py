@@ -1,6 +1,8 @@
 """Build the similar-listings index over a catalogue: every product's listing vector (``fbml.bundle.listings``,
 through the bundle's prediction path, as queries are embedded), with the part weights chosen on the
-validation products by precision@10 (same top-level category)."""
+validation products (their neighbours among the training and validation products) by how often the ten
+nearest share the query's subcategory, among the weightings whose neighbours keep the category
+(``MIN_CATEGORY_PRECISION``) and rarely tie (``MAX_TIED``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from fbml.bundle.bundle import Bundle
-from fbml.bundle.listings import ListingParts, ListingWeights, listing_parts, precision_at_k
+from fbml.bundle.listings import Alikeness, ListingParts, ListingWeights, alikeness, listing_parts
 from fbml.bundle.locks import bundle_writer
 from fbml.bundle.predictions import DEFAULT_BATCH
 from fbml.bundle.search import PRECISION_K, SearchIndex
@@ -28,6 +30,8 @@ from fbml.vision.cache import check_photo_folder
 from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+MIN_CATEGORY_PRECISION = 0.80
+MAX_TIED = 0.02
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
 
 
@@ -44,23 +48,34 @@ def catalogue_parts(bundle: Bundle, tables: CleanTables, image_dir: Path | None,
 def catalogue_vectors(bundle: Bundle, tables: CleanTables, image_dir: Path | None, products: pl.DataFrame, *,
                       work_dir: Path, progress: bool) -> np.ndarray:  # fmt: skip
     """The listing vector of every product of ``products``, as the bundle's index builds them (its weights)."""
-    return catalogue_parts(bundle, tables, image_dir, products, work_dir=work_dir, progress=progress).vectors(bundle.listing_weights())
+    parts = catalogue_parts(bundle, tables, image_dir, products, work_dir=work_dir, progress=progress)
+    return parts.vectors(bundle.listing_weights())
 
 
-def chosen_weights(parts: ListingParts, catalogue: pl.DataFrame) -> tuple[ListingWeights, float]:
-    """The part weights with the best precision@10 among these listings (ties: the earlier in the grid)."""
-    best: tuple[ListingWeights, float] | None = None
-    rows = np.arange(catalogue.height)
-    for text, image, classes in itertools.product(PART_WEIGHTS, repeat=3):
-        if text == image == classes == 0.0:
-            continue
-        weights = ListingWeights(text, image, classes)
-        vectors = parts.vectors(weights)  # scored exactly: 63 weightings, no graph built for each
-        precision = precision_at_k(SearchIndex(vectors, catalogue, engine=vector_index(vectors, method="exact")), rows)
-        if best is None or precision > best[1]:
-            best = (weights, precision)
+def weightings(subcategories: bool) -> list[ListingWeights]:
+    """The grid of part weights tried, one of each proportional family (``(1, 1, 0, 0)`` stands for
+    ``(2, 2, 0, 0)``), without the all-zero one; no subcategory weight when the bundle predicts none."""
+    found: dict[tuple[float, ...], ListingWeights] = {}
+    for values in itertools.product(PART_WEIGHTS, repeat=4 if subcategories else 3):
+        if any(values):
+            key = tuple(round(value / max(values), 6) for value in values)
+            found.setdefault(key, ListingWeights(*values))
+    return list(found.values())
+
+
+def chosen_weights(parts: ListingParts, paths: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> tuple[ListingWeights, Alikeness]:
+    """The part weights whose vectors' ``queries`` find the most neighbours of their subcategory among
+    ``candidates``, among those whose neighbours tie for at most ``MAX_TIED`` of the queries and share the
+    category for at least ``MIN_CATEGORY_PRECISION`` (when none meets both, those that meet the first, then
+    any); scored by exact search. Ties: the higher category precision, then the earlier in the grid."""
+    best: tuple[tuple[bool, bool, float, float], ListingWeights, Alikeness] | None = None
+    for weights in weightings(parts.subcategories.shape[1] > 0):
+        found = alikeness(parts.vectors(weights), paths, queries, candidates)
+        key = (found.tied <= MAX_TIED, found.category >= MIN_CATEGORY_PRECISION, found.subcategory, found.category)
+        if best is None or key > best[0]:
+            best = (key, weights, found)
     assert best is not None
-    return best
+    return best[1], best[2]
 
 
 def catalogue_index(parts: ListingParts, products: pl.DataFrame, weights: ListingWeights, method: Method = "auto") -> SearchIndex:
@@ -70,24 +85,26 @@ def catalogue_index(parts: ListingParts, products: pl.DataFrame, weights: Listin
 
 
 def indexed_bundle(bundle: Bundle, data: TrainingData) -> Bundle:
-    """``bundle`` with the index of the whole catalogue: part weights chosen on the validation
-    products; precision@10 reported for the test products against the whole catalogue."""
+    """``bundle`` with the index of the whole catalogue: part weights chosen with the validation products as
+    queries among the training and validation products; how alike the test products' neighbours in the whole
+    catalogue are, reported once."""
     splits = data.splits.products
     everything = pl.concat([splits.train, splits.validation, splits.test])
     parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
-    validation_rows = np.arange(splits.train.height, splits.train.height + splits.validation.height)
-    validation_parts = ListingParts(parts.text[validation_rows], parts.image[validation_rows], parts.classes[validation_rows])
-    weights, validation_precision = chosen_weights(validation_parts, splits.validation.select(CATALOGUE_COLUMNS))
+    paths = everything["category_path"].to_numpy()
+    seen = np.arange(splits.train.height + splits.validation.height)
+    validation_rows = seen[splits.train.height:]
+    weights, validation = chosen_weights(parts, paths, validation_rows, seen)
     index = catalogue_index(parts, everything, weights)
-    test_rows = np.arange(splits.train.height + splits.validation.height, everything.height)
+    test_rows = np.arange(seen.size, everything.height)
     report = {
         "weights": weights.to_json(),
         "products": len(index),
         "method": index.engine.method,
         "split_seed": data.split_seed,
-        "validation_precision_at_10": validation_precision,
+        "validation": validation.to_json(),
         "test_products": int(test_rows.size),
-        f"precision_at_{PRECISION_K}": precision_at_k(index, test_rows),
+        **alikeness(index.vectors, paths, test_rows, index=index).to_json(),
     }
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
 
@@ -95,25 +112,29 @@ def indexed_bundle(bundle: Bundle, data: TrainingData) -> Bundle:
 def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
                      method: Method = "auto") -> Bundle:  # fmt: skip
     """``bundle`` with its index rebuilt over the products of ``tables`` it knows the category of (every one,
-    with its part weights as they were), searched by ``method``, reporting precision@10 over that catalogue."""
+    with its part weights as they were), searched by ``method``, reporting how alike every product's
+    neighbours in that catalogue are."""
     weights = bundle.listing_weights()
     known = known_categories(tables, bundle.codec)
     products = known.cleaned.products
     index = catalogue_index(catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress),
                             products, weights, method)  # fmt: skip
-    report = {"weights": weights.to_json(), "products": len(index), "method": index.engine.method,
-              f"precision_at_{PRECISION_K}": precision_at_k(index, np.arange(len(index)))}
+    found = alikeness(index.vectors, products["category_path"].to_numpy(), np.arange(len(index)), index=index)
+    report = {"weights": weights.to_json(), "products": len(index), "method": index.engine.method, **found.to_json()}
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
 
 
 def index_summary(report: Mapping[str, Any]) -> str:
-    """What the index holds and how well its neighbours share a category."""
+    """What the index holds and how alike its neighbours are."""
     precision = report.get(f"precision_at_{PRECISION_K}")
     summary = f"search index: {report.get('products')} products ({report.get('method', 'exact')} search)"
     if precision is None:
         return summary
     over = f"{report['test_products']} test products" if "test_products" in report else "the catalogue"
-    return f"{summary}; precision@{PRECISION_K} {precision:.3f} over {over}"
+    subcategory, tied = report.get(f"subcategory_precision_at_{PRECISION_K}"), report.get(f"tied_at_{PRECISION_K}")
+    finer = "" if subcategory is None else f", subcategory {subcategory:.3f}"
+    ties = "" if tied is None else f"; {tied:.1%} of queries with tied neighbours"
+    return f"{summary}; precision@{PRECISION_K} over {over}: category {precision:.3f}{finer}{ties}"
 
 
 def index_bundle(

@@ -14,14 +14,18 @@ from fbml.modeling.metrics import ClassificationReport, classification_report, p
 
 @attrs.frozen
 class Scores:
-    """A model's figures on some data: per example (photo or product) and per product."""
+    """A model's figures on some data: per example (photo or product) and per product; for a predictor of a
+    bundle that predicts subcategories, the subcategory accuracy per product too."""
 
     per_example: ClassificationReport
     per_product: ClassificationReport
     excluded: int
+    subcategory_accuracy: float | None = None
+    """A predictor's share of products whose predicted subcategory is right (None: not scored)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"per_example": self.per_example.to_json(), "per_product": self.per_product.to_json(), "excluded": self.excluded}
+        found = {"per_example": self.per_example.to_json(), "per_product": self.per_product.to_json(), "excluded": self.excluded}
+        return found if self.subcategory_accuracy is None else {**found, "subcategory_accuracy": self.subcategory_accuracy}
 
 
 def scored(probabilities: np.ndarray, labels: np.ndarray, frame: pl.DataFrame, excluded: int) -> Scores:

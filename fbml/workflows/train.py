@@ -58,6 +58,7 @@ from fbml.modeling.models import (
     text_cnn_from_options,
 )
 from fbml.modeling.settings import ImageSettings, TextSettings
+from fbml.modeling.subcategories import SubcategoryModel, fit_subcategory_model, subcategory_accuracy
 from fbml.modeling.training import History, TrainConfig
 from fbml.tables.clean import CleanTables
 from fbml.text.labels import label_codec
@@ -261,8 +262,24 @@ def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, reque
                                  options=recipe.linear, seed=seed)
     bundle = bundle.with_model(BundleModel(ModelKind.TEXT_CNN, cnn, recipe.cnn, _report(history, request)))
     bundle = bundle.with_model(BundleModel(ModelKind.TEXT_LINEAR, linear, None, {"config": attrs.asdict(recipe.linear)}))
+    bundle = attrs.evolve(bundle, subcategories=_subcategory_model(bundle, frames, request))
     candidates = [(ModelKind.TEXT_CNN,), (ModelKind.TEXT_LINEAR,), (ModelKind.TEXT_CNN, ModelKind.TEXT_LINEAR)]
     return _with_chosen(bundle, Role.TEXT, candidates, frames, histories, data, request)
+
+
+def _subcategory_model(bundle: Bundle, frames: SplitFrames, request: TrainRequest) -> SubcategoryModel | None:
+    """The subcategory model fitted on the training split, its accuracy measured on validation; then, with
+    refitting, fitted again on the training and validation splits together."""
+    recipe, seed = request.text.linear, request.config.seed
+    train, validation = frames.train, frames.validation
+    model = fit_subcategory_model(listing_texts(train), train["category_path"], bundle.codec, options=recipe, seed=seed)
+    if model is None:
+        return None
+    report = {**model.report, "validation_accuracy": subcategory_accuracy(model, validation), "refit": request.refit}
+    if request.refit:
+        both = pl.concat([train, validation])
+        model = fit_subcategory_model(listing_texts(both), both["category_path"], bundle.codec, options=recipe, seed=seed) or model
+    return attrs.evolve(model, report={**model.report, **report})
 
 
 def _train_image(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
