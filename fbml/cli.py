@@ -330,7 +330,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from fbml.bundle.store import load_bundle
     from fbml.modeling.devices import resolve_device
     from fbml.tables.clean import clean_tables
-    from fbml.workflows.evaluate import evaluations, scores_table
+    from fbml.workflows.evaluate import evaluations, scores_table, similar_listings
 
     device = str(resolve_device(args.device))
     _check_folders(args, report=args.report)
@@ -342,18 +342,23 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     tables = clean_tables(args.products, args.images)
     with tempfile.TemporaryDirectory(prefix="fbml-evaluate-") as work_dir:
         results = evaluations(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json)
+        similar = similar_listings(bundle, tables, args.image_dir, work_dir=Path(work_dir), progress=not args.json)
     scores = {name: result.scores for name, result in results.items()}
     if args.report is not None:
         from fbml.workflows.evaluate import write_evaluation_report
 
         manifest = None if tables.manifest is None else tables.manifest.images
         page = write_evaluation_report(args.report, bundle, results, bundle_path=args.bundle, products=str(args.products),
-                                       manifest=manifest, image_dir=args.image_dir)
+                                       manifest=manifest, image_dir=args.image_dir, similar=similar)
         print(f"report: {page}", file=sys.stderr if args.json else sys.stdout)
+    figures = {} if similar is None else {"similar_listings": dict(similar.figures)}
     if args.json:
-        print(json.dumps({kind: score.to_json() for kind, score in scores.items()}, indent=2))
+        print(json.dumps({**{kind: score.to_json() for kind, score in scores.items()}, **figures}, indent=2))
     else:
         print(scores_table(scores, bundle.codec.classes))
+        if similar is not None:
+            print("similar listings (ten nearest among these products): "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in similar.figures.items()))
 
 
 def _run_index(args: argparse.Namespace) -> None:

@@ -224,6 +224,9 @@ def check_scores(scores: dict, classes: int) -> None:
 
 def test_evaluate_lists_every_predictor_and_model(market, trained, tables, capsys) -> None:
     results = evaluate(market, trained["bundle"], capsys)
+    similar = results.pop("similar_listings")
+    assert 0.0 < similar["subcategory_precision_at_10"] <= similar["precision_at_10"] <= 1.0
+    assert 0.0 <= similar["tied_at_10"] <= 1.0
     classes = load_bundle(trained["bundle"]).codec.num_classes
     assert list(results) == [*PREDICTORS, *sorted(MODELS, key=list(load_bundle(trained["bundle"]).models).index)]
     for scores in results.values():
@@ -302,6 +305,10 @@ def test_evaluate_report_has_a_row_for_every_class(market, trained, tmp_path: Pa
     for table in per_class:
         assert [row[0] for row in table[1:]] == list(classes)
     assert len(list(report.glob("*-reliability.png"))) == len(per_class)
+    # a dozen queries, each shown with its ten nearest listings (photo, name, category path, score)
+    similar = [table for table in parser.tables if table and table[0] == ["photo", "listing", "category path", "score"]]
+    assert len(similar) == 12 and all(len(table) == 11 for table in similar)
+    assert 'id="similar"' in page and "subcategory precision at 10" in page
 
 
 def test_evaluate_refuses_a_report_folder_that_is_not_a_report_before_work(market, trained, tmp_path: Path, capsys) -> None:
@@ -340,9 +347,12 @@ def test_evaluate_excludes_an_unknown_category(market, trained, unknown_category
     assert main(["evaluate", str(trained["bundle"]), *data_args(market, path), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:4] == ["model", "examples", "accuracy", "macro-F1"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+    table = lines[1:next(row for row, line in enumerate(lines) if line.startswith("subcategory accuracy"))]
+    rows = {line.split()[0]: line.split()[1:] for line in table}
     assert list(rows)[:3] == list(PREDICTORS)
-    excluded = {part.split()[0]: int(part.split()[1]) for part in lines[-1].split("category): ", 1)[1].split(", ")}
+    counted = next(line for line in lines if line.startswith("classes: "))
+    assert lines[-1].startswith("similar listings (ten nearest among these products): precision_at_10 ")
+    excluded = {part.split()[0]: int(part.split()[1]) for part in counted.split("category): ", 1)[1].split(", ")}
     for kind, (examples, *_rest) in rows.items():
         if kind.startswith("text"):
             assert int(examples) == tables.cleaned.products.height - changed

@@ -207,18 +207,24 @@ def alikeness(vectors: np.ndarray, paths: np.ndarray, queries: np.ndarray, candi
     if index is not None:
         neighbours, scores = index.search(vectors[queries], k, exclude=queries.tolist())
     else:
-        pool = np.arange(len(vectors)) if candidates is None else candidates
-        similarity = vectors[queries] @ vectors[pool].T
-        similarity[pool[None, :] == queries[:, None]] = -np.inf
-        take = min(k, pool.size - 1)
-        top = np.argpartition(-similarity, take - 1, axis=1)[:, :take]
-        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        neighbours, scores = pool[top], np.take_along_axis(similarity, top, axis=1)
+        neighbours, scores = exact_neighbours(vectors, queries, candidates, k)
     levels = [np.asarray([_first_levels(path, depth) for path in paths]) for depth in (1, 2, None)]
     shares = [float((level[neighbours] == level[queries][:, None]).mean()) for level in levels]
     tied = float(((scores[:, 0] - scores[:, -1]) <= TIE_TOLERANCE).mean()) if scores.shape[1] > 1 else 0.0
     return Alikeness(shares[0], shares[1], shares[2], tied)
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (of ``candidates``, default every row; never the query itself) of each query row's ``k`` most
+    similar vectors and their scores, each (Q, min(k, candidates - 1)), best first (ties: the lower row)."""
+    pool = np.arange(len(vectors)) if candidates is None else candidates
+    similarity = vectors[queries] @ vectors[pool].T
+    similarity[pool[None, :] == queries[:, None]] = -np.inf
+    take = max(min(k, pool.size - 1), 1)
+    top = np.argpartition(-similarity, take - 1, axis=1)[:, :take]
+    order = np.lexsort((top, -np.take_along_axis(similarity, top, axis=1)), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    return pool[top], np.take_along_axis(similarity, top, axis=1)
 
 
 def _first_levels(path: str, depth: int | None) -> str:

@@ -1,5 +1,6 @@
 """Evaluate a bundle: every predictor and model on clean tables (e.g. products it never saw), per example
-and per product, as a table, as JSON, or as an HTML report with pictures (``fbml.workflows.report``).
+and per product, subcategories included, and how alike the products' nearest others are by the bundle's
+listing vectors, as a table, as JSON, or as an HTML report with pictures (``fbml.workflows.report``).
 
 The probabilities come from the bundle's prediction path (``Bundle.probabilities``), as a caller's or the
 HTTP API's would: texts per product, and each decoded photo with its product's text.
@@ -17,14 +18,20 @@ import polars as pl
 from contracts.bundle import ModelKind, Role
 
 from fbml.bundle.bundle import Bundle
+from fbml.bundle.listings import alikeness, exact_neighbours
 from fbml.bundle.predictions import Name, predictions
+from fbml.bundle.search import PRECISION_K
 from fbml.modeling.metrics import per_product
 from fbml.modeling.subcategories import subcategory_labels
 from fbml.tables.clean import CleanTables
 from fbml.text.listings import listing_texts
 from fbml.workflows.inputs import Examples, decoded_photos, frame_listings, known_categories, labels_of, with_decoded_photos
-from fbml.workflows.report import ModelResults, write_report
+from fbml.workflows.report import ModelResults, SimilarListings, write_report
+from fbml.workflows.report.similar import ShownListing, shown_queries
 from fbml.workflows.scores import Scores, scored
+
+SHOWN_QUERIES = 12
+"""Queries the report shows with their ten nearest listings."""
 
 
 @attrs.frozen
@@ -93,6 +100,32 @@ def subcategory_accuracy(bundle: Bundle, role: Role, frame: pl.DataFrame, probab
     return float(np.mean([prediction.subcategory == label for prediction, label in zip(found, truth, strict=True)]))
 
 
+def similar_listings(bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
+                     shown: int = SHOWN_QUERIES) -> SimilarListings | None:  # fmt: skip
+    """How alike the ten nearest others of each product of ``tables`` (known categories) are among those
+    products, their listing vectors made as the bundle's index makes them, and ``shown`` queries spread over
+    the products with their neighbours; None when the bundle has no index (so no part weights) or no photos."""
+    from fbml.workflows.index import catalogue_parts
+
+    if bundle.index is None or tables.manifest is None or image_dir is None:
+        return None
+    known = known_categories(tables, bundle.codec)
+    products = known.cleaned.products
+    if products.height < 2:
+        return None
+    vectors = catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress).vectors(bundle.listing_weights())
+    paths = products["category_path"].to_numpy()
+    everything = np.arange(products.height)
+    figures = alikeness(vectors, paths, everything).to_json()
+    rows = np.unique(np.linspace(0, products.height - 1, min(shown, products.height)).round().astype(np.int64))
+    neighbours, scores = exact_neighbours(vectors, rows, None, PRECISION_K)
+    photos_of = _first_photos(known.manifest.images if known.manifest is not None else None, image_dir)
+    listings = [ShownListing(product_id, name, path, photos_of.get(product_id))
+                for product_id, name, path in products.select("id", "product_name", "category_path").iter_rows()]  # fmt: skip
+    found = [list(zip(map(int, row), map(float, score), strict=True)) for row, score in zip(neighbours, scores, strict=True)]
+    return SimilarListings(figures, shown_queries(rows.tolist(), found, listings))
+
+
 def evaluated_on(bundle: Bundle, name: Name) -> Examples:
     """``PHOTOS`` for a predictor or model that reads photos, else ``PRODUCTS``."""
     return Examples.PHOTOS if (name.reads_photos if isinstance(name, Role) else ModelKind(name).reads_photos) else Examples.PRODUCTS
@@ -135,9 +168,9 @@ def model_results(name: Name, evaluation: Evaluation, classes: tuple[str, ...], 
 
 def write_evaluation_report(
     directory: Path, bundle: Bundle, evaluations: Mapping[Name, Evaluation], *, bundle_path: Path,
-    products: str, manifest: pl.DataFrame | None, image_dir: Path | None,
+    products: str, manifest: pl.DataFrame | None, image_dir: Path | None, similar: SimilarListings | None = None,
 ) -> Path:
-    """The report of every evaluation, predictors first; returns the page's path."""
+    """The report of every evaluation, predictors first, and of the similar listings; returns the page's path."""
     photos_of = _first_photos(manifest, image_dir)
     results = [model_results(name, evaluation, bundle.codec.classes, photos_of) for name, evaluation in evaluations.items()]
     notes = {
@@ -146,7 +179,7 @@ def write_evaluation_report(
         "photos": str(image_dir) if image_dir else "none",
         "written": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    return write_report(directory, results, title="fbml evaluation", notes=notes)
+    return write_report(directory, results, title="fbml evaluation", notes=notes, similar=similar)
 
 
 def _first_photos(manifest: pl.DataFrame | None, image_dir: Path | None) -> dict[str, Path]:

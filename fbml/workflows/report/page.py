@@ -63,14 +63,16 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, notes: Mapping[str, str], models: Sequence[ModelFigures], thumbs: Mapping[Path | None, Thumb]) -> str:
-    """The whole HTML document."""
+def page(title: str, notes: Mapping[str, str], models: Sequence[ModelFigures], thumbs: Mapping[Path | None, Thumb],
+         extra: str = "") -> str:  # fmt: skip
+    """The whole HTML document (``extra``: a further section's HTML, after the models')."""
     body = "\n".join(
         [
             f"<h1>{_e(title)}</h1>",
             _notes_table(notes),
             _overview(models),
             *(_section(model, thumbs) for model in models),
+            extra,
         ]
     )
     return (
