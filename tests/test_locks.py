@@ -48,9 +48,9 @@ def holder(tmp_path: Path):
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path, holder) -> None:
     process = holder("writer")
-    with pytest.raises(FbmlError, match=rf"bundle is being written by pid {process.pid} \(the test's holder\) since "):
-        with bundle_writer(tmp_path / "bundle", "me"):
-            pass
+    with (pytest.raises(FbmlError, match=rf"bundle is being written by pid {process.pid} \(the test's holder\) since "),
+          bundle_writer(tmp_path / "bundle", "me")):
+        pass
 
 
 def test_a_killed_writer_leaves_no_lock(tmp_path: Path, holder) -> None:
@@ -65,9 +65,9 @@ def test_a_killed_writer_leaves_no_lock(tmp_path: Path, holder) -> None:
 def test_a_reader_waits_for_a_save_and_gives_up_after_its_limit(tmp_path: Path, holder) -> None:
     holder("files")
     started = time.monotonic()
-    with pytest.raises(FbmlError, match="the bundle's files stayed locked for 0 s"):
-        with bundle_files(tmp_path / "bundle", shared=True, wait_seconds=0.3):
-            pass
+    with (pytest.raises(FbmlError, match="the bundle's files stayed locked for 0 s"),
+          bundle_files(tmp_path / "bundle", shared=True, wait_seconds=0.3)):
+        pass
     assert 0.3 <= time.monotonic() - started < 10
 
 

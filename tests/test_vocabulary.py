@@ -99,7 +99,7 @@ def test_vocabulary_keeps_frequent_tokens_most_frequent_first(
 ) -> None:
     vocabulary = build_vocabulary(lists, min_count=min_count, max_size=max_size)
     counts: dict[str, int] = {}
-    for token in (token for tokens in lists for token in tokens):
+    for token in (token for listed in lists for token in listed):
         counts[token] = counts.get(token, 0) + 1
     expected = sorted((token for token, count in counts.items() if count >= min_count), key=lambda t: (-counts[t], t))
     words = list(vocabulary.tokens[2:])
