@@ -142,7 +142,10 @@ def _add_train(commands: Commands) -> None:
     parser.add_argument("--no-feature-cache", action="store_true", help="run the frozen stages every epoch")
     parser.add_argument("--no-refit", action="store_true",
                         help="keep the models trained on the training split (default: once chosen on validation, "
-                             "train them again on training + validation)")
+                             "train them again on training + validation, score the test split with those, then "
+                             "train them on every product and ship those)")
+    parser.add_argument("--keep-test-split", action="store_true",
+                        help="ship the models trained on training + validation, which never saw the test split")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="split and training seed")
     parser.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default BUNDLE.work/runs/MODEL)")
@@ -278,7 +281,7 @@ def _run_train(args: argparse.Namespace) -> None:
     request = train_request(
         args.model, epochs=args.epochs, backbone=args.backbone, image_size=args.image_size, weights=args.weights,
         trainable_stages=args.trainable_stages, feature_cache=not args.no_feature_cache, seed=args.seed,
-        device=str(resolve_device(args.device)), refit=not args.no_refit,
+        device=str(resolve_device(args.device)), refit=not args.no_refit, keep_test_split=args.keep_test_split,
     )
     tables = clean_tables(args.products, args.images)
     if launched is None and (args.nproc or 1) > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fbml.errors import FbmlError
-from fbml.modeling.ensembles import Ensemble, cross_validated_accuracy, fit_ensemble, product_accuracy
+from fbml.modeling.ensembles import Ensemble, FoldScores, cross_validated_scores, fit_ensemble, product_accuracy, product_folds
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,7 +73,7 @@ def test_cross_validation_is_not_fooled_by_noise() -> None:
     labels = rng.integers(0, CLASSES, 600)
     members = {name: softmax(rng.normal(size=(600, CLASSES)) * 2) for name in ("a", "b", "c")}
     products = [f"p{row}" for row in range(600)]
-    assert cross_validated_accuracy(members, labels, products) < 1 / CLASSES + 0.08
+    assert cross_validated_scores(members, labels, products).mean < 1 / CLASSES + 0.08
 
 
 def test_cross_validation_keeps_a_products_photos_in_one_fold() -> None:
@@ -82,7 +82,7 @@ def test_cross_validation_keeps_a_products_photos_in_one_fold() -> None:
     labels = np.repeat(rng.integers(0, CLASSES, 300), 2)
     products = [f"p{row // 2}" for row in range(600)]
     signal = noisy_modality(labels, 1.5, seed=9)
-    accuracy = cross_validated_accuracy({"a": signal}, labels, products)
+    accuracy = cross_validated_scores({"a": signal}, labels, products).mean
     assert 0.4 < accuracy < 0.95
     assert accuracy == pytest.approx(product_accuracy(products, labels, signal), abs=0.05)
 
@@ -100,3 +100,31 @@ def test_missing_members_are_named() -> None:
         ensemble.combine({"text-cnn": np.full((1, 2), 0.5)})
     with pytest.raises(FbmlError, match="at least one member"):
         fit_ensemble({}, np.zeros(3, dtype=np.int64))
+
+
+def test_folds_keep_products_whole_and_spread_each_category_evenly() -> None:
+    rng = np.random.default_rng(10)
+    product_labels = rng.integers(0, CLASSES, 200)
+    products = [f"p{row}" for row in range(200) for _ in range(2)]
+    labels = np.repeat(product_labels, 2)
+    folds = product_folds(products, labels, seed=3)
+    assert (folds[0::2] == folds[1::2]).all()  # a product's photos in one fold
+    for label in range(CLASSES):
+        sizes = np.bincount(folds[0::2][product_labels == label], minlength=5)
+        assert sizes.max() - sizes.min() <= 1  # stratified
+    assert not (product_folds(products, labels, seed=4) == folds).all()  # another draw, other folds
+
+
+def test_cross_validated_scores_give_every_fold_and_tell_noise_from_a_gain() -> None:
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, CLASSES, 1000)
+    products = [f"p{row}" for row in range(1000)]
+    strong, weak = noisy_modality(labels, 2.5, seed=12), noisy_modality(labels, 0.3, seed=13)
+    scores = cross_validated_scores({"a": strong}, labels, products)
+    assert len(scores.per_fold) == 20 and scores.spread > 0
+    poor = cross_validated_scores({"a": weak}, labels, products)
+    assert poor.falls_short_of(scores) and not scores.falls_short_of(poor)
+    same = FoldScores(scores.per_fold)
+    assert not same.falls_short_of(scores)  # no gain at all is within the noise
+    nudged = FoldScores(tuple(value + 0.001 * (-1) ** fold for fold, value in enumerate(scores.per_fold)))
+    assert not scores.falls_short_of(nudged)  # a difference that changes sign fold to fold is noise

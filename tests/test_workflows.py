@@ -4,6 +4,8 @@ HTML report, unknown categories, ``--resume``, determinism for a seed, and one-l
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from html.parser import HTMLParser
@@ -74,8 +76,11 @@ def trained(market, tmp_path_factory: pytest.TempPathFactory) -> dict:
     bundle = tmp_path_factory.mktemp("trained") / "bundle"
     manifests, outputs = {}, {}
     for kind in ("text", "image", "combined"):
-        assert train(market, bundle, kind) == 0, kind
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert train(market, bundle, kind) == 0, kind
         manifests[kind] = json.loads((bundle / MANIFEST).read_text())
+        outputs[kind] = printed.getvalue()
     return {"bundle": bundle, "manifests": manifests, "outputs": outputs}
 
 
@@ -114,15 +119,23 @@ def test_the_manifest_pins_every_factory_argument(trained) -> None:
     assert "weights" not in json.dumps(models["image-cnn"]["options"])  # loading never chooses weights to fetch
 
 
-def test_each_predictor_is_the_best_candidate_on_validation(trained) -> None:
+def test_each_predictor_is_the_simplest_candidate_the_best_does_not_beat_across_folds(trained) -> None:
+    """Each candidate is scored on 20 held-out folds of validation products; the chosen one is the best, or a
+    simpler one (fewer members, then no bias) within the folds' noise of it, and the spread is reported."""
     bundle = load_bundle(trained["bundle"])
     expected = {"text": {"text-cnn", "text-linear", "text-cnn + text-linear"}, "image": {"image-cnn"}}
     for role in PREDICTORS:
         choice = bundle.predictor(role).report["choice"]
         candidates = choice["candidates"]
-        best = max(candidates.values())
+        best = max(scores["mean"] for scores in candidates.values())
         chosen = " + ".join(choice["members"]) + (" + bias" if choice["bias"] else "")
-        assert candidates[chosen] == best == choice["validation_accuracy"], role
+        assert candidates[chosen]["mean"] == choice["validation_accuracy"] == choice["validation_folds"]["mean"], role
+        assert candidates[choice["best_on_validation"]]["mean"] == best
+        assert all(scores["folds"] == 20 and scores["min"] <= scores["mean"] <= scores["max"] for scores in candidates.values())
+        if chosen != choice["best_on_validation"]:  # a simpler candidate, within the noise of the best
+            assert len(choice["members"]) + choice["bias"] <= len(choice["best_on_validation"].split(" + "))
+            noise = (candidates[chosen]["std"] + candidates[choice["best_on_validation"]]["std"]) / 4  # >= paired SE
+            assert best - candidates[chosen]["mean"] <= noise + 1e-9
         assert list(bundle.predictor(role).ensemble.names) == choice["members"]
         assert all(weight >= 0 for _, weight in bundle.predictor(role).ensemble.members)
         if role in expected:
@@ -163,6 +176,45 @@ def test_a_combined_training_trains_its_missing_branches_first(market, tmp_path:
     out = capsys.readouterr().out
     assert "needs a trained text model: training it first" in out and "needs a trained image model" in out
     assert sorted(json.loads((bundle / MANIFEST).read_text())["predictors"]) == sorted(PREDICTORS)
+
+
+def test_the_bundle_ships_models_trained_on_every_product_and_says_so(trained) -> None:
+    """By default the test split is scored with models trained on training + validation (kept in the work
+    folder), then every model is trained on every product and shipped; each report says which."""
+    bundle = load_bundle(trained["bundle"])
+    for kind, model in bundle.models.items():
+        assert model.report["trained_on"] == "train+validation+test", kind
+    assert bundle.subcategories.report["trained_on"] == "train+validation+test"
+    for role in PREDICTORS:
+        report = bundle.predictor(role).report
+        assert report["test_scored_with"] == "train+validation" and report["choice"]["shipped"] == "train+validation+test"
+    kept = trained["bundle"].parent / "bundle.work" / "tested-0"
+    assert {"text-cnn.safetensors", "text-linear.linear.json", "image-cnn.safetensors",
+            "subcategories.codec.json"} <= {path.name for path in kept.iterdir()}
+
+
+def test_keep_test_split_ships_the_models_that_never_saw_it(market, tmp_path: Path, capsys) -> None:
+    bundle = tmp_path / "bundle"
+    assert train(market, bundle, "text", "--keep-test-split") == 0
+    out = capsys.readouterr().out
+    assert "ships models trained on train+validation" in out
+    shipped = load_bundle(bundle)
+    assert {model.report["trained_on"] for model in shipped.models.values()} == {"train+validation"}
+    assert not (tmp_path / "bundle.work" / "tested-0").exists()
+
+
+def test_the_combined_test_split_is_scored_with_branches_that_never_saw_it(trained) -> None:
+    """The combined training's test figures come from the branches kept in the work folder, not the shipped
+    ones (trained on the test products too): its test scores of the branches equal the text and image
+    trainings' own."""
+
+    def test_lines(output: str) -> dict[str, str]:
+        return {line.split()[0]: line.strip() for line in output.splitlines() if " test accuracy " in line}
+
+    text, image, combined = (test_lines(trained["outputs"][kind]) for kind in ("text", "image", "combined"))
+    shared = {kind: line for kind, line in combined.items() if kind in text}
+    assert shared and all(text[kind] == line for kind, line in shared.items())  # the text predictor's members
+    assert combined["image-cnn"] == image["image-cnn"]
 
 
 def test_another_image_size_or_backbone_is_refused(market, trained, tmp_path: Path, capsys) -> None:

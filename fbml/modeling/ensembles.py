@@ -4,8 +4,9 @@ One model with its weight is temperature scaling; several are late fusion, as th
 Rakuten multimodal challenge's winners fused per-modality probabilities. Weights are non-negative and
 the bias is per class; both minimise the negative log-likelihood of validation examples (L-BFGS). A
 product's prediction is the mean of its examples' (its photos') probabilities.
-``cross_validated_accuracy`` scores a recipe on the same validation data honestly: fitted on some
-products, scored on the others.
+``cross_validated_scores`` scores a recipe on the same validation data honestly: fitted on some
+products, scored on the others, fold by fold (grouped by product, stratified by category, repeated), so
+that a choice can tell a real gain from a fold's noise (``FoldScores.falls_short_of``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from fbml.modeling.metrics import accuracy, per_product, top_classes
 FLOOR = 1e-7
 BIAS_PENALTY = 1e-3
 FOLDS = 5
+REPEATS = 4
+"""Rounds of ``FOLDS`` folds a recipe is scored on: 20 held-out figures, whose spread says what is noise."""
 MAX_ITERATIONS = 200
 
 
@@ -79,26 +82,80 @@ def product_accuracy(products: Sequence[str], labels: np.ndarray, probabilities:
     return accuracy(truth, top_classes(means))
 
 
-def cross_validated_accuracy(
+@attrs.frozen
+class FoldScores:
+    """A recipe's per-product accuracy on each held-out fold (``repeats`` rounds of ``FOLDS`` folds)."""
+
+    per_fold: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        """The mean over folds."""
+        return float(np.mean(self.per_fold))
+
+    @property
+    def spread(self) -> float:
+        """The standard deviation over folds."""
+        return float(np.std(self.per_fold))
+
+    def to_json(self) -> dict[str, float]:
+        """Mean, standard deviation, lowest and highest over folds."""
+        return {"mean": self.mean, "std": self.spread, "min": min(self.per_fold), "max": max(self.per_fold),
+                "folds": len(self.per_fold)}
+
+    def falls_short_of(self, better: FoldScores) -> bool:
+        """Whether ``better`` beats this recipe across the same folds by more than their noise: the mean of the
+        paired differences is above one standard error of them (the one-standard-error rule)."""
+        differences = np.asarray(better.per_fold) - np.asarray(self.per_fold)
+        error = float(np.std(differences, ddof=1) / np.sqrt(differences.size)) if differences.size > 1 else 0.0
+        return float(differences.mean()) > error
+
+
+def product_folds(products: Sequence[str], labels: np.ndarray, *, seed: int, folds: int = FOLDS) -> np.ndarray:
+    """Each example's fold: a product's examples in one fold, each category's products spread evenly over the
+    folds (stratified), in an order drawn from ``seed``."""
+    first_label: dict[str, int] = {}
+    for product, label in zip(products, labels.tolist(), strict=True):
+        first_label.setdefault(product, int(label))
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    by_label: dict[int, list[str]] = {}
+    for product in sorted(first_label):
+        by_label.setdefault(first_label[product], []).append(product)
+    offset = 0
+    for label in sorted(by_label):
+        members = [by_label[label][row] for row in rng.permutation(len(by_label[label]))]
+        for position, product in enumerate(members):
+            fold_of[product] = (position + offset) % folds
+        offset += len(members)
+    return np.array([fold_of[product] for product in products], dtype=np.int64)
+
+
+def cross_validated_scores(
     probabilities: Mapping[str, np.ndarray],
     labels: np.ndarray,
     products: Sequence[str],
     *,
     seed: int = 0,
     fit_bias: bool = True,
-) -> float:
-    """Per-product accuracy of ``fit_ensemble`` on each fold of products, fitted on the other folds."""
-    distinct = sorted(set(products))
-    fold_of = dict(zip(distinct, np.random.default_rng(seed).permutation(len(distinct)) % FOLDS, strict=True))
-    folds = np.array([fold_of[product] for product in products])
-    combined = np.zeros_like(next(iter(probabilities.values())), dtype=np.float64)
-    for fold in range(FOLDS):
-        held = folds == fold
-        if not held.any() or held.all():
-            continue
-        fitted = fit_ensemble({name: p[~held] for name, p in probabilities.items()}, labels[~held], fit_bias=fit_bias)
-        combined[held] = fitted.combine({name: p[held] for name, p in probabilities.items()})
-    return product_accuracy(products, labels, combined)
+    repeats: int = REPEATS,
+) -> FoldScores:
+    """Per-product accuracy of ``fit_ensemble`` on each held-out fold of products (grouped by product,
+    stratified by category), fitted on the other folds; ``repeats`` rounds of folds drawn from ``seed``."""
+    scores: list[float] = []
+    for repeat in range(repeats):
+        folds = product_folds(products, labels, seed=seed + repeat)
+        for fold in range(FOLDS):
+            held = folds == fold
+            if not held.any() or held.all():
+                continue
+            fitted = fit_ensemble({name: p[~held] for name, p in probabilities.items()}, labels[~held], fit_bias=fit_bias)
+            combined = fitted.combine({name: p[held] for name, p in probabilities.items()})
+            scores.append(product_accuracy([product for product, keep in zip(products, held, strict=True) if keep],
+                                           labels[held], combined))  # fmt: skip
+    if not scores:
+        raise FbmlError("cross-validation needs at least two products")
+    return FoldScores(tuple(scores))
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:

@@ -27,19 +27,32 @@ from fbml.modeling.settings import ImageSettings
 from fbml.modeling.training import History, TrainConfig, TrainData, fit, predict
 from fbml.text.listings import listing_texts
 from fbml.vision.cache import ImageCache
-from fbml.workflows.inputs import Examples, TrainingData, labels_of, split_frames, training_photos
+from fbml.workflows.inputs import Examples, SplitFrames, TrainingData, labels_of, split_frames, training_photos
 
 
 class Phase(enum.Enum):
-    """Which training of a model: on the training split (choices are made on its validation figures), or the
-    refit on the training and validation splits for the epochs validation chose."""
+    """Which training of a model: on the training split (choices are made on its validation figures), the
+    refit on the training and validation splits for the epochs validation chose (the test split is scored
+    with it), or the same on every product, test split included (what ships by default)."""
 
     SPLIT = "split"
     REFIT = "refit"
+    ALL = "all"
 
     def run_name(self, kind: ModelKind) -> str:
         """The name of this training's checkpoints and TensorBoard run."""
-        return str(kind) if self is Phase.SPLIT else f"{kind}-refit"
+        return str(kind) if self is Phase.SPLIT else f"{kind}-{self.value}"
+
+    @property
+    def trained_on(self) -> str:
+        """The splits this training learns from, as reports say it."""
+        return {Phase.SPLIT: "train", Phase.REFIT: "train+validation", Phase.ALL: "train+validation+test"}[self]
+
+    def products(self, frames: SplitFrames) -> pl.DataFrame:
+        """The rows of ``frames`` this training learns from."""
+        parts = {Phase.SPLIT: [frames.train], Phase.REFIT: [frames.train, frames.validation],
+                 Phase.ALL: [frames.train, frames.validation, frames.test]}[self]
+        return pl.concat(parts)
 
 
 @attrs.frozen
@@ -60,15 +73,15 @@ def fitted(bundle: Bundle, kind: ModelKind, model: nn.Module, data: TrainingData
     return _fit(bundle, kind, model, (frames.train, frames.validation), data, settings, Phase.SPLIT, keep_start=keep_start)
 
 
-def refitted(bundle: Bundle, kind: ModelKind, model: nn.Module, data: TrainingData, settings: FitSettings, epochs: int) -> History | None:
-    """``model`` trained afresh on the training and validation splits for the ``epochs`` validation chose (none:
-    it stays as it starts); the last epoch's weights are kept."""
+def refitted(bundle: Bundle, kind: ModelKind, model: nn.Module, data: TrainingData, settings: FitSettings, epochs: int,
+             phase: Phase = Phase.REFIT) -> History | None:  # fmt: skip
+    """``model`` trained afresh on ``phase``'s splits (training and validation, or every product) for the
+    ``epochs`` validation chose (none: it stays as it starts); the last epoch's weights are kept."""
     if epochs < 1:
         return None
     frames = split_frames(data, Examples.of(kind), _photos(bundle, kind, data))
     refit = attrs.evolve(settings, config=attrs.evolve(settings.config, epochs=epochs))
-    both = pl.concat([frames.train, frames.validation])
-    return _fit(bundle, kind, model, (both, frames.validation), data, refit, Phase.REFIT, keep_last=True)
+    return _fit(bundle, kind, model, (phase.products(frames), frames.validation), data, refit, phase, keep_last=True)
 
 
 def network_probabilities(bundle: Bundle, kind: ModelKind, model: nn.Module, frame: pl.DataFrame, data: TrainingData,

@@ -30,6 +30,7 @@ from fbml.vision.cache import check_photo_folder
 from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+FOLDS = 5
 MIN_CATEGORY_PRECISION = 0.80
 MAX_TIED = 0.02
 CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
@@ -84,29 +85,53 @@ def catalogue_index(parts: ListingParts, products: pl.DataFrame, weights: Listin
     return SearchIndex(vectors, products.select(CATALOGUE_COLUMNS), {"weights": weights.to_json()}, vector_index(vectors, method=method))
 
 
-def indexed_bundle(bundle: Bundle, data: TrainingData) -> Bundle:
-    """``bundle`` with the index of the whole catalogue: part weights chosen with the validation products as
-    queries among the training and validation products; how alike the test products' neighbours in the whole
-    catalogue are, reported once."""
+def indexed_bundle(bundle: Bundle, data: TrainingData, *, tested: Bundle | None = None) -> Bundle:
+    """``bundle`` with the index of the whole catalogue. The part weights are chosen with the validation products
+    as queries among the training and validation products, and how alike the test products' neighbours in the
+    whole catalogue are is reported once, both by the vectors of ``tested`` (the models the test split was
+    scored with; default ``bundle``); the index holds ``bundle``'s vectors with those weights."""
+    tested = bundle if tested is None else tested
     splits = data.splits.products
     everything = pl.concat([splits.train, splits.validation, splits.test])
-    parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
+    parts = catalogue_parts(tested, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
     paths = everything["category_path"].to_numpy()
     seen = np.arange(splits.train.height + splits.validation.height)
     validation_rows = seen[splits.train.height:]
     weights, validation = chosen_weights(parts, paths, validation_rows, seen)
-    index = catalogue_index(parts, everything, weights)
+    measured = catalogue_index(parts, everything, weights)
     test_rows = np.arange(seen.size, everything.height)
+    if not _same_models(tested, bundle):
+        parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
+    index = catalogue_index(parts, everything, weights)
+    vectors = measured.vectors
     report = {
         "weights": weights.to_json(),
         "products": len(index),
         "method": index.engine.method,
         "split_seed": data.split_seed,
         "validation": validation.to_json(),
+        "validation_folds": _fold_spread(vectors, paths, validation_rows, seen),
         "test_products": int(test_rows.size),
-        **alikeness(index.vectors, paths, test_rows, index=index).to_json(),
+        **alikeness(vectors, paths, test_rows, index=measured).to_json(),
     }
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
+
+
+def _same_models(first: Bundle, second: Bundle) -> bool:
+    """Whether two bundles make the same listing vectors (the same model objects)."""
+    same = first.models.keys() == second.models.keys() and all(
+        first.models[kind].module is second.models[kind].module for kind in first.models)
+    return same and first.subcategories is second.subcategories
+
+
+def _fold_spread(vectors: np.ndarray, paths: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> dict[str, float]:
+    """The subcategory precision of ``FOLDS`` disjoint fifths of the queries (their standard deviation and range):
+    how much of the validation figure is which queries were drawn."""
+    rng = np.random.default_rng(0)
+    shares = [alikeness(vectors, paths, np.sort(part), candidates).subcategory
+              for part in np.array_split(rng.permutation(queries), FOLDS) if part.size]  # fmt: skip
+    return {"folds": len(shares), "std": float(np.std(shares)), "min": float(min(shares, default=0.0)),
+            "max": float(max(shares, default=0.0))}
 
 
 def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,

@@ -40,8 +40,8 @@ from fbml.files import check_output_folder
 from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
 from fbml.modeling.devices import resolve_device, seeded_rng
 from fbml.modeling.distributed import World, held_by_main, on_main, process_group, rank_device
-from fbml.modeling.ensembles import cross_validated_accuracy, fit_ensemble
-from fbml.modeling.linear_text import LinearTextOptions, fit_linear_text
+from fbml.modeling.ensembles import cross_validated_scores, fit_ensemble
+from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
 from fbml.modeling.models import (
     DEFAULT_BRANCH_SCALE,
     DEFAULT_EMBEDDING_DIM,
@@ -130,6 +130,15 @@ class TrainRequest:
     split_seed: int = 0
     device: str = "cpu"
     refit: bool = True
+    keep_test_split: bool = False
+
+    @property
+    def shipped(self) -> Phase:
+        """The training whose models the bundle gets: on every product (the default, once the test split is
+        scored), on training and validation (``keep_test_split``), or on the training split (no refit)."""
+        if not self.refit:
+            return Phase.SPLIT
+        return Phase.REFIT if self.keep_test_split else Phase.ALL
 
 @attrs.frozen
 class TrainResult:
@@ -146,9 +155,12 @@ class TrainResult:
 
     def summary(self) -> str:
         """What was trained, what was chosen on validation and how it scored on the test split."""
+        folds = self.choice.get("validation_folds", {})
+        spread = f" +- {folds['std']:.3f} over {folds['folds']} folds" if folds else ""
         lines = [f"{self.kind}: trained {', '.join(self.histories) or 'no network'} in {self.seconds:.0f} s; "
                  f"chose {' + '.join(self.choice['members'])} (validation accuracy per product "
-                 f"{self.choice['validation_accuracy']:.3f})"]
+                 f"{self.choice['validation_accuracy']:.3f}{spread}); test scored with models trained on "
+                 f"{'train+validation' if self.choice.get('refit') else 'train'}; ships models trained on {self.choice.get('shipped')}"]
         for name, scores in {self.kind: self.test, **self.model_tests}.items():
             lines.append(f"  {name:12} test accuracy {scores.per_example.accuracy:.3f} per example, "
                          f"{scores.per_product.accuracy:.3f} per product; macro-F1 {scores.per_product.macro_f1:.3f}")
@@ -177,9 +189,12 @@ def train_request(
     batch_size: int | None = None,
     device: str = "cpu",
     refit: bool = True,
+    keep_test_split: bool = False,
 ) -> TrainRequest:
     """A request with ``kind``'s recipe, as ``fbml train`` builds it. ``refit``: once chosen on
-    validation, the models are trained again on the training and validation splits together."""
+    validation, the models are trained again on the training and validation splits together, scored on the
+    test split, then trained on every product and shipped (``keep_test_split``: the ones that never saw the
+    test split ship)."""
     config = attrs.evolve(RECIPES[Role(kind)], seed=seed)
     if epochs:
         config = attrs.evolve(config, epochs=epochs)
@@ -188,7 +203,8 @@ def train_request(
     image = ImageRecipe(backbone=backbone, size=image_size, weights=weights, trainable_stages=trainable_stages,
                         feature_cache=feature_cache)
     image.options()  # an unknown backbone or a trainable_stages out of range stops here, before any work
-    return TrainRequest(kind, config=config, image=image, split_seed=seed, device=device, refit=refit)
+    return TrainRequest(kind, config=config, image=image, split_seed=seed, device=device, refit=refit,
+                        keep_test_split=keep_test_split)
 
 def train_into_bundle(
     tables: CleanTables,
@@ -240,46 +256,78 @@ def validation_store(data: TrainingData) -> ValidationStore:
     return ValidationStore(data.work_dir / f"validation-{data.split_seed}", data.world)
 
 
+def tested_store(data: TrainingData) -> ValidationStore:
+    """Where the models the test split was scored with are kept when the bundle ships models trained on every
+    product (a later training scores its test split with these, never with models that saw it)."""
+    return ValidationStore(data.work_dir / f"tested-{data.split_seed}", data.world)
+
+
 def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
-    """The text CNN and the linear model; the ``text`` predictor chosen among them on validation."""
+    """The text CNN, the linear model and the subcategory model; the ``text`` predictor chosen among the first
+    two on validation."""
     frames = split_frames(data, Examples.PRODUCTS)
     if bundle.text is None:
         bundle = attrs.evolve(bundle, text=_text_settings(frames.train, request.text, request.config.seed))
     recipe, seed, store = request.text, request.config.seed, validation_store(data)
     cnn = _new_text_cnn(bundle, recipe, seed)
     history = fitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings)
-    linear = fit_linear_text(listing_texts(frames.train), bundle.codec.encode(frames.train["category"]), bundle.codec.num_classes,
-                             options=recipe.linear, seed=seed)
+    linear = _linear_model(bundle, Phase.SPLIT.products(frames), recipe.linear, seed)
     keys = frames.validation["id"].to_list()
     store.save(ModelKind.TEXT_CNN, keys, network_probabilities(bundle, ModelKind.TEXT_CNN, cnn, frames.validation, data, settings), cnn)
     store.save(ModelKind.TEXT_LINEAR, keys, linear.predict_proba(listing_texts(frames.validation)))
     histories = {Phase.SPLIT.run_name(ModelKind.TEXT_CNN): history}
+    subcategories = _subcategory_model(bundle, frames, Phase.SPLIT, request)
+    tested = Phase.REFIT if request.refit else Phase.SPLIT
     if request.refit:
         cnn = _new_text_cnn(bundle, recipe, seed)
-        histories |= _refit_history(ModelKind.TEXT_CNN, refitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings, history.best_epoch))
-        both = pl.concat([frames.train, frames.validation])
-        linear = fit_linear_text(listing_texts(both), bundle.codec.encode(both["category"]), bundle.codec.num_classes,
-                                 options=recipe.linear, seed=seed)
-    bundle = bundle.with_model(BundleModel(ModelKind.TEXT_CNN, cnn, recipe.cnn, _report(history, request)))
-    bundle = bundle.with_model(BundleModel(ModelKind.TEXT_LINEAR, linear, None, {"config": attrs.asdict(recipe.linear)}))
-    bundle = attrs.evolve(bundle, subcategories=_subcategory_model(bundle, frames, request))
+        histories |= _refit_history(ModelKind.TEXT_CNN, refitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings, history.best_epoch),
+                                    Phase.REFIT)  # fmt: skip
+        linear = _linear_model(bundle, Phase.REFIT.products(frames), recipe.linear, seed)
+        subcategories = _subcategory_model(bundle, frames, Phase.REFIT, request, subcategories)
+    bundle = _with_text_models(bundle, cnn, linear, subcategories, _report(history, request, tested), request)
     candidates = [(ModelKind.TEXT_CNN,), (ModelKind.TEXT_LINEAR,), (ModelKind.TEXT_CNN, ModelKind.TEXT_LINEAR)]
-    return _with_chosen(bundle, Role.TEXT, candidates, frames, histories, data, request)
+    bundle, result = _with_chosen(bundle, Role.TEXT, candidates, frames, histories, data, request)
+    if request.shipped is not Phase.ALL:
+        return bundle, result
+    kept = tested_store(data)
+    kept.save_model(ModelKind.TEXT_CNN, cnn)
+    kept.save_model(ModelKind.TEXT_LINEAR, linear)
+    if subcategories is not None:
+        kept.save_subcategories(subcategories)
+    cnn = _new_text_cnn(bundle, recipe, seed)
+    shipped = _refit_history(ModelKind.TEXT_CNN, refitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings, history.best_epoch,
+                                                          Phase.ALL), Phase.ALL)  # fmt: skip
+    linear = _linear_model(bundle, Phase.ALL.products(frames), recipe.linear, seed)
+    subcategories = _subcategory_model(bundle, frames, Phase.ALL, request, subcategories)
+    bundle = _with_text_models(bundle, cnn, linear, subcategories, _report(history, request, Phase.ALL), request)
+    return bundle, attrs.evolve(result, histories={**result.histories, **shipped})
 
 
-def _subcategory_model(bundle: Bundle, frames: SplitFrames, request: TrainRequest) -> SubcategoryModel | None:
-    """The subcategory model fitted on the training split, its accuracy measured on validation; then, with
-    refitting, fitted again on the training and validation splits together."""
-    recipe, seed = request.text.linear, request.config.seed
-    train, validation = frames.train, frames.validation
-    model = fit_subcategory_model(listing_texts(train), train["category_path"], bundle.codec, options=recipe, seed=seed)
+def _linear_model(bundle: Bundle, products: pl.DataFrame, options: LinearTextOptions, seed: int) -> LinearTextModel:
+    return fit_linear_text(listing_texts(products), bundle.codec.encode(products["category"]), bundle.codec.num_classes,
+                           options=options, seed=seed)  # fmt: skip
+
+
+def _with_text_models(bundle: Bundle, cnn: TextClassifier, linear: LinearTextModel, subcategories: SubcategoryModel | None,
+                      report: dict[str, Any], request: TrainRequest) -> Bundle:  # fmt: skip
+    """``bundle`` with these text models (the linear model's report: its options and what it learned from)."""
+    linear_report = {"config": attrs.asdict(request.text.linear), "trained_on": report["trained_on"]}
+    bundle = bundle.with_model(BundleModel(ModelKind.TEXT_CNN, cnn, request.text.cnn, report))
+    bundle = bundle.with_model(BundleModel(ModelKind.TEXT_LINEAR, linear, None, linear_report))
+    return attrs.evolve(bundle, subcategories=subcategories)
+
+
+def _subcategory_model(bundle: Bundle, frames: SplitFrames, phase: Phase, request: TrainRequest,
+                       first: SubcategoryModel | None = None) -> SubcategoryModel | None:  # fmt: skip
+    """The subcategory model fitted on ``phase``'s products; on the training split, its accuracy on validation
+    is measured and reported (``first``: that model, whose report later fits carry on)."""
+    model = fit_subcategory_model(listing_texts(phase.products(frames)), phase.products(frames)["category_path"], bundle.codec,
+                                  options=request.text.linear, seed=request.config.seed)  # fmt: skip
     if model is None:
         return None
-    report = {**model.report, "validation_accuracy": subcategory_accuracy(model, validation), "refit": request.refit}
-    if request.refit:
-        both = pl.concat([train, validation])
-        model = fit_subcategory_model(listing_texts(both), both["category_path"], bundle.codec, options=recipe, seed=seed) or model
-    return attrs.evolve(model, report={**model.report, **report})
+    measured = {"validation_accuracy": subcategory_accuracy(model, frames.validation)} if first is None else {
+        "validation_accuracy": first.report.get("validation_accuracy")}
+    return attrs.evolve(model, report={**model.report, **measured, "trained_on": phase.trained_on})
 
 
 def _train_image(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
@@ -292,11 +340,19 @@ def _train_image(bundle: Bundle, data: TrainingData, settings: FitSettings, requ
     validation_store(data).save(kind, keys_of(kind, frames.validation),
                                 network_probabilities(bundle, kind, model, frames.validation, data, settings), model)  # fmt: skip
     histories = {Phase.SPLIT.run_name(kind): history}
+    tested = Phase.REFIT if request.refit else Phase.SPLIT
     if request.refit:
         model = _new_image_cnn(bundle, recipe, request.config.seed)
-        histories |= _refit_history(kind, refitted(bundle, kind, model, data, settings, history.best_epoch))
-    bundle = bundle.with_model(BundleModel(kind, model, recipe.options(), _report(history, request)))
-    return _with_chosen(bundle, Role.IMAGE, [(kind,)], frames, histories, data, request)
+        histories |= _refit_history(kind, refitted(bundle, kind, model, data, settings, history.best_epoch), Phase.REFIT)
+    bundle = bundle.with_model(BundleModel(kind, model, recipe.options(), _report(history, request, tested)))
+    bundle, result = _with_chosen(bundle, Role.IMAGE, [(kind,)], frames, histories, data, request)
+    if request.shipped is not Phase.ALL:
+        return bundle, result
+    tested_store(data).save_model(kind, model)
+    model = _new_image_cnn(bundle, recipe, request.config.seed)
+    shipped = _refit_history(kind, refitted(bundle, kind, model, data, settings, history.best_epoch, Phase.ALL), Phase.ALL)
+    bundle = bundle.with_model(BundleModel(kind, model, recipe.options(), _report(history, request, Phase.ALL)))
+    return bundle, attrs.evolve(result, histories={**result.histories, **shipped})
 
 
 def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, request: TrainRequest) -> tuple[Bundle, TrainResult]:
@@ -304,7 +360,9 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     model (and with the network too); the ``combined`` predictor is the best of those on validation.
 
     The network is trained from the branches as the training split alone made them, so its validation
-    figures are fair; with refitting, it is then trained again from the refitted branches."""
+    figures are fair; with refitting, it is then trained again from the branches the test split is scored
+    with (trained on training and validation), and, shipping models trained on every product, once more from
+    those. The similar-listings index is built last."""
     kind, store = ModelKind.COMBINED_NN, validation_store(data)
     branches = _training_split_branches(bundle, store)
     network, options = _combined_network(branches)
@@ -312,17 +370,46 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     frames = split_frames(data, Examples.PHOTOS, training_photos(data, bundle.image_settings().size))
     store.save(kind, keys_of(kind, frames.validation), network_probabilities(bundle, kind, network, frames.validation, data, settings))
     histories = {Phase.SPLIT.run_name(kind): history}
+    tested_phase = Phase.REFIT if request.refit else Phase.SPLIT
+    tested = _tested_branches(bundle, data)
     if request.refit:
-        network, options = _combined_network(bundle)
-        histories |= _refit_history(kind, refitted(bundle, kind, network, data, settings, history.best_epoch))
-    bundle = bundle.with_model(BundleModel(kind, network, options, _report(history, request)))
+        network, options = _combined_network(tested)
+        histories |= _refit_history(kind, refitted(tested, kind, network, data, settings, history.best_epoch), Phase.REFIT)
+    tested = tested.with_model(BundleModel(kind, network, options, _report(history, request, tested_phase)))
     fusion = (*(ModelKind(name) for name in bundle.predictor(Role.TEXT).ensemble.names), ModelKind.IMAGE_CNN)
     candidates = [(kind,), fusion, (*fusion, kind)]
-    bundle, result = _with_chosen(bundle, Role.COMBINED, candidates, frames, histories, data, request)
+    tested, result = _with_chosen(tested, Role.COMBINED, candidates, frames, histories, data, request)
+    bundle = bundle.with_predictor(Role.COMBINED, tested.predictor(Role.COMBINED)).with_model(tested.models[kind])
+    if request.shipped is Phase.ALL:
+        network, options = _combined_network(bundle)
+        shipped = _refit_history(kind, refitted(bundle, kind, network, data, settings, history.best_epoch, Phase.ALL), Phase.ALL)
+        bundle = bundle.with_model(BundleModel(kind, network, options, _report(history, request, Phase.ALL)))
+        result = attrs.evolve(result, histories={**result.histories, **shipped})
     from fbml.workflows.index import indexed_bundle
 
-    bundle = indexed_bundle(bundle, data)
+    bundle = indexed_bundle(bundle, data, tested=tested)
     return bundle, attrs.evolve(result, index=dict(bundle.search_index().report))
+
+
+def _tested_branches(bundle: Bundle, data: TrainingData) -> Bundle:
+    """``bundle`` with the text and image models (and subcategory model) the test split was scored with: those
+    the text and image trainings kept when they shipped models trained on every product, else the bundle's."""
+    kept = tested_store(data)
+    models = dict(bundle.models)
+    for kind in (ModelKind.TEXT_CNN, ModelKind.IMAGE_CNN, ModelKind.TEXT_LINEAR):
+        entry = bundle.models.get(kind)
+        if entry is None or entry.report.get("trained_on") != Phase.ALL.trained_on:
+            continue
+        if isinstance(entry.module, LinearTextModel):
+            models[kind] = attrs.evolve(entry, module=kept.load_linear(kind), report={**entry.report, "trained_on": Phase.REFIT.trained_on})
+        else:
+            assert isinstance(entry.module, nn.Module)
+            module = kept.load_weights(kind, copy.deepcopy(entry.module))
+            models[kind] = attrs.evolve(entry, module=module, report={**entry.report, "trained_on": Phase.REFIT.trained_on})
+    subcategories = bundle.subcategories
+    if subcategories is not None and subcategories.report.get("trained_on") == Phase.ALL.trained_on:
+        subcategories = attrs.evolve(kept.load_subcategories(), report={**subcategories.report, "trained_on": Phase.REFIT.trained_on})
+    return attrs.evolve(bundle, models=models, subcategories=subcategories)
 
 
 def _new_text_cnn(bundle: Bundle, recipe: TextRecipe, seed: int) -> TextClassifier:
@@ -337,8 +424,8 @@ def _new_image_cnn(bundle: Bundle, recipe: ImageRecipe, seed: int) -> ImageClass
         return image_from_options(recipe.options(), bundle.codec.num_classes, weights=recipe.start())
 
 
-def _refit_history(kind: ModelKind, history: History | None) -> dict[str, History]:
-    return {} if history is None else {Phase.REFIT.run_name(kind): history}
+def _refit_history(kind: ModelKind, history: History | None, phase: Phase) -> dict[str, History]:
+    return {} if history is None else {phase.run_name(kind): history}
 
 
 def _training_split_branches(bundle: Bundle, store: ValidationStore) -> Bundle:
@@ -379,41 +466,45 @@ def _with_chosen(
     data: TrainingData,
     request: TrainRequest,
 ) -> tuple[Bundle, TrainResult]:
-    """The bundle with ``role``'s predictor: the candidate ensemble (members, with or without a class
-    bias) best on validation by cross-validated per-product accuracy (ties: fewer members, then no
-    bias), fitted on all of validation, with the validation predictions of the models trained on the
-    training split alone; then scored on the test split once, through the bundle's prediction path with
-    its (refitted) models."""
+    """The bundle with ``role``'s predictor chosen on validation, with the validation predictions of the models
+    trained on the training split alone: each candidate ensemble (members, with or without a class bias) is
+    scored by per-product accuracy on 20 held-out folds of validation products (grouped by product, stratified
+    by category); the simplest candidate (fewest members, then no bias) that the best does not beat by more
+    than the folds' noise (``FoldScores.falls_short_of``) is chosen, so a member that does not earn its place
+    across folds is dropped; it is fitted on all of validation, then the test split is scored once, through the
+    bundle's prediction path with the bundle's models."""
     validation, test = frames.validation, frames.test
     names = sorted({name for members in candidates for name in members})
     store = validation_store(data)
     validated = {name: store.probabilities(name, keys_of(name, validation)) for name in names}
     labels = {"validation": bundle.codec.encode(validation["category"]), "test": bundle.codec.encode(test["category"])}
     products = validation["id"].to_list()
+    choices = [(members, bias) for members in candidates for bias in (False, True)]
     tried = {
-        _candidate_name(members, bias): cross_validated_accuracy(
-            {name: validated[name] for name in members}, labels["validation"], products,
-            seed=request.config.seed, fit_bias=bias,
-        )
-        for members in candidates
-        for bias in (False, True)
+        choice: cross_validated_scores({name: validated[name] for name in choice[0]}, labels["validation"], products,
+                                       seed=request.config.seed, fit_bias=choice[1])
+        for choice in choices
     }
-    best, bias = max(((members, bias) for members in candidates for bias in (False, True)),
-                     key=lambda choice: (tried[_candidate_name(*choice)], -len(choice[0]), not choice[1]))
-    ensemble = fit_ensemble({name: validated[name] for name in best}, labels["validation"], fit_bias=bias)
-    choice = {"members": list(best), "bias": bias, "validation_accuracy": tried[_candidate_name(best, bias)],
-              "candidates": tried, "weights": dict(ensemble.members), "refit": request.refit}
+    best = max(choices, key=lambda choice: (tried[choice].mean, -len(choice[0]), not choice[1]))
+    simplest = sorted(choices, key=lambda choice: (len(choice[0]), choice[1]))
+    members, bias = next(choice for choice in simplest if not tried[choice].falls_short_of(tried[best]))
+    ensemble = fit_ensemble({name: validated[name] for name in members}, labels["validation"], fit_bias=bias)
+    choice = {"members": list(members), "bias": bias, "validation_accuracy": tried[(members, bias)].mean,
+              "validation_folds": tried[(members, bias)].to_json(), "best_on_validation": _candidate_name(*best),
+              "candidates": {_candidate_name(*option): scores.to_json() for option, scores in tried.items()},
+              "weights": dict(ensemble.members), "refit": request.refit, "shipped": request.shipped.trained_on}
     bundle = bundle.with_predictor(role, Predictor(ensemble))
     photos = training_photos(data, bundle.image_settings().size) if role.reads_photos else None
     texts, images = frame_listings(test, photos)
     tested = bundle.probabilities([role, *names], texts=texts, images=images, progress=data.progress)
     test_scores = scored(tested[role], labels["test"], test, 0)
     model_tests = {str(name): scored(tested[name], labels["test"], test, 0) for name in names}
-    bundle = bundle.with_predictor(role, Predictor(ensemble, {"choice": choice, "test": test_scores.to_json()}))
+    tested_by = {"test_scored_with": (Phase.REFIT if request.refit else Phase.SPLIT).trained_on}
+    bundle = bundle.with_predictor(role, Predictor(ensemble, {"choice": choice, "test": test_scores.to_json(), **tested_by}))
     return bundle, TrainResult(role, histories, test_scores, model_tests, choice, 0.0)
 
 
-def _candidate_name(members: tuple[ModelKind, ...], bias: bool) -> str:
+def _candidate_name(members: Sequence[ModelKind], bias: bool) -> str:
     return " + ".join(members) + (" + bias" if bias else "")
 
 
@@ -435,8 +526,11 @@ def _combined_network(bundle: Bundle) -> tuple[CombinedClassifier, CombinedOptio
     return network, CombinedOptions(image.options, text.options)
 
 
-def _report(history: History, request: TrainRequest) -> dict[str, Any]:
-    return {"history": history.to_json(), "config": attrs.asdict(request, value_serializer=_serialisable)}
+def _report(history: History, request: TrainRequest, phase: Phase) -> dict[str, Any]:
+    """A network's report: its training split's history (the epochs every later training ran), the request,
+    and which splits the weights it ships were trained on."""
+    return {"history": history.to_json(), "config": attrs.asdict(request, value_serializer=_serialisable),
+            "trained_on": phase.trained_on}
 
 
 def _serialisable(_instance: object, _field: object, value: object) -> object:

@@ -1,7 +1,10 @@
-"""The validation predictions (and network weights) of models trained on the training split alone.
+"""The validation predictions (and network weights) of models trained on the training split alone, and the
+models that never saw the test split.
 
-Fusion and the combined network are chosen on these, so that refitting the branches on the validation
-products afterwards does not leak them into the choice.
+Fusion and the combined network are chosen on the first, so that refitting the branches on the validation
+products afterwards does not leak them into the choice. The test split is scored with the second (trained on
+the training and validation splits), so that shipping models trained on every product afterwards does not
+leak the test products into a later training's test figures (the combined model's, over its branches).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
@@ -18,13 +22,19 @@ from torch import nn
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
 from fbml.modeling.distributed import World, on_main
+from fbml.modeling.linear_text import LinearTextModel
+from fbml.text.labels import LabelCodec
+
+if TYPE_CHECKING:
+    from fbml.modeling.subcategories import SubcategoryModel
+
+SUBCATEGORIES = "subcategories"
 
 
 @attrs.frozen
 class ValidationStore:
-    """The validation-split probabilities (and, for networks, the weights) of models trained on the
-    training split alone. Fusion and the combined network are chosen on these, so that refitting the
-    branches on the validation products afterwards does not leak them into the choice."""
+    """Probabilities of some examples and models' weights kept in ``directory`` for a later step of the
+    same training (see the module's docstring for the two stores training keeps)."""
 
     directory: Path
     world: World = World()
@@ -62,12 +72,53 @@ class ValidationStore:
         chosen: np.ndarray = values[[row_of[key] for key in keys]]
         return chosen
 
+    def save_model(self, kind: str, model: nn.Module | LinearTextModel) -> None:
+        """Keep ``kind``'s network weights, or its linear model (JSON and safetensors); rank 0 writes."""
+        on_main(self.world, lambda: self._write_model(kind, model))
+
+    def _write_model(self, kind: str, model: nn.Module | LinearTextModel) -> None:
+        from safetensors.numpy import save as save_arrays
+        from safetensors.torch import save
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, LinearTextModel):
+            write_atomically(self.directory / f"{kind}.linear.json", json.dumps(model.to_json()).encode())
+            write_atomically(self.directory / f"{kind}.safetensors", save_arrays(dict(model.arrays())))
+            return
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+        write_atomically(self.directory / f"{kind}.safetensors", save(state))
+
+    def save_subcategories(self, model: SubcategoryModel) -> None:
+        """Keep the subcategory model (its codec and linear model)."""
+        on_main(self.world, lambda: self._write_model(SUBCATEGORIES, model.model))
+        on_main(self.world, lambda: write_atomically(self.directory / f"{SUBCATEGORIES}.codec.json",
+                                                     json.dumps(model.codec.to_json()).encode()))
+
+    def load_subcategories(self) -> SubcategoryModel:
+        """The subcategory model ``save_subcategories`` kept."""
+        from fbml.modeling.subcategories import SubcategoryModel
+
+        path = self.directory / f"{SUBCATEGORIES}.codec.json"
+        if not path.is_file():
+            raise FbmlError(f"{self.directory}: no subcategory model kept here; train it again with the same --work-dir")
+        codec = LabelCodec.from_json(json.loads(path.read_text(encoding="utf-8")))
+        return SubcategoryModel(codec, self.load_linear(SUBCATEGORIES))
+
+    def load_linear(self, kind: str) -> LinearTextModel:
+        """The linear model ``save_model`` kept as ``kind``."""
+        from safetensors.numpy import load_file
+
+        path = self.directory / f"{kind}.linear.json"
+        if not path.is_file():
+            raise FbmlError(f"{self.directory}: no {kind} model kept here; train it again with the same --work-dir")
+        return LinearTextModel.from_parts(json.loads(path.read_text(encoding="utf-8")), load_file(self.directory / f"{kind}.safetensors"))
+
     def load_weights(self, kind: str, model: nn.Module) -> nn.Module:
         """``model`` with the weights ``kind`` had when trained on the training split alone."""
         from safetensors.torch import load_file
 
         path = self.directory / f"{kind}.safetensors"
         if not path.is_file():
-            raise FbmlError(f"{self.directory}: no training-split weights of the {kind} model; train it again with the same --work-dir")
+            raise FbmlError(f"{self.directory}: no weights of the {kind} model kept here; train it again with the same --work-dir")
         model.load_state_dict(load_file(path))
         return model
