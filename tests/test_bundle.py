@@ -197,9 +197,9 @@ def test_a_bundle_without_a_predictor_says_so(bundle: Bundle) -> None:
 
 
 def test_the_listing_vector_of_a_query_is_its_index_vector(bundle: Bundle) -> None:
-    """Index weights all non-zero (text, photo and classes all count): a catalogue listing's text and photo,
-    embedded as a query, give the vector the index holds for it."""
-    assert min(attrs.astuple(INDEX_WEIGHTS)) > 0
+    """Index weights all non-zero (text, photo and classes all count; the bundle predicts no subcategory): a
+    catalogue listing's text and photo, embedded as a query, give the vector the index holds for it."""
+    assert bundle.subcategories is None and min(INDEX_WEIGHTS.text, INDEX_WEIGHTS.image, INDEX_WEIGHTS.classes) > 0
     index = bundle.search_index()
     for product in range(CATALOGUE_SIZE):
         photo = catalogue_photo(product)

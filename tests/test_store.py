@@ -46,6 +46,7 @@ from fbml.modeling.models import (
     text_cnn_from_options,
 )
 from fbml.modeling.settings import ImageSettings, TextSettings
+from fbml.modeling.subcategories import SubcategoryModel, fit_subcategory_model
 from fbml.serving.server import free_port
 from fbml.text.labels import LabelCodec
 from fbml.text.vocabulary import RESERVED, Vocabulary
@@ -939,7 +940,7 @@ def test_a_codec_the_linear_model_does_not_fit(copy: Path) -> None:
     replace_file(copy, manifest["codec"], json.dumps(LabelCodec((*CLASSES, "tables")).to_json()).encode())
     manifest["models"] = {"text-linear": manifest["models"]["text-linear"]}  # read before any torch model
     write_manifest(copy, manifest)
-    load_error(copy, r": the text-linear model has 4 classes, the codec 5")
+    load_error(copy, r": the text-linear model has 4 classes, its codec 5")
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -1536,3 +1537,49 @@ def test_a_write_killed_before_its_clean_up_leaves_a_temporary_the_next_save_rem
     save_bundle(loaded, copy)
     assert set(snapshot(copy)) == set(before) | set(foreign)
     assert load_bundle(copy).index == grown.expected.index
+
+
+# --- the subcategory model ---------------------------------------------------------------------------------
+
+
+def subcategory_model() -> SubcategoryModel:
+    texts, labels = linear_texts()
+    paths = pl.Series([f"{CLASSES[label]} / {'new' if row % 2 else 'used'} / x" for row, label in enumerate(labels)])
+    model = fit_subcategory_model(texts, paths, CODEC, options=LINEAR, seed=0)
+    assert model is not None and model.num_classes == 2 * len(CLASSES)
+    return model
+
+
+def test_the_subcategory_model_round_trips_and_is_checked_on_load(tmp_path: Path) -> None:
+    """Saved with its codec and arrays, loaded to the same probabilities; a subcategory of a category the codec
+    lacks, or a model of another width than its codec, is refused in one line."""
+    path = tmp_path / "bundle"
+    model = subcategory_model()
+    save_bundle(Bundle(CODEC, subcategories=model), path)
+    loaded = load_bundle(path).subcategories
+    assert loaded is not None and loaded.codec == model.codec and loaded.report == model.report
+    np.testing.assert_array_equal(loaded.probabilities(QUERIES), model.probabilities(QUERIES))
+
+    manifest = manifest_of(path)
+    replace_file(path, manifest["codec"], json.dumps(LabelCodec(CLASSES[:3]).to_json()).encode())
+    write_manifest(path, manifest)
+    load_error(path, r"subcategories of categories the codec lacks: \['phones'\]")
+
+    save_bundle(Bundle(CODEC, subcategories=model), path)
+    manifest = manifest_of(path)
+    replace_file(path, manifest["subcategories"]["codec"], json.dumps(LabelCodec(model.codec.classes[:-1]).to_json()).encode())
+    write_manifest(path, manifest)
+    load_error(path, r"the subcategory model has 8 classes, its codec 7")
+
+
+def test_a_subcategory_is_a_child_of_the_predicted_category_with_the_joint_probability() -> None:
+    model = subcategory_model()
+    category = np.zeros((1, len(CLASSES)), np.float32)
+    category[0, CLASSES.index("books")] = 0.75
+    category[0, CLASSES.index("bikes")] = 0.25
+    probabilities = np.full((1, model.num_classes), 1 / model.num_classes, np.float32)
+    joint = model.joint(CODEC, category, probabilities)
+    assert joint.sum() == pytest.approx(1.0)
+    name, value = model.best_within(CODEC, "books", joint[0])
+    assert name.startswith("books / ") and value == pytest.approx(0.75 / 2)
+    assert model.best_within(CODEC, "chairs", np.zeros(model.num_classes)) is not None
