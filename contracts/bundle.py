@@ -223,3 +223,5 @@ class Manifest(Struct, frozen=True):
     models: dict[ModelKind, ModelEntry] = {}
     predictors: dict[Role, PredictorEntry] = {}
     index: IndexEntry | None = None
+    profile: FileRef | None = None
+    """The training profile (``fbml.bundle.profile``); absent in bundles trained before it existed."""

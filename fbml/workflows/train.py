@@ -76,6 +76,7 @@ from fbml.workflows.inputs import (
     training_data,
     training_photos,
 )
+from fbml.workflows.profiling import profiled_bundle
 from fbml.workflows.scores import Scores, scored
 from fbml.workflows.validation_store import ValidationStore
 
@@ -225,6 +226,7 @@ def train_into_bundle(
         if request.kind is Role.COMBINED:
             bundle = _with_branches(bundle, bundle_dir, data, settings, request)
         bundle, outcome = TRAINERS[request.kind](bundle, data, settings, request)
+        bundle = profiled_bundle(bundle, data)
         on_main(world, lambda: save_bundle(bundle, bundle_dir))
     return attrs.evolve(outcome, seconds=time.perf_counter() - started)
 
