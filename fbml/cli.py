@@ -224,10 +224,10 @@ def _run_monitor(args: argparse.Namespace) -> int:
 
     from fbml.workflows.monitor import monitor_command
 
-    if args.products is None and args.predictions is None:
-        raise FbmlError("monitor: give --products (with --images and --image-dir) and/or --predictions DIR")
     if args.products is None and (args.images is not None or args.image_dir is not None):
         raise FbmlError("monitor: --images and --image-dir come with --products")
+    if args.products is None and args.predictions is None:
+        raise FbmlError("monitor: give --products (with --images and --image-dir) and/or --predictions DIR")
     _check_folders(args, report=args.report)
     result = monitor_command(args.bundle, products=args.products, images=args.images, image_dir=args.image_dir,
                              predictions=args.predictions, report=args.report, device=args.device, progress=not args.json)  # fmt: skip

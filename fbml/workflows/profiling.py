@@ -126,7 +126,8 @@ def table_observations(tables: CleanTables) -> Observations:
     if tables.manifest is not None:
         manifest = tables.manifest
         rates["photos.rejected"] = rate_group(tables.images_read, manifest.rejected_by_reason())
-        rates["products.photos"] = rate_group(products.height, {"without a photo": manifest.products_without_images.height})
+        without = products.filter(~pl.col("id").is_in(manifest.images["id"].implode())).height
+        rates["products.photos"] = rate_group(products.height, {"without a photo": without})
     return Observations(
         numeric={"products.price": products["price"].to_numpy(), "text.length": np.array([len(text) for text in texts], np.float64)},
         categorical={"products.category": products["category"].to_list()},
