@@ -195,6 +195,9 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="run the networks with torch, or with ONNX Runtime without torch (after `fbml export-onnx`)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON (default text)")
+    parser.add_argument("--log-predictions", type=Path, default=None, metavar="DIR",
+                        help="append a row per prediction (no text or photo) to size-bounded Parquet parts here, "
+                             "for `fbml monitor --predictions DIR` (default: off)")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -430,7 +433,12 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
-    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format)
+    if args.log_predictions is not None:
+        from fbml.serving.prediction_log import check_log_folder
+
+        check_log_folder(args.log_predictions)
+    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
+                         log_predictions=None if args.log_predictions is None else str(args.log_predictions.resolve()))
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 

@@ -344,3 +344,53 @@ def test_unseen_real_products_raise_nothing(real_data: Path, tmp_path: Path) -> 
     result = compared(profile, listing_observations(real, unseen, photos, real_data / "images_224"))
     print(result.table())
     assert not result.drift, [check.name for check in result.checks if check.drifted]
+
+
+# --- serving feeds it: the prediction log read by monitor --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_log(bundle, new, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prediction log of an app over the bundle that answered /predict/text for 80 of the new listings."""
+    from fbml.serving.app import create_app
+    from fbml.text.listings import listing_text
+    from litestar.testing import TestClient
+
+    folder = tmp_path_factory.mktemp("log") / "predictions"
+    raw = _raw(new).head(80)
+    with TestClient(create_app(load_bundle(bundle), log_predictions=folder)) as client:
+        for name, description in raw.select("product_name", "product_description").iter_rows():
+            answer = client.post("/predict/text", json={"text": listing_text(name, description)}, headers={"X-Request-ID": "r-1"})
+            assert answer.status_code == 200
+    return folder
+
+
+def test_the_app_logs_one_row_per_prediction(served_log: Path) -> None:
+    from fbml.workflows.prediction_log import read_prediction_log
+
+    log = read_prediction_log(served_log)
+    assert log.height == 80 and set(log["role"]) == {"text"} and set(log["request_id"]) == {"r-1"}
+    assert log["photo_bytes"].is_null().all() and log["text_length"].min() > 0
+
+
+def test_monitor_reads_the_prediction_log(bundle, served_log: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main(["monitor", str(bundle), "--predictions", str(served_log), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    names = {check["name"] for check in result["checks"]}
+    assert {"served.predictions.text.confidence.psi", "served.predictions.text.category.js_distance",
+            "served.text.length.psi"} <= names and not drifted(result)
+
+
+def test_lower_confidence_in_the_log_is_named(bundle, served_log: Path, capsys, tmp_path: Path) -> None:
+    from fbml.workflows.prediction_log import log_parts
+
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    for part in log_parts(served_log):
+        pl.read_parquet(part).with_columns(pl.col("confidence") / 2).write_parquet(lower / part.name)
+    capsys.readouterr()
+    assert main(["monitor", str(bundle), "--predictions", str(lower), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert {"served.predictions.text.confidence.psi", "served.predictions.text.confidence.wasserstein"} <= drifted(result)
+    assert not any("category" in name or "length" in name for name in drifted(result))
