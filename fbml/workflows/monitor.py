@@ -90,10 +90,10 @@ class MonitorResult:
 
     def table(self) -> str:
         """One line per check, drifted ones marked; then the notes."""
-        lines = [f"{'check':52}{'statistic':>18}{'value':>11}{'threshold':>11}"]
+        lines = [f"{'check':62}{'statistic':>18}{'value':>11}{'threshold':>11}"]
         for check in self.checks:
             mark = "  DRIFT" if check.drifted else ""
-            lines.append(f"{check.name[:52]:52}{check.statistic:>18}{check.value:>11.4f}{check.threshold:>11.4f}{mark}")
+            lines.append(f"{check.name[:62]:62}{check.statistic:>18}{check.value:>11.4f}{check.threshold:>11.4f}{mark}")
         drifted = [check.name for check in self.checks if check.drifted]
         lines.append(f"drift: {', '.join(drifted)}" if drifted else f"no drift ({len(self.checks)} checks)")
         return "\n".join([*lines, *(f"note: {note}" for note in self.notes)])
