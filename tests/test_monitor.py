@@ -136,6 +136,27 @@ def test_listings_of_the_same_market_raise_nothing(bundle, new, capsys) -> None:
     assert all(set(check) == {"name", "statistic", "value", "threshold", "drifted"} for check in result["checks"])
 
 
+def test_the_order_of_the_new_listings_changes_no_check(bundle, new) -> None:
+    """The same clean listings in another order: the same value for every check (raw rows in another order may
+    keep another of two rows with one id, so the clean tables themselves are shuffled)."""
+    import attrs
+    from fbml.tables.clean import clean_tables
+    from fbml.workflows.profiling import listing_observations
+
+    loaded = load_bundle(bundle)
+    assert loaded.profile is not None
+    tables = clean_tables(new["products"], new["images"])
+    assert tables.manifest is not None
+    shuffled = attrs.evolve(
+        tables,
+        cleaned=attrs.evolve(tables.cleaned, products=tables.cleaned.products.sample(fraction=1.0, shuffle=True, seed=3)),
+        manifest=attrs.evolve(tables.manifest, images=tables.manifest.images.sample(fraction=1.0, shuffle=True, seed=4)),
+    )
+    first, again = (compared(loaded.profile, listing_observations(loaded, each, None, None)) for each in (tables, shuffled))
+    assert len(first.checks) > 10
+    assert {check.name: pytest.approx(check.value, abs=1e-6) for check in first.checks} == {check.name: check.value for check in again.checks}
+
+
 def test_prices_times_100_are_named(bundle, new, capsys, tmp_path: Path) -> None:
     products = _raw(new).with_columns(pl.col("price").str.replace(r"\.", "00."))
     status, result = monitor(bundle, _shifted(new, tmp_path, products), capsys)
