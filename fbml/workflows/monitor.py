@@ -10,7 +10,6 @@ new values are not checked (too few to tell).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +198,6 @@ def vector_checks(reference: np.ndarray, observed: np.ndarray, notes: list[str])
     auc = domain_auc(reference, observed)
     return [Check(f"{VECTORS}.domain_auc", "domain_auc", auc, auc_threshold(len(reference), len(observed)),
                   ("chance", "AUC"), (0.5, 0.5), (0.5, auc))]  # fmt: skip
-
-
-def drifted_checks(result: MonitorResult) -> Sequence[Check]:
-    """The checks that drifted."""
-    return [check for check in result.checks if check.drifted]
 
 
 def monitor_command(bundle_dir: Path, *, products: str | None, images: str | None, image_dir: Path | None,

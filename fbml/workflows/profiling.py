@@ -170,9 +170,7 @@ def _channel_means(photos: ImageCache, rows: np.ndarray) -> np.ndarray:
     """Each photo's mean red, green and blue (0 to 1), float64 (n, 3), read a chunk at a time."""
     means = np.zeros((rows.size, 3))
     for start in range(0, rows.size, _CHUNK):
-        chunk = np.asarray(photos.pixels[np.sort(rows[start:start + _CHUNK])], np.float64)
-        order = np.argsort(np.argsort(rows[start:start + _CHUNK]))
-        means[start:start + _CHUNK] = chunk.mean(axis=(2, 3))[order] / 255
+        means[start:start + _CHUNK] = np.asarray(photos.pixels[rows[start:start + _CHUNK]], np.float64).mean(axis=(2, 3)) / 255
     return means
 
 
@@ -182,11 +180,10 @@ def model_observations(bundle: Bundle, tables: CleanTables, photos: ImageCache |
     rates = {} if bundle.text is None else {"text.words": _unknown_words(bundle, listing_texts(products))}
     numeric: dict[str, np.ndarray] = {}
     categorical: dict[str, list[str]] = {}
-    by_products = [role for role in bundle.predictors if not role.reads_photos]
-    by_photos = [role for role in bundle.predictors if role.reads_photos] if photos is not None and tables.manifest else []
-    frames: list[tuple[list[Role], pl.DataFrame, ImageCache | None]] = [(by_products, products, None)]
-    if by_photos and tables.manifest is not None and photos is not None:
-        frames.append((by_photos, with_decoded_photos(tables.manifest.images, photos), photos))
+    frames: list[tuple[list[Role], pl.DataFrame, ImageCache | None]] = [
+        ([role for role in bundle.predictors if not role.reads_photos], products, None)]
+    if tables.manifest is not None and photos is not None:
+        frames.append(([role for role in bundle.predictors if role.reads_photos], with_decoded_photos(tables.manifest.images, photos), photos))
     for roles, frame, frame_photos in frames:
         if not roles or not frame.height:
             continue
