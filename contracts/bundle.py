@@ -233,3 +233,5 @@ class Manifest(Struct, frozen=True):
     predictors: dict[Role, PredictorEntry] = {}
     index: IndexEntry | None = None
     subcategories: SubcategoryEntry | None = None
+    profile: FileRef | None = None
+    """The training profile (``fbml.bundle.profile``); absent in bundles trained before it existed."""

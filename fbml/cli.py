@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from fbml.tables.clean import CleanTables
     from fbml.workflows.train import TrainRequest
 
-Command = Callable[[argparse.Namespace], None]
+Command = Callable[[argparse.Namespace], int | None]
+"""A command: its exit status (None: 0)."""
 Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
 POLARS_ALLOCATOR = ("_RJEM_MALLOC_CONF", "dirty_decay_ms:2000,muzzy_decay_ms:2000")
 """How long polars' allocator (jemalloc) keeps freed memory before giving it back to the system. polars'
@@ -38,14 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except FbmlError as error:
         print(f"fbml: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fbml: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_onnx(commands)
     _add_serve(commands)
     _add_quickstart(commands)
+    _add_monitor(commands)
     return parser
 
 
@@ -196,6 +198,9 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="run the networks with torch, or with ONNX Runtime without torch (after `fbml export-onnx`)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON (default text)")
+    parser.add_argument("--log-predictions", type=Path, default=None, metavar="DIR",
+                        help="append a row per prediction (no text or photo) to size-bounded Parquet parts here, "
+                             "for `fbml monitor --predictions DIR` (default: off)")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -203,6 +208,42 @@ def _add_quickstart(commands: Commands) -> None:
     parser.add_argument("--out", type=Path, default=Path("fbml-quickstart"), help="working folder")
     parser.add_argument("--products", type=_positive_int, default=650, help="sample size (default 650)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_monitor(commands: Commands) -> None:
+    parser = _command(commands, "monitor", _run_monitor,
+                      "Compare new listings (or served predictions) with what a bundle was trained on; exit 1 on drift.")
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE")
+    parser.add_argument("--products", default=None, metavar="PRODUCTS_CSV", help="raw products table of new listings")
+    parser.add_argument("--images", default=None, metavar="IMAGES_CSV", help="raw images table of new listings")
+    parser.add_argument("--image-dir", type=Path, default=None, metavar="DIR", help="their photos named <image id>.<ext>")
+    parser.add_argument("--predictions", type=Path, default=None, metavar="DIR",
+                        help="a prediction log folder (`fbml serve --log-predictions DIR`) to check instead of or as well as listings")
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR", help="write an HTML page with a picture per drifted check")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    parser.add_argument("--json", action="store_true", help='print {"drift": ..., "checks": [...]} instead of a table')
+
+
+def _run_monitor(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing drifted, 1 when something did (2, by ``main``, on bad input)."""
+    import json
+
+    from fbml.workflows.monitor import monitor_command
+
+    if args.products is None and (args.images is not None or args.image_dir is not None):
+        raise FbmlError("monitor: --images and --image-dir come with --products")
+    if args.products is None and args.predictions is None:
+        raise FbmlError("monitor: give --products (with --images and --image-dir) and/or --predictions DIR")
+    _check_folders(args, report=args.report)
+    result = monitor_command(args.bundle, products=args.products, images=args.images, image_dir=args.image_dir,
+                             predictions=args.predictions, report=args.report, device=args.device, progress=not args.json)  # fmt: skip
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    if args.json:
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+    if args.report is not None:
+        print(f"report: {args.report / 'index.html'}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if result.drift else 0
 
 
 def _run_sample(args: argparse.Namespace) -> None:
@@ -400,7 +441,12 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
-    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format)
+    if args.log_predictions is not None:
+        from fbml.serving.prediction_log import check_log_folder
+
+        check_log_folder(args.log_predictions)
+    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
+                         log_predictions=None if args.log_predictions is None else str(args.log_predictions.resolve()))
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 

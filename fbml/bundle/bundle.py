@@ -34,6 +34,7 @@ from fbml.bundle.predictions import (
     readable,
     resolved_role,
 )
+from fbml.bundle.profile import Profile
 from fbml.bundle.search import Neighbour, SearchIndex
 from fbml.errors import FbmlError, InputError
 from fbml.modeling.ensembles import Ensemble
@@ -99,7 +100,8 @@ def _roles(predictors: Mapping[Role, Predictor] | Mapping[str, Predictor]) -> di
 @attrs.frozen
 class Bundle:
     """Models over one codec; ``image``/``text`` settings present when a model needs them; the
-    predictor of each role; the similar-listings index when one was built; the model version."""
+    predictor of each role; the similar-listings index when one was built; the model version; the
+    training profile."""
 
     codec: LabelCodec
     image: ImageSettings | None = None
@@ -109,6 +111,8 @@ class Bundle:
     index: SearchIndex | None = None
     model_version: str = UNVERSIONED
     subcategories: SubcategoryModel | None = None
+    profile: Profile | None = None
+    """What the training listings looked like (``fbml monitor`` compares new ones with it); None in older bundles."""
 
     # --- the prediction path ------------------------------------------------------------------------------
 

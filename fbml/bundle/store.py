@@ -49,6 +49,7 @@ from fbml.bundle.arrays import finite, plain_array
 from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
+from fbml.bundle.profile import profile_from_json, profile_to_json
 from fbml.bundle.search import SearchIndex
 from fbml.bundle.vector_index import load_vector_index
 from fbml.errors import FbmlError
@@ -93,6 +94,7 @@ def _save(bundle: Bundle, path: Path) -> None:
         predictors={role: _predictor_entry(predictor) for role, predictor in bundle.predictors.items()},
         index=None if bundle.index is None else _write_index(path, bundle.index),
         subcategories=None if bundle.subcategories is None else _write_subcategories(path, bundle.subcategories),
+        profile=None if bundle.profile is None else _write_json(path, "profile", profile_to_json(bundle.profile)),
     )
     write_atomically(path / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n")
     _remove_unreferenced(path, manifest)
@@ -140,9 +142,10 @@ def _load(path: Path, runtime: str) -> Bundle:
     models = {kind: _read_model(path, kind, entry, codec, text, runtime) for kind, entry in manifest.models.items()}
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
+    profile = None if manifest.profile is None else _read(path, manifest.profile, "training profile", profile_from_json)
     shared = _sharing_backbones(models) if runtime == "torch" else models
     subcategories = None if manifest.subcategories is None else _read_subcategories(path, manifest.subcategories, codec)
-    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories)
+    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories, profile)
     _check_settings(path, bundle)
     return bundle
 

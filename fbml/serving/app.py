@@ -21,6 +21,7 @@ import contextvars
 import functools
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -44,6 +45,7 @@ from fbml.serving.errors import ApiError, api_error_response, http_error_respons
 from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
 from fbml.serving.metrics import Metrics, app_metrics
 from fbml.serving.page import page_handlers
+from fbml.serving.prediction_log import PredictionLog
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
 from fbml.serving.telemetry import Observed, app_logger
@@ -72,9 +74,11 @@ def create_app(
     decode_workers: int = 1,
     max_batch: int = MAX_BATCH,
     log_format: str = "text",
+    log_predictions: Path | None = None,
 ) -> Litestar:
     """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
-    ``log_format`` (text or json) on stderr."""
+    ``log_format`` (text or json) on stderr; each prediction's row in Parquet parts in ``log_predictions``
+    (``fbml.serving.prediction_log``) when given."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
@@ -106,7 +110,8 @@ def create_app(
         get("/metrics", sync_to_thread=False, media_type=CONTENT_TYPE_PLAIN_0_0_4)(metrics),
     ]
     lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
-                                 metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers)  # fmt: skip
+                                 metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers,
+                                 log=None if log_predictions is None else PredictionLog(log_predictions, request_ids=current))  # fmt: skip
     app = Litestar(
         route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers()],
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
@@ -131,10 +136,14 @@ def runtime_of(bundle: Bundle) -> str:
 @contextlib.asynccontextmanager
 async def _lifespan(
     app: Litestar, *, bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics,
-    logger: logging.Logger, max_batch: int, decode_workers: int,
+    logger: logging.Logger, max_batch: int, decode_workers: int, log: PredictionLog | None,
 ) -> AsyncIterator[None]:  # fmt: skip
-    """The service's threads, open while the app runs (in the app's state for the handlers), and its warm-up."""
-    with running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers) as service:
+    """The service's threads (and the prediction log's), open while the app runs (in the app's state for the
+    handlers), and its warm-up."""
+    with (
+        log if log is not None else contextlib.nullcontext(),
+        running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers, log=log) as service,
+    ):
         app.state[STATE_KEY] = service
         warming = asyncio.create_task(service.warm_up())
         warming.add_done_callback(functools.partial(_warmed, logger))

@@ -79,18 +79,19 @@ def metrics(service: Served) -> bytes:
 async def predict_image(given: SkipValidation[PhotoInput], service: Served) -> Prediction:
     """The category of a photo (multipart field ``image``)."""
     image = await service.prepared_photo(given.image, "image")
-    return answer(await service.predictors[Role.IMAGE](Example(image=image)))
+    return answer(service.logged(await service.predictors[Role.IMAGE](Example(image=image)), photo=given.image))
 
 
 async def predict_text(given: SkipValidation[TextInput], service: Served) -> Prediction:
     """The category of a listing's text (JSON ``{"text": ...}``, or form or multipart field ``text``)."""
-    return answer(await service.predictors[Role.TEXT](Example(text=given.text)))
+    return answer(service.logged(await service.predictors[Role.TEXT](Example(text=given.text)), text=given.text))
 
 
 async def predict_combined(given: SkipValidation[ListingInput], service: Served) -> Prediction:
     """The category of a photo and its text (multipart fields ``image`` and ``text``)."""
     image = await service.prepared_photo(given.image, "image")
-    return answer(await service.predictors[Role.COMBINED](Example(image, given.text)))
+    found = await service.predictors[Role.COMBINED](Example(image, given.text))
+    return answer(service.logged(found, text=given.text, photo=given.image))
 
 
 async def recommend(given: SkipValidation[RecommendInput], service: Served) -> Recommendations:

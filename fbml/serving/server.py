@@ -64,6 +64,8 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decode_workers: int = 1
     runtime: str = "torch"
     log_format: str = "text"
+    log_predictions: str | None = None
+    """A folder for the prediction log (``fbml.serving.prediction_log``); None: no log."""
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
@@ -121,8 +123,9 @@ def app_from_env() -> Litestar:
 
 def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
     """``create_app`` over ``bundle`` with ``options``."""
+    log_predictions = None if options.log_predictions is None else Path(options.log_predictions)
     return create_app(bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
-                      log_format=options.log_format)  # fmt: skip
+                      log_format=options.log_format, log_predictions=log_predictions)  # fmt: skip
 
 
 def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:

@@ -31,6 +31,7 @@ from fbml.errors import InputError
 from fbml.serving.batching import MicroBatcher
 from fbml.serving.errors import ApiError
 from fbml.serving.metrics import Metrics
+from fbml.serving.prediction_log import PredictionLog
 from fbml.serving.requests import TextRules
 from fbml.vision.photos import PhotoLimits, PreparedPhoto
 
@@ -64,6 +65,14 @@ class Service:
     predictors: Mapping[Role, MicroBatcher[Example, Prediction]]
     embedder: MicroBatcher[Example, np.ndarray] | None
     warm: asyncio.Event = attrs.field(factory=asyncio.Event)
+    log: PredictionLog | None = None
+    """Where each prediction's row goes (``fbml serve --log-predictions``); None: nowhere."""
+
+    def logged(self, found: Prediction, *, text: str | None = None, photo: bytes | None = None) -> Prediction:
+        """``found``, its row (the text's length, the photo's size) buffered in the prediction log when there is one."""
+        if self.log is not None:
+            self.log.record(found, text=text, photo=photo)
+        return found
 
     def require(self, role: str) -> None:
         """404 unless the bundle has the predictor of ``role``."""
@@ -98,7 +107,8 @@ class Service:
 
 @contextlib.contextmanager
 def running_service(
-    bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics, *, max_batch: int, decode_workers: int
+    bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics, *, max_batch: int, decode_workers: int,
+    log: PredictionLog | None = None,
 ) -> Iterator[Service]:
     """A ``Service`` whose threads run for the block and are shut down after it."""
     with (
@@ -110,7 +120,7 @@ def running_service(
 
         predictors = {role: batcher(role, functools.partial(predictions, bundle, role)) for role in bundle.predictors}
         embedder = None if bundle.index is None else batcher(EMBED, functools.partial(listing_vectors, bundle))
-        yield Service(bundle, model_version, text, photos, metrics, decoder, predictors, embedder)
+        yield Service(bundle, model_version, text, photos, metrics, decoder, predictors, embedder, log=log)
 
 
 def predictions(bundle: Bundle, role: Role, examples: list[Example]) -> list[Prediction]:

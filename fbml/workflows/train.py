@@ -77,6 +77,7 @@ from fbml.workflows.inputs import (
     training_data,
     training_photos,
 )
+from fbml.workflows.profiling import profiled_bundle
 from fbml.workflows.scores import Scores, scored
 from fbml.workflows.validation_store import ValidationStore
 
@@ -242,6 +243,7 @@ def train_into_bundle(
         if request.kind is Role.COMBINED:
             bundle = _with_branches(bundle, bundle_dir, data, settings, request)
         bundle, outcome = TRAINERS[request.kind](bundle, data, settings, request)
+        bundle = profiled_bundle(bundle, data, scored_by=tested_models(bundle, data))
         on_main(world, lambda: save_bundle(bundle, bundle_dir))
     return attrs.evolve(outcome, seconds=time.perf_counter() - started)
 
@@ -371,7 +373,7 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     store.save(kind, keys_of(kind, frames.validation), network_probabilities(bundle, kind, network, frames.validation, data, settings))
     histories = {Phase.SPLIT.run_name(kind): history}
     tested_phase = Phase.REFIT if request.refit else Phase.SPLIT
-    tested = _tested_branches(bundle, data)
+    tested = tested_models(bundle, data)
     if request.refit:
         network, options = _combined_network(tested)
         histories |= _refit_history(kind, refitted(tested, kind, network, data, settings, history.best_epoch), Phase.REFIT)
@@ -381,6 +383,7 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     tested, result = _with_chosen(tested, Role.COMBINED, candidates, frames, histories, data, request)
     bundle = bundle.with_predictor(Role.COMBINED, tested.predictor(Role.COMBINED)).with_model(tested.models[kind])
     if request.shipped is Phase.ALL:
+        tested_store(data).save_model(kind, network)
         network, options = _combined_network(bundle)
         shipped = _refit_history(kind, refitted(bundle, kind, network, data, settings, history.best_epoch, Phase.ALL), Phase.ALL)
         bundle = bundle.with_model(BundleModel(kind, network, options, _report(history, request, Phase.ALL)))
@@ -391,12 +394,12 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     return bundle, attrs.evolve(result, index=dict(bundle.search_index().report))
 
 
-def _tested_branches(bundle: Bundle, data: TrainingData) -> Bundle:
-    """``bundle`` with the text and image models (and subcategory model) the test split was scored with: those
-    the text and image trainings kept when they shipped models trained on every product, else the bundle's."""
+def tested_models(bundle: Bundle, data: TrainingData) -> Bundle:
+    """``bundle`` with the models (and subcategory model) the test split was scored with: those the trainings
+    kept when they shipped models trained on every product, else the bundle's."""
     kept = tested_store(data)
     models = dict(bundle.models)
-    for kind in (ModelKind.TEXT_CNN, ModelKind.IMAGE_CNN, ModelKind.TEXT_LINEAR):
+    for kind in (ModelKind.TEXT_CNN, ModelKind.IMAGE_CNN, ModelKind.TEXT_LINEAR, ModelKind.COMBINED_NN):
         entry = bundle.models.get(kind)
         if entry is None or entry.report.get("trained_on") != Phase.ALL.trained_on:
             continue
