@@ -199,6 +199,8 @@ def _add_predict(commands: Commands) -> None:
     parser.add_argument("--part-size", type=_positive_int, default=512,
                         help="products per part written (default 512): what a kill can lose")
     parser.add_argument("--embeddings", action="store_true", help="add each listing's vector (the bundle needs an index)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="inference threads (default: the cores less one, which decodes photos; as fbml serve)")
     parser.add_argument("--resume", action="store_true", help="continue the run whose parts are in DIR")
 
 
@@ -219,8 +221,14 @@ def _run_predict(args: argparse.Namespace) -> None:
     if args.engine == "ray":
         # Workers run this interpreter, not a fresh `uv run` environment each (set it to 1 to have them).
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or max(1, cores - 1)  # on a busy 2-core machine two inference threads ran several times slower
+    if args.runtime == "torch" and args.engine == "polars":
+        from fbml.modeling.torch_runtime import set_threads
+
+        set_threads(threads)
     options = PredictOptions(runtime=args.runtime, device=device, batch_size=args.batch_size, part_size=args.part_size,
-                             embeddings=args.embeddings)
+                             embeddings=args.embeddings, threads=threads)
     summary = predict_catalogue(args.bundle, args.products, args.images, args.image_dir, args.out, options=options,
                                 resume=args.resume, engine=args.engine, address=args.address)
     print(summary.summary())

@@ -35,6 +35,7 @@ from fbml.bundle.predictions import DEFAULT_BATCH
 from fbml.bundle.store import load_bundle
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
+from fbml.modeling.onnx_runtime import onnx_model
 from fbml.tables.clean import CleanTables, clean_tables
 from fbml.tables.validation import validated
 from fbml.vision.cache import PhotoFolder
@@ -60,7 +61,8 @@ PREDICTIONS, REJECTED = "predictions.parquet", "rejected.parquet"
 @attrs.frozen
 class PredictOptions:
     """How a catalogue is scored: the bundle's runtime and device, listings per model run, products per part,
-    whether to add each listing's vector, and the photo-decoding threads (default: one per core)."""
+    whether to add each listing's vector, the photo-decoding threads (default: one per core) and the ONNX
+    sessions' threads (default: ONNX Runtime's; torch's are the process's, set by the caller)."""
 
     runtime: str = "torch"
     device: str = "cpu"
@@ -68,6 +70,7 @@ class PredictOptions:
     part_size: int = PART_SIZE
     embeddings: bool = False
     decode_workers: int | None = None
+    threads: int | None = None
 
 
 @attrs.frozen
@@ -245,7 +248,7 @@ def predict_catalogue(
     """Score every clean product of the tables with the bundle at ``bundle_dir`` into ``out`` (see the module)."""
     if engine not in ("polars", "ray"):
         raise FbmlError(f"unknown engine {engine!r} (polars or ray)")
-    bundle = load_bundle(bundle_dir, runtime=options.runtime, device=options.device)
+    bundle = batch_bundle(bundle_dir, options)
     if options.embeddings:
         bundle.listing_weights()  # no index, no vectors: stop before the work
     scored_catalogue = catalogue(products, images, image_dir, part_size=options.part_size)
@@ -265,6 +268,17 @@ def predict_catalogue(
         for part in scored:
             write_part(out, part)
     return assembled(out, scored_catalogue, resumed=len(done))
+
+
+def batch_bundle(bundle_dir: Path, options: PredictOptions) -> Bundle:
+    """The bundle loaded for ``options``' runtime and device, its ONNX sessions (if any) on ``options.threads``."""
+    bundle = load_bundle(bundle_dir, runtime=options.runtime, device=options.device)
+    if options.runtime != "onnx" or options.threads is None:
+        return bundle
+    for kind, model in bundle.models.items():
+        if model.onnx is not None:
+            bundle = bundle.with_model(attrs.evolve(model, module=onnx_model(kind, model.onnx, threads=options.threads)))
+    return bundle
 
 
 def assembled(out: Path, catalogue: Catalogue, *, resumed: int = 0) -> PredictSummary:

@@ -22,10 +22,9 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from fbml.bundle.store import load_bundle
 from fbml.tables.ray_engine import ray_cluster
 from fbml.vision.cache import PhotoFolder
-from fbml.workflows.predict import Catalogue, PredictOptions
+from fbml.workflows.predict import Catalogue, PredictOptions, batch_bundle
 from fbml.workflows.predict_parts import PART, Part, ScoredPart, Sources, decoded_part, ipc_bytes, scored_part
 
 
@@ -34,7 +33,7 @@ class PartScorer:
 
     def __init__(self, bundle_dir: str, image_dir: str | None, options: dict[str, Any], sources: tuple[str, str]) -> None:
         self.options = PredictOptions(**options)
-        self.bundle = load_bundle(bundle_dir, runtime=self.options.runtime, device=self.options.device)
+        self.bundle = batch_bundle(Path(bundle_dir), self.options)
         reads_photos = image_dir is not None and self.bundle.image is not None
         self.folder = PhotoFolder.listed(Path(image_dir)) if reads_photos and image_dir is not None else None
         self.sources = Sources(*sources)
@@ -65,7 +64,7 @@ def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, op
         actors = max(1, min(len(parts), int(ray.cluster_resources().get("CPU", 1))))
         dataset = ray.data.from_items([part.to_ipc() for part in parts], override_num_blocks=len(parts))
         options_json = {name: getattr(options, name) for name in ("runtime", "device", "batch_size", "part_size", "embeddings",
-                                                                  "decode_workers")}  # fmt: skip
+                                                                  "decode_workers")} | {"threads": 1}  # fmt: skip
         image_dir = None if catalogue.image_dir is None else str(catalogue.image_dir.resolve())
         scored = dataset.map_batches(
             PartScorer, batch_size=1, batch_format="numpy", concurrency=actors, num_cpus=1,
