@@ -156,10 +156,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(predicted: Path, marke
     assert process.returncode == -signal.SIGKILL and not (out / "predictions.parquet").exists()
     assert 2 <= len(written) < json.loads((out / PARTS / STATE).read_text())["parts"]
     before = {path: path.stat().st_mtime_ns for path in written}
+    stale = out / PARTS / f".{written[-1].name}.0123abcd.tmp"  # as a kill in the middle of a write leaves
+    stale.write_bytes(b"half a part")
     completed = subprocess.run([*command, "--resume"], env=environment, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
     assert f"resumed: {len(written)} part(s) were written already" in completed.stdout
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in before.items())  # not scored again
+    assert not stale.exists()
     for name in ("predictions.parquet", "rejected.parquet"):
         resumed, uninterrupted = pl.read_parquet(out / name), pl.read_parquet(predicted / name)
         if name == "predictions.parquet":

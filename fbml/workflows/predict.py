@@ -34,7 +34,7 @@ from fbml.bundle.bundle import Bundle
 from fbml.bundle.predictions import DEFAULT_BATCH
 from fbml.bundle.store import load_bundle
 from fbml.errors import FbmlError
-from fbml.files import write_atomically
+from fbml.files import temporary_target, write_atomically
 from fbml.modeling.onnx_runtime import onnx_model
 from fbml.tables.clean import CleanTables, clean_tables
 from fbml.tables.validation import validated
@@ -186,6 +186,9 @@ def done_parts(out: Path, state: dict[str, Any], *, resume: bool) -> set[int]:
         folder.mkdir(parents=True)
         write_atomically(folder / STATE, json.dumps(state, indent=2).encode())
         return set()
+    for path in folder.iterdir():
+        if temporary_target(path.name) is not None:  # a file a killed run was writing
+            path.unlink()
     return {number for number in range(state["parts"]) if _part_path(out, number).is_file()}
 
 
