@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_index(commands)
+    _add_predict(commands)
     _add_export_onnx(commands)
     _add_serve(commands)
     _add_quickstart(commands)
@@ -179,6 +180,63 @@ def _add_index(commands: Commands) -> None:
     parser.add_argument("--method", choices=("auto", "exact", "hnsw"), default="auto",
                         help="similar-listings search: exact, HNSW (approximate) or auto (exact while small; default)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
+
+
+def _add_predict(commands: Commands) -> None:
+    parser = _command(commands, "predict", _run_predict,
+                      "Score every clean product of a catalogue with a bundle, in parts a killed run resumes from.")
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE")
+    parser.add_argument("--products", required=True, metavar="PRODUCTS_CSV", help="raw products table (path or s3://)")
+    parser.add_argument("--images", default=None, metavar="IMAGES_CSV", help="raw images table (path or s3://); none: text alone")
+    parser.add_argument("--image-dir", type=Path, metavar="DIR", help="photos named <image id>.<ext>, raw or cleaned")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for predictions.parquet, rejected.parquet and the parts of the run")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="run the networks with torch, or with ONNX Runtime (after `fbml export-onnx`)")
+    parser.add_argument("--device", default="auto", help="torch runtime: auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--engine", choices=("polars", "ray"), default="polars",
+                        help="polars: score here, decoding photos while the model runs (default); ray: Ray Data "
+                             "map_batches over an actor pool, each loading the bundle once (install fbml[ray])")
+    parser.add_argument("--address", metavar="ADDR", default=None,
+                        help="with --engine ray: the cluster (ray://HOST:10001, or auto); default: a local cluster "
+                             "started for the run")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="listings per model run (default 32)")
+    parser.add_argument("--part-size", type=_positive_int, default=512,
+                        help="products per part written (default 512): what a kill can lose")
+    parser.add_argument("--embeddings", action="store_true", help="add each listing's vector (the bundle needs an index)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="inference threads (default: the cores less one, which decodes photos; as fbml serve)")
+    parser.add_argument("--resume", action="store_true", help="continue the run whose parts are in DIR")
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from fbml.bundle.store import read_manifest
+    from fbml.files import check_destination, check_output_folder
+    from fbml.modeling.devices import resolve_device
+    from fbml.vision.cache import check_photo_folder
+    from fbml.workflows.predict import PredictOptions, predict_catalogue
+
+    if args.address is not None and args.engine != "ray":
+        raise FbmlError("--address is for --engine ray")
+    read_manifest(args.bundle)  # not a bundle: stop before cleaning the tables
+    check_photo_folder(args.image_dir)
+    check_destination(args.out, "output folder", photo_folder=args.image_dir, bundle=args.bundle)
+    check_output_folder(args.out)
+    device = "cpu" if args.runtime == "onnx" and args.device == "auto" else str(resolve_device(args.device))
+    if args.engine == "ray":
+        # Workers run this interpreter, not a fresh `uv run` environment each (set it to 1 to have them).
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or max(1, cores - 1)  # on a busy 2-core machine two inference threads ran several times slower
+    if args.runtime == "torch" and args.engine == "polars":
+        from fbml.modeling.torch_runtime import set_threads
+
+        set_threads(threads)
+    options = PredictOptions(runtime=args.runtime, device=device, batch_size=args.batch_size, part_size=args.part_size,
+                             embeddings=args.embeddings, threads=threads)
+    summary = predict_catalogue(args.bundle, args.products, args.images, args.image_dir, args.out, options=options,
+                                resume=args.resume, engine=args.engine, address=args.address)
+    print(summary.summary())
 
 
 def _add_export_onnx(commands: Commands) -> None:

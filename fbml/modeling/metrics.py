@@ -197,7 +197,15 @@ def worst_mistakes(labels: ArrayLike, probabilities: ArrayLike, count: int) -> N
 
 def per_product(product_ids: Sequence[str], labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One row per product: its label and the mean of its examples' probabilities (in first-seen order)."""
-    frame = pl.DataFrame({"product": list(product_ids), "label": labels, "row": np.arange(len(labels))})
-    groups = frame.group_by("product", maintain_order=True).agg(pl.col("label").first(), pl.col("row"))
+    frame = pl.DataFrame({"product": list(product_ids), "label": labels})
+    firsts = frame.unique("product", keep="first", maintain_order=True)["label"].to_numpy()
+    return firsts, product_means(product_ids, probabilities)[1]
+
+
+def product_means(product_ids: Sequence[str], probabilities: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Each product (in first-seen order) and the mean of its examples' probabilities: a product's prediction
+    from its photos' (``fbml evaluate``'s per-product scores, ``fbml predict``'s combined rows)."""
+    frame = pl.DataFrame({"product": list(product_ids), "row": np.arange(len(product_ids))}, schema={"product": pl.String, "row": pl.Int64})
+    groups = frame.group_by("product", maintain_order=True).agg(pl.col("row"))
     means = np.stack([probabilities[rows].mean(axis=0) for rows in groups["row"].to_list()])
-    return groups["label"].to_numpy(), means
+    return groups["product"].to_list(), means

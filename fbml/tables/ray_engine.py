@@ -11,6 +11,7 @@ Ray is imported only here, only when this engine runs: it is the optional extra 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -29,12 +30,20 @@ if TYPE_CHECKING:
 def ray_clean_tables(raw: RawTables, out: Path, *, address: str | None = None) -> CleanCounts:
     """Clean the raw tables into ``out`` on Ray: the cluster at ``address`` (``ray://host:10001``, ``auto``),
     the one already connected, or else a local one started (and stopped) for the run."""
+    with ray_cluster(address):
+        return write_cleaned(raw, ray_cleaned_batches(raw), out)
+
+
+@contextlib.contextmanager
+def ray_cluster(address: str | None, *, num_cpus: int | None = None) -> Iterator[Any]:
+    """The ``ray`` module, connected: to the cluster at ``address`` (``ray://host:10001``, ``auto``), the one
+    already connected, or else a local one of ``num_cpus`` CPUs (default: all) started, and stopped after."""
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        _connect(ray, address)
+        _connect(ray, address, None if address else num_cpus)
     try:
-        return write_cleaned(raw, ray_cleaned_batches(raw), out)
+        yield ray
     finally:
         if started:
             ray.shutdown()
@@ -58,9 +67,9 @@ def clean_arrow_batch(batch: pa.Table) -> pa.Table:
     return cleaned_batch(cast(pl.DataFrame, pl.from_arrow(batch))).to_arrow()
 
 
-def _connect(ray: Any, address: str | None) -> None:
+def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as error:
         where = f"connect to the Ray cluster at {address}" if address else "start a local Ray cluster"
         raise FbmlError(f"cannot {where}: {one_line(str(error))}") from None

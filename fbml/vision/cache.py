@@ -115,6 +115,32 @@ class _Loaded:
     rejected: DataFrame[Rejected]
 
 
+@attrs.frozen
+class PhotoFolder:
+    """A photo folder listed once: the file of each stem (the first name in sorted order wins; a symbolic
+    link out of the folder or to nothing is passed over, and is the reason when its stem has no other file)."""
+
+    path: Path
+    files: Mapping[str, Path]
+    links: Mapping[str, str]
+
+    @classmethod
+    def listed(cls, image_dir: Path) -> PhotoFolder:
+        """``image_dir``'s photo files by stem; ``InputError`` when it is not a folder."""
+        if not image_dir.is_dir():
+            raise InputError(image_dir, "no such directory")
+        root = image_dir.resolve()
+        files: dict[str, Path] = {}
+        links: dict[str, str] = {}
+        for path in sorted(image_dir.iterdir()):
+            problem = link_problem(path, root)
+            if problem is not None:
+                links.setdefault(path.stem, problem)
+            elif path.is_file():
+                files.setdefault(path.stem, path)
+        return cls(image_dir, files, links)
+
+
 def check_photo_folder(folder: Path | None) -> None:
     """Refuse, before any work, a photo folder that is missing, not a folder or empty."""
     if folder is None:
@@ -129,7 +155,7 @@ def check_photo_folder(folder: Path | None) -> None:
 
 def load_photos(
     manifest: DataFrame[ImageManifest],
-    image_dir: Path,
+    image_dir: Path | PhotoFolder,
     *,
     size: int,
     workers: int | None = None,
@@ -139,11 +165,13 @@ def load_photos(
     """Decode each manifest row's photo ``image_dir/<image_id>.*`` to a ``size`` px letterboxed RGB square.
 
     A symbolic link is followed only to a file inside ``image_dir``; a row whose photo is a link out
-    of it, or to nothing, is rejected with that reason."""
+    of it, or to nothing, is rejected with that reason. ``image_dir`` may be a ``PhotoFolder`` listed
+    already (for a caller that loads the photos of one folder manifest by manifest)."""
     manifest = validated(manifest, ImageManifest)
-    plan = _plan(manifest, image_dir)
+    folder = image_dir if isinstance(image_dir, PhotoFolder) else PhotoFolder.listed(image_dir)
+    plan = _plan(manifest, folder)
     pixels = np.empty((len(plan.paths), 3, size, size), dtype=np.uint8)
-    loaded = _load_into(pixels, manifest, image_dir, plan, size=size, workers=workers, progress=progress, max_pixels=max_pixels)
+    loaded = _load_into(pixels, manifest, folder.path, plan, size=size, workers=workers, progress=progress, max_pixels=max_pixels)
     kept = pixels if loaded.rows.size == len(pixels) else pixels[: loaded.rows.size].copy()
     return Photos(_image_ids(manifest, loaded.rows), loaded.rows, kept, loaded.rejected)
 
@@ -216,25 +244,13 @@ def rejected_rows(manifest: pl.DataFrame, reasons: Mapping[int, str], *, source:
     return validated(frame, Rejected)
 
 
-def _plan(manifest: DataFrame[ImageManifest], image_dir: Path) -> _Plan:
-    """Match each row's ``image_id`` to a file stem, listing ``image_dir`` once (first name in sorted
-    order wins; a symbolic link out of the folder or to nothing is passed over, and is the reason
-    when its stem has no other file)."""
-    if not image_dir.is_dir():
-        raise InputError(image_dir, "no such directory")
-    root = image_dir.resolve()
-    files: dict[str, Path] = {}
-    links: dict[str, str] = {}
-    for path in sorted(image_dir.iterdir()):
-        problem = link_problem(path, root)
-        if problem is not None:
-            links.setdefault(path.stem, problem)
-        elif path.is_file():
-            files.setdefault(path.stem, path)
-    found = [files.get(image_id) for image_id in manifest["image_id"]]
+def _plan(manifest: DataFrame[ImageManifest], folder: PhotoFolder) -> _Plan:
+    """Match each row's ``image_id`` to a file of ``folder``; a row without one is refused with why (a link's
+    problem, or a missing file)."""
+    found = [folder.files.get(image_id) for image_id in manifest["image_id"]]
     rows = np.array([row for row, path in enumerate(found) if path is not None], dtype=np.int64)
     refused = {
-        row: links.get(image_id, MISSING)
+        row: folder.links.get(image_id, MISSING)
         for row, (image_id, path) in enumerate(zip(manifest["image_id"], found, strict=True))
         if path is None
     }
@@ -340,7 +356,7 @@ def _write_cache(
     max_pixels: int,
 ) -> None:
     """Decode the photos straight into ``directory/pixels.npy``, then write ``index.json``."""
-    plan = _plan(manifest, image_dir)
+    plan = _plan(manifest, PhotoFolder.listed(image_dir))
     path = directory / PIXELS_FILE
     pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(plan.paths), 3, size, size), version=_NPY_VERSION)
     loaded = _load_into(pixels, manifest, image_dir, plan, size=size, workers=workers, progress=progress, max_pixels=max_pixels)

@@ -1,0 +1,307 @@
+"""``fbml predict``: a bundle's prediction for every clean product of a catalogue, written in parts that a killed
+run resumes from.
+
+The tables are cleaned as for ``fbml evaluate``; the clean products are cut into parts of ``part_size`` (with
+their photos), and each part is scored through the bundle's prediction path (``fbml.workflows.predict_parts``):
+here, the next part's photos decoding in a thread pool while this one's are scored, or on a Ray cluster
+(``fbml.workflows.predict_ray``). Each part is written as ``DIR/parts/part-NNNNN.parquet`` (its rejected rows
+first, as ``rejected-NNNNN.parquet``), each file through a temporary file and a rename, beside
+``DIR/parts/state.json``, which names the bundle's model version and the inputs' fingerprints: ``--resume``
+scores only the parts not written yet, and refuses parts of another bundle or other inputs. At the end
+``DIR/predictions.parquet`` (the parts in product order) and ``DIR/rejected.parquet`` (cleaning's rejections
+and the parts') are assembled, every input row predicted or rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import polars as pl
+from contracts import Rejected
+from tqdm import tqdm
+
+from fbml.bundle.bundle import Bundle
+from fbml.bundle.predictions import DEFAULT_BATCH
+from fbml.bundle.store import load_bundle
+from fbml.errors import FbmlError
+from fbml.files import temporary_target, write_atomically
+from fbml.modeling.onnx_runtime import onnx_model
+from fbml.tables.clean import CleanTables, clean_tables
+from fbml.tables.validation import validated
+from fbml.vision.cache import PhotoFolder
+from fbml.workflows.predict_parts import (
+    MANIFEST_ROW,
+    PART,
+    PRODUCT_ROW,
+    DecodedPart,
+    Part,
+    ScoredPart,
+    Sources,
+    decoded_part,
+    scored_part,
+)
+
+PART_SIZE = 512
+"""Products per part: what a kill can lose, and (with their photos, decoded, twice over) what a part holds in memory."""
+STATE_FORMAT = "fbml.predict/1"
+PARTS, STATE = "parts", "state.json"
+PREDICTIONS, REJECTED = "predictions.parquet", "rejected.parquet"
+
+
+@attrs.frozen
+class PredictOptions:
+    """How a catalogue is scored: the bundle's runtime and device, listings per model run, products per part,
+    whether to add each listing's vector, the photo-decoding threads (default: one per core) and the ONNX
+    sessions' threads (default: ONNX Runtime's; torch's are the process's, set by the caller)."""
+
+    runtime: str = "torch"
+    device: str = "cpu"
+    batch_size: int = DEFAULT_BATCH
+    part_size: int = PART_SIZE
+    embeddings: bool = False
+    decode_workers: int | None = None
+    threads: int | None = None
+
+
+@attrs.frozen
+class Catalogue:
+    """A catalogue to score: its cleaned tables, where its rows came from, the photo folder, and its parts."""
+
+    tables: CleanTables
+    sources: Sources
+    image_dir: Path | None
+    parts: tuple[Part, ...]
+
+
+@attrs.frozen
+class PredictSummary:
+    """What became of every input row."""
+
+    predicted_by_role: dict[str, int]
+    rejected_by_stage_and_reason: dict[tuple[str, str], int]
+    products_read: int
+    photos_read: int
+    resumed_parts: int
+    paths: tuple[Path, Path]
+
+    def summary(self) -> str:
+        """Counts that account for every input row, and the files written."""
+        predicted = sum(self.predicted_by_role.values())
+        roles = ", ".join(f"{count} {role}" for role, count in sorted(self.predicted_by_role.items()))
+        lines = [f"products: {self.products_read} read, {predicted} predicted ({roles or 'none'})"]
+        if self.photos_read:
+            lines.append(f"photos: {self.photos_read} read")
+        lines += [f"  rejected {count:>6}  {stage}: {reason}" for (stage, reason), count in self.rejected_by_stage_and_reason.items()]
+        if self.resumed_parts:
+            lines.append(f"resumed: {self.resumed_parts} part(s) were written already")
+        lines.append(f"wrote {self.paths[0]}, {self.paths[1]}")
+        return "\n".join(lines)
+
+
+def catalogue(products: str | Path, images: str | Path | None, image_dir: Path | None, *, part_size: int = PART_SIZE) -> Catalogue:
+    """The products and images tables cleaned (as ``fbml evaluate`` cleans them) and cut into parts."""
+    if part_size < 1:
+        raise FbmlError(f"part size must be at least 1, got {part_size}")
+    tables = clean_tables(products, images)
+    sources = Sources(str(products), "" if image_dir is None else str(image_dir))
+    return Catalogue(tables, sources, image_dir, tuple(catalogue_parts(tables, part_size)))
+
+
+def catalogue_parts(tables: CleanTables, part_size: int) -> list[Part]:
+    """The clean products (each with its raw table's record number) in parts of ``part_size``, each with its
+    products' photos (each with its manifest row)."""
+    products = tables.cleaned.products.with_columns(pl.Series(PRODUCT_ROW, _raw_records(tables)))
+    numbered = products.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) // part_size).alias(PART))
+    photos = None
+    if tables.manifest is not None:
+        photos = (tables.manifest.images.with_row_index(MANIFEST_ROW).with_columns(pl.col(MANIFEST_ROW).cast(pl.Int64))
+                  .join(numbered.select("id", PART), on="id", how="left", maintain_order="left"))  # fmt: skip
+        if photos[PART].null_count():
+            raise FbmlError("the photo manifest names products the clean products table lacks")
+    product_parts = numbered.partition_by(PART, maintain_order=True, as_dict=True)
+    photo_parts = {} if photos is None else photos.partition_by(PART, maintain_order=True, as_dict=True)
+    parts = []
+    for (number,), frame in product_parts.items():
+        part_photos = None if photos is None else photo_parts.get((number,), photos.clear()).drop(PART)
+        parts.append(Part(int(number), frame.drop(PART), part_photos))
+    return parts
+
+
+def _raw_records(tables: CleanTables) -> np.ndarray:
+    """The 1-based record of each clean product in the raw products table (cleaning keeps the rows' order)."""
+    rejected = tables.cleaned.rejected["source_row"].to_numpy()
+    records = np.setdiff1d(np.arange(1, tables.products_read + 1, dtype=np.int64), rejected)
+    if records.size != tables.cleaned.products.height:
+        raise FbmlError(f"{records.size} raw records for {tables.cleaned.products.height} clean products")
+    return records
+
+
+def run_state(bundle: Bundle, catalogue: Catalogue, options: PredictOptions) -> dict[str, Any]:
+    """What the parts of a run are of: the bundle, the inputs (the clean tables' contents), the photo folder and
+    the options that change the rows; a resumed run must have the same."""
+    manifest = catalogue.tables.manifest
+    return {
+        "format": STATE_FORMAT,
+        "model_version": bundle.model_version,
+        "runtime": options.runtime,
+        "products": fingerprint(catalogue.tables.cleaned.products),
+        "images": None if manifest is None else fingerprint(manifest.images),
+        "image_dir": None if catalogue.image_dir is None else str(catalogue.image_dir.resolve()),
+        "part_size": options.part_size,
+        "parts": len(catalogue.parts),
+        "embeddings": options.embeddings,
+    }
+
+
+def fingerprint(frame: pl.DataFrame) -> str:
+    """A digest of a frame's columns and rows."""
+    digest = hashlib.sha256(json.dumps(frame.columns).encode())
+    digest.update(frame.hash_rows(seed=0).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def done_parts(out: Path, state: dict[str, Any], *, resume: bool) -> set[int]:
+    """The parts of this run ``out/parts`` holds already (``resume``: else they are deleted, and the state written
+    afresh); ``FbmlError`` when resuming parts of another bundle or other inputs."""
+    folder = out / PARTS
+    found = _read_state(folder)
+    if resume and found is not None and found != state:
+        changed = ", ".join(key for key in state if found.get(key) != state[key])
+        raise FbmlError(f"{folder}: its parts are of another run ({changed} differ); leave out --resume to start afresh")
+    if not resume or found is None:
+        if folder.exists():
+            if found is None and any(folder.iterdir()):
+                raise FbmlError(f"{folder}: exists and is not the parts of an fbml predict run; choose another --out")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        write_atomically(folder / STATE, json.dumps(state, indent=2).encode())
+        return set()
+    for path in folder.iterdir():
+        if temporary_target(path.name) is not None:  # a file a killed run was writing
+            path.unlink()
+    return {number for number in range(state["parts"]) if _part_path(out, number).is_file()}
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    path = folder / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FbmlError(f"{path}: not a run's state ({error})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise FbmlError(f"{path}: not a {STATE_FORMAT} state")
+    return state
+
+
+def _part_path(out: Path, number: int, kind: str = "part") -> Path:
+    return out / PARTS / f"{kind}-{number:05d}.parquet"
+
+
+def write_part(out: Path, scored: ScoredPart) -> None:
+    """A scored part's files: its rejected rows, then its predictions (whose presence marks the part done)."""
+    for kind, frame in (("rejected", scored.rejected), ("part", scored.predictions)):
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        write_atomically(_part_path(out, scored.number, kind), buffer.getvalue())
+
+
+def locally_scored(bundle: Bundle, parts: Sequence[Part], catalogue: Catalogue, options: PredictOptions,
+                   bar: tqdm[Any]) -> Iterator[ScoredPart]:  # fmt: skip
+    """Each part scored here, in order, the next part's photos decoding (in a thread pool) while one is scored."""
+    folder = _photo_folder(bundle, catalogue)
+    size = bundle.image.size if bundle.image is not None else 0
+
+    def decode(part: Part) -> DecodedPart:
+        return decoded_part(part, folder, size, options.decode_workers)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode") as prefetch:
+        pending: Future[DecodedPart] | None = prefetch.submit(decode, parts[0]) if parts else None
+        for position in range(len(parts)):
+            assert pending is not None
+            decoded = pending.result()
+            pending = prefetch.submit(decode, parts[position + 1]) if position + 1 < len(parts) else None
+            yield scored_part(bundle, decoded, catalogue.sources, batch_size=options.batch_size, embeddings=options.embeddings,
+                              progress=bar.update)  # fmt: skip
+
+
+def _photo_folder(bundle: Bundle, catalogue: Catalogue) -> PhotoFolder | None:
+    """The photo folder listed once, when the bundle reads photos and the catalogue has them."""
+    if bundle.image is None or catalogue.image_dir is None or catalogue.tables.manifest is None:
+        return None
+    return PhotoFolder.listed(catalogue.image_dir)
+
+
+def predict_catalogue(
+    bundle_dir: Path, products: str | Path, images: str | Path | None, image_dir: Path | None, out: Path, *,
+    options: PredictOptions = PredictOptions(), resume: bool = False, engine: str = "polars", address: str | None = None,
+    progress: bool = True,
+) -> PredictSummary:
+    """Score every clean product of the tables with the bundle at ``bundle_dir`` into ``out`` (see the module)."""
+    if engine not in ("polars", "ray"):
+        raise FbmlError(f"unknown engine {engine!r} (polars or ray)")
+    bundle = batch_bundle(bundle_dir, options)
+    if options.embeddings:
+        bundle.listing_weights()  # no index, no vectors: stop before the work
+    scored_catalogue = catalogue(products, images, image_dir, part_size=options.part_size)
+    state = run_state(bundle, scored_catalogue, options)
+    done = done_parts(out, state, resume=resume)
+    todo = [part for part in scored_catalogue.parts if part.number not in done]
+    total = scored_catalogue.tables.cleaned.products.height
+    initial = total - sum(part.products.height for part in todo)
+    with tqdm(total=total, initial=initial, desc="predicting", unit="row", file=sys.stderr, disable=not progress,
+              smoothing=0.1) as bar:  # fmt: skip
+        if engine == "ray":
+            from fbml.workflows.predict_ray import ray_scored
+
+            scored: Iterable[ScoredPart] = ray_scored(bundle_dir, todo, scored_catalogue, options, address=address, bar=bar)
+        else:
+            scored = locally_scored(bundle, todo, scored_catalogue, options, bar)
+        for part in scored:
+            write_part(out, part)
+    return assembled(out, scored_catalogue, resumed=len(done))
+
+
+def batch_bundle(bundle_dir: Path, options: PredictOptions) -> Bundle:
+    """The bundle loaded for ``options``' runtime and device, its ONNX sessions (if any) on ``options.threads``."""
+    bundle = load_bundle(bundle_dir, runtime=options.runtime, device=options.device)
+    if options.runtime != "onnx" or options.threads is None:
+        return bundle
+    for kind, model in bundle.models.items():
+        if model.onnx is not None:
+            bundle = bundle.with_model(attrs.evolve(model, module=onnx_model(kind, model.onnx, threads=options.threads)))
+    return bundle
+
+
+def assembled(out: Path, catalogue: Catalogue, *, resumed: int = 0) -> PredictSummary:
+    """``predictions.parquet`` and ``rejected.parquet`` from the parts (all written), and what they hold."""
+    numbers = range(len(catalogue.parts))
+    missing = [number for number in numbers if not _part_path(out, number).is_file()]
+    if missing:
+        raise FbmlError(f"{out / PARTS}: {len(missing)} part(s) not written, e.g. {_part_path(out, missing[0]).name}")
+    predictions = pl.concat([pl.read_parquet(_part_path(out, number)) for number in numbers], how="vertical")
+    rejected = validated(pl.concat([catalogue.tables.rejected, *(pl.read_parquet(_part_path(out, number, "rejected"))
+                                                                  for number in numbers)]), Rejected)  # fmt: skip
+    paths = (out / PREDICTIONS, out / REJECTED)
+    for frame, path in zip((predictions, rejected), paths, strict=True):
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        write_atomically(path, buffer.getvalue())
+    by_role = predictions.group_by("role").len()
+    by_reason = rejected.group_by("stage", "reason", maintain_order=True).len()
+    return PredictSummary(
+        dict(zip(by_role["role"].to_list(), by_role["len"].to_list(), strict=True)),
+        {(stage, reason): count for stage, reason, count in by_reason.iter_rows()},
+        catalogue.tables.products_read, catalogue.tables.images_read, resumed, paths,
+    )

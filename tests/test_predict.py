@@ -1,0 +1,267 @@
+"""``fbml predict`` on a small sample marketplace with the bundle ``test_workflows`` trains: a row per clean product
+(combined for a product with a photo, text for one without), every input row predicted or rejected, the answers
+``fbml evaluate``, ``Bundle.predict`` and the HTTP API give, resume after a SIGKILL equal to an uninterrupted
+run, the ONNX runtime, the Ray engine, listing vectors, and one-line errors before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from contracts.bundle import Role
+from fbml.bundle.store import load_bundle
+from fbml.cli import main
+from fbml.modeling.metrics import per_product, product_means
+from fbml.tables.clean import clean_tables
+from fbml.text.listings import listing_texts
+from fbml.workflows.evaluate import evaluations
+from fbml.workflows.predict import PARTS, STATE
+from hypothesis import given
+from hypothesis import strategies as st
+
+from test_workflows import market, one_torch_thread, tables, trained  # noqa: F401  (fixtures)
+
+PART_SIZE = 40
+
+
+def predict(market, bundle: Path, out: Path, *extra: str) -> int:  # noqa: F811
+    return main(["predict", str(bundle), "--products", str(market["products"]), "--images", str(market["images"]),
+                 "--image-dir", str(market["image_dir"]), "--out", str(out), "--device", "cpu", "--part-size", str(PART_SIZE),
+                 *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def predicted(market, trained, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("predicted")
+    assert predict(market, trained["bundle"], out) == 0
+    return out
+
+
+def probabilities_of(top: list[dict], classes: tuple[str, ...]) -> dict[str, float]:
+    return {entry["category"]: entry["probability"] for entry in top if entry["category"] in classes}
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+
+def test_a_row_per_clean_product_and_every_input_row_accounted_for(predicted: Path, market, tables, trained) -> None:  # noqa: F811
+    rows = pl.read_parquet(predicted / "predictions.parquet")
+    rejected = pl.read_parquet(predicted / "rejected.parquet")
+    products = tables.cleaned.products
+    assert rows["product_id"].to_list() == products["id"].to_list()  # clean products' order, each once
+    assert rows.columns == ["product_id", "role", "category", "probability", "top", "subcategory", "subcategory_probability",
+                            "model_version"]  # fmt: skip
+    assert rows["model_version"].unique().to_list() == [load_bundle(trained["bundle"]).model_version]
+    assert rows["subcategory"].null_count() == rows.height  # the bundle predicts none yet
+    photographed = set(tables.manifest.images["id"]) - set(rejected.filter(pl.col("stage") == "images")["raw"]
+                                                            .str.json_path_match("$.id"))  # fmt: skip
+    by_role = dict(zip(rows["product_id"], rows["role"], strict=True))
+    assert {product for product, role in by_role.items() if role == "combined"} <= set(tables.manifest.images["id"])
+    assert {product for product, role in by_role.items() if role == "text"}.isdisjoint(photographed)
+    assert rows.filter(pl.col("role") == "combined").height > 100 and rows.filter(pl.col("role") == "text").height > 0
+    # every products row predicted or rejected once; every photo row joined (or rejected by cleaning), and each
+    # joined row's photo scored or rejected once with why
+    assert rows.height + rejected.filter(pl.col("stage") == "products").height == tables.products_read
+    photo_rejections = rejected.filter(pl.col("stage") == "images")
+    by_cleaning = photo_rejections.filter(pl.col("source") == str(market["images"]))
+    assert tables.manifest.images.height + by_cleaning.height == tables.images_read
+    not_decoded = photo_rejections.filter(pl.col("source") == str(market["image_dir"]))
+    assert not_decoded["source_row"].is_unique().all() and not_decoded["source_row"].max() <= tables.manifest.images.height
+    assert not_decoded.height > 0 and set(not_decoded["reason"]) == {"photo file missing"}  # the sample's unreadable photos
+    assert photo_rejections.height == by_cleaning.height + not_decoded.height
+    for top, probability, category in rows.select("top", "probability", "category").iter_rows():
+        assert top[0] == {"category": category, "probability": probability} and len(top) == 5
+        assert [entry["probability"] for entry in top] == sorted((entry["probability"] for entry in top), reverse=True)
+
+
+def test_combined_rows_are_evaluates_per_product_answers(predicted: Path, market, trained, tmp_path: Path) -> None:  # noqa: F811
+    bundle = load_bundle(trained["bundle"])
+    found = evaluations(bundle, clean_tables(market["products"], market["images"]), market["image_dir"], work_dir=tmp_path,
+                        progress=False)[Role.COMBINED]  # fmt: skip
+    ids, means = product_means(found.frame["id"].to_list(), found.probabilities)
+    rows = pl.read_parquet(predicted / "predictions.parquet").filter(pl.col("role") == "combined")
+    assert rows["product_id"].sort().to_list() == sorted(ids)
+    expected = dict(zip(ids, means, strict=True))
+    classes = bundle.codec.classes
+    for product_id, category, probability, top in rows.select("product_id", "category", "probability", "top").iter_rows():
+        mean = expected[product_id]
+        assert category == classes[int(np.argmax(mean))]
+        got = probabilities_of(top, classes)
+        np.testing.assert_allclose([got[name] for name in got], [mean[classes.index(name)] for name in got], rtol=0, atol=1e-5)
+        assert probability == pytest.approx(float(mean.max()), abs=1e-5)
+    # so the per-product accuracy is evaluate's
+    labels, _ = per_product(found.frame["id"].to_list(), found.labels, found.probabilities)
+    truth = dict(zip(ids, (classes[label] for label in labels), strict=True))
+    accuracy = np.mean([category == truth[product_id] for product_id, category in rows.select("product_id", "category").iter_rows()])
+    assert accuracy == pytest.approx(found.scores.per_product.accuracy, abs=1e-9)
+
+
+def test_rows_are_what_bundle_predict_and_the_http_api_answer(predicted: Path, market, trained, tables) -> None:  # noqa: F811
+    from fbml.serving.app import create_app
+    from litestar.testing import TestClient
+
+    bundle = load_bundle(trained["bundle"])
+    rows = pl.read_parquet(predicted / "predictions.parquet")
+    products = tables.cleaned.products
+    text_rows = rows.filter(pl.col("role") == "text").head(5)
+    texts = listing_texts(products.filter(pl.col("id").is_in(text_rows["product_id"].implode())))
+    for prediction, row in zip(bundle.predict_many(texts=texts, role="text"), text_rows.iter_rows(named=True), strict=True):
+        assert (prediction.category, prediction.role) == (row["category"], "text")
+        assert prediction.probabilities[row["category"]] == pytest.approx(row["probability"], abs=1e-6)
+    # a product with one photo: its combined row is Bundle.predict's and the API's answer for its text and photo
+    manifest = tables.manifest.images
+    single = manifest.group_by("id").len().filter(pl.col("len") == 1)["id"]
+    chosen = rows.filter((pl.col("role") == "combined") & pl.col("product_id").is_in(single.implode())).head(3)
+    files = {path.stem: path for path in market["image_dir"].iterdir()}
+    with TestClient(create_app(bundle)) as client:
+        for row in chosen.iter_rows(named=True):
+            photo_row = manifest.filter(pl.col("id") == row["product_id"])
+            text, photo = listing_texts(photo_row)[0], files[photo_row["image_id"][0]]
+            prediction = bundle.predict(text=text, image=photo)
+            assert prediction.category == row["category"]
+            assert prediction.probabilities[row["category"]] == pytest.approx(row["probability"], abs=1e-5)
+            answer = client.post("/predict/combined", files={"image": ("photo.jpg", photo.read_bytes()), "text": (None, text)})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["category"] == row["category"]
+            assert answer.json()["probabilities"][row["category"]] == pytest.approx(row["probability"], abs=1e-5)
+
+
+# --- resume -------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(predicted: Path, market, trained, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "fbml.cli", "predict", str(trained["bundle"]), "--products", str(market["products"]),
+               "--images", str(market["images"]), "--image-dir", str(market["image_dir"]), "--out", str(out),
+               "--device", "cpu", "--part-size", "5"]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / PARTS).glob("part-*.parquet"))) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    written = sorted((out / PARTS).glob("part-*.parquet"))
+    assert process.returncode == -signal.SIGKILL and not (out / "predictions.parquet").exists()
+    assert 2 <= len(written) < json.loads((out / PARTS / STATE).read_text())["parts"]
+    before = {path: path.stat().st_mtime_ns for path in written}
+    stale = out / PARTS / f".{written[-1].name}.0123abcd.tmp"  # as a kill in the middle of a write leaves
+    stale.write_bytes(b"half a part")
+    completed = subprocess.run([*command, "--resume"], env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert f"resumed: {len(written)} part(s) were written already" in completed.stdout
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in before.items())  # not scored again
+    assert not stale.exists()
+    for name in ("predictions.parquet", "rejected.parquet"):
+        resumed, uninterrupted = pl.read_parquet(out / name), pl.read_parquet(predicted / name)
+        if name == "predictions.parquet":
+            assert resumed.drop("top", "probability").equals(uninterrupted.drop("top", "probability"))
+            np.testing.assert_allclose(resumed["probability"].to_numpy(), uninterrupted["probability"].to_numpy(), rtol=0, atol=1e-6)
+        else:
+            assert resumed.sort(resumed.columns).equals(uninterrupted.sort(uninterrupted.columns))
+
+
+def test_resume_refuses_the_parts_of_another_bundle_or_input(market, trained, tmp_path: Path, capsys) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    (out / PARTS).mkdir(parents=True)
+    state = {"format": "fbml.predict/1", "model_version": "another", "runtime": "torch", "products": "x", "images": "y",
+             "image_dir": str(market["image_dir"].resolve()), "part_size": PART_SIZE, "parts": 4, "embeddings": False}
+    (out / PARTS / STATE).write_text(json.dumps(state))
+    capsys.readouterr()
+    assert predict(market, trained["bundle"], out, "--resume") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "model_version, products, images" in error and "differ" in error
+    (out / PARTS / "notes.txt").write_text("mine")
+    (out / PARTS / STATE).unlink()
+    assert predict(market, trained["bundle"], out) == 2
+    assert "is not the parts of an fbml predict run" in capsys.readouterr().err
+
+
+# --- runtimes, engines, vectors -------------------------------------------------------------------------------
+
+
+def test_the_onnx_runtime_gives_the_torch_answers(predicted: Path, market, trained, tmp_path: Path) -> None:  # noqa: F811
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    assert main(["export-onnx", str(bundle)]) == 0
+    assert predict(market, bundle, tmp_path / "out", "--runtime", "onnx") == 0
+    onnx, torch_rows = pl.read_parquet(tmp_path / "out" / "predictions.parquet"), pl.read_parquet(predicted / "predictions.parquet")
+    assert onnx.select("product_id", "role", "category").equals(torch_rows.select("product_id", "role", "category"))
+    np.testing.assert_allclose(onnx["probability"].to_numpy(), torch_rows["probability"].to_numpy(), rtol=0, atol=1e-4)
+
+
+def test_embeddings_are_the_bundles_listing_vectors(market, trained, tables, tmp_path: Path) -> None:  # noqa: F811
+    assert predict(market, trained["bundle"], tmp_path / "out", "--embeddings") == 0
+    rows = pl.read_parquet(tmp_path / "out" / "predictions.parquet")
+    bundle = load_bundle(trained["bundle"])
+    vectors = rows["embedding"].to_numpy()
+    assert vectors.shape == (rows.height, bundle.listing_width())
+    text_only = rows.filter(pl.col("role") == "text").head(3)
+    products = tables.cleaned.products.filter(pl.col("id").is_in(text_only["product_id"].implode()))
+    expected = bundle.embed_many(texts=listing_texts(products))
+    got = np.stack(text_only["embedding"].to_list())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_the_ray_engine_writes_the_same_table(predicted: Path, market, trained, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    assert predict(market, trained["bundle"], tmp_path / "out", "--engine", "ray") == 0
+    for name in ("predictions.parquet", "rejected.parquet"):
+        by_ray, by_default = pl.read_parquet(tmp_path / "out" / name), pl.read_parquet(predicted / name)
+        if name == "predictions.parquet":
+            assert by_ray.drop("top", "probability").equals(by_default.drop("top", "probability"))
+            np.testing.assert_allclose(by_ray["probability"].to_numpy(), by_default["probability"].to_numpy(), rtol=0, atol=1e-6)
+        else:
+            assert by_ray.equals(by_default)
+
+
+# --- errors before the work -----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_one_line_before_any_work(market, trained, tmp_path: Path, capsys) -> None:  # noqa: F811
+    bundle = trained["bundle"]
+    cases = [
+        (["--image-dir", str(tmp_path / "nowhere")], "no such photo folder"),
+        (["--out", str(market["image_dir"] / "out")], "is inside the photo folder"),
+        (["--out", str(bundle / "out")], "is inside the bundle"),
+        (["--address", "auto"], "--address is for --engine ray"),
+    ]
+    (tmp_path / "file").write_text("x")
+    cases.append((["--out", str(tmp_path / "file")], "exists and is not a folder"))
+    for extra, message in cases:
+        capsys.readouterr()
+        assert predict(market, bundle, tmp_path / "out", *extra) == 2, extra
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, (extra, error)
+    capsys.readouterr()
+    assert predict(market, tmp_path, tmp_path / "out") == 2  # not a bundle
+    assert capsys.readouterr().err.startswith("fbml: error:")
+    assert not (tmp_path / "out" / "predictions.parquet").exists()
+
+
+# --- the one aggregation ---------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.sampled_from("abcd"), min_size=1, max_size=12))
+def test_product_means_average_each_products_rows_in_first_seen_order(ids: list[str]) -> None:
+    probabilities = np.random.default_rng(len(ids)).dirichlet(np.ones(3), size=len(ids)).astype(np.float32)
+    products, means = product_means(ids, probabilities)
+    assert products == list(dict.fromkeys(ids))
+    for product, mean in zip(products, means, strict=True):
+        rows = [row for row, identifier in enumerate(ids) if identifier == product]
+        np.testing.assert_allclose(mean, probabilities[rows].mean(axis=0), rtol=1e-6)
+    labels, per_product_means = per_product(ids, np.array([ord(identifier) for identifier in ids]), probabilities)
+    assert np.array_equal(per_product_means, means) and [chr(label) for label in labels] == products
+
