@@ -43,6 +43,7 @@ from fbml.serving.batching import MAX_BATCH
 from fbml.serving.errors import ApiError, api_error_response, http_error_response
 from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
 from fbml.serving.metrics import Metrics, app_metrics
+from fbml.serving.oip import oip_router
 from fbml.serving.page import page_handlers
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
@@ -108,7 +109,7 @@ def create_app(
     lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
                                  metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers)  # fmt: skip
     app = Litestar(
-        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers()],
+        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), oip_router()],
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},
