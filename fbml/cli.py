@@ -193,6 +193,14 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="run the networks with torch, or with ONNX Runtime without torch (after `fbml export-onnx`)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON (default text)")
+    parser.add_argument("--max-queue", type=_positive_int, default=None, metavar="N",
+                        help="at most N inference requests at once per server process; more get 503 with Retry-After (default: no bound)")
+    parser.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                        help="answer 504 to a request not answered within S seconds (default: none)")
+    parser.add_argument("--grace", type=_positive_float, default=30.0, metavar="S",
+                        help="on SIGTERM, seconds for the requests in flight to be answered (default 30)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", dest="cors_origins",
+                        help="let pages from ORIGIN (e.g. https://shop.example) read the answers; repeatable (default: none)")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -392,7 +400,8 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
-    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format)
+    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
+                         max_queue=args.max_queue, timeout=args.timeout, cors_origins=tuple(args.cors_origins), grace=args.grace)
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 
@@ -432,6 +441,16 @@ def _positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
 
 

@@ -20,12 +20,13 @@ import contextlib
 import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import attrs
 from contracts.api import Probe
 from litestar import Litestar, get, post
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -47,7 +48,8 @@ from fbml.serving.oip import oip_router
 from fbml.serving.page import page_handlers
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
-from fbml.serving.telemetry import Observed, app_logger
+from fbml.serving.telemetry import REQUEST_ID_HEADER, Observed, app_logger
+from fbml.serving.traffic import Traffic
 from fbml.vision.photos import DEFAULT_DECODE_SECONDS, DEFAULT_MAX_IMAGE_PIXELS, PhotoLimits
 
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20
@@ -73,14 +75,21 @@ def create_app(
     decode_workers: int = 1,
     max_batch: int = MAX_BATCH,
     log_format: str = "text",
+    max_queue: int | None = None,
+    timeout: float | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Litestar:
     """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
-    ``log_format`` (text or json) on stderr."""
+    ``log_format`` (text or json) on stderr; at most ``max_queue`` inference requests at once and ``timeout``
+    seconds a request (``fbml.serving.traffic``); readable by pages from ``cors_origins``."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
         if value <= 0:
             raise FbmlError(f"{name} must be positive, got {value}")
+    for name, limit in [("max_queue", max_queue), ("timeout", timeout)]:
+        if limit is not None and limit <= 0:
+            raise FbmlError(f"{name} must be positive, got {limit}")
     model_version = bundle.model_version
     text = TextRules(max_text_chars)
     photos = PhotoLimits(max_image_pixels, decode_seconds)
@@ -117,10 +126,13 @@ def create_app(
         before_send=[with_security_headers],
         after_exception=[LogsFailures(logger)],
         request_max_body_size=max_body_bytes,
+        cors_config=CORSConfig(allow_origins=list(cors_origins), expose_headers=[MODEL_VERSION_HEADER, REQUEST_ID_HEADER])
+        if cors_origins else None,
         openapi_config=OpenAPIConfig(title="fbml", version=__version__, render_plugins=[JsonRenderPlugin(path=["/openapi.json", "/"])]),
         logging_config=None,
     )
-    app.asgi_handler = Observed(app.asgi_handler, measures, logger, current)  # around routing: every answer
+    bounded = Traffic(app.asgi_handler, measures, model_version, SECURITY_HEADERS, max_queue, timeout)
+    app.asgi_handler = Observed(bounded, measures, logger, current)  # around routing: every answer
     return app
 
 
