@@ -9,8 +9,8 @@ Every answer carries security headers and an ``X-Request-ID``, and is counted in
 Prometheus registry (``/metrics``); predictions and recommendations name the model version in their
 body and in ``X-Model-Version``. ``/health/live`` answers while the process runs, ``/health/ready``
 once every model has answered a warm-up request. ``/`` is the page to try it (``fbml.serving.page``,
-its own files only); the OpenAPI document is served as JSON only (``/schema``), without Litestar's
-schema pages, whose scripts would come from a CDN.
+its own files only); the OpenAPI document is served as JSON (``/schema``), and as Swagger UI at ``/docs``
+from files installed with the package (``fbml.serving.docs``; Litestar's own schema pages would load scripts from a CDN).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from fbml.bundle.bundle import Bundle
 from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.serving.batching import MAX_BATCH
+from fbml.serving.docs import docs_handlers
 from fbml.serving.errors import ApiError, api_error_response, http_error_response
 from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
 from fbml.serving.metrics import Metrics, app_metrics
@@ -118,7 +119,7 @@ def create_app(
     lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
                                  metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers)  # fmt: skip
     app = Litestar(
-        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), oip_router()],
+        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), *docs_handlers(), oip_router()],
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},
