@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -199,6 +200,8 @@ def _add_serve(commands: Commands) -> None:
                         help="answer 504 to a request not answered within S seconds (default: none)")
     parser.add_argument("--grace", type=_positive_float, default=30.0, metavar="S",
                         help="on SIGTERM, seconds for the requests in flight to be answered (default 30)")
+    parser.add_argument("--otel", action="store_true",
+                        help="trace requests with OpenTelemetry (install fbml[otel]; OTLP over HTTP when its exporter is installed)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", dest="cors_origins",
                         help="let pages from ORIGIN (e.g. https://shop.example) read the answers; repeatable (default: none)")
 
@@ -400,8 +403,11 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
+    if args.otel and importlib.util.find_spec("opentelemetry") is None:
+        raise FbmlError("--otel needs OpenTelemetry: install fbml[otel]")
     options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
-                         max_queue=args.max_queue, timeout=args.timeout, cors_origins=tuple(args.cors_origins), grace=args.grace)
+                         max_queue=args.max_queue, timeout=args.timeout, cors_origins=tuple(args.cors_origins), grace=args.grace,
+                         otel=args.otel)
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 

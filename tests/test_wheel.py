@@ -64,7 +64,7 @@ def test_the_metadata_names_the_dependencies_the_extras_and_the_command(wheel: z
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     fields: Message = Parser().parsestr(metadata(wheel, "METADATA"))
     requires = fields.get_all("Requires-Dist") or []
-    assert sorted(fields.get_all("Provides-Extra") or []) == sorted(project["optional-dependencies"]) == ["ray", "testing"]
+    assert sorted(fields.get_all("Provides-Extra") or []) == sorted(project["optional-dependencies"]) == ["otel", "ray", "testing"]
     for extra, dependencies in project["optional-dependencies"].items():
         assert {f"{dependency}; extra == '{extra}'" for dependency in dependencies} <= set(requires)
     assert set(project["dependencies"]) <= set(requires)

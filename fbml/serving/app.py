@@ -50,6 +50,7 @@ from fbml.serving.page import page_handlers
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
 from fbml.serving.telemetry import REQUEST_ID_HEADER, Observed, app_logger
+from fbml.serving.tracing import Traced, Tracing, otel_tracing
 from fbml.serving.traffic import Traffic
 from fbml.vision.photos import DEFAULT_DECODE_SECONDS, DEFAULT_MAX_IMAGE_PIXELS, PhotoLimits
 
@@ -79,10 +80,12 @@ def create_app(
     max_queue: int | None = None,
     timeout: float | None = None,
     cors_origins: Sequence[str] = (),
+    tracer_provider: Any = None,
 ) -> Litestar:
     """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
     ``log_format`` (text or json) on stderr; at most ``max_queue`` inference requests at once and ``timeout``
-    seconds a request (``fbml.serving.traffic``); readable by pages from ``cors_origins``."""
+    seconds a request (``fbml.serving.traffic``); readable by pages from ``cors_origins``; traced by OpenTelemetry
+    when given a ``tracer_provider`` (``fbml.serving.tracing``)."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
@@ -96,6 +99,7 @@ def create_app(
     photos = PhotoLimits(max_image_pixels, decode_seconds)
     current: contextvars.ContextVar[str | None] = contextvars.ContextVar("fbml_request_id", default=None)
     logger = app_logger(log_format, current)
+    tracing = Tracing(None, current) if tracer_provider is None else otel_tracing(tracer_provider, current)
     measures = app_metrics(model_version, runtime_of(bundle))
     versioned = [ResponseHeader(name=MODEL_VERSION_HEADER, value=model_version, description="The model version")]
     routes = [
@@ -117,7 +121,8 @@ def create_app(
         get("/metrics", sync_to_thread=False, media_type=CONTENT_TYPE_PLAIN_0_0_4)(metrics),
     ]
     lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
-                                 metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers)  # fmt: skip
+                                 metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers,
+                                 tracing=tracing)  # fmt: skip
     app = Litestar(
         route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), *docs_handlers(), oip_router()],
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
@@ -133,7 +138,7 @@ def create_app(
         logging_config=None,
     )
     bounded = Traffic(app.asgi_handler, measures, model_version, SECURITY_HEADERS, max_queue, timeout)
-    app.asgi_handler = Observed(bounded, measures, logger, current)  # around routing: every answer
+    app.asgi_handler = Observed(Traced(bounded, tracing), measures, logger, current)  # around routing: every answer
     return app
 
 
@@ -145,10 +150,11 @@ def runtime_of(bundle: Bundle) -> str:
 @contextlib.asynccontextmanager
 async def _lifespan(
     app: Litestar, *, bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics,
-    logger: logging.Logger, max_batch: int, decode_workers: int,
+    logger: logging.Logger, max_batch: int, decode_workers: int, tracing: Tracing,
 ) -> AsyncIterator[None]:  # fmt: skip
     """The service's threads, open while the app runs (in the app's state for the handlers), and its warm-up."""
-    with running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers) as service:
+    with running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers,
+                         tracing=tracing) as service:  # fmt: skip
         app.state[STATE_KEY] = service
         warming = asyncio.create_task(service.warm_up())
         warming.add_done_callback(functools.partial(_warmed, logger))

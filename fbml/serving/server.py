@@ -45,6 +45,7 @@ from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import onnx_model
 from fbml.serving.app import create_app
 from fbml.serving.metrics import MULTIPROCESS_ENV
+from fbml.serving.tracing import exporting_provider
 from fbml.serving.traffic import DRAIN_KEY, Drain
 from fbml.vision.photos import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -74,6 +75,7 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout: float | None = None
     cors_origins: tuple[str, ...] = ()
     grace: float = DEFAULT_GRACE
+    otel: bool = False
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
@@ -157,7 +159,7 @@ def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
     """``create_app`` over ``bundle`` with ``options``."""
     return create_app(bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
                       log_format=options.log_format, max_queue=options.max_queue, timeout=options.timeout,
-                      cors_origins=options.cors_origins)  # fmt: skip
+                      cors_origins=options.cors_origins, tracer_provider=exporting_provider() if options.otel else None)  # fmt: skip
 
 
 def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:
