@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -259,6 +260,16 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--log-predictions", type=Path, default=None, metavar="DIR",
                         help="append a row per prediction (no text or photo) to size-bounded Parquet parts here, "
                              "for `fbml monitor --predictions DIR` (default: off)")
+    parser.add_argument("--max-queue", type=_positive_int, default=None, metavar="N",
+                        help="at most N inference requests at once per server process; more get 503 with Retry-After (default: no bound)")
+    parser.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                        help="answer 504 to a request not answered within S seconds (default: none)")
+    parser.add_argument("--grace", type=_positive_float, default=30.0, metavar="S",
+                        help="on SIGTERM, seconds for the requests in flight to be answered (default 30)")
+    parser.add_argument("--otel", action="store_true",
+                        help="trace requests with OpenTelemetry (install fbml[otel]; OTLP over HTTP when its exporter is installed)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", dest="cors_origins",
+                        help="let pages from ORIGIN (e.g. https://shop.example) read the answers; repeatable (default: none)")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -503,8 +514,12 @@ def _run_serve(args: argparse.Namespace) -> None:
         from fbml.serving.prediction_log import check_log_folder
 
         check_log_folder(args.log_predictions)
+    if args.otel and importlib.util.find_spec("opentelemetry") is None:
+        raise FbmlError("--otel needs OpenTelemetry: install fbml[otel]")
     options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
-                         log_predictions=None if args.log_predictions is None else str(args.log_predictions.resolve()))
+                         max_queue=args.max_queue, timeout=args.timeout, cors_origins=tuple(args.cors_origins), grace=args.grace,
+                         otel=args.otel, log_predictions=None if args.log_predictions is None else str(args.log_predictions.resolve()))
+
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 
@@ -544,6 +559,16 @@ def _positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
 
 

@@ -84,8 +84,12 @@ for module in (fbml, contracts):
     assert where.is_relative_to(venv), f"{module.__name__} imported from {where}, not from the venv"
 fbml.clean_products  # noqa: B018
 assert not {"hypothesis", "fbml.testing", "torch"} & set(sys.modules), "import fbml imported too much"
-for name in ("index.html", "page.css", "page.js"):
+for name in ("index.html", "page.css", "page.js", "docs.html", "docs.js"):
     assert files("fbml.serving").joinpath("static", name).is_file(), f"fbml/serving/static/{name} is not installed"
+from openapi_ui_bundles import swagger_ui  # noqa: E402  (/docs serves its files: installed as a dependency)
+
+for name in ("swagger-ui.css", "swagger-ui-bundle.js"):
+    assert (swagger_ui.static_path / name).is_file(), f"Swagger UI's {name} is not installed"
 assert files("fbml").joinpath("py.typed").is_file(), "fbml/py.typed is not installed"
 from fbml.testing import photos, raw_images, raw_products  # noqa: E402,F401
 print(f"fbml {fbml.__version__} from {Path(fbml.__file__).parent}")

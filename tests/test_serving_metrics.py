@@ -175,7 +175,7 @@ def test_a_failure_is_logged_with_its_request_id_and_traceback(
         def broken(*_: Any) -> Any:
             raise RuntimeError("the model fell over")
 
-        monkeypatch.setattr(client.app.state["service"].predictors["text"], "infer", broken)
+        monkeypatch.setattr(client.app.state["service"].predictors["text"].batcher, "infer", broken)
         capsys.readouterr()
         answer = client.post("/predict/text", json={"text": "red kettle"}, headers={"x-request-id": "broken-1"})
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]

@@ -17,6 +17,7 @@ from fbml.errors import ContractError
 from fbml.sample.marketplace import TOP_LEVEL_CATEGORIES
 from fbml.tables.cleaning import (
     COMMON_BLOCKS,
+    ascii_string,
     ascii_text,
     category_fields,
     clean_products,
@@ -28,6 +29,8 @@ from fbml.tables.cleaning import (
 )
 from fbml.tables.validation import validated
 from fbml.testing import LabelledTable, labelled_raw_images, labelled_raw_products, raw_products, raw_products_frame
+from fbml.text.listings import normalised_texts
+from fbml.text.vocabulary import SMALL_BATCH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +102,33 @@ mixed_text = st.text(
 def test_ascii_text_equals_nfkd_for_common_and_rare_characters_together(texts: list[str]) -> None:
     out = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(ascii_text(pl.col("t"))).to_series().to_list()
     assert out == [reference_ascii_text(text) for text in texts]
+
+
+messy_text = st.text(
+    alphabet=st.one_of(
+        common_character,
+        st.characters(codec="ascii"),
+        st.characters(min_codepoint=0x80, max_codepoint=0x10FFFF, exclude_categories=("Cs",)),
+        st.sampled_from(["é", "ﬁ", "ﬃ", "’", "“", "”", "😀", "\U0001f3fd", "\u0301", "\u00a0", "\u2009", "\u200b", "\x00", "\x07",
+                         "\x1f", "\x7f", "\x85", "\u2028", "Ⅻ", "①", "ß", "Æ", "\U0002f800", "\ufeff", "\t", "\n", " "]),
+    )
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(messy_text, min_size=1, max_size=8))
+def test_ascii_string_equals_ascii_text(texts: list[str]) -> None:
+    """The small-batch path (Python, one string) and the query agree on messy Unicode."""
+    out = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(ascii_text(pl.col("t"))).to_series().to_list()
+    assert [ascii_string(text) for text in texts] == out
+
+
+@settings(max_examples=50)
+@given(st.lists(messy_text, min_size=1, max_size=4))
+def test_normalised_texts_are_the_same_in_a_small_batch_and_a_large_one(texts: list[str]) -> None:
+    """A batch over ``SMALL_BATCH`` goes by the query, a smaller one by Python: each text comes out the same."""
+    large = (texts * (SMALL_BATCH // len(texts) + 1))[: SMALL_BATCH + 1]
+    assert normalised_texts(large)[: len(texts)] == normalised_texts(texts)
 
 
 name_part = st.sampled_from(

@@ -54,16 +54,17 @@ def test_the_wheel_holds_every_file_of_fbml_and_contracts_and_nothing_else(wheel
 
 
 def test_the_pages_static_files_are_packaged_where_the_app_reads_them(wheel: zipfile.ZipFile) -> None:
+    from fbml.serving.docs import OWN
     from fbml.serving.page import ASSETS
 
-    assert {f"fbml/serving/static/{name}" for name, _ in ASSETS.values()} <= set(wheel.namelist())
+    assert {f"fbml/serving/static/{name}" for name, _ in [*ASSETS.values(), *OWN.values()]} <= set(wheel.namelist())
 
 
 def test_the_metadata_names_the_dependencies_the_extras_and_the_command(wheel: zipfile.ZipFile) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     fields: Message = Parser().parsestr(metadata(wheel, "METADATA"))
     requires = fields.get_all("Requires-Dist") or []
-    assert sorted(fields.get_all("Provides-Extra") or []) == sorted(project["optional-dependencies"]) == ["ray", "testing"]
+    assert sorted(fields.get_all("Provides-Extra") or []) == sorted(project["optional-dependencies"]) == ["otel", "ray", "testing"]
     for extra, dependencies in project["optional-dependencies"].items():
         assert {f"{dependency}; extra == '{extra}'" for dependency in dependencies} <= set(requires)
     assert set(project["dependencies"]) <= set(requires)

@@ -9,8 +9,8 @@ Every answer carries security headers and an ``X-Request-ID``, and is counted in
 Prometheus registry (``/metrics``); predictions and recommendations name the model version in their
 body and in ``X-Model-Version``. ``/health/live`` answers while the process runs, ``/health/ready``
 once every model has answered a warm-up request. ``/`` is the page to try it (``fbml.serving.page``,
-its own files only); the OpenAPI document is served as JSON only (``/schema``), without Litestar's
-schema pages, whose scripts would come from a CDN.
+its own files only); the OpenAPI document is served as JSON (``/schema``), and as Swagger UI at ``/docs``
+from files installed with the package (``fbml.serving.docs``; Litestar's own schema pages would load scripts from a CDN).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import contextlib
 import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 from contracts.api import Probe
 from litestar import Litestar, get, post
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -41,14 +42,18 @@ from fbml.bundle.bundle import Bundle
 from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.serving.batching import MAX_BATCH
+from fbml.serving.docs import docs_handlers
 from fbml.serving.errors import ApiError, api_error_response, http_error_response
 from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
 from fbml.serving.metrics import Metrics, app_metrics
+from fbml.serving.oip import oip_router
 from fbml.serving.page import page_handlers
 from fbml.serving.prediction_log import PredictionLog
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
-from fbml.serving.telemetry import Observed, app_logger
+from fbml.serving.telemetry import REQUEST_ID_HEADER, Observed, app_logger
+from fbml.serving.tracing import Traced, Tracing, otel_tracing
+from fbml.serving.traffic import Traffic
 from fbml.vision.photos import DEFAULT_DECODE_SECONDS, DEFAULT_MAX_IMAGE_PIXELS, PhotoLimits
 
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20
@@ -75,20 +80,30 @@ def create_app(
     max_batch: int = MAX_BATCH,
     log_format: str = "text",
     log_predictions: Path | None = None,
+    max_queue: int | None = None,
+    timeout: float | None = None,
+    cors_origins: Sequence[str] = (),
+    tracer_provider: Any = None,
 ) -> Litestar:
     """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
     ``log_format`` (text or json) on stderr; each prediction's row in Parquet parts in ``log_predictions``
-    (``fbml.serving.prediction_log``) when given."""
+    (``fbml.serving.prediction_log``) when given; at most ``max_queue`` inference requests at once and
+    ``timeout`` seconds a request (``fbml.serving.traffic``); readable by pages from ``cors_origins``; traced by
+    OpenTelemetry when given a ``tracer_provider`` (``fbml.serving.tracing``)."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
         if value <= 0:
             raise FbmlError(f"{name} must be positive, got {value}")
+    for name, limit in [("max_queue", max_queue), ("timeout", timeout)]:
+        if limit is not None and limit <= 0:
+            raise FbmlError(f"{name} must be positive, got {limit}")
     model_version = bundle.model_version
     text = TextRules(max_text_chars)
     photos = PhotoLimits(max_image_pixels, decode_seconds)
     current: contextvars.ContextVar[str | None] = contextvars.ContextVar("fbml_request_id", default=None)
     logger = app_logger(log_format, current)
+    tracing = Tracing(None, current) if tracer_provider is None else otel_tracing(tracer_provider, current)
     measures = app_metrics(model_version, runtime_of(bundle))
     versioned = [ResponseHeader(name=MODEL_VERSION_HEADER, value=model_version, description="The model version")]
     routes = [
@@ -111,9 +126,10 @@ def create_app(
     ]
     lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
                                  metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers,
-                                 log=None if log_predictions is None else PredictionLog(log_predictions, request_ids=current))  # fmt: skip
+                                 log=None if log_predictions is None else PredictionLog(log_predictions, request_ids=current),
+                                 tracing=tracing)  # fmt: skip
     app = Litestar(
-        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers()],
+        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), *docs_handlers(), oip_router()],
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},
@@ -121,10 +137,13 @@ def create_app(
         before_send=[with_security_headers],
         after_exception=[LogsFailures(logger)],
         request_max_body_size=max_body_bytes,
+        cors_config=CORSConfig(allow_origins=list(cors_origins), expose_headers=[MODEL_VERSION_HEADER, REQUEST_ID_HEADER])
+        if cors_origins else None,
         openapi_config=OpenAPIConfig(title="fbml", version=__version__, render_plugins=[JsonRenderPlugin(path=["/openapi.json", "/"])]),
         logging_config=None,
     )
-    app.asgi_handler = Observed(app.asgi_handler, measures, logger, current)  # around routing: every answer
+    bounded = Traffic(app.asgi_handler, measures, model_version, SECURITY_HEADERS, max_queue, timeout)
+    app.asgi_handler = Observed(Traced(bounded, tracing), measures, logger, current)  # around routing: every answer
     return app
 
 
@@ -136,13 +155,14 @@ def runtime_of(bundle: Bundle) -> str:
 @contextlib.asynccontextmanager
 async def _lifespan(
     app: Litestar, *, bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics,
-    logger: logging.Logger, max_batch: int, decode_workers: int, log: PredictionLog | None,
+    logger: logging.Logger, max_batch: int, decode_workers: int, log: PredictionLog | None, tracing: Tracing,
 ) -> AsyncIterator[None]:  # fmt: skip
     """The service's threads (and the prediction log's), open while the app runs (in the app's state for the
     handlers), and its warm-up."""
     with (
         log if log is not None else contextlib.nullcontext(),
-        running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers, log=log) as service,
+        running_service(bundle, model_version, text, photos, metrics, max_batch=max_batch, decode_workers=decode_workers,
+                        log=log, tracing=tracing) as service,
     ):
         app.state[STATE_KEY] = service
         warming = asyncio.create_task(service.warm_up())

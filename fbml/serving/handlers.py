@@ -100,7 +100,9 @@ async def recommend(given: SkipValidation[RecommendInput], service: Served) -> R
     k = int(given.k)
     if isinstance(given.product_id, str):
         try:
-            return recommendations(service.bundle.similar(product_id=given.product_id, k=k), service.model_version)
+            with service.tracing.span("search"):
+                found = service.bundle.similar(product_id=given.product_id, k=k)
+            return recommendations(found, service.model_version)
         except UnknownProductError as error:
             raise ApiError(404, str(error), "product_id") from None
     photo = given.image if isinstance(given, RecommendForm) and isinstance(given.image, bytes) else None
@@ -108,7 +110,9 @@ async def recommend(given: SkipValidation[RecommendInput], service: Served) -> R
     text = given.text if isinstance(given.text, str) else None
     assert service.embedder is not None  # the bundle has an index
     vector = await service.embedder(Example(image, text))
-    return recommendations(service.bundle.similar(vector=vector, k=k), service.model_version)
+    with service.tracing.span("search"):
+        found = service.bundle.similar(vector=vector, k=k)
+    return recommendations(found, service.model_version)
 
 
 @attrs.frozen

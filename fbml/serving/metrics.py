@@ -1,7 +1,7 @@
 """The app's Prometheus metrics, in a registry of its own (``create_app`` makes one per app).
 
 Requests by route template and status, latency by route, requests in flight, micro-batch sizes,
-photo decode and model inference seconds, and ``fbml_model_info`` (value 1) naming the model version
+photo decode and model inference seconds, inference requests shed (``--max-queue``), and ``fbml_model_info`` (value 1) naming the model version
 and runtime. With ``$PROMETHEUS_MULTIPROC_DIR`` set (``fbml serve --workers N`` sets it to a fresh
 folder), every worker process writes its values there and any worker answers ``/metrics`` with the
 sum over all of them (prometheus-client's multiprocess mode).
@@ -33,6 +33,7 @@ class Metrics:
     batch_size: Histogram
     decode_seconds: Histogram
     inference_seconds: Histogram
+    shed: Counter
 
 
 def app_metrics(model_version: str, runtime: str) -> Metrics:
@@ -52,6 +53,8 @@ def app_metrics(model_version: str, runtime: str) -> Metrics:
         Histogram("fbml_decode_duration_seconds", "Time to decode and prepare an uploaded photo", registry=registry, buckets=SECONDS),
         Histogram("fbml_inference_duration_seconds", "Time of one batched model call, by batcher",
                   ["batcher"], registry=registry, buckets=SECONDS),  # fmt: skip
+        Counter("fbml_http_requests_shed", "Inference requests refused with 503: as many were waiting as --max-queue allows",
+                registry=registry),  # fmt: skip
     )
 
 

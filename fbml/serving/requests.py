@@ -122,10 +122,20 @@ class RequestShape(Generic[StructT]):
             raise ApiError(422, f"give only one of: {choices}", given[0][0])
 
     def _one_of(self, struct: type[msgspec.Struct]) -> list[Schema] | None:
-        """Exactly one group given, as a schema: a group whose fields are all absent matches no branch."""
+        """Exactly one group given, as a schema: each branch is a closed object of one group's fields (one at
+        least given) and the fields of no group, so a body with fields of two groups fits no branch."""
         fields = set(struct.__struct_fields__)
         groups = [[name for name in group if name in fields] for group in self.alternatives]
-        branches = [Schema(any_of=[Schema(required=[name]) for name in group]) for group in groups if group]
+        groups = [group for group in groups if group]
+        free = [name for name in struct.__struct_fields__ if not any(name in group for group in self.alternatives)]
+        branches = [
+            Schema(
+                properties={name: Schema() for name in [*group, *free]},
+                additional_properties=False,
+                any_of=[Schema(required=[name]) for name in group],
+            )
+            for group in groups
+        ]
         return branches or None
 
 

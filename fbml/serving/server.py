@@ -11,8 +11,10 @@ request that stops arriving. ``ReadTimeoutH11Protocol`` closes those: a request'
 within ``read_timeout`` seconds of the connection opening (or of the last answer), and its body
 may pause no longer than ``read_timeout`` between bytes and, once it has had ``read_timeout`` seconds,
 must average ``MIN_BODY_RATE`` bytes a second (a trickle would hold its connection and buffer for ever).
-SIGTERM stops ``serve`` gracefully with exit status 0; ``$PROMETHEUS_MULTIPROC_DIR`` is checked before
-any worker starts.
+SIGTERM stops ``serve`` gracefully with exit status 0: with one worker it drains first (``DrainingServer``:
+readiness 503 at once, new requests refused, those in flight answered within ``grace`` seconds); with several,
+uvicorn stops taking connections and gives those in flight ``grace`` seconds. ``$PROMETHEUS_MULTIPROC_DIR`` is
+checked before any worker starts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, cast
 import attrs
 import h11
 import msgspec
+import uvicorn
 from litestar import Litestar
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -42,6 +45,8 @@ from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import onnx_model
 from fbml.serving.app import create_app
 from fbml.serving.metrics import MULTIPROCESS_ENV
+from fbml.serving.tracing import exporting_provider
+from fbml.serving.traffic import DRAIN_KEY, Drain
 from fbml.vision.photos import DEFAULT_MAX_IMAGE_PIXELS
 
 BUNDLE_ENV = "FBML_BUNDLE"
@@ -52,6 +57,8 @@ MIN_BODY_RATE = 20_000.0
 """Bytes per second a body must average once it has had ``read_timeout`` seconds: a client trickling a byte
 at a time never pauses long enough to be cut, but would hold its connection and what it sent for ever."""
 KEEP_ALIVE_SECONDS = 5
+DEFAULT_GRACE = 30.0
+"""Seconds the requests in flight at SIGTERM have to be answered (Kubernetes waits 30 s before SIGKILL)."""
 WORKER_STARTUP_SECONDS = 120
 """How long a worker may take to import, load its bundle and answer uvicorn's health check (5 s by
 default, which a busy machine overran: the workers were restarted for ever)."""
@@ -66,22 +73,26 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_format: str = "text"
     log_predictions: str | None = None
     """A folder for the prediction log (``fbml.serving.prediction_log``); None: no log."""
+    max_queue: int | None = None
+    timeout: float | None = None
+    cors_origins: tuple[str, ...] = ()
+    grace: float = DEFAULT_GRACE
+    otel: bool = False
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
     """Serve the bundle with uvicorn in ``workers`` processes (``serving_threads`` inference threads each), until
     SIGTERM or Ctrl-C. SIGTERM is a normal stop: the server shuts down gracefully and this returns (exit 0)."""
-    import uvicorn
 
     check_metrics_folder(os.environ.get(MULTIPROCESS_ENV))  # a bad setting stops here, before any worker starts
     threads = serving_threads(workers)
     served = served_bundle(bundle_dir, options.runtime, threads)  # in this process too: a bad bundle stops here
     settings = {"host": host, "port": port, "access_log": False, "log_config": uvicorn_logging(options.log_format),
-                **uvicorn_timeouts(DEFAULT_READ_TIMEOUT)}  # fmt: skip
+                "timeout_graceful_shutdown": max(1, round(options.grace)), **uvicorn_timeouts(DEFAULT_READ_TIMEOUT)}  # fmt: skip
     # uvicorn handles SIGTERM, then raises it again to the handler it found: found this one, the process ends 0.
     signal.signal(signal.SIGTERM, _stopped)
     if workers == 1:
-        uvicorn.run(app_over(served, options), **settings)
+        DrainingServer(uvicorn.Config(app_over(served, options), **settings), Drain(options.grace)).run()
         return
     os.environ[BUNDLE_ENV] = str(bundle_dir.resolve())
     os.environ[THREADS_ENV] = str(threads)
@@ -91,6 +102,31 @@ def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, worker
             os.environ[MULTIPROCESS_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix="fbml-metrics-"))
         uvicorn.run("fbml.serving.server:app_from_env", factory=True, workers=workers,
                     timeout_worker_healthcheck=WORKER_STARTUP_SECONDS, **settings)  # fmt: skip
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining on SIGTERM (``fbml.serving.traffic``): its ``Drain`` goes in every request's
+    ASGI state; the first SIGTERM starts it, and the server stops once it is done (a second signal: at once)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.lifespan.state[DRAIN_KEY] = self.drain
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig == signal.SIGTERM and not self.drain.started:
+            self._captured_signals.append(sig)  # raised again once stopped, as uvicorn does
+            self.drain.start()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.done():
+            self.should_exit = True
+        return bool(await super().on_tick(counter))
 
 
 def _stopped(_signal: int, _frame: object) -> None:
@@ -125,7 +161,9 @@ def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
     """``create_app`` over ``bundle`` with ``options``."""
     log_predictions = None if options.log_predictions is None else Path(options.log_predictions)
     return create_app(bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
-                      log_format=options.log_format, log_predictions=log_predictions)  # fmt: skip
+                      log_format=options.log_format, log_predictions=log_predictions, max_queue=options.max_queue,
+                      timeout=options.timeout, cors_origins=options.cors_origins,
+                      tracer_provider=exporting_provider() if options.otel else None)  # fmt: skip
 
 
 def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:
@@ -164,8 +202,6 @@ def uvicorn_logging(log_format: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def serving(app: Litestar, *, read_timeout: float = DEFAULT_READ_TIMEOUT, startup_seconds: float = 60.0) -> Iterator[str]:
     """``app`` under uvicorn in a thread on a free 127.0.0.1 port, for the block: its base URL."""
-    import uvicorn
-
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False,
                             **uvicorn_timeouts(read_timeout))
     server = uvicorn.Server(config)

@@ -17,7 +17,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 import attrs
 import numpy as np
@@ -33,6 +33,7 @@ from fbml.serving.errors import ApiError
 from fbml.serving.metrics import Metrics
 from fbml.serving.prediction_log import PredictionLog
 from fbml.serving.requests import TextRules
+from fbml.serving.tracing import Tracing
 from fbml.vision.photos import PhotoLimits, PreparedPhoto
 
 EMBED = "embed"
@@ -52,6 +53,19 @@ class Example:
 
 
 @attrs.frozen(eq=False)
+class Batched(Generic[T]):
+    """A batcher as a request calls it: its example through ``batcher``, within a ``batch`` span."""
+
+    name: str
+    batcher: MicroBatcher[Example, T]
+    tracing: Tracing
+
+    async def __call__(self, example: Example) -> T:
+        with self.tracing.span("batch", **{"fbml.batcher": self.name}):
+            return await self.batcher(example)
+
+
+@attrs.frozen(eq=False)
 class Service:
     """The bundle and its version, what a request's texts and photos may be, the metrics, the threads
     that serve requests, and whether each batcher has answered its warm-up request."""
@@ -62,8 +76,9 @@ class Service:
     photos: PhotoLimits
     metrics: Metrics
     decoder: ThreadPoolExecutor
-    predictors: Mapping[Role, MicroBatcher[Example, Prediction]]
-    embedder: MicroBatcher[Example, np.ndarray] | None
+    predictors: Mapping[Role, Batched[Prediction]]
+    embedder: Batched[np.ndarray] | None
+    tracing: Tracing = Tracing()
     warm: asyncio.Event = attrs.field(factory=asyncio.Event)
     log: PredictionLog | None = None
     """Where each prediction's row goes (``fbml serve --log-predictions``); None: nowhere."""
@@ -91,7 +106,8 @@ class Service:
         if self.bundle.image is None:
             raise ApiError(404, "the bundle has no image settings: it serves no photos")
         prepare = functools.partial(_prepared, self.bundle, data, field, self.photos)
-        return await asyncio.get_running_loop().run_in_executor(self.decoder, timed, prepare, self.metrics.decode_seconds.observe)
+        with self.tracing.span("decode", **{"fbml.field": field}):
+            return await asyncio.get_running_loop().run_in_executor(self.decoder, timed, prepare, self.metrics.decode_seconds.observe)
 
     async def warm_up(self) -> None:
         """One request through each batcher (a blank photo and/or a short text), then ``warm`` is set."""
@@ -109,18 +125,19 @@ class Service:
 def running_service(
     bundle: Bundle, model_version: str, text: TextRules, photos: PhotoLimits, metrics: Metrics, *, max_batch: int, decode_workers: int,
     log: PredictionLog | None = None,
+    tracing: Tracing = Tracing(),
 ) -> Iterator[Service]:
     """A ``Service`` whose threads run for the block and are shut down after it."""
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-inference") as inference,
         ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="fbml-decode") as decoder,
     ):
-        def batcher(name: str, infer: Callable[[list[Example]], list[T]]) -> MicroBatcher[Example, T]:
-            return MicroBatcher(functools.partial(measured, infer, metrics, name), inference, max_batch)
+        def batcher(name: str, infer: Callable[[list[Example]], list[T]]) -> Batched[T]:
+            return Batched(name, MicroBatcher(functools.partial(measured, infer, metrics, name), inference, max_batch), tracing)
 
         predictors = {role: batcher(role, functools.partial(predictions, bundle, role)) for role in bundle.predictors}
         embedder = None if bundle.index is None else batcher(EMBED, functools.partial(listing_vectors, bundle))
-        yield Service(bundle, model_version, text, photos, metrics, decoder, predictors, embedder, log=log)
+        yield Service(bundle, model_version, text, photos, metrics, decoder, predictors, embedder, tracing, log=log)
 
 
 def predictions(bundle: Bundle, role: Role, examples: list[Example]) -> list[Prediction]:

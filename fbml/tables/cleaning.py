@@ -8,6 +8,7 @@ a streamed batch or a Ray batch; only the duplicate ids look across rows (``dupl
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -81,6 +82,32 @@ def ascii_text(text: pl.Expr) -> pl.Expr:
     """
     transliterated = _only_where(text, has_non_ascii, _transliterate)
     return transliterated.str.replace_all(MESSY_SPACE, " ").str.strip_chars()
+
+
+def ascii_string(text: str) -> str:
+    """``ascii_text`` of one string in Python (no query: a small batch's cost): the same table, then the same
+    whitespace rule."""
+    ascii = text if text.isascii() else text.translate(_ascii_forms())
+    return re.sub(MESSY_SPACE, " ", ascii).strip(" ")
+
+
+class _AsciiForms(dict[int, str]):
+    """``str.translate``'s table of ``ascii_text``: a non-ASCII character to its form in ``common_ascii_forms``,
+    else in ``ascii_equivalents``, else "" (ASCII is left alone)."""
+
+    def __missing__(self, code: int) -> str:
+        if code < 0x80:
+            raise LookupError(code)  # translate keeps the character
+        character = chr(code)
+        common = common_ascii_forms().get(character)
+        self[code] = form = common if common is not None else ascii_equivalents().get(character, "")
+        return form
+
+
+@functools.cache
+def _ascii_forms() -> _AsciiForms:
+    """The one ``_AsciiForms`` table, filled as characters are met."""
+    return _AsciiForms()
 
 
 def has_non_ascii(text: pl.Expr) -> pl.Expr:

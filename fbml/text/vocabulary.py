@@ -23,6 +23,9 @@ UNK = "<unk>"
 PAD_ID = 0
 UNK_ID = 1
 RESERVED = (PAD, UNK)
+SMALL_BATCH = 64
+"""Texts up to which a batch is prepared in Python, one text at a time, rather than by one polars query (whose
+fixed cost, a millisecond or more a query, is most of a small batch's)."""
 
 
 def tokenize(text: str) -> list[str]:
@@ -82,8 +85,11 @@ class Vocabulary:
         return ids
 
     def encode_texts(self, texts: Sequence[str] | pl.Series, length: int) -> np.ndarray:
-        """``encode(tokenize(text), length)`` for every text, as one (n, length) int64 array."""
+        """``encode(tokenize(text), length)`` for every text, as one (n, length) int64 array (at most ``SMALL_BATCH``
+        texts: by those two, one text at a time; more: by one query)."""
         _check_length(length)
+        if not isinstance(texts, pl.Series) and len(texts) <= SMALL_BATCH:
+            return np.array([self.encode(tokenize(text), length) for text in texts], dtype=np.int64).reshape(len(texts), length)
         placed = (
             pl.DataFrame({"text": texts}, schema={"text": pl.String})
             .select(tokens(pl.col("text")).list.head(length).alias("token"))
