@@ -111,6 +111,9 @@ class Listing(msgspec.Struct):
     category: str
     price: float
     score: float
+    category_path: Annotated[str, Meta(description="The listing's category path, from its top-level category down.")]
+    photos: Annotated[list[str], Meta(description="The ids of the listing's photos, first first (`GET /photos/{id}` "
+                                                  "serves them when the server has its photo folder).")]
 
 
 class Recommendations(msgspec.Struct):

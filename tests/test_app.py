@@ -128,15 +128,22 @@ def product_text(product: int) -> str:
 
 
 def catalogue() -> pl.DataFrame:
-    """The indexed products: id, name, category, price (a search index's catalogue)."""
+    """The indexed products: id, name, category, category path, price, photo ids (a search index's catalogue)."""
     return pl.DataFrame(
         {
             "id": [f"p{product}" for product in range(CATALOGUE_SIZE)],
             "product_name": [product_text(product) for product in range(CATALOGUE_SIZE)],
             "category": [CATEGORIES[product % 3] for product in range(CATALOGUE_SIZE)],
+            "category_path": [f"{CATEGORIES[product % 3]} > kind {product % 2}" for product in range(CATALOGUE_SIZE)],
             "price": [float(product) + 0.5 for product in range(CATALOGUE_SIZE)],
+            "photos": [[photo_id(product)] if product < PHOTOGRAPHED else [] for product in range(CATALOGUE_SIZE)],
         }
     )
+
+
+def photo_id(product: int) -> str:
+    """The id of a photographed catalogue product's photo."""
+    return f"photo-{product}"
 
 
 def catalogue_photo(product: int) -> bytes | None:
@@ -487,7 +494,8 @@ def test_the_index_holds_each_products_vector_built_from_its_parts(bundle: Bundl
     for product in (0, 5, 10):  # photographed (0, 5), text alone (10)
         expected = expected_vector(bundle, catalogue_photo(product), product_text(product))
         np.testing.assert_allclose(index.vectors[index.row(f"p{product}")], expected, rtol=0, atol=1e-5)
-    assert index.listing(index.row("p5")) == {"id": "p5", "product_name": product_text(5), "category": "Toys", "price": 5.5}
+    assert index.listing(index.row("p5")) == {"id": "p5", "product_name": product_text(5), "category": "Toys",
+                                              "category_path": "Toys > kind 1", "price": 5.5, "photos": [photo_id(5)]}
 
 
 def test_recommend_by_product_id_leaves_the_product_out(client: TestClient, bundle: Bundle) -> None:
@@ -499,7 +507,8 @@ def test_recommend_by_product_id_leaves_the_product_out(client: TestClient, bund
     assert "p3" not in listings(response) and len(expected) == 4
     results = response.json()["results"]
     row = index.listing(index.row(expected[0][0]))
-    first = {"id": row["id"], "name": row["product_name"], "category": row["category"], "price": row["price"]}
+    first = {"id": row["id"], "name": row["product_name"], "category": row["category"], "price": row["price"],
+             "category_path": row["category_path"], "photos": row["photos"]}
     assert results[0] == first | {"score": results[0]["score"]}
 
 

@@ -2,7 +2,7 @@
 
 Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
 small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
-vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, price) as JSON.
+vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, category path, price, photo ids) as JSON.
 How a listing becomes a vector is ``fbml.bundle.listings``' job (one place for the catalogue and queries alike).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 import polars as pl
-from contracts.limits import MAX_K
+from contracts.limits import MAX_CATALOGUE_TEXT, MAX_K, MAX_LISTING_PHOTOS
 from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 
 from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
@@ -141,11 +141,25 @@ class SearchIndex:
         when they do not fit. Without an engine, the vectors are searched exactly."""
         if not isinstance(rows, list) or not all(isinstance(row, dict) and row.keys() == CATALOGUE_SCHEMA.keys() for row in rows):
             raise FbmlError(f"an index catalogue is a list of rows with keys {list(CATALOGUE_SCHEMA)}")
+        for number, row in enumerate(rows):
+            _check_row_bounds(number, row)
         try:
             catalogue = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
             raise FbmlError(f"bad index catalogue: {str(error).splitlines()[0]}") from None
         return cls(vectors, catalogue, report, engine or vector_index(vectors, method="exact"))
+
+
+def _check_row_bounds(number: int, row: dict[str, Any]) -> None:
+    """``FbmlError`` unless catalogue row ``number``'s texts are strings of at most ``MAX_CATALOGUE_TEXT`` characters
+    and its photos a list of at most ``MAX_LISTING_PHOTOS`` of them (a loaded catalogue is untrusted input)."""
+    photos = row["photos"]
+    if not isinstance(photos, list) or len(photos) > MAX_LISTING_PHOTOS:
+        raise FbmlError(f"index catalogue row {number}: photos must be a list of at most {MAX_LISTING_PHOTOS} photo ids")
+    texts = [row[name] for name, dtype in CATALOGUE_SCHEMA.items() if dtype == pl.String] + photos
+    if not all(text is None or isinstance(text, str) and len(text) <= MAX_CATALOGUE_TEXT for text in texts):  # nulls: the contract's
+        raise FbmlError(f"index catalogue row {number}: its ids, names, paths and photo ids are strings of at most "
+                        f"{MAX_CATALOGUE_TEXT} characters")
 
 
 def _check_k(k: int) -> None:

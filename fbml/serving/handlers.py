@@ -170,4 +170,6 @@ def answer(found: predictions.Prediction) -> Prediction:
 
 def recommendations(found: Sequence[Similar], model_version: str) -> Recommendations:
     """The answer for a search's listings, best first."""
-    return Recommendations([Listing(item.id, item.name, item.category, item.price, item.score) for item in found], model_version)
+    listings = [Listing(item.id, item.name, item.category, item.price, item.score, item.category_path, list(item.photos))
+                for item in found]  # fmt: skip
+    return Recommendations(listings, model_version)

@@ -25,10 +25,10 @@ from fbml.files import check_output_folder
 from fbml.tables.clean import CleanTables
 from fbml.text.listings import listing_texts
 from fbml.vision.cache import check_photo_folder
-from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos
+from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos, with_photo_ids
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
-CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
+CATALOGUE_COLUMNS = ("id", "product_name", "category", "category_path", "price", "photos")
 
 
 def catalogue_parts(bundle: Bundle, tables: CleanTables, image_dir: Path | None, products: pl.DataFrame, *, work_dir: Path,
@@ -73,11 +73,11 @@ def indexed_bundle(bundle: Bundle, data: TrainingData) -> Bundle:
     """``bundle`` with the index of the whole catalogue: part weights chosen on the validation
     products; precision@10 reported for the test products against the whole catalogue."""
     splits = data.splits.products
-    everything = pl.concat([splits.train, splits.validation, splits.test])
+    everything = with_photo_ids(pl.concat([splits.train, splits.validation, splits.test]), data.tables)
     parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
     validation_rows = np.arange(splits.train.height, splits.train.height + splits.validation.height)
     validation_parts = ListingParts(parts.text[validation_rows], parts.image[validation_rows], parts.classes[validation_rows])
-    weights, validation_precision = chosen_weights(validation_parts, splits.validation.select(CATALOGUE_COLUMNS))
+    weights, validation_precision = chosen_weights(validation_parts, with_photo_ids(splits.validation, data.tables).select(CATALOGUE_COLUMNS))
     index = catalogue_index(parts, everything, weights)
     test_rows = np.arange(splits.train.height + splits.validation.height, everything.height)
     report = {
@@ -98,7 +98,7 @@ def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None
     with its part weights as they were), searched by ``method``, reporting precision@10 over that catalogue."""
     weights = bundle.listing_weights()
     known = known_categories(tables, bundle.codec)
-    products = known.cleaned.products
+    products = with_photo_ids(known.cleaned.products, known)
     index = catalogue_index(catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress),
                             products, weights, method)  # fmt: skip
     report = {"weights": weights.to_json(), "products": len(index), "method": index.engine.method,
