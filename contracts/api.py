@@ -74,6 +74,8 @@ class Health(msgspec.Struct):
     classes: int
     bundle_format: str
     indexed_products: int | None
+    photos: bool = False
+    """Whether ``GET /photos/{id}`` serves the indexed listings' photos."""
 
 
 class Probe(msgspec.Struct):

@@ -193,6 +193,8 @@ def _add_serve(commands: Commands) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="run the networks with torch, or with ONNX Runtime without torch (after `fbml export-onnx`)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON (default text)")
+    parser.add_argument("--photos", type=Path, default=None, metavar="DIR",
+                        help="the cleaned photo folder (`fbml clean-images`' output): serve the listings' photos at /photos/{id}")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -388,11 +390,14 @@ def _run_export_onnx(args: argparse.Namespace) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     from fbml.bundle.store import read_manifest
+    from fbml.serving.photos import checked_photo_folder
     from fbml.serving.server import AppOptions, serve
 
+    photo_dir = None if args.photos is None else str(checked_photo_folder(args.photos))
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
-    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format)
+    options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
+                         photo_dir=photo_dir)
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 
 

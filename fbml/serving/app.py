@@ -21,12 +21,13 @@ import contextvars
 import functools
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import attrs
 from contracts.api import Probe
 from litestar import Litestar, get, post
-from litestar.datastructures import ResponseHeader
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
@@ -41,9 +42,20 @@ from fbml.errors import FbmlError
 from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.serving.batching import MAX_BATCH
 from fbml.serving.errors import ApiError, api_error_response, http_error_response
-from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
+from fbml.serving.handlers import (
+    ENDPOINTS,
+    ERROR_RESPONSES,
+    PHOTOS_SERVED,
+    body_provider,
+    bundle_serves,
+    health,
+    live,
+    metrics,
+    ready,
+)
 from fbml.serving.metrics import Metrics, app_metrics
 from fbml.serving.page import page_handlers
+from fbml.serving.photos import PhotoFolder, photo_handler
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
 from fbml.serving.telemetry import Observed, app_logger
@@ -72,9 +84,11 @@ def create_app(
     decode_workers: int = 1,
     max_batch: int = MAX_BATCH,
     log_format: str = "text",
+    photo_dir: Path | None = None,
 ) -> Litestar:
     """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
-    ``log_format`` (text or json) on stderr."""
+    ``log_format`` (text or json) on stderr; with ``photo_dir`` (the cleaned photo folder), ``GET /photos/{id}``
+    serves the catalogue's photos from it (``fbml.serving.photos``)."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
@@ -107,8 +121,10 @@ def create_app(
     ]
     lifespan = functools.partial(_lifespan, bundle=bundle, model_version=model_version, text=text, photos=photos,
                                  metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers)  # fmt: skip
+    photos_route = [] if photo_dir is None else [photo_handler(PhotoFolder.of(photo_dir, bundle.index))]
     app = Litestar(
-        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers()],
+        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), *photos_route],
+        state=State({PHOTOS_SERVED: bool(photos_route)}),
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},

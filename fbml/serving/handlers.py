@@ -50,14 +50,18 @@ from fbml.serving.service import Example, Service, service_of
 
 Served = SkipValidation[Service]
 INDEX = "index"
+PHOTOS_SERVED = "photos_served"
+"""The app state's key saying whether the app serves the catalogue's photos (``GET /photos/{id}``)."""
 """What ``/recommend`` needs of the bundle (the other endpoints need their predictor role)."""
 
 
-def health(service: Served) -> Health:
-    """Readiness, the models served, the class count and the bundle format."""
+def health(service: Served, request: Request[Any, Any, Any]) -> Health:
+    """Readiness, the models served, the class count, the bundle format, the listings indexed and whether
+    ``GET /photos/{id}`` serves their photos."""
     bundle = service.bundle
     indexed = None if bundle.index is None else len(bundle.index)
-    return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed)
+    photos = bool(request.app.state.get(PHOTOS_SERVED, False))
+    return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed, photos)
 
 
 def live(service: Served) -> Probe:

@@ -64,6 +64,7 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decode_workers: int = 1
     runtime: str = "torch"
     log_format: str = "text"
+    photo_dir: str | None = None
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
@@ -121,8 +122,9 @@ def app_from_env() -> Litestar:
 
 def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
     """``create_app`` over ``bundle`` with ``options``."""
+    photo_dir = None if options.photo_dir is None else Path(options.photo_dir)
     return create_app(bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
-                      log_format=options.log_format)  # fmt: skip
+                      log_format=options.log_format, photo_dir=photo_dir)  # fmt: skip
 
 
 def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:
