@@ -207,10 +207,14 @@ class IndexEntry(Struct, frozen=True):
     graph: FileRef | None = None
     parameters: dict[str, object] = {}
     report: dict[str, object] = {}
+    removed: FileRef | None = None
+    """The graph positions of removed listings (``.npy`` int64), which an HNSW graph keeps as tombstones."""
 
     def __post_init__(self) -> None:
         if (self.method == "hnsw") != (self.graph is not None):
             raise ValueError("an hnsw index names its graph file, and only an hnsw index does")
+        if self.removed is not None and self.graph is None:
+            raise ValueError("only an hnsw index names a file of removed rows")
 
 
 class Manifest(Struct, frozen=True):

@@ -129,6 +129,34 @@ class SearchIndex:
         rows, scores = self.search(self.vectors[row], k, exclude=[row])
         return _neighbours(rows[0], scores[0])
 
+    def with_listings(self, vectors: np.ndarray, catalogue: pl.DataFrame) -> SearchIndex:
+        """The index with the listings of ``catalogue`` (its rows, ``vectors`` their unit vectors) added as its last
+        rows; a listing whose id it holds already is replaced (removed, then added). Nothing is rebuilt: the engine
+        links the new vectors in (``VectorIndex.with_added``). This index is unchanged."""
+        added = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(added) != catalogue.height:
+            raise FbmlError(f"{len(added)} vectors for {catalogue.height} new catalogue rows")
+        replaced = [product_id for product_id in catalogue["id"].to_list() if product_id in self._rows]
+        kept = self.without(replaced) if replaced else self
+        return SearchIndex(
+            np.concatenate([kept.vectors, added]),
+            pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical"),
+            kept.report,
+            kept.engine.with_added(added),
+        )
+
+    def without(self, product_ids: Sequence[str]) -> SearchIndex:
+        """The index without the listings ``product_ids``; ``UnknownProductError`` naming those it does not hold.
+        No search of the result returns them (an HNSW graph keeps them as tombstones it skips, see
+        ``HnswIndex``). This index is unchanged."""
+        unknown = [product_id for product_id in dict.fromkeys(product_ids) if product_id not in self._rows]
+        if unknown:
+            raise UnknownProductError(f"{len(unknown)} product(s) not in the search index: {shown(unknown)}")
+        rows = np.array(sorted({self._rows[product_id] for product_id in product_ids}), dtype=np.int64)
+        keep = np.ones(len(self), dtype=bool)
+        keep[rows] = False
+        return SearchIndex(self.vectors[keep], self.catalogue.filter(pl.Series(keep)), self.report, self.engine.without(rows))
+
     def catalogue_json(self) -> list[dict[str, Any]]:
         """The catalogue as JSON rows."""
         return self.catalogue.to_dicts()

@@ -49,7 +49,7 @@ from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.vector_index import load_vector_index
+from fbml.bundle.vector_index import HnswIndex, load_vector_index
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
@@ -357,23 +357,28 @@ def _read_predictor(
 
 
 def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
-    graph = index.engine.method == "hnsw"
+    engine = index.engine
+    graph = isinstance(engine, HnswIndex)
+    tombstones = engine.removed_bytes() if isinstance(engine, HnswIndex) and len(engine.removed) else None
     return IndexEntry(
         vectors=_write_file(path, "index", ".npy", _npy_bytes(index.vectors)),
         catalogue=_write_json(path, "catalogue", index.catalogue_json()),
         method="hnsw" if graph else "exact",
-        graph=_write_file(path, "graph", ".faiss", index.engine.to_bytes()) if graph else None,
-        parameters=index.engine.parameters() if graph else {},
+        graph=_write_file(path, "graph", ".faiss", engine.to_bytes()) if graph else None,
+        parameters=engine.parameters() if graph else {},
         report=dict(index.report),
+        removed=None if tombstones is None else _write_file(path, "removed", ".npy", tombstones),
     )
 
 
 def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
-    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors."""
+    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors and
+    the tombstones of removed rows."""
     vectors = _read_npy(path, entry.vectors, np.float32)
     rows = _read(path, entry.catalogue, "catalogue", lambda value: value)
     try:
-        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph))
+        removed = None if entry.removed is None else _checked(path, entry.removed)
+        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed)
         return SearchIndex.from_json(vectors, rows, entry.report, engine)
     except FbmlError as error:
         raise FbmlError(f"{path}: {error}") from None
