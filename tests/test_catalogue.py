@@ -29,7 +29,7 @@ from litestar.testing import TestClient
 from PIL import Image
 
 from test_search import catalogue_of
-from test_store import copy, grown, hnsw_copy, one_thread, parts  # noqa: F401  (fixtures)
+from test_store import copy, grown, hnsw_copy, one_thread, parts, write_manifest  # noqa: F401  (fixtures)
 
 METHODS = ("exact", "hnsw")
 
@@ -158,6 +158,8 @@ def test_removed_listings_stay_removed_after_save_and_load(copy: Path, method: s
     assert "p0-1" not in every_answer(index)
     manifest = json.loads((copy / MANIFEST).read_text())
     assert (manifest["index"]["removed"] is not None) == (method == "hnsw")
+    assert (manifest["index"]["vectors"] is None) == (method == "hnsw")  # a graph holds the vectors: stored once
+    np.testing.assert_array_equal(index.vectors, np.delete(before.vectors, before.row("p0-1"), axis=0))
     with TestClient(create_app(load_bundle(copy))) as client:
         assert client.post("/recommend", json={"product_id": "p0-1"}).status_code == 404
         assert client.post("/recommend", json={"product_id": "p0-2"}).status_code == 200
@@ -275,3 +277,11 @@ def test_save_keeps_an_unchanged_bundles_files(copy: Path) -> None:  # noqa: F81
     manifest = (copy / MANIFEST).read_bytes()
     save_bundle(load_bundle(copy), copy)
     assert (copy / MANIFEST).read_bytes() == manifest
+
+
+def test_an_exact_index_must_name_its_vectors(copy: Path) -> None:  # noqa: F811
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["index"]["vectors"] = None
+    write_manifest(copy, manifest)
+    with pytest.raises(FbmlError, match="an exact index names its vectors file"):
+        load_bundle(copy)

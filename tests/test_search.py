@@ -5,6 +5,8 @@ How listings become vectors is tested with ``fbml.workflows.index``; saving the 
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import numpy as np
 import polars as pl
@@ -213,7 +215,7 @@ def test_indexes_compare_by_their_contents() -> None:
 
 def test_catalogue_json_round_trips() -> None:
     index = attrs.evolve(random_index(5, 3, seed=4), report={"precision_at_10": 0.5})
-    rows = index.catalogue_json()
+    rows = json.loads(index.catalogue_json())
     assert rows[2] == {"id": "p2", "product_name": "product 2", "category": "Toys", "category_path": "Toys > kind 0",
                        "price": 2.0, "photos": ["photo-2-0", "photo-2-1"]}
     loaded = SearchIndex.from_json(index.vectors, rows, index.report)

