@@ -74,6 +74,8 @@ class Health(msgspec.Struct):
     classes: int
     bundle_format: str
     indexed_products: int | None
+    photos: bool = False
+    """Whether ``GET /photos/{id}`` serves the indexed listings' photos."""
 
 
 class Probe(msgspec.Struct):
@@ -111,6 +113,9 @@ class Listing(msgspec.Struct):
     category: str
     price: float
     score: float
+    category_path: Annotated[str, Meta(description="The listing's category path, from its top-level category down.")]
+    photos: Annotated[list[str], Meta(description="The ids of the listing's photos, first first (`GET /photos/{id}` "
+                                                  "serves them when the server has its photo folder).")]
 
 
 class Recommendations(msgspec.Struct):

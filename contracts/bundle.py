@@ -199,18 +199,25 @@ class PredictorEntry(Struct, frozen=True):
 
 class IndexEntry(Struct, frozen=True):
     """The similar-listings index: product vectors (``.npy``), the catalogue (JSON), how it was built, and
-    for ``hnsw`` the graph (faiss' format) with its parameters (``fbml.bundle.vector_index``)."""
+    for ``hnsw`` the graph (faiss' format) with its parameters (``fbml.bundle.vector_index``). An ``hnsw``
+    index may leave ``vectors`` null: its graph holds them (each row's, and the removed rows' kept as tombstones)."""
 
-    vectors: FileRef
+    vectors: FileRef | None
     catalogue: FileRef
     method: Literal["exact", "hnsw"] = "exact"
     graph: FileRef | None = None
     parameters: dict[str, object] = {}
     report: dict[str, object] = {}
+    removed: FileRef | None = None
+    """The graph positions of removed listings (``.npy`` int64), which an HNSW graph keeps as tombstones."""
 
     def __post_init__(self) -> None:
         if (self.method == "hnsw") != (self.graph is not None):
             raise ValueError("an hnsw index names its graph file, and only an hnsw index does")
+        if self.removed is not None and self.graph is None:
+            raise ValueError("only an hnsw index names a file of removed rows")
+        if self.vectors is None and self.graph is None:
+            raise ValueError("an exact index names its vectors file")
 
 
 class SubcategoryEntry(Struct, frozen=True):

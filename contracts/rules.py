@@ -9,6 +9,8 @@ report of ``fbml clean-images`` (``image_cleaning_file_rules``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import polars as pl
 
@@ -33,8 +35,12 @@ REJECTED_SCHEMA = pl.Schema(
 REJECTED_STAGES = ("products", "images")
 CATALOGUE = "Catalogue"
 """The catalogue contract's name (its pandera model's)."""
-CATALOGUE_SCHEMA = pl.Schema({"id": pl.String, "product_name": pl.String, "category": pl.String, "price": pl.Float64})
-"""The search index's catalogue: these columns, in this order, none null."""
+CATALOGUE_SCHEMA = pl.Schema(
+    {"id": pl.String(), "product_name": pl.String(), "category": pl.String(), "category_path": pl.String(),
+     "price": pl.Float64(), "photos": pl.List(pl.String())}
+)
+"""The search index's catalogue: these columns, in this order, none null (``photos``: the ids of the listing's
+photos in the images table, in its order; empty when it has none)."""
 _SEPARATOR = "\x1f"
 CLEANED = "cleaned"
 REJECTED = "rejected"
@@ -74,6 +80,11 @@ def is_finite_non_negative(number: pl.Expr) -> pl.Expr:
 def path_starts_with_category(path: pl.Expr, category: pl.Expr, subcategory: pl.Expr) -> pl.Expr:
     """True where ``path`` starts with ``category``, and is ``category`` alone exactly when there is no ``subcategory``."""
     return path.str.starts_with(category) & ((path == category) == subcategory.is_null())
+
+
+def has_only(items: pl.Expr, rule: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """True where ``rule`` holds for every item of the list (an empty list included)."""
+    return items.list.eval(rule(pl.element())).list.all()
 
 
 def is_distinct(value: pl.Expr) -> pl.Expr:
@@ -128,7 +139,11 @@ def catalogue_rules() -> tuple[RowRule, ...]:
         RowRule("id", "printable", is_printable(identifier)),
         RowRule("id", "unique", is_distinct(identifier)),
         RowRule("category", "non_blank", is_non_blank(pl.col("category"))),
+        RowRule("category_path", "non_blank", is_non_blank(pl.col("category_path"))),
+        RowRule("category_path", "starts_with_category", pl.col("category_path").str.starts_with(pl.col("category"))),
         RowRule("price", "finite_non_negative", is_finite_non_negative(pl.col("price"))),
+        RowRule("photos", "non_blank", has_only(pl.col("photos"), is_non_blank)),
+        RowRule("photos", "printable", has_only(pl.col("photos"), is_printable)),
     )
 
 

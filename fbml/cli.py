@@ -124,9 +124,9 @@ def _add_baselines(commands: Commands) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _add_raw_inputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--products", required=True, metavar="PRODUCTS_CSV", help="raw products table (path or s3://)")
-    parser.add_argument("--images", required=True, metavar="IMAGES_CSV", help="raw images table (path or s3://)")
+def _add_raw_inputs(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--products", required=required, metavar="PRODUCTS_CSV", help="raw products table (path or s3://)")
+    parser.add_argument("--images", required=required, metavar="IMAGES_CSV", help="raw images table (path or s3://)")
     parser.add_argument("--image-dir", type=Path, metavar="DIR", help="photos named <image id>.<ext>, raw or cleaned")
 
 
@@ -172,10 +172,16 @@ def _add_evaluate(commands: Commands) -> None:
 def _add_index(commands: Commands) -> None:
     parser = _command(
         commands, "index", _run_index,
-        "Rebuild a bundle's similar-listings index over a catalogue; print its precision@10.",
+        "Rebuild a bundle's similar-listings index over a catalogue and print its precision@10; or add, replace or "
+        "remove listings of the index without rebuilding it.",
     )
     parser.add_argument("bundle", type=Path, metavar="BUNDLE")
-    _add_raw_inputs(parser)
+    _add_raw_inputs(parser, required=False)
+    change = parser.add_mutually_exclusive_group()
+    change.add_argument("--add", action="store_true",
+                        help="add the products of --products/--images to the index (replacing those of the same id)")
+    change.add_argument("--remove", nargs="+", metavar="ID", help="remove these product ids from the index")
+    change.add_argument("--remove-file", type=Path, metavar="FILE", help="remove the product ids of FILE (one a line)")
     parser.add_argument("--work-dir", type=Path, default=None, help="photo and feature caches (default BUNDLE.work)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--method", choices=("auto", "exact", "hnsw"), default="auto",
@@ -270,6 +276,8 @@ def _add_serve(commands: Commands) -> None:
                         help="trace requests with OpenTelemetry (install fbml[otel]; OTLP over HTTP when its exporter is installed)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", dest="cors_origins",
                         help="let pages from ORIGIN (e.g. https://shop.example) read the answers; repeatable (default: none)")
+    parser.add_argument("--photos", type=Path, default=None, metavar="DIR",
+                        help="the cleaned photo folder (`fbml clean-images`' output): serve the listings' photos at /photos/{id}")
 
 
 def _add_quickstart(commands: Commands) -> None:
@@ -482,14 +490,46 @@ def _run_index(args: argparse.Namespace) -> None:
     from fbml.tables.clean import clean_tables
     from fbml.workflows.index import index_bundle, index_summary
 
+    if args.remove is not None or args.remove_file is not None:
+        return _run_remove(args)
+    if args.products is None or args.images is None:
+        raise FbmlError("fbml index needs --products and --images (or --remove/--remove-file)")
     device = str(resolve_device(args.device))
     read_manifest(args.bundle)  # not a bundle: stop before cleaning the tables
     work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
+    if args.add:
+        return _run_add(args, device, work_dir)
     _check_folders(args, work_dir=work_dir)
     tables = clean_tables(args.products, args.images)
     report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json,
                           method=args.method)
     print(json.dumps(dict(report), indent=2) if args.json else index_summary(report))
+
+
+def _run_add(args: argparse.Namespace, device: str, work_dir: Path) -> None:
+    import json
+
+    from fbml.tables.clean import clean_tables
+    from fbml.workflows.catalogue import add_listings
+
+    _check_folders(args, work_dir=work_dir)
+    tables = clean_tables(args.products, args.images)
+    change = add_listings(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json)
+    print(json.dumps(change.to_json(), indent=2) if args.json else change.summary())
+
+
+def _run_remove(args: argparse.Namespace) -> None:
+    import json
+
+    from fbml.bundle.store import read_manifest
+    from fbml.workflows.catalogue import checked_ids, ids_of_file, remove_listings
+
+    if args.products is not None or args.images is not None:
+        raise FbmlError("fbml index --remove takes product ids, not --products/--images")
+    ids = checked_ids(args.remove, "--remove") if args.remove is not None else ids_of_file(args.remove_file)
+    read_manifest(args.bundle)
+    change = remove_listings(args.bundle, ids)
+    print(json.dumps(change.to_json(), indent=2) if args.json else change.summary())
 
 
 def _run_export_onnx(args: argparse.Namespace) -> None:
@@ -506,8 +546,10 @@ def _run_export_onnx(args: argparse.Namespace) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     from fbml.bundle.store import read_manifest
+    from fbml.serving.photos import checked_photo_folder
     from fbml.serving.server import AppOptions, serve
 
+    photo_dir = None if args.photos is None else str(checked_photo_folder(args.photos))
     read_manifest(args.bundle)
     _check_port(args.host, args.port)
     if args.log_predictions is not None:
@@ -518,7 +560,8 @@ def _run_serve(args: argparse.Namespace) -> None:
         raise FbmlError("--otel needs OpenTelemetry: install fbml[otel]")
     options = AppOptions(decode_workers=args.decode_workers, runtime=args.runtime, log_format=args.log_format,
                          max_queue=args.max_queue, timeout=args.timeout, cors_origins=tuple(args.cors_origins), grace=args.grace,
-                         otel=args.otel, log_predictions=None if args.log_predictions is None else str(args.log_predictions.resolve()))
+                         otel=args.otel, log_predictions=None if args.log_predictions is None else str(args.log_predictions.resolve()),
+                         photo_dir=photo_dir)
 
     serve(args.bundle, host=args.host, port=args.port, workers=args.workers, options=options)
 

@@ -18,6 +18,7 @@ import time
 import unicodedata
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -45,6 +46,7 @@ from fbml.serving.app import create_app
 from fbml.serving.batching import MicroBatcher
 from fbml.serving.errors import ApiError
 from fbml.serving.requests import TextRules, readable_pattern
+from fbml.serving.server import serving
 from fbml.serving.service import Example, listing_vectors, predictions
 from fbml.testing import photo_bytes as photo_files
 from fbml.text.labels import LabelCodec
@@ -128,15 +130,22 @@ def product_text(product: int) -> str:
 
 
 def catalogue() -> pl.DataFrame:
-    """The indexed products: id, name, category, price (a search index's catalogue)."""
+    """The indexed products: id, name, category, category path, price, photo ids (a search index's catalogue)."""
     return pl.DataFrame(
         {
             "id": [f"p{product}" for product in range(CATALOGUE_SIZE)],
             "product_name": [product_text(product) for product in range(CATALOGUE_SIZE)],
             "category": [CATEGORIES[product % 3] for product in range(CATALOGUE_SIZE)],
+            "category_path": [f"{CATEGORIES[product % 3]} > kind {product % 2}" for product in range(CATALOGUE_SIZE)],
             "price": [float(product) + 0.5 for product in range(CATALOGUE_SIZE)],
+            "photos": [[photo_id(product)] if product < PHOTOGRAPHED else [] for product in range(CATALOGUE_SIZE)],
         }
     )
+
+
+def photo_id(product: int) -> str:
+    """The id of a photographed catalogue product's photo."""
+    return f"photo-{product}"
 
 
 def catalogue_photo(product: int) -> bytes | None:
@@ -224,9 +233,9 @@ def bundle(one_thread: None) -> Bundle:
 MODEL_VERSION = "0123abcd" * 8
 
 
-def app_over(bundle: Bundle) -> Litestar:
+def app_over(bundle: Bundle, photo_dir: Path | None = None) -> Litestar:
     return create_app(attrs.evolve(bundle, model_version=MODEL_VERSION), max_body_bytes=MAX_BODY, max_text_chars=MAX_TEXT,
-                      max_image_pixels=MAX_PIXELS)  # fmt: skip
+                      max_image_pixels=MAX_PIXELS, photo_dir=photo_dir)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +374,7 @@ def test_health_reports_the_predictors_classes_format_and_index(client: TestClie
     assert sorted(bundle.models) == ["combined-nn", "image-cnn", "text-cnn", "text-linear"]
     assert client.get("/health").json() == {
         "ready": True, "models": ["combined", "image", "text"], "classes": 3, "bundle_format": "fbml.bundle/2",
-        "indexed_products": CATALOGUE_SIZE,
+        "indexed_products": CATALOGUE_SIZE, "photos": False,
     }
 
 
@@ -487,7 +496,8 @@ def test_the_index_holds_each_products_vector_built_from_its_parts(bundle: Bundl
     for product in (0, 5, 10):  # photographed (0, 5), text alone (10)
         expected = expected_vector(bundle, catalogue_photo(product), product_text(product))
         np.testing.assert_allclose(index.vectors[index.row(f"p{product}")], expected, rtol=0, atol=1e-5)
-    assert index.listing(index.row("p5")) == {"id": "p5", "product_name": product_text(5), "category": "Toys", "price": 5.5}
+    assert index.listing(index.row("p5")) == {"id": "p5", "product_name": product_text(5), "category": "Toys",
+                                              "category_path": "Toys > kind 1", "price": 5.5, "photos": [photo_id(5)]}
 
 
 def test_recommend_by_product_id_leaves_the_product_out(client: TestClient, bundle: Bundle) -> None:
@@ -499,7 +509,8 @@ def test_recommend_by_product_id_leaves_the_product_out(client: TestClient, bund
     assert "p3" not in listings(response) and len(expected) == 4
     results = response.json()["results"]
     row = index.listing(index.row(expected[0][0]))
-    first = {"id": row["id"], "name": row["product_name"], "category": row["category"], "price": row["price"]}
+    first = {"id": row["id"], "name": row["product_name"], "category": row["category"], "price": row["price"],
+             "category_path": row["category_path"], "photos": row["photos"]}
     assert results[0] == first | {"score": results[0]["score"]}
 
 
@@ -762,7 +773,7 @@ def test_endpoints_whose_predictor_the_bundle_lacks_are_404(bundle: Bundle) -> N
         assert_error(client.post("/recommend", json={"product_id": "p1"}), 404, None, "no search index")
         assert_error(client.post("/recommend", json={"text": "kettle"}), 404, None, "no search index")
         assert client.get("/health").json() == {
-            "ready": True, "models": ["text"], "classes": 3, "bundle_format": "fbml.bundle/2", "indexed_products": None,
+            "ready": True, "models": ["text"], "classes": 3, "bundle_format": "fbml.bundle/2", "indexed_products": None, "photos": False,
         }
 
 
@@ -1044,3 +1055,114 @@ def test_the_schema_documents_every_endpoint_and_body(client: TestClient) -> Non
     assert image["properties"]["image"]["format"] == "binary"
     assert image["required"] == ["image"]
     assert {"200", "404", "413", "415", "422"} <= set(paths["/recommend"]["post"]["responses"])
+
+
+# --- the catalogue's photos (GET /photos/{id}) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cleaned photo folder: ``photo-N.jpg`` of the photographed products, but photo-3 a link leading out of
+    the folder, photo-4 a link to photo-0 inside it, photo-5 missing; ``stray.jpg``, no catalogue photo."""
+    root = tmp_path_factory.mktemp("photos")
+    folder = root / "cleaned"
+    folder.mkdir()
+    (root / "secret.jpg").write_bytes(photo_bytes(999))
+    for product in range(PHOTOGRAPHED):
+        if product not in (3, 4, 5):
+            (folder / f"{photo_id(product)}.jpg").write_bytes(photo_bytes(300 + product))
+    (folder / f"{photo_id(3)}.jpg").symlink_to(root / "secret.jpg")
+    (folder / f"{photo_id(4)}.jpg").symlink_to(folder / f"{photo_id(0)}.jpg")
+    (folder / "stray.jpg").write_bytes(photo_bytes(998))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo_client(bundle: Bundle, photo_dir: Path) -> Iterator[TestClient]:
+    app = create_app(attrs.evolve(bundle, model_version=MODEL_VERSION), photo_dir=photo_dir)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_a_catalogue_photo_is_served_with_cache_headers(photo_client: TestClient, photo_dir: Path) -> None:
+    response = photo_client.get(f"/photos/{photo_id(0)}")
+    assert response.status_code == 200
+    assert response.content == (photo_dir / f"{photo_id(0)}.jpg").read_bytes()
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.headers["cache-control"] == "public, max-age=86400"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    etag = response.headers["etag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
+    for named in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        unchanged = photo_client.get(f"/photos/{photo_id(0)}", headers={"if-none-match": named})
+        assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", etag), named
+    assert photo_client.get(f"/photos/{photo_id(0)}", headers={"if-none-match": '"other"'}).status_code == 200
+    assert photo_client.get(f"/photos/{photo_id(1)}").headers["etag"] != etag
+    linked = photo_client.get(f"/photos/{photo_id(4)}")  # a link to a photo inside the folder
+    assert linked.status_code == 200 and linked.content == response.content
+    assert photo_client.get("/health").json()["photos"] is True
+
+
+@pytest.mark.parametrize("path", [
+    "/photos/stray",  # in the folder, not in the catalogue
+    f"/photos/{photo_id(3)}",  # a link out of the folder
+    f"/photos/{photo_id(5)}",  # in the catalogue, not in the folder
+    f"/photos/{photo_id(0)}.jpg",
+    "/photos/..%2Fsecret", "/photos/%2E%2E%2Fsecret", "/photos/..", "/photos/%2Fetc%2Fpasswd", "/photos/photo%2D0%00",
+    "/photos/cleaned%2F..%2Fsecret", "/photos/" + "a" * 129, "/photos/photo 0", "/photos/", "/photos/../secret.jpg",
+])
+def test_unknown_or_traversing_photo_ids_are_404_in_the_apis_shape(bundle: Bundle, photo_dir: Path, path: str) -> None:
+    """Sent as written (http.client neither decodes nor normalises the path)."""
+    import http.client
+
+    app = create_app(attrs.evolve(bundle, model_version=MODEL_VERSION), photo_dir=photo_dir)
+    with serving(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", path.replace(" ", "%20"))
+        answer = connection.getresponse()
+        body = json.loads(answer.read())
+        connection.close()
+    assert answer.status == 404 and answer.getheader("content-type") == "application/json"
+    assert body["status_code"] == 404 and set(body) <= {"status_code", "detail", "field"}
+
+
+def test_without_a_photo_folder_there_is_no_photo_route(client: TestClient) -> None:
+    assert_error(client.get(f"/photos/{photo_id(0)}"), 404)
+    assert not any(path.startswith("/photos") for path in client.get("/schema/openapi.json").json()["paths"])
+
+
+def test_the_photo_route_is_documented_when_served(photo_client: TestClient) -> None:
+    operation = photo_client.get("/schema/openapi.json").json()["paths"]["/photos/{photo_id}"]["get"]
+    assert set(operation["responses"]) >= {"200", "304", "404"}
+
+
+def test_photos_are_read_off_the_event_loop(photo_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fbml.serving import photos
+
+    loops: list[bool] = []
+
+    def reading(folder: Path, photo: str) -> photos.Photo | None:
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:
+            loops.append(False)
+        return read_photo(folder, photo)
+
+    read_photo = photos.read_photo
+    monkeypatch.setattr(photos, "read_photo", reading)
+    assert photo_client.get(f"/photos/{photo_id(1)}").status_code == 200
+    assert loops == [False]
+
+
+def test_a_missing_photo_folder_is_refused_when_the_app_is_built(bundle: Bundle, tmp_path: Path) -> None:
+    with pytest.raises(FbmlError, match=r"^--photos .*none: no such folder$"):
+        create_app(bundle, photo_dir=tmp_path / "none")
+
+
+def test_recommendations_carry_the_listings_category_paths_and_photo_ids(client: TestClient) -> None:
+    results = client.post("/recommend", json={"product_id": "p0", "k": CATALOGUE_SIZE - 1}).json()["results"]
+    by_id = {item["id"]: item for item in results}
+    assert by_id["p1"]["photos"] == [photo_id(1)] and by_id["p10"]["photos"] == []
+    assert by_id["p4"]["category_path"] == "Books > kind 0"

@@ -229,6 +229,7 @@ def test_similar_by_product_text_photo_or_vector(bundle: Bundle) -> None:
     assert [(item.id, round(item.score, 5)) for item in by_id] == [(name, round(score, 5)) for name, score in expected]
     row = index.listing(index.row(by_id[0].id))
     assert (by_id[0].name, by_id[0].category, by_id[0].price) == (row["product_name"], row["category"], row["price"])
+    assert (by_id[0].category_path, by_id[0].photos) == (row["category_path"], tuple(row["photos"]))
     query = bundle.embed(text="novel about a red bike", image=photo_bytes(21))
     by_listing = bundle.similar(text="novel about a red bike", image=photo_bytes(21), k=5)
     assert [item.id for item in by_listing] == [item.id for item in bundle.similar(vector=query, k=5)]

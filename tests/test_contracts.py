@@ -143,7 +143,8 @@ def test_contracts_hold_whatever_pandera_environment_variables_say() -> None:
 
 
 def catalogue_of(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(list(polars_schema(Catalogue)))
+    photos = pl.Series("photos", [[f"{number}a", f"{number}b"] for number in range(frame.height)], dtype=pl.List(pl.String))
+    return frame.with_columns(photos).select(list(polars_schema(Catalogue)))
 
 
 @pytest.mark.parametrize(
@@ -157,6 +158,12 @@ def catalogue_of(frame: pl.DataFrame) -> pl.DataFrame:
         (pl.Series("price", [math.nan, 1.0]), "price", "not_null"),
         (pl.Series("price", [1, 2]), "price", "dtype Float64"),
         (pl.Series("product_name", ["a", "b"], dtype=pl.Categorical), "product_name", "dtype String"),
+        (pl.Series("category_path", ["Home", "Garden > Home"]), "category_path", "starts_with_category"),
+        (pl.Series("category_path", ["Home", " "]), "category_path", "non_blank"),
+        (pl.Series("photos", [["a"], ["b", " "]]), "photos", "non_blank"),
+        (pl.Series("photos", [["a\n"], []]), "photos", "printable"),
+        (pl.Series("photos", [["a"], None]), "photos", "not_null"),
+        (pl.Series("photos", ["a", "b"]), "photos", "dtype List"),
     ],
 )
 def test_the_search_catalogue_is_checked_by_its_contract(change: pl.Series, column: str, check: str) -> None:
@@ -173,7 +180,7 @@ def test_the_search_catalogue_is_checked_for_its_columns_without_pandera() -> No
     with pytest.raises(ContractError, match="^Catalogue: column 'location' fails in_contract$"):
         SearchIndex(vectors, catalogue.with_columns(pl.lit("Leeds").alias("location")))
     with pytest.raises(ContractError, match="^Catalogue: the frame fails column_order \\(\"column 'price' out-of-order\"\\)$"):
-        SearchIndex(vectors, catalogue.select("price", "id", "product_name", "category"))
+        SearchIndex(vectors, catalogue.select("price", "id", "product_name", "category", "category_path", "photos"))
     with pytest.raises(ContractError, match="^Catalogue: column 'category' fails present$"):
         SearchIndex(vectors, catalogue.drop("category"))
     with pytest.raises(ContractError, match="^Catalogue: the frame fails is_polars_dataframe \\(got LazyFrame\\)$"):
@@ -189,14 +196,18 @@ CATALOGUE_DTYPES = {
     "id": [pl.String, pl.Categorical, pl.Int64, pl.Null],
     "product_name": [pl.String, pl.Categorical, pl.Null],
     "category": [pl.String, pl.Categorical],
+    "category_path": [pl.String, pl.Categorical],
     "price": [pl.Float64, pl.Float32, pl.Int64, pl.String, pl.Null],
+    "photos": [pl.List(pl.String), pl.List(pl.Categorical)],
 }
 catalogue_rows = st.fixed_dictionaries(
     {
         "id": st.sampled_from(["p1", "p2", "p3", "p4", "p5", "p6", "", " ", "p\x00", "p\x9f", "é", None]),
         "product_name": st.sampled_from(["Oak table", "x", "", "\t", "Café", None]),
         "category": st.sampled_from(["Home", "A", "B", "É", "", " ", None]),
+        "category_path": st.sampled_from(["Home", "Home > Garden", "A > B", "A", "", " ", None]),
         "price": st.sampled_from([0.0, 1.5, 1e308, -0.0, 2.0, -1.0, math.inf, -math.inf, math.nan, None]),
+        "photos": st.sampled_from([[], ["a", "b"], ["a"], [""], ["a", " "], ["a\x00"], ["\x85"], [None], None]),
     }
 )
 
@@ -209,6 +220,8 @@ def catalogue_frames(draw: st.DrawFn) -> pl.DataFrame:
     for column in ("id", "product_name", "category"):  # often good, for the checks of the columns after it
         if draw(st.booleans()):
             rows = [row | {column: f"p{number}"} for number, row in enumerate(rows)]
+    if draw(st.booleans()):
+        rows = [row | {"category_path": f"{row['category']} > x"} for row in rows]
     frame = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
     dtypes = {name: draw(st.sampled_from(choices) if draw(st.integers(0, 9)) == 0 else st.just(choices[0]))
               for name, choices in CATALOGUE_DTYPES.items()}

@@ -20,7 +20,7 @@ from fbml.serving.page import ASSETS, PAGE_POLICY
 from fbml.serving.server import serving
 from litestar.testing import TestClient
 
-from test_app import app_over, indexed, models_bundle, photo_bytes
+from test_app import PHOTOGRAPHED, app_over, indexed, models_bundle, photo_bytes, photo_id
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
@@ -39,8 +39,12 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 
 @pytest.fixture(scope="module")
-def app() -> Any:
-    return app_over(indexed(models_bundle()))
+def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The app over the test bundle, serving the photographed products' photos."""
+    folder = tmp_path_factory.mktemp("photos")
+    for product in range(PHOTOGRAPHED):
+        (folder / f"{photo_id(product)}.jpg").write_bytes(photo_bytes(300 + product, size=(64, 48)))
+    return app_over(indexed(models_bundle()), photo_dir=folder)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +124,17 @@ def test_a_photo_and_text_get_the_category_probabilities_and_similar_listings(
     for shown, top in zip(rows.locator("td:last-child").all_inner_texts(), prediction["top"], strict=True):
         assert float(shown.strip().rstrip("%")) == pytest.approx(100 * top["probability"], abs=0.051)
     cells = [row.locator("td").all_inner_texts() for row in page.locator("#similar tbody tr").all()]
-    assert [cell[:3] for cell in cells] == [[item["name"], item["category"], f"£{item['price']:,.2f}"] for item in similar]
-    assert [float(cell[3]) for cell in cells] == pytest.approx([item["score"] for item in similar], abs=5e-4)
+    assert [cell[1:4] for cell in cells] == [[item["name"], item["category_path"], f"£{item['price']:,.2f}"] for item in similar]
+    assert [float(cell[4]) for cell in cells] == pytest.approx([item["score"] for item in similar], abs=5e-4)
+    for row, item in zip(page.locator("#similar tbody tr").all(), similar, strict=True):
+        thumbnails = row.locator("td:first-child img")
+        if not item["photos"]:
+            expect(thumbnails).to_have_count(0)
+            continue
+        expect(thumbnails).to_have_attribute("src", f"/photos/{item['photos'][0]}")
+        expect(thumbnails).to_have_js_property("complete", True)
+        assert thumbnails.evaluate("image => image.naturalWidth") == 64  # the served photo, decoded
+    assert any(item["photos"] for item in similar)
     assert page.locator("#error").is_hidden()
     assert page.locator("#preview").evaluate("image => image.naturalWidth") == 160
 

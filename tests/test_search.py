@@ -5,6 +5,8 @@ How listings become vectors is tested with ``fbml.workflows.index``; saving the 
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import numpy as np
 import polars as pl
@@ -31,7 +33,9 @@ def catalogue_of(rows: int) -> pl.DataFrame:
             "id": [f"p{row}" for row in range(rows)],
             "product_name": [f"product {row}" for row in range(rows)],
             "category": [CATEGORIES[row % len(CATEGORIES)] for row in range(rows)],
+            "category_path": [f"{CATEGORIES[row % len(CATEGORIES)]} > kind {row % 2}" for row in range(rows)],
             "price": [float(row) for row in range(rows)],
+            "photos": [[f"photo-{row}-{number}" for number in range(row % 3)] for row in range(rows)],
         },
         schema=CATALOGUE_SCHEMA,
     )
@@ -154,7 +158,9 @@ def test_rows_listings_and_membership() -> None:
     assert len(index) == 5 and index.dim == 3
     assert "p4" in index and "p5" not in index and 4 not in index
     assert index.row("p3") == 3
-    assert index.listing(index.row("p4")) == {"id": "p4", "product_name": "product 4", "category": "Books", "price": 4.0}
+    assert index.listing(index.row("p4")) == {"id": "p4", "product_name": "product 4", "category": "Books",
+                                              "category_path": "Books > kind 0", "price": 4.0,
+                                              "photos": ["photo-4-0"]}
 
 
 # --- vectors and catalogue ----------------------------------------------------------------------------
@@ -209,15 +215,16 @@ def test_indexes_compare_by_their_contents() -> None:
 
 def test_catalogue_json_round_trips() -> None:
     index = attrs.evolve(random_index(5, 3, seed=4), report={"precision_at_10": 0.5})
-    rows = index.catalogue_json()
-    assert rows[1] == {"id": "p1", "product_name": "product 1", "category": "Books", "price": 1.0}
+    rows = json.loads(index.catalogue_json())
+    assert rows[2] == {"id": "p2", "product_name": "product 2", "category": "Toys", "category_path": "Toys > kind 0",
+                       "price": 2.0, "photos": ["photo-2-0", "photo-2-1"]}
     loaded = SearchIndex.from_json(index.vectors, rows, index.report)
     assert loaded == index
     assert loaded.report == {"precision_at_10": 0.5}
     assert loaded.neighbours("p3", 2) == index.neighbours("p3", 2)
 
 
-ROW = {"id": "p0", "product_name": "x", "category": "Books", "price": 1.0}
+ROW = {"id": "p0", "product_name": "x", "category": "Books", "category_path": "Books", "price": 1.0, "photos": ["a"]}
 
 
 @pytest.mark.parametrize(
@@ -229,6 +236,13 @@ ROW = {"id": "p0", "product_name": "x", "category": "Books", "price": 1.0}
         ([ROW | {"extra": 1}], 1, "a list of rows with keys"),
         ([ROW | {"price": "cheap"}], 1, "bad index catalogue"),
         ([ROW, ROW], 2, "column 'id' fails unique"),
+        ([ROW | {"photos": "a"}], 1, "row 0: photos must be a list of at most 100 photo ids"),
+        ([ROW | {"photos": ["a"] * 101}], 1, "row 0: photos must be a list of at most 100 photo ids"),
+        ([ROW | {"photos": [1]}], 1, "row 0: its ids, names, paths and photo ids are strings of at most 1000"),
+        ([ROW | {"photos": ["a" * 1001]}], 1, "row 0: its ids, names, paths and photo ids are strings"),
+        ([ROW | {"category_path": "x" * 1001}], 1, "row 0: its ids, names, paths and photo ids are strings"),
+        ([ROW | {"photos": ["a\n"]}], 1, "column 'photos' fails printable"),
+        ([ROW | {"category_path": "Toys > Books"}], 1, "column 'category_path' fails starts_with_category"),
         ([ROW, ROW | {"id": "p1"}, ROW | {"id": "p2"}], 2, "the index has 2 vectors for 3 catalogue rows"),
     ],
 )
@@ -266,7 +280,7 @@ def test_alikeness_counts_neighbours_of_the_same_category_subcategory_and_path()
     assert alikeness(vectors, paths, np.array([0]), np.array([0, 2]), k=1).category == 0.0
     # the index's own engine answers the same as the exact search here
     catalogue = pl.DataFrame({"id": list("abcd"), "product_name": list("abcd"), "category": ["X", "X", "Y", "X"],
-                              "price": [1.0] * 4}, schema=CATALOGUE_SCHEMA)
+                              "category_path": list(paths), "price": [1.0] * 4, "photos": [[]] * 4}, schema=CATALOGUE_SCHEMA)
     index = SearchIndex(vectors, catalogue)
     assert alikeness(vectors, paths, np.arange(4), index=index, k=2) == alikeness(vectors, paths, np.arange(4), k=2)
 

@@ -181,7 +181,9 @@ def make_index(bundle: Bundle, seed: int = 0, rows: int = 5) -> SearchIndex:
             "id": [f"p{seed}-{row}" for row in range(rows)],
             "product_name": [f"product {row} é" for row in range(rows)],
             "category": [CLASSES[row % len(CLASSES)] for row in range(rows)],
+            "category_path": [f"{CLASSES[row % len(CLASSES)]} > part {row}" for row in range(rows)],
             "price": [1.5 * row + 0.25 for row in range(rows)],
+            "photos": [[f"p{seed}-{row}-photo{number}" for number in range(row % 3)] for row in range(rows)],
         },
         schema=CATALOGUE_SCHEMA,
     )
@@ -1065,6 +1067,9 @@ def test_an_index_whose_catalogue_has_another_length(copy: Path) -> None:
     (lambda rows: [rows[0], rows[0], *rows[2:]], r"Catalogue: column 'id' fails unique"),
     (lambda rows: [{**rows[0], "id": None}, *rows[1:]], r"Catalogue: column 'id' fails not_null"),
     (lambda rows: [{**rows[0], "price": 2}, *rows[1:]], None),  # an integer price is a price
+    (lambda rows: [{**rows[0], "photos": ["x"] * 101}, *rows[1:]], r"row 0: photos must be a list of at most 100"),
+    (lambda rows: [{**rows[0], "photos": ["x" * 5000]}, *rows[1:]], r"row 0: its ids, names, paths and photo ids are strings"),
+    (lambda rows: [{**rows[0], "photos": [" "]}, *rows[1:]], r"Catalogue: column 'photos' fails non_blank"),
 ])
 def test_a_catalogue_that_is_not_one(copy: Path, change: Callable[[list], object], message: str | None) -> None:
     manifest = manifest_of(copy)
@@ -1128,7 +1133,8 @@ def test_an_hnsw_graph_that_is_not_the_indexs(copy: Path) -> None:
     hnsw_copy(copy)
     manifest = manifest_of(copy)
     other = SearchIndex(unit_rows(np.ones((6, 28), np.float32)), pl.DataFrame(
-        {"id": list("abcdef"), "product_name": list("abcdef"), "category": ["x"] * 6, "price": [1.0] * 6},
+        {"id": list("abcdef"), "product_name": list("abcdef"), "category": ["x"] * 6, "category_path": ["x"] * 6,
+         "price": [1.0] * 6, "photos": [[]] * 6},
         schema=CATALOGUE_SCHEMA)).with_method("hnsw")
     replace_file(copy, manifest["index"]["graph"], other.engine.to_bytes())
     write_manifest(copy, manifest)

@@ -180,7 +180,8 @@ class Bundle:
         found = []
         for neighbour in neighbours:
             row = index.listing(neighbour.row)
-            found.append(Similar(row["id"], row["product_name"], row["category"], row["price"], neighbour.score))
+            found.append(Similar(row["id"], row["product_name"], row["category"], row["price"], neighbour.score,
+                                 row["category_path"], tuple(row["photos"])))
         return found
 
     # --- parts --------------------------------------------------------------------------------------------

@@ -60,13 +60,16 @@ class Prediction:
 
 @attrs.frozen
 class Similar:
-    """A listing of the catalogue and its cosine similarity to the query."""
+    """A listing of the catalogue and its cosine similarity to the query: its id, name, category, category path,
+    price and the ids of its photos (in the images table's order; none when it has no photo)."""
 
     id: str
     name: str
     category: str
     price: float
     score: float
+    category_path: str
+    photos: tuple[str, ...]
 
 
 def resolved_role(bundle: Bundle, role: Role | str | None, *, has_text: bool, has_photos: bool) -> Role:

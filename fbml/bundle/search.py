@@ -2,7 +2,7 @@
 
 Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
 small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
-vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, price) as JSON.
+vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, category path, price, photo ids) as JSON.
 How a listing becomes a vector is ``fbml.bundle.listings``' job (one place for the catalogue and queries alike).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 import polars as pl
-from contracts.limits import MAX_K
+from contracts.limits import MAX_CATALOGUE_TEXT, MAX_K, MAX_LISTING_PHOTOS
 from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 
 from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
@@ -34,7 +34,7 @@ UNIT_TOLERANCE = 1e-3
 def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], vectors: np.ndarray) -> None:
     """Listing vectors: float32 (N, D), finite, each of length 1 (or 0: a listing with no part)."""
     check_vectors(vectors)
-    norms = np.linalg.norm(vectors, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # a third of np.linalg.norm's time on 100k rows
     off = int(np.count_nonzero((np.abs(norms - 1.0) > UNIT_TOLERANCE) & (norms > 0)))
     if off:
         raise FbmlError(f"{off} of the index's vectors are not of length 1 (cosine search needs unit vectors)")
@@ -129,23 +129,66 @@ class SearchIndex:
         rows, scores = self.search(self.vectors[row], k, exclude=[row])
         return _neighbours(rows[0], scores[0])
 
-    def catalogue_json(self) -> list[dict[str, Any]]:
-        """The catalogue as JSON rows."""
-        return self.catalogue.to_dicts()
+    def with_listings(self, vectors: np.ndarray, catalogue: pl.DataFrame) -> SearchIndex:
+        """The index with the listings of ``catalogue`` (its rows, ``vectors`` their unit vectors) added as its last
+        rows; a listing whose id it holds already is replaced (removed, then added). Nothing is rebuilt: the engine
+        links the new vectors in (``VectorIndex.with_added``). This index is unchanged."""
+        added = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(added) != catalogue.height:
+            raise FbmlError(f"{len(added)} vectors for {catalogue.height} new catalogue rows")
+        replaced = [product_id for product_id in catalogue["id"].to_list() if product_id in self._rows]
+        kept = self.without(replaced) if replaced else self
+        return SearchIndex(
+            np.concatenate([kept.vectors, added]),
+            pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical"),
+            kept.report,
+            kept.engine.with_added(added),
+        )
+
+    def without(self, product_ids: Sequence[str]) -> SearchIndex:
+        """The index without the listings ``product_ids``; ``UnknownProductError`` naming those it does not hold.
+        No search of the result returns them (an HNSW graph keeps them as tombstones it skips, see
+        ``HnswIndex``). This index is unchanged."""
+        unknown = [product_id for product_id in dict.fromkeys(product_ids) if product_id not in self._rows]
+        if unknown:
+            raise UnknownProductError(f"{len(unknown)} product(s) not in the search index: {shown(unknown)}")
+        rows = np.array(sorted({self._rows[product_id] for product_id in product_ids}), dtype=np.int64)
+        keep = np.ones(len(self), dtype=bool)
+        keep[rows] = False
+        return SearchIndex(self.vectors[keep], self.catalogue.filter(pl.Series(keep)), self.report, self.engine.without(rows))
+
+    def catalogue_json(self) -> bytes:
+        """The catalogue as a JSON array of rows (UTF-8; written by polars: a 100k-row catalogue in a tenth of
+        a second, where Python's indenting encoder took seconds)."""
+        return self.catalogue.write_json().encode()
 
     @classmethod
     def from_json(
         cls, vectors: np.ndarray, rows: Any, report: Mapping[str, Any], engine: VectorIndex | None = None
     ) -> SearchIndex:
-        """The index ``catalogue_json``, its vectors and (when saved) its engine describe; ``FbmlError``
+        """The index ``catalogue_json`` (read as JSON), its vectors and (when saved) its engine describe; ``FbmlError``
         when they do not fit. Without an engine, the vectors are searched exactly."""
         if not isinstance(rows, list) or not all(isinstance(row, dict) and row.keys() == CATALOGUE_SCHEMA.keys() for row in rows):
             raise FbmlError(f"an index catalogue is a list of rows with keys {list(CATALOGUE_SCHEMA)}")
+        for number, row in enumerate(rows):
+            _check_row_bounds(number, row)
         try:
             catalogue = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
             raise FbmlError(f"bad index catalogue: {str(error).splitlines()[0]}") from None
         return cls(vectors, catalogue, report, engine or vector_index(vectors, method="exact"))
+
+
+def _check_row_bounds(number: int, row: dict[str, Any]) -> None:
+    """``FbmlError`` unless catalogue row ``number``'s texts are strings of at most ``MAX_CATALOGUE_TEXT`` characters
+    and its photos a list of at most ``MAX_LISTING_PHOTOS`` of them (a loaded catalogue is untrusted input)."""
+    photos = row["photos"]
+    if not isinstance(photos, list) or len(photos) > MAX_LISTING_PHOTOS:
+        raise FbmlError(f"index catalogue row {number}: photos must be a list of at most {MAX_LISTING_PHOTOS} photo ids")
+    texts = [row[name] for name, dtype in CATALOGUE_SCHEMA.items() if dtype == pl.String] + photos
+    if not all(text is None or isinstance(text, str) and len(text) <= MAX_CATALOGUE_TEXT for text in texts):  # nulls: the contract's
+        raise FbmlError(f"index catalogue row {number}: its ids, names, paths and photo ids are strings of at most "
+                        f"{MAX_CATALOGUE_TEXT} characters")
 
 
 def _check_k(k: int) -> None:

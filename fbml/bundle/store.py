@@ -51,7 +51,7 @@ from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.profile import profile_from_json, profile_to_json
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.vector_index import load_vector_index
+from fbml.bundle.vector_index import HnswIndex, VectorIndex, load_vector_index
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
@@ -390,26 +390,37 @@ def _read_predictor(
 
 
 def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
-    graph = index.engine.method == "hnsw"
+    engine = index.engine
+    graph = isinstance(engine, HnswIndex)
+    tombstones = engine.removed_bytes() if isinstance(engine, HnswIndex) and len(engine.removed) else None
     return IndexEntry(
-        vectors=_write_file(path, "index", ".npy", _npy_bytes(index.vectors)),
-        catalogue=_write_json(path, "catalogue", index.catalogue_json()),
+        vectors=None if graph else _write_file(path, "index", ".npy", _npy_bytes(index.vectors)),  # a graph holds its own
+        catalogue=_write_file(path, "catalogue", ".json", index.catalogue_json() + b"\n"),
         method="hnsw" if graph else "exact",
-        graph=_write_file(path, "graph", ".faiss", index.engine.to_bytes()) if graph else None,
-        parameters=index.engine.parameters() if graph else {},
+        graph=_write_file(path, "graph", ".faiss", engine.to_bytes()) if graph else None,
+        parameters=engine.parameters() if graph else {},
         report=dict(index.report),
+        removed=None if tombstones is None else _write_file(path, "removed", ".npy", tombstones),
     )
 
 
 def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
-    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors."""
-    vectors = _read_npy(path, entry.vectors, np.float32)
+    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors and
+    the tombstones of removed rows."""
     rows = _read(path, entry.catalogue, "catalogue", lambda value: value)
     try:
-        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph))
+        removed = None if entry.removed is None else _checked(path, entry.removed)
+        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed)
+        vectors = _read_npy(path, entry.vectors, np.float32) if entry.vectors is not None else _graph_rows(engine)
         return SearchIndex.from_json(vectors, rows, entry.report, engine)
     except FbmlError as error:
         raise FbmlError(f"{path}: {error}") from None
+
+
+def _graph_rows(engine: VectorIndex | None) -> np.ndarray:
+    """The vectors of an HNSW graph's rows (its tombstones left out), checked finite."""
+    assert isinstance(engine, HnswIndex)  # the manifest's contract: only a graph may hold the vectors
+    return finite(engine.row_vectors(), "the index graph's vectors")
 
 
 def _check_settings(path: Path, bundle: Bundle) -> None:

@@ -39,6 +39,9 @@ EXACT_MAX_FLOATS = 20_000 * 256
 HNSW_M = 32  # links per node (64 at the base layer)
 HNSW_EF_CONSTRUCTION = 64  # candidates kept while inserting
 HNSW_EF_SEARCH = 256  # candidates kept while searching (at least k + 1 is used)
+COMPACT_SHARE = 0.25
+"""The share of an HNSW graph's nodes that may be tombstones (removed rows) before it is built afresh: each
+one costs every search a little (the walk passes through it), and the file keeps its vector."""
 HNSW_MAX = {"m": 256, "ef_construction": 4096, "ef_search": 4096}
 """The largest HNSW settings built or loaded: far past any useful recall, and each search's working set stays
 megabytes (a bundle asking for ef_search 2**40 would make every search fail)."""
@@ -72,6 +75,14 @@ class VectorIndex(Protocol):
 
     def to_bytes(self) -> bytes:
         """The index in its library's own binary format (never pickle)."""
+        ...
+
+    def with_added(self, vectors: np.ndarray) -> VectorIndex:
+        """The index with ``vectors`` appended as its next rows (this one unchanged)."""
+        ...
+
+    def without(self, rows: np.ndarray) -> VectorIndex:
+        """The index without ``rows`` (the rows after each move up; this one unchanged)."""
         ...
 
 
@@ -140,17 +151,61 @@ class ExactIndex:
         np.save(buffer, self.vectors, allow_pickle=False)
         return buffer.getvalue()
 
+    def with_added(self, vectors: np.ndarray) -> ExactIndex:
+        """The index with ``vectors`` appended as its next rows."""
+        return ExactIndex(np.concatenate([self.vectors, checked_queries(vectors, self.dim)]))
+
+    def without(self, rows: np.ndarray) -> ExactIndex:
+        """The index without ``rows``."""
+        return ExactIndex(np.delete(self.vectors, checked_rows(rows, len(self)), axis=0))
+
+
+def _no_removed() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
 
 @attrs.frozen(eq=False)
 class HnswIndex:
     """A faiss ``IndexHNSWFlat`` (inner product) over the rows: approximate, far faster past ~20k rows.
-    Compares by identity (the graph is not compared)."""
+    Compares by identity (the graph is not compared).
+
+    A faiss HNSW graph cannot forget a node, so removing rows leaves them in the graph as tombstones:
+    ``removed`` (sorted graph positions) are skipped by every search (a faiss ID selector: the walk still
+    passes through them, so the graph stays as connected), and the index's rows are the graph's other
+    nodes in order. Once tombstones are over ``COMPACT_SHARE`` of the graph, ``without`` builds a new one."""
 
     index: Any = attrs.field(repr=False)
     m: int
     ef_construction: int
     ef_search: int
     seed: int
+    removed: np.ndarray = attrs.field(factory=_no_removed, repr=False)
+    _positions: np.ndarray = attrs.field(init=False, repr=False)
+    _rows: np.ndarray = attrs.field(init=False, repr=False)
+    _live_bits: np.ndarray | None = attrs.field(init=False, repr=False)
+
+    @_positions.default
+    def _live_positions(self) -> np.ndarray:
+        return np.delete(np.arange(int(self.index.ntotal), dtype=np.int64), self.removed)
+
+    @_rows.default
+    def _row_of_position(self) -> np.ndarray:
+        rows = np.full(int(self.index.ntotal), -1, dtype=np.int64)
+        rows[self._positions] = np.arange(len(self._positions), dtype=np.int64)
+        return rows
+
+    @_live_bits.default
+    def _bitmap(self) -> np.ndarray | None:
+        if not len(self.removed):
+            return None
+        return np.packbits(self._rows >= 0, bitorder="little")
+
+    def _selected(self, params: Any) -> Any:
+        """``params`` with the selector that skips the tombstones (when there are any)."""
+        if self._live_bits is not None:
+            faiss = _faiss()
+            params.sel = faiss.IDSelectorBitmap(int(self.index.ntotal), faiss.swig_ptr(self._live_bits))
+        return params
 
     @property
     def method(self) -> str:
@@ -163,7 +218,7 @@ class HnswIndex:
         return int(self.index.d)
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self._positions)
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores (each (Q, k'), best first, ties by row) of about the ``k`` rows most similar to
@@ -175,12 +230,53 @@ class HnswIndex:
         if take == 0:
             return empty_answer(len(batch))
         want = min(take + (skip is not None), len(self))
-        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, want))
-        scores, rows = self.index.search(batch, want, params=params)
-        short = np.flatnonzero((rows < 0).any(axis=1))
+        params = self._selected(faiss.SearchParametersHNSW(efSearch=max(self.ef_search, want)))
+        scores, positions = self.index.search(batch, want, params=params)
+        short = np.flatnonzero((positions < 0).any(axis=1))
         if len(short):  # the graph walk found fewer than ``want`` rows: score those queries exactly
-            scores[short], rows[short] = faiss.downcast_index(self.index.storage).search(batch[short], want)
+            storage = faiss.downcast_index(self.index.storage)
+            scores[short], positions[short] = storage.search(batch[short], want, params=self._selected(faiss.SearchParameters()))
+        rows = np.where(positions >= 0, self._rows[np.maximum(positions, 0)], -1)
         return best_first(*drop_excluded(rows, scores, skip, take))
+
+    def with_added(self, vectors: np.ndarray) -> HnswIndex:
+        """The index with ``vectors`` linked into a copy of its graph as its next rows (the graph of a build in one
+        ``add`` would differ a little: HNSW inserts in order)."""
+        faiss = _faiss()
+        added = checked_queries(vectors, self.dim)
+        index = faiss.clone_index(self.index)
+        index.hnsw.efConstruction = self.ef_construction
+        index.hnsw.rng = faiss.RandomGenerator(self.seed + int(index.ntotal))
+        index.add(added)
+        return attrs.evolve(self, index=index)
+
+    def without(self, rows: np.ndarray) -> HnswIndex:
+        """The index without ``rows``: their graph nodes become tombstones, or, once tombstones would be over
+        ``COMPACT_SHARE`` of the graph, a graph is built afresh over the rows left."""
+        gone = self._positions[checked_rows(rows, len(self))]
+        removed = np.union1d(self.removed, gone).astype(np.int64)
+        if len(removed) <= COMPACT_SHARE * int(self.index.ntotal):
+            return attrs.evolve(self, removed=removed)
+        kept = np.delete(self.graph_vectors(), removed, axis=0)
+        return build_hnsw(kept, seed=self.seed, m=self.m, ef_construction=self.ef_construction, ef_search=self.ef_search)
+
+    def graph_vectors(self) -> np.ndarray:
+        """Every vector of the graph, tombstones included (a copy of faiss' storage)."""
+        faiss = _faiss()
+        storage = faiss.downcast_index(self.index.storage)
+        codes: np.ndarray = faiss.vector_to_array(storage.codes)
+        return codes.view(np.float32).reshape(int(self.index.ntotal), self.dim)
+
+    def row_vectors(self) -> np.ndarray:
+        """The vectors of the index's rows (a copy, tombstones left out)."""
+        vectors = self.graph_vectors()
+        return vectors[self._positions] if len(self.removed) else vectors
+
+    def removed_bytes(self) -> bytes:
+        """The tombstones' graph positions as a ``.npy`` file."""
+        buffer = io.BytesIO()
+        np.save(buffer, self.removed, allow_pickle=False)
+        return buffer.getvalue()
 
     def parameters(self) -> dict[str, Any]:
         """JSON describing ``to_bytes()``."""
@@ -197,12 +293,14 @@ class HnswIndex:
             "ef_construction": self.ef_construction,
             "ef_search": self.ef_search,
             "seed": self.seed,
+            "removed": len(self.removed),
         }
 
     def to_bytes(self) -> bytes:
         """The index in faiss' binary format (``faiss.serialize_index``): graph and vectors."""
         faiss = _faiss()
-        return bytes(faiss.serialize_index(self.index))
+        serialized: np.ndarray = faiss.serialize_index(self.index)
+        return serialized.tobytes()
 
 
 def vector_index(
@@ -243,18 +341,21 @@ def build_hnsw(vectors: np.ndarray, *, seed: int, m: int, ef_construction: int, 
     return HnswIndex(index, int(m), int(ef_construction), int(ef_search), int(seed))
 
 
-def load_vector_index(parameters: Any, content: bytes) -> VectorIndex:
-    """The index ``to_bytes()`` wrote, checked against its ``parameters()``; ``FbmlError`` when the JSON
-    is malformed, the bytes do not load, or what loaded disagrees with the JSON."""
+def load_vector_index(parameters: Any, content: bytes, removed: bytes | None = None) -> VectorIndex:
+    """The index ``to_bytes()`` wrote (and, for an HNSW graph with tombstones, ``removed_bytes()``), checked
+    against its ``parameters()``; ``FbmlError`` when the JSON is malformed, the bytes do not load, or what
+    loaded disagrees with the JSON."""
     if not isinstance(parameters, Mapping):
         raise FbmlError(f"vector index parameters are a JSON object, got {type(parameters).__name__}")
     _expect(parameters, "format", FORMAT)
     _expect(parameters, "metric", METRIC)
     method = parameters.get("method")
-    if method == "exact":
+    if method == "exact" and removed is None:
         index: VectorIndex = _load_exact(content)
+    elif method == "exact":
+        raise FbmlError("an exact index has no removed rows: it forgets them")
     elif method == "hnsw":
-        index = _load_hnsw(parameters, content)
+        index = _load_hnsw(parameters, content, removed)
     else:
         raise FbmlError(f"vector index method is 'exact' or 'hnsw', got {method!r}")
     for key, loaded in (("count", len(index)), ("dim", index.dim)):
@@ -269,7 +370,7 @@ def _load_exact(content: bytes) -> ExactIndex:
         raise FbmlError(f"exact index bytes: {error}") from None
 
 
-def _load_hnsw(parameters: Mapping[str, Any], content: bytes) -> HnswIndex:
+def _load_hnsw(parameters: Mapping[str, Any], content: bytes, removed: bytes | None) -> HnswIndex:
     faiss = _faiss()
 
     try:
@@ -282,7 +383,25 @@ def _load_hnsw(parameters: Mapping[str, Any], content: bytes) -> HnswIndex:
     m, ef_construction, ef_search = (_setting(parameters, key, 1, HNSW_MAX[key]) for key in ("m", "ef_construction", "ef_search"))
     _expect(parameters, "m", int(index.hnsw.nb_neighbors(1)), what="the loaded index has")
     _expect(parameters, "ef_construction", int(index.hnsw.efConstruction), what="the loaded index has")
-    return HnswIndex(index, m, ef_construction, ef_search, _setting(parameters, "seed", 0, 2**63 - 1))
+    tombstones = _load_removed(parameters, removed, int(index.ntotal))
+    return HnswIndex(index, m, ef_construction, ef_search, _setting(parameters, "seed", 0, 2**63 - 1), tombstones)
+
+
+def _load_removed(parameters: Mapping[str, Any], content: bytes | None, count: int) -> np.ndarray:
+    """The tombstones of a graph of ``count`` nodes: strictly increasing positions in it, as many as the JSON says."""
+    said = parameters.get("removed", 0)
+    if content is None:
+        removed = _no_removed()
+    else:
+        try:
+            removed = plain_array(content, np.int64, 1)
+        except FbmlError as error:
+            raise FbmlError(f"hnsw removed rows: {error}") from None
+    if len(removed) and (int(removed[0]) < 0 or int(removed[-1]) >= count or not (np.diff(removed) > 0).all()):
+        raise FbmlError(f"hnsw removed rows must be increasing positions of the graph's {count} nodes")
+    if type(said) is not int or said != len(removed):
+        raise FbmlError(f"vector index parameters say removed={said!r}, the bundle holds {len(removed)} removed rows")
+    return removed
 
 
 def check_graph(index: Any) -> None:
@@ -321,6 +440,14 @@ def checked_queries(queries: np.ndarray, dim: int) -> np.ndarray:
     if batch.ndim != 2 or batch.shape[1] != dim:
         raise FbmlError(f"queries must be {dim} wide (a (Q, {dim}) array), got shape {np.shape(queries)}")
     return batch
+
+
+def checked_rows(rows: np.ndarray, count: int) -> np.ndarray:
+    """``rows`` as int64, each a row of an index of ``count`` rows."""
+    picked = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(picked) and not 0 <= int(picked.min()) <= int(picked.max()) < count:
+        raise FbmlError(f"rows must be between 0 and {count - 1}, got {picked.min()}..{picked.max()}")
+    return picked
 
 
 def checked_exclude(exclude: Sequence[int] | None, queries: int, rows: int) -> np.ndarray | None:

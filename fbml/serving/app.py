@@ -28,7 +28,7 @@ import attrs
 from contracts.api import Probe
 from litestar import Litestar, get, post
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import ResponseHeader
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
@@ -44,10 +44,21 @@ from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.serving.batching import MAX_BATCH
 from fbml.serving.docs import docs_handlers
 from fbml.serving.errors import ApiError, api_error_response, http_error_response
-from fbml.serving.handlers import ENDPOINTS, ERROR_RESPONSES, body_provider, bundle_serves, health, live, metrics, ready
+from fbml.serving.handlers import (
+    ENDPOINTS,
+    ERROR_RESPONSES,
+    PHOTOS_SERVED,
+    body_provider,
+    bundle_serves,
+    health,
+    live,
+    metrics,
+    ready,
+)
 from fbml.serving.metrics import Metrics, app_metrics
 from fbml.serving.oip import oip_router
 from fbml.serving.page import page_handlers
+from fbml.serving.photos import PhotoFolder, photo_handler
 from fbml.serving.prediction_log import PredictionLog
 from fbml.serving.requests import TextRules, operation_with
 from fbml.serving.service import STATE_KEY, running_service, service_of
@@ -84,12 +95,14 @@ def create_app(
     timeout: float | None = None,
     cors_origins: Sequence[str] = (),
     tracer_provider: Any = None,
+    photo_dir: Path | None = None,
 ) -> Litestar:
     """The API over ``bundle``, answering that its models are ``bundle.model_version``; its logs in
     ``log_format`` (text or json) on stderr; each prediction's row in Parquet parts in ``log_predictions``
     (``fbml.serving.prediction_log``) when given; at most ``max_queue`` inference requests at once and
     ``timeout`` seconds a request (``fbml.serving.traffic``); readable by pages from ``cors_origins``; traced by
-    OpenTelemetry when given a ``tracer_provider`` (``fbml.serving.tracing``)."""
+    OpenTelemetry when given a ``tracer_provider`` (``fbml.serving.tracing``); with ``photo_dir`` (the cleaned photo
+    folder), ``GET /photos/{id}`` serves the catalogue's photos from it (``fbml.serving.photos``)."""
     for name, value in [("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars),
                         ("max_image_pixels", max_image_pixels), ("decode_seconds", decode_seconds),
                         ("decode_workers", decode_workers), ("max_batch", max_batch)]:  # fmt: skip
@@ -128,8 +141,11 @@ def create_app(
                                  metrics=measures, logger=logger, max_batch=max_batch, decode_workers=decode_workers,
                                  log=None if log_predictions is None else PredictionLog(log_predictions, request_ids=current),
                                  tracing=tracing)  # fmt: skip
+    photos_route = [] if photo_dir is None else [photo_handler(PhotoFolder.of(photo_dir, bundle.index))]
     app = Litestar(
-        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), *docs_handlers(), oip_router()],
+        route_handlers=[get("/health", sync_to_thread=False)(health), *probes, *routes, *page_handlers(), *docs_handlers(),
+                        oip_router(), *photos_route],
+        state=State({PHOTOS_SERVED: bool(photos_route)}),
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},

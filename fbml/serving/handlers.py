@@ -50,14 +50,18 @@ from fbml.serving.service import Example, Service, service_of
 
 Served = SkipValidation[Service]
 INDEX = "index"
+PHOTOS_SERVED = "photos_served"
+"""The app state's key saying whether the app serves the catalogue's photos (``GET /photos/{id}``)."""
 """What ``/recommend`` needs of the bundle (the other endpoints need their predictor role)."""
 
 
-def health(service: Served) -> Health:
-    """Readiness, the models served, the class count and the bundle format."""
+def health(service: Served, request: Request[Any, Any, Any]) -> Health:
+    """Readiness, the models served, the class count, the bundle format, the listings indexed and whether
+    ``GET /photos/{id}`` serves their photos."""
     bundle = service.bundle
     indexed = None if bundle.index is None else len(bundle.index)
-    return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed)
+    photos = bool(request.app.state.get(PHOTOS_SERVED, False))
+    return Health(True, sorted(bundle.predictors), bundle.codec.num_classes, BUNDLE_FORMAT, indexed, photos)
 
 
 def live(service: Served) -> Probe:
@@ -175,4 +179,6 @@ def answer(found: predictions.Prediction) -> Prediction:
 
 def recommendations(found: Sequence[Similar], model_version: str) -> Recommendations:
     """The answer for a search's listings, best first."""
-    return Recommendations([Listing(item.id, item.name, item.category, item.price, item.score) for item in found], model_version)
+    listings = [Listing(item.id, item.name, item.category, item.price, item.score, item.category_path, list(item.photos))
+                for item in found]  # fmt: skip
+    return Recommendations(listings, model_version)

@@ -78,6 +78,7 @@ class AppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_origins: tuple[str, ...] = ()
     grace: float = DEFAULT_GRACE
     otel: bool = False
+    photo_dir: str | None = None
 
 
 def serve(bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, options: AppOptions = AppOptions()) -> None:
@@ -160,10 +161,11 @@ def app_from_env() -> Litestar:
 def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
     """``create_app`` over ``bundle`` with ``options``."""
     log_predictions = None if options.log_predictions is None else Path(options.log_predictions)
+    photo_dir = None if options.photo_dir is None else Path(options.photo_dir)
     return create_app(bundle, max_image_pixels=options.max_image_pixels, decode_workers=options.decode_workers,
                       log_format=options.log_format, log_predictions=log_predictions, max_queue=options.max_queue,
                       timeout=options.timeout, cors_origins=options.cors_origins,
-                      tracer_provider=exporting_provider() if options.otel else None)  # fmt: skip
+                      tracer_provider=exporting_provider() if options.otel else None, photo_dir=photo_dir)  # fmt: skip
 
 
 def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:

@@ -27,13 +27,13 @@ from fbml.files import check_output_folder
 from fbml.tables.clean import CleanTables
 from fbml.text.listings import listing_texts
 from fbml.vision.cache import check_photo_folder
-from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos
+from fbml.workflows.inputs import TrainingData, decoded_photos, known_categories, product_photos, with_photo_ids
 
 PART_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 FOLDS = 5
 MIN_CATEGORY_PRECISION = 0.80
 MAX_TIED = 0.02
-CATALOGUE_COLUMNS = ("id", "product_name", "category", "price")
+CATALOGUE_COLUMNS = ("id", "product_name", "category", "category_path", "price", "photos")
 
 
 def catalogue_parts(bundle: Bundle, tables: CleanTables, image_dir: Path | None, products: pl.DataFrame, *, work_dir: Path,
@@ -92,7 +92,7 @@ def indexed_bundle(bundle: Bundle, data: TrainingData, *, tested: Bundle | None 
     scored with; default ``bundle``); the index holds ``bundle``'s vectors with those weights."""
     tested = bundle if tested is None else tested
     splits = data.splits.products
-    everything = pl.concat([splits.train, splits.validation, splits.test])
+    everything = with_photo_ids(pl.concat([splits.train, splits.validation, splits.test]), data.tables)
     parts = catalogue_parts(tested, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
     paths = everything["category_path"].to_numpy()
     seen = np.arange(splits.train.height + splits.validation.height)
@@ -141,7 +141,7 @@ def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None
     neighbours in that catalogue are."""
     weights = bundle.listing_weights()
     known = known_categories(tables, bundle.codec)
-    products = known.cleaned.products
+    products = with_photo_ids(known.cleaned.products, known)
     index = catalogue_index(catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress),
                             products, weights, method)  # fmt: skip
     found = alikeness(index.vectors, products["category_path"].to_numpy(), np.arange(len(index)), index=index)

@@ -17,6 +17,7 @@ import attrs
 import numpy as np
 import polars as pl
 from contracts.bundle import ModelKind
+from contracts.limits import MAX_LISTING_PHOTOS
 
 from fbml.errors import FbmlError
 from fbml.modeling.distributed import World, main_first
@@ -118,6 +119,21 @@ def product_photos(products: pl.DataFrame, manifest: pl.DataFrame, photos: Image
     for product_id, row in zip(decoded["id"].to_list(), rows.tolist(), strict=True):
         grouped.setdefault(product_id, []).append(photos.pixels[row].transpose(1, 2, 0))
     return [grouped.get(product_id, []) for product_id in products["id"].to_list()]
+
+
+def with_photo_ids(products: pl.DataFrame, tables: CleanTables) -> pl.DataFrame:
+    """``products`` with ``photos``: each product's photo ids in the images table of ``tables``, in its order (at
+    most ``MAX_LISTING_PHOTOS``; none without an images table or a photo)."""
+    if tables.manifest is None:
+        return products.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("photos"))
+    grouped = (
+        tables.manifest.images.lazy()
+        .select("id", "image_id")
+        .group_by("id", maintain_order=True)
+        .agg(pl.col("image_id").head(MAX_LISTING_PHOTOS).alias("photos"))
+    )
+    joined = products.lazy().drop("photos", strict=False).join(grouped, on="id", how="left", maintain_order="left")
+    return joined.with_columns(pl.col("photos").fill_null(pl.lit([], dtype=pl.List(pl.String)))).collect()
 
 
 def known_categories(tables: CleanTables, codec: LabelCodec) -> CleanTables:

@@ -51,13 +51,25 @@ function showPrediction(path, prediction) {
   }));
 }
 
+// A listing's first photo from GET /photos/{id} when the server serves photos and it has one; else nothing.
+function firstPhoto(listing) {
+  if (!served.photos || listing.photos.length === 0) return [];
+  const image = document.createElement("img");
+  image.className = "thumbnail";
+  image.alt = `Photo of ${listing.name}`;
+  image.loading = "lazy";
+  image.src = `/photos/${encodeURIComponent(listing.photos[0])}`;
+  return [image];
+}
+
 function showSimilar(listings) {
   byId("similar-caption").textContent = listings === null
     ? "This bundle has no search index: no similar listings."
     : "The most similar listings of the catalogue";
   byId("similar").tBodies[0].replaceChildren(...(listings || []).map((listing) => row([
+    { content: firstPhoto(listing) },
     { content: [listing.name] },
-    { content: [listing.category] },
+    { content: [listing.category_path] },
     { content: [pounds.format(listing.price)], number: true },
     { content: [listing.score.toFixed(3)], number: true },
   ])));
