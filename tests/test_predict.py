@@ -61,7 +61,10 @@ def test_a_row_per_clean_product_and_every_input_row_accounted_for(predicted: Pa
     assert rows.columns == ["product_id", "role", "category", "probability", "top", "subcategory", "subcategory_probability",
                             "model_version"]  # fmt: skip
     assert rows["model_version"].unique().to_list() == [load_bundle(trained["bundle"]).model_version]
-    assert rows["subcategory"].null_count() == rows.height  # the bundle predicts none yet
+    named = rows.filter(pl.col("subcategory").is_not_null())  # a child of the predicted category, when it has one
+    assert named.height > rows.height / 2
+    assert all(sub.startswith(category + " / ") for sub, category in zip(named["subcategory"], named["category"], strict=True))
+    assert (named["subcategory_probability"] <= named["probability"] + 1e-6).all()
     photographed = set(tables.manifest.images["id"]) - set(rejected.filter(pl.col("stage") == "images")["raw"]
                                                             .str.json_path_match("$.id"))  # fmt: skip
     by_role = dict(zip(rows["product_id"], rows["role"], strict=True))
@@ -166,8 +169,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(predicted: Path, marke
     for name in ("predictions.parquet", "rejected.parquet"):
         resumed, uninterrupted = pl.read_parquet(out / name), pl.read_parquet(predicted / name)
         if name == "predictions.parquet":
-            assert resumed.drop("top", "probability").equals(uninterrupted.drop("top", "probability"))
-            np.testing.assert_allclose(resumed["probability"].to_numpy(), uninterrupted["probability"].to_numpy(), rtol=0, atol=1e-6)
+            noisy = ("top", "probability", "subcategory_probability")  # a batch's composition moves floats by an ULP
+            assert resumed.drop(*noisy).equals(uninterrupted.drop(*noisy))
+            for column in ("probability", "subcategory_probability"):
+                np.testing.assert_allclose(resumed[column].fill_null(0.0).to_numpy(), uninterrupted[column].fill_null(0.0).to_numpy(),
+                                           rtol=0, atol=1e-6)
         else:
             assert resumed.sort(resumed.columns).equals(uninterrupted.sort(uninterrupted.columns))
 
@@ -221,7 +227,8 @@ def test_the_ray_engine_writes_the_same_table(predicted: Path, market, trained, 
     for name in ("predictions.parquet", "rejected.parquet"):
         by_ray, by_default = pl.read_parquet(tmp_path / "out" / name), pl.read_parquet(predicted / name)
         if name == "predictions.parquet":
-            assert by_ray.drop("top", "probability").equals(by_default.drop("top", "probability"))
+            noisy = ("top", "probability", "subcategory_probability")  # a batch's composition moves floats by an ULP
+            assert by_ray.drop(*noisy).equals(by_default.drop(*noisy))
             np.testing.assert_allclose(by_ray["probability"].to_numpy(), by_default["probability"].to_numpy(), rtol=0, atol=1e-6)
         else:
             assert by_ray.equals(by_default)

@@ -11,10 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from contracts.bundle import Role
+from contracts.prediction_log import LOG_SCHEMA, PART_NAME
 from fbml.bundle.predictions import Prediction
 from fbml.errors import FbmlError, InputError
 from fbml.serving.prediction_log import PredictionLog, check_log_folder
-from fbml.workflows.prediction_log import LOG_SCHEMA, PART_NAME, log_parts, logged_observations, read_prediction_log
+from fbml.workflows.prediction_log import log_parts, logged_observations, read_prediction_log
 
 SECRET = "a very private listing text"
 

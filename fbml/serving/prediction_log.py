@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from contracts.prediction_log import LOG_SCHEMA, PART_NAME
 
 from fbml.bundle.predictions import Prediction
 from fbml.errors import FbmlError
 from fbml.files import write_atomically
-from fbml.workflows.prediction_log import LOG_SCHEMA, PART_NAME
 
 DEFAULT_PART_ROWS = 10_000
 DEFAULT_PART_SECONDS = 60.0
