@@ -54,6 +54,14 @@ def test_clean_images_imports_nothing_heavy(sample, tmp_path: Path) -> None:
     assert f"{sample.defects.unreadable_photos} rejected" in printed
 
 
+def test_photo_workers_start_without_the_report_modules() -> None:
+    """The photo cleaning's workers are forked before polars loads (the report's; it loads while they clean), so
+    neither they nor the parent pay for it before the first photo."""
+    code = "import sys, fbml.vision.cleaning; print(sorted({'polars', 'numpy', 'contracts'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_baselines_import_no_deep_learning(sample) -> None:
     """The baselines are scikit-learn's; the tables are checked by pandera (so pandas) as they are cleaned in memory."""
     heavy, printed = heavy_imports("baselines", "--products", sample.products_csv, "--images", sample.images_csv,

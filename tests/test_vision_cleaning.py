@@ -24,11 +24,11 @@ from fbml.testing import ENCODABLE_MODES, EXIF_FORMATS, ORIENTATION, encoded, ph
 from fbml.vision.cleaning import (
     BROKEN_LINK,
     OUTSIDE_LINK,
-    ImageCleaningReport,
     clean_image,
     clean_images,
     open_image,
 )
+from fbml.vision.cleaning_report import ImageCleaningReport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -7,6 +7,7 @@ threads decoding at once cannot race on them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -14,32 +15,21 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import attrs
-import numpy as np
-import polars as pl
-from contracts.rules import (
-    CLEANED,
-    IMAGE_CLEANING_FILES_SCHEMA,
-    NULLABLE_IMAGE_CLEANING_COLUMNS,
-    REJECTED,
-    image_cleaning_file_rules,
-)
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from fbml.errors import FbmlError, InputError
-from fbml.tables.validation import rules_checked
 from fbml.vision.jpeg import check_decode_cost
 
 if TYPE_CHECKING:
-    from contracts import ImageCleaningFiles
-    from pandera.typing.polars import DataFrame
+    from fbml.vision.cleaning_report import ImageCleaningReport
 
 OUTSIDE_LINK = "symbolic link out of the folder"
 BROKEN_LINK = "broken symbolic link"
@@ -49,33 +39,6 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _WIDE_GREY_FULL_SCALE = 65535.0
 _FLOAT_FULL_SCALE = 255.0
-
-
-@attrs.frozen
-class ImageCleaningReport:
-    """What `clean_images` did with each source file (``ImageCleaningFiles``): one row per file, in sorted order."""
-
-    files: DataFrame[ImageCleaningFiles] = attrs.field(eq=attrs.cmp_using(eq=pl.DataFrame.equals), hash=False)
-
-    @property
-    def cleaned(self) -> int:
-        """Number of files written as cleaned JPEGs."""
-        return self.files.filter(pl.col("status") == CLEANED).height
-
-    @property
-    def rejected(self) -> int:
-        """Number of files rejected."""
-        return self.files.filter(pl.col("status") == REJECTED).height
-
-    def rejected_by_reason(self) -> dict[str, int]:
-        """Rejection counts keyed by reason, per-file details (after ':') dropped."""
-        counts = (
-            self.files.filter(pl.col("status") == REJECTED)
-            .group_by(pl.col("reason").str.split(":").list.first())
-            .len()
-            .sort("reason")
-        )
-        return dict(zip(counts["reason"], counts["len"], strict=True))
 
 
 @attrs.frozen
@@ -149,9 +112,15 @@ def clean_images(
     jobs, duplicates = _plan(sources, dst, size=size, max_pixels=max_pixels, quality=quality)
     refused = [*links, *duplicates]
     bar = tqdm(total=len(sources) + len(links), initial=len(refused), desc="cleaning images", unit="img", file=sys.stderr, disable=not progress)
-    with bar:
-        outcomes = [*refused, *_tick(_run(jobs, _worker_count(workers, len(jobs))), bar)]
-    return _report(outcomes)
+    with bar, _cleaner(_worker_count(workers, len(jobs))) as clean:
+        pending = clean(jobs)
+        # The report's modules (polars and the contract's rules) load here, while the workers already clean.
+        from fbml.vision.cleaning_report import cleaning_report
+
+        outcomes = [*refused, *_tick(pending, bar)]
+    return cleaning_report(
+        [outcome.file for outcome in outcomes], [outcome.reason for outcome in outcomes], [outcome.output for outcome in outcomes]
+    )
 
 
 def remove_partial_jpegs(folder: Path, *, older_than: float) -> list[Path]:
@@ -206,6 +175,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _rescaled_grey(image: Image.Image, full_scale: float) -> Image.Image:
     """A single-channel image with values 0..`full_scale` as 8-bit grey (out-of-range values clipped)."""
+    import numpy as np
+
     values = np.asarray(image, dtype=np.float64) * (255.0 / full_scale)
     return Image.fromarray(np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8))
 
@@ -292,13 +263,15 @@ def _worker_count(workers: int | None, jobs: int) -> int:
     return max(1, min(workers or os.cpu_count() or 1, jobs))
 
 
-def _run(jobs: list[_Job], workers: int) -> Iterator[_Outcome]:
-    """Outcomes in job order: in this process for one worker, else in a process pool."""
+@contextlib.contextmanager
+def _cleaner(workers: int) -> Iterator[Callable[[list[_Job]], Iterator[_Outcome]]]:
+    """A function giving the outcomes of jobs in job order: in this process for one worker, else from a process
+    pool that has started on every job by the time the function returns."""
     if workers == 1:
-        yield from map(_clean_one, jobs)
+        yield lambda jobs: map(_clean_one, jobs)
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        yield from pool.map(_clean_one, jobs, chunksize=_chunk_size(len(jobs), workers))
+        yield lambda jobs: pool.map(_clean_one, jobs, chunksize=_chunk_size(len(jobs), workers))
 
 
 def _pool_context() -> BaseContext:
@@ -359,18 +332,3 @@ def _write_jpeg(image: Image.Image, output: Path, quality: int) -> None:
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _report(outcomes: list[_Outcome]) -> ImageCleaningReport:
-    """The report table, one row per source file, sorted by file name, checked by the plain polars
-    predicates of ``ImageCleaningFiles`` (pandera's import would cost more than the check)."""
-    rows = {
-        "file": [outcome.file for outcome in outcomes],
-        "status": [REJECTED if outcome.reason else CLEANED for outcome in outcomes],
-        "reason": [outcome.reason for outcome in outcomes],
-        "output": [outcome.output for outcome in outcomes],
-    }
-    frame = pl.DataFrame(rows, schema=IMAGE_CLEANING_FILES_SCHEMA).sort("file")
-    checked = rules_checked(frame, "ImageCleaningFiles", IMAGE_CLEANING_FILES_SCHEMA, image_cleaning_file_rules(),
-                            nullable=NULLABLE_IMAGE_CLEANING_COLUMNS, unique="file")
-    return ImageCleaningReport(cast("DataFrame[ImageCleaningFiles]", checked))
