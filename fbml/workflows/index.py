@@ -1,8 +1,8 @@
 """Build the similar-listings index over a catalogue: every product's listing vector (``fbml.bundle.listings``,
 through the bundle's prediction path, as queries are embedded), with the part weights chosen on the
-validation products (their neighbours among the training and validation products) by how often the ten
-nearest share the query's subcategory, among the weightings whose neighbours keep the category
-(``MIN_CATEGORY_PRECISION``) and rarely tie (``MAX_TIED``)."""
+validation products as a catalogue of their own, their vectors made by the models trained without them, by
+how often the ten nearest share the query's subcategory, among the weightings whose neighbours keep the
+category (``MIN_CATEGORY_PRECISION``) and rarely tie (``MAX_TIED``)."""
 
 from __future__ import annotations
 
@@ -85,36 +85,45 @@ def catalogue_index(parts: ListingParts, products: pl.DataFrame, weights: Listin
     return SearchIndex(vectors, products.select(CATALOGUE_COLUMNS), {"weights": weights.to_json()}, vector_index(vectors, method=method))
 
 
-def indexed_bundle(bundle: Bundle, data: TrainingData, *, tested: Bundle | None = None) -> Bundle:
-    """``bundle`` with the index of the whole catalogue. The part weights are chosen with the validation products
-    as queries among the training and validation products, and how alike the test products' neighbours in the
-    whole catalogue are is reported once, both by the vectors of ``tested`` (the models the test split was
-    scored with; default ``bundle``); the index holds ``bundle``'s vectors with those weights."""
-    tested = bundle if tested is None else tested
+def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, tested: Bundle) -> Bundle:
+    """``bundle`` with the index of the whole catalogue, its vectors made by ``bundle``'s models.
+
+    The part weights are chosen with the validation products alone as the catalogue (each one's ten nearest among
+    the others), their vectors made by ``chosen_with`` (the models trained on the training split alone): listings
+    the models never saw, as the index meets new ones. How alike the test products' neighbours among themselves
+    are is reported once, their vectors made by ``tested`` (the models the test split was scored with)."""
     splits = data.splits.products
     everything = with_photo_ids(pl.concat([splits.train, splits.validation, splits.test]), data.tables)
-    parts = catalogue_parts(tested, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
+    parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
+    validation_rows = np.arange(splits.train.height, splits.train.height + splits.validation.height)
+    test_rows = np.arange(splits.train.height + splits.validation.height, everything.height)
     paths = everything["category_path"].to_numpy()
-    seen = np.arange(splits.train.height + splits.validation.height)
-    validation_rows = seen[splits.train.height:]
-    weights, validation = chosen_weights(parts, paths, validation_rows, seen)
-    measured = catalogue_index(parts, everything, weights)
-    test_rows = np.arange(seen.size, everything.height)
-    if not _same_models(tested, bundle):
-        parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
+    chosen_parts = _split_parts(chosen_with, bundle, parts, everything, validation_rows, data)
+    own = np.arange(validation_rows.size)
+    weights, validation = chosen_weights(chosen_parts, paths[validation_rows], own, own)
+    tested_vectors = _split_parts(tested, bundle, parts, everything, test_rows, data).vectors(weights)
     index = catalogue_index(parts, everything, weights)
-    vectors = measured.vectors
     report = {
         "weights": weights.to_json(),
         "products": len(index),
         "method": index.engine.method,
         "split_seed": data.split_seed,
+        "validation_products": int(validation_rows.size),
         "validation": validation.to_json(),
-        "validation_folds": _fold_spread(vectors, paths, validation_rows, seen),
+        "validation_folds": _fold_spread(chosen_parts.vectors(weights), paths[validation_rows], own, own),
         "test_products": int(test_rows.size),
-        **alikeness(vectors, paths, test_rows, index=measured).to_json(),
+        **alikeness(tested_vectors, paths[test_rows], np.arange(test_rows.size)).to_json(),
     }
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
+
+
+def _split_parts(models: Bundle, bundle: Bundle, parts: ListingParts, everything: pl.DataFrame, rows: np.ndarray,
+                 data: TrainingData) -> ListingParts:  # fmt: skip
+    """The parts of the products at ``rows`` of ``everything`` made by ``models``: ``bundle``'s ``parts`` of them
+    when they are the same models."""
+    if _same_models(models, bundle):
+        return parts.rows(rows)
+    return catalogue_parts(models, data.tables, data.image_dir, everything[rows.tolist()], work_dir=data.work_dir, progress=data.progress)
 
 
 def _same_models(first: Bundle, second: Bundle) -> bool:
@@ -155,7 +164,7 @@ def index_summary(report: Mapping[str, Any]) -> str:
     summary = f"search index: {report.get('products')} products ({report.get('method', 'exact')} search)"
     if precision is None:
         return summary
-    over = f"{report['test_products']} test products" if "test_products" in report else "the catalogue"
+    over = f"{report['test_products']} test products among themselves" if "test_products" in report else "the catalogue"
     subcategory, tied = report.get(f"subcategory_precision_at_{PRECISION_K}"), report.get(f"tied_at_{PRECISION_K}")
     finer = "" if subcategory is None else f", subcategory {subcategory:.3f}"
     ties = "" if tied is None else f"; {tied:.1%} of queries with tied neighbours"

@@ -277,8 +277,11 @@ def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, reque
     keys = frames.validation["id"].to_list()
     store.save(ModelKind.TEXT_CNN, keys, network_probabilities(bundle, ModelKind.TEXT_CNN, cnn, frames.validation, data, settings), cnn)
     store.save(ModelKind.TEXT_LINEAR, keys, linear.predict_proba(listing_texts(frames.validation)))
+    store.save_model(ModelKind.TEXT_LINEAR, linear)
     histories = {Phase.SPLIT.run_name(ModelKind.TEXT_CNN): history}
     subcategories = _subcategory_model(bundle, frames, Phase.SPLIT, request)
+    if subcategories is not None:
+        store.save_subcategories(subcategories)
     tested = Phase.REFIT if request.refit else Phase.SPLIT
     if request.refit:
         cnn = _new_text_cnn(bundle, recipe, seed)
@@ -370,7 +373,8 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     network, options = _combined_network(branches)
     history = fitted(branches, kind, network, data, settings, keep_start=True)
     frames = split_frames(data, Examples.PHOTOS, training_photos(data, bundle.image_settings().size))
-    store.save(kind, keys_of(kind, frames.validation), network_probabilities(bundle, kind, network, frames.validation, data, settings))
+    store.save(kind, keys_of(kind, frames.validation), network_probabilities(bundle, kind, network, frames.validation, data, settings),
+               network)  # fmt: skip
     histories = {Phase.SPLIT.run_name(kind): history}
     tested_phase = Phase.REFIT if request.refit else Phase.SPLIT
     tested = tested_models(bundle, data)
@@ -390,7 +394,7 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
         result = attrs.evolve(result, histories={**result.histories, **shipped})
     from fbml.workflows.index import indexed_bundle
 
-    bundle = indexed_bundle(bundle, data, tested=tested)
+    bundle = indexed_bundle(bundle, data, chosen_with=split_models(bundle, data), tested=tested)
     return bundle, attrs.evolve(result, index=dict(bundle.search_index().report))
 
 
@@ -412,6 +416,30 @@ def tested_models(bundle: Bundle, data: TrainingData) -> Bundle:
     subcategories = bundle.subcategories
     if subcategories is not None and subcategories.report.get("trained_on") == Phase.ALL.trained_on:
         subcategories = attrs.evolve(kept.load_subcategories(), report={**subcategories.report, "trained_on": Phase.REFIT.trained_on})
+    return attrs.evolve(bundle, models=models, subcategories=subcategories)
+
+
+def split_models(bundle: Bundle, data: TrainingData) -> Bundle:
+    """``bundle`` with its models (and subcategory model) as the training split alone made them, those the
+    validation store kept; the combined network's frozen backbone is the image model's (the same weights)."""
+    store, split = validation_store(data), Phase.SPLIT.trained_on
+    models = dict(bundle.models)
+    for kind, entry in bundle.models.items():
+        if entry.report.get("trained_on") == split:
+            continue
+        if isinstance(entry.module, LinearTextModel):
+            module: nn.Module | LinearTextModel = store.load_linear(kind)
+        else:
+            assert isinstance(entry.module, nn.Module)  # training's bundles run on torch
+            module = store.load_weights(kind, copy.deepcopy(entry.module))
+        models[kind] = attrs.evolve(entry, module=module, report={**entry.report, "trained_on": split})
+    image, combined = models.get(ModelKind.IMAGE_CNN), models.get(ModelKind.COMBINED_NN)
+    if image is not None and combined is not None:
+        assert isinstance(image.module, ImageClassifier) and isinstance(combined.module, CombinedClassifier)
+        combined.module.image.frozen = image.module.frozen
+    subcategories = bundle.subcategories
+    if subcategories is not None and subcategories.report.get("trained_on") != split:
+        subcategories = attrs.evolve(store.load_subcategories(), report={**subcategories.report, "trained_on": split})
     return attrs.evolve(bundle, models=models, subcategories=subcategories)
 
 
