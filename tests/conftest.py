@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,15 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
     from fbml.sample.marketplace import write_sample
 
     return write_sample(tmp_path_factory.mktemp("sample"), products=650, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch computes on one intra-op thread for the module, restored after: small tensors on a busy two-core
+    machine run several times faster on one (the model kinds' fits ran about ten times slower on two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -91,14 +91,7 @@ CATALOGUE_SIZE = 12
 PHOTOGRAPHED = 9  # products p0 .. p8 have a photo, p9 .. p11 text alone
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors on a busy 2-core machine: a second intra-op thread mostly waits, so this module
-    computes on one and restores the count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def photo_bytes(seed: int, size: tuple[int, int] = (48, 40), format: str = "JPEG") -> bytes:
@@ -224,7 +217,7 @@ def indexed(bundle: Bundle) -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def bundle(one_thread: None) -> Bundle:
+def bundle(one_torch_thread: None) -> Bundle:
     built = indexed(models_bundle())
     check_index(built)  # what loading a bundle checks of its index
     return built

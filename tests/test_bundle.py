@@ -46,13 +46,8 @@ MESSY = "Crème brûlée ﬁne “red” kettle\u00a0\u00a0for a café 🚲\r\n"
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Bundle:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield indexed(models_bundle())
-    finally:
-        torch.set_num_threads(threads)
+def bundle(one_torch_thread: None) -> Bundle:
+    return indexed(models_bundle())
 
 
 def assert_probabilities(got: fbml.Prediction, expected: np.ndarray) -> None:

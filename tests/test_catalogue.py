@@ -29,7 +29,9 @@ from litestar.testing import TestClient
 from PIL import Image
 
 from test_search import catalogue_of
-from test_store import copy, grown, hnsw_copy, one_thread, parts, write_manifest  # noqa: F401  (fixtures)
+from test_store import copy, grown, hnsw_copy, parts, write_manifest  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 METHODS = ("exact", "hnsw")
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from fbml.bundle.store import save_bundle
 from fbml.workflows.export import export_onnx
 
@@ -43,17 +41,12 @@ print(json.dumps({"models": ran, "predictors": roles, "searched": found, "loaded
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
     """The API tests' bundle (four models, three predictors, an index; 32 px photos), saved and exported to ONNX."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = tmp_path_factory.mktemp("imports") / "bundle"
-        save_bundle(indexed(models_bundle()), path)
-        export_onnx(path)
-        yield path
-    finally:
-        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("imports") / "bundle"
+    save_bundle(indexed(models_bundle()), path)
+    export_onnx(path)
+    return path
 
 
 def served_once(bundle: Path, runtime: str) -> dict[str, object]:

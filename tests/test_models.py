@@ -66,14 +66,7 @@ def token_ids(batch: int = 3, length: int = 10, seed: int = 0) -> torch.Tensor:
     return tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors on a busy 2-core machine: a second intra-op thread mostly waits (convolutions ran
-    ~50 times slower with two than with one), so this module computes on one and restores the count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import msgspec
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from fbml.bundle.profile import Profile, numeric_summary, profile_from_json, profile_to_json
 from fbml.bundle.store import MANIFEST, load_bundle, save_bundle
 from fbml.cli import main
@@ -30,13 +29,7 @@ PRODUCTS = 300
 IMAGE_SIZE = 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small models on a busy two-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _market(root: Path, seed: int) -> dict[str, Path]:

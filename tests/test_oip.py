@@ -17,7 +17,7 @@ import tritonclient.http as triton
 from fbml.bundle.bundle import Bundle
 from fbml.serving.server import serving
 
-from test_app import CATEGORIES, MODEL_VERSION, app_over, indexed, models_bundle, one_thread, photo_bytes  # noqa: F401
+from test_app import CATEGORIES, MODEL_VERSION, app_over, indexed, models_bundle, photo_bytes
 
 TEXTS = ["red kettle for blue toaster", "small novel and poems", "Café doll — ﬁne bike", "new lamp"]
 PHOTOS = [photo_bytes(seed) for seed in range(4)]
@@ -25,7 +25,7 @@ WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
-def bundle(one_thread: None) -> Bundle:  # noqa: F811
+def bundle(one_torch_thread: None) -> Bundle:
     return indexed(models_bundle())
 
 

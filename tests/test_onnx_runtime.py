@@ -24,7 +24,7 @@ NETWORKS = ("image-cnn", "text-cnn", "combined-nn")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
     """A small bundle of the three trainings (32 px photos), then ``fbml export-onnx``."""
     from fbml.sample.marketplace import write_sample
     from fbml.vision.cleaning import clean_images
@@ -33,15 +33,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sample = write_sample(root / "raw", products=120, seed=2)
     clean_images(sample.image_dir, root / "photos", size=32, workers=1, progress=False)
     data = ["--products", str(sample.products_csv), "--images", str(sample.images_csv), "--image-dir", str(root / "photos")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for kind in ("text", "image", "combined"):
-            assert main(["train", "--model", kind, "--epochs", "1", "--image-size", "32", "--device", "cpu", *data,
-                         "--out", str(root / "bundle")]) == 0
-        assert main(["export-onnx", str(root / "bundle")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for kind in ("text", "image", "combined"):
+        assert main(["train", "--model", kind, "--epochs", "1", "--image-size", "32", "--device", "cpu", *data,
+                     "--out", str(root / "bundle")]) == 0
+    assert main(["export-onnx", str(root / "bundle")]) == 0
     return root / "bundle"
 
 

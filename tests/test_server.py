@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from fbml.bundle.store import Bundle, BundleModel, Predictor
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import fit_linear_text
@@ -29,12 +28,7 @@ TEXTS = ["red kettle", "blue toaster", "old novel", "short story", "toy bike", "
 HEAD = b"POST /predict/text HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

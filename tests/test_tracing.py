@@ -15,11 +15,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from test_app import indexed, models_bundle, multipart, one_thread, photo_bytes  # noqa: F401
+from test_app import indexed, models_bundle, multipart, photo_bytes
 
 
 @pytest.fixture(scope="module")
-def traced(one_thread: None) -> Iterator[tuple[TestClient, InMemorySpanExporter]]:  # noqa: F811
+def traced(one_torch_thread: None) -> Iterator[tuple[TestClient, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

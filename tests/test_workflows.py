@@ -31,13 +31,7 @@ PREDICTORS = ("text", "image", "combined")
 MODELS = ("text-cnn", "text-linear", "image-cnn", "combined-nn")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small models on a busy two-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
