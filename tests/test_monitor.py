@@ -6,6 +6,7 @@ exits 2 with one line; the effect sizes are symmetric and do not depend on row o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -333,8 +334,9 @@ def test_a_profile_is_a_msgspec_struct_that_refuses_unknown_fields() -> None:
 
 
 def test_unseen_real_products_raise_nothing(real_data: Path, tmp_path: Path) -> None:
-    """The real bundle (``../data/bundle0`` where present, trained with split seed 0) profiled as training would,
-    with its models' features on half of its test split; the other half (products it never trained on) compared."""
+    """The real bundle (``$FBML_REAL_BUNDLE`` where set: one trained on the real data with ``--keep-test-split``, split
+    seed 0) profiled as training would, with its models' features on half of its test split; the other half
+    (products it never trained on) compared. Without one, the data's checks alone."""
     import hashlib
 
     from fbml.bundle.bundle import Bundle
@@ -345,9 +347,9 @@ def test_unseen_real_products_raise_nothing(real_data: Path, tmp_path: Path) -> 
     from fbml.workflows.profiling import listing_observations, photo_side
 
     tables = clean_tables(real_data / "Products.csv", real_data / "Images.csv")
-    bundle_dir = real_data.parents[2] / "data" / "bundle0"
+    bundle_dir = os.environ.get("FBML_REAL_BUNDLE")
     # without the real bundle, the data's checks alone (a bundle of no model observes no predictions)
-    real = load_bundle(bundle_dir) if (bundle_dir / MANIFEST).is_file() else Bundle(label_codec(tables.cleaned.products["category"]))
+    real = load_bundle(bundle_dir) if bundle_dir else Bundle(label_codec(tables.cleaned.products["category"]))
     test_ids = split_tables(tables, seed=0).products.test["id"].to_list()
     halves = ([], [])
     for identifier in test_ids:
