@@ -28,7 +28,9 @@ from fbml.workflows.predict import PARTS, STATE
 from hypothesis import given
 from hypothesis import strategies as st
 
-from test_workflows import market, one_torch_thread, tables, trained  # noqa: F401  (fixtures)
+from test_workflows import market, tables, trained  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PART_SIZE = 40
 

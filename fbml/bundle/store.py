@@ -100,13 +100,15 @@ def _save(bundle: Bundle, path: Path) -> None:
     _remove_unreferenced(path, manifest)
 
 
-def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device: str = "cpu") -> Bundle:
+def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device: str = "cpu", onnx_threads: int | None = None) -> Bundle:
     """Read and check a bundle: every file present and unchanged, every model fitting the codec. Its
     ``model_version`` is the SHA-256 of the manifest read (which names every other file by its own SHA-256).
 
     ``runtime="onnx"``: the networks are ONNX Runtime sessions over their exported graphs, and
     nothing imports torch (``fbml export-onnx`` must have run since the networks were trained).
     ``device``: where the torch runtime's networks run (``cpu``, ``cuda[:N]``, ``mps``, ``auto``).
+    ``onnx_threads``: each ONNX Runtime session's intra-op threads (default: ONNX Runtime's own choice; torch's
+    threads are the process's, its owner sets them).
     """
     folder = Path(path)
     if runtime not in RUNTIMES:
@@ -116,7 +118,7 @@ def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device:
     if not folder.is_dir():
         raise FbmlError(f"{folder}: not a bundle (no such folder)" if not folder.exists() else f"{folder}: not a bundle (not a folder)")
     with bundle_files(folder, shared=True):
-        bundle = _load(folder, runtime)
+        bundle = _load(folder, runtime, onnx_threads)
     return bundle if device == "cpu" else _on_device(bundle, device)
 
 
@@ -133,13 +135,13 @@ def _on_device(bundle: Bundle, device: str) -> Bundle:
     return bundle
 
 
-def _load(path: Path, runtime: str) -> Bundle:
+def _load(path: Path, runtime: str, onnx_threads: int | None) -> Bundle:
     content = manifest_bytes(path)
     manifest = parsed_manifest(path, content)
     codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
     image = None if manifest.image is None else _read_image(path, manifest.image, check_backbone=runtime == "torch")
     text = None if manifest.text is None else _read_text(path, manifest.text)
-    models = {kind: _read_model(path, kind, entry, codec, text, runtime) for kind, entry in manifest.models.items()}
+    models = {kind: _read_model(path, kind, entry, codec, text, runtime, onnx_threads) for kind, entry in manifest.models.items()}
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
     profile = None if manifest.profile is None else _read(path, manifest.profile, "training profile", profile_from_json)
@@ -266,7 +268,7 @@ def _write_model(path: Path, model: BundleModel) -> ModelEntry:
 
 
 def _read_model(
-    path: Path, kind: str, entry: ModelEntry, codec: LabelCodec, text: TextSettings | None, runtime: str
+    path: Path, kind: str, entry: ModelEntry, codec: LabelCodec, text: TextSettings | None, runtime: str, onnx_threads: int | None
 ) -> BundleModel:
     tag = type(entry).__struct_config__.tag
     if tag != kind:
@@ -275,7 +277,7 @@ def _read_model(
         return BundleModel(kind, _read_linear(path, entry, codec), None, entry.report)
     graph = None if entry.onnx is None else _read_onnx(path, entry.onnx)
     if runtime == "onnx":
-        return BundleModel(kind, _onnx_session(path, kind, graph, codec), entry.options, entry.report, graph)
+        return BundleModel(kind, _onnx_session(path, kind, graph, onnx_threads), entry.options, entry.report, graph)
     from fbml.modeling.models import build_model
 
     words = None if text is None else (len(text.vocabulary), text.word_vectors.dim)
@@ -296,14 +298,14 @@ def _read_onnx(path: Path, entry: OnnxEntry) -> OnnxGraph:
     return OnnxGraph(_checked(path, entry.graph), entry.opset, tuple(entry.inputs), tuple(entry.outputs))
 
 
-def _onnx_session(path: Path, kind: str, graph: OnnxGraph | None, codec: LabelCodec) -> OnnxModel:
-    """The ONNX Runtime session of ``kind``'s graph; ``FbmlError`` when the bundle has none or it does not fit."""
+def _onnx_session(path: Path, kind: str, graph: OnnxGraph | None, threads: int | None) -> OnnxModel:
+    """The ONNX Runtime session of ``kind``'s graph on ``threads``; ``FbmlError`` when the bundle has none or it does not fit."""
     from fbml.modeling.onnx_runtime import onnx_model
 
     if graph is None:
         raise FbmlError(f"{path}: the {kind} model has no ONNX graph; run `fbml export-onnx {path}` first")
     try:
-        return onnx_model(kind, graph)
+        return onnx_model(kind, graph, threads=threads)
     except FbmlError as error:
         raise FbmlError(f"{path}: {error}") from None
 

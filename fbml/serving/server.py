@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import attrs
 import h11
 import msgspec
 import uvicorn
@@ -42,7 +41,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from fbml.bundle.bundle import Bundle
 from fbml.bundle.store import load_bundle
 from fbml.errors import FbmlError
-from fbml.modeling.onnx_runtime import onnx_model
 from fbml.serving.app import create_app
 from fbml.serving.metrics import MULTIPROCESS_ENV
 from fbml.serving.tracing import exporting_provider
@@ -171,16 +169,11 @@ def app_over(bundle: Bundle, options: AppOptions) -> Litestar:
 def served_bundle(bundle_dir: Path, runtime: str, threads: int) -> Bundle:
     """The bundle loaded for ``runtime`` with ``threads`` inference threads (its model version: the SHA-256 of
     the manifest it was loaded from)."""
-    bundle = load_bundle(bundle_dir, runtime=runtime)
     if runtime == "torch":
         from fbml.modeling.torch_runtime import set_threads
 
         set_threads(threads)
-    else:  # the sessions again, on this many threads
-        for kind, model in bundle.models.items():
-            if model.onnx is not None:
-                bundle = bundle.with_model(attrs.evolve(model, module=onnx_model(kind, model.onnx, threads=threads)))
-    return bundle
+    return load_bundle(bundle_dir, runtime=runtime, onnx_threads=threads if runtime == "onnx" else None)
 
 
 def serving_threads(workers: int) -> int:

@@ -35,7 +35,6 @@ from fbml.bundle.predictions import DEFAULT_BATCH
 from fbml.bundle.store import load_bundle
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
-from fbml.modeling.onnx_runtime import onnx_model
 from fbml.tables.clean import CleanTables, clean_tables
 from fbml.tables.validation import validated
 from fbml.vision.cache import PhotoFolder
@@ -275,13 +274,7 @@ def predict_catalogue(
 
 def batch_bundle(bundle_dir: Path, options: PredictOptions) -> Bundle:
     """The bundle loaded for ``options``' runtime and device, its ONNX sessions (if any) on ``options.threads``."""
-    bundle = load_bundle(bundle_dir, runtime=options.runtime, device=options.device)
-    if options.runtime != "onnx" or options.threads is None:
-        return bundle
-    for kind, model in bundle.models.items():
-        if model.onnx is not None:
-            bundle = bundle.with_model(attrs.evolve(model, module=onnx_model(kind, model.onnx, threads=options.threads)))
-    return bundle
+    return load_bundle(bundle_dir, runtime=options.runtime, device=options.device, onnx_threads=options.threads)
 
 
 def assembled(out: Path, catalogue: Catalogue, *, resumed: int = 0) -> PredictSummary:
