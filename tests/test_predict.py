@@ -20,7 +20,7 @@ import pytest
 from contracts.bundle import Role
 from fbml.bundle.store import load_bundle
 from fbml.cli import main
-from fbml.modeling.metrics import per_product, product_means
+from fbml.modeling.metrics import group_means, per_product, product_means
 from fbml.tables.clean import clean_tables
 from fbml.text.listings import listing_texts
 from fbml.workflows.evaluate import evaluations
@@ -274,3 +274,14 @@ def test_product_means_average_each_products_rows_in_first_seen_order(ids: list[
     labels, per_product_means = per_product(ids, np.array([ord(identifier) for identifier in ids]), probabilities)
     assert np.array_equal(per_product_means, means) and [chr(label) for label in labels] == products
 
+
+
+@given(st.lists(st.integers(0, 4), max_size=12))
+def test_group_means_average_each_groups_rows_and_leave_empty_groups_zero(groups: list[int]) -> None:
+    values = np.random.default_rng(len(groups)).normal(size=(len(groups), 3)).astype(np.float32)
+    means = group_means(np.asarray(groups, np.int64), values, 5)
+    assert means.shape == (5, 3) and means.dtype == np.float32
+    for group in range(5):
+        rows = [row for row, member in enumerate(groups) if member == group]
+        expected = values[rows].mean(axis=0) if rows else np.zeros(3, np.float32)
+        np.testing.assert_allclose(means[group], expected, rtol=1e-5, atol=1e-6)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from fbml.bundle.predictions import Fields, batch_probabilities, chunks, prepared_listings
 from fbml.bundle.search import PRECISION_K, SearchIndex, unit_rows
 from fbml.errors import FbmlError, InputError
+from fbml.modeling.metrics import group_means
 from fbml.vision.photos import PhotoInput, PhotoLimits, PreparedPhoto
 
 if TYPE_CHECKING:
@@ -109,18 +110,23 @@ def listing_parts(
             _add_text_parts(bundle, parts, rows, [str(text_of[row]) for row in rows], [not photos_of[row] for row in rows],
                             limits, Fields(["text"] if single else [f"texts[{row}]" for row in rows]))  # fmt: skip
             bar.update(len(rows))
-        sums, counts = np.zeros_like(parts.image, np.float64), np.zeros(count, np.int64)
-        class_sums = np.zeros_like(parts.classes, np.float64)
+        photo_rows: list[int] = []
+        embeddings: list[np.ndarray] = []
+        classes: list[np.ndarray] = []
         for part in chunks(len(pairs), batch_size):
             chunk = pairs[part]
             for with_text in (True, False):
                 group = [pair for pair in chunk if (text_of[pair[0]] is not None) == with_text]
                 if group:
-                    _add_photo_parts(bundle, group, text_of if with_text else None, (sums, class_sums, counts), limits, single)
+                    photo_rows.extend(row for row, _, _ in group)
+                    embedded, classed = _photo_parts(bundle, group, text_of if with_text else None, limits, single)
+                    embeddings.append(embedded)
+                    classes.append(classed)
             bar.update(len(chunk))
-    photographed = counts > 0
-    parts.image[photographed] = sums[photographed] / counts[photographed, None]
-    parts.classes[photographed] = class_sums[photographed] / counts[photographed, None]
+    if photo_rows:
+        listing_of, photographed = np.asarray(photo_rows), np.unique(photo_rows)
+        parts.image[photographed] = group_means(listing_of, np.concatenate(embeddings), count)[photographed]
+        parts.classes[photographed] = group_means(listing_of, np.concatenate(classes), count)[photographed]
     for part in chunks(len(text_rows), batch_size):
         rows = text_rows[part]
         joint = bundle.subcategory_joint([str(text_of[row]) for row in rows], parts.classes[rows])
@@ -161,10 +167,10 @@ def _add_text_parts(bundle: Bundle, parts: ListingParts, rows: list[int], texts:
         parts.classes[np.asarray(rows)[alone]] = classes[alone]
 
 
-def _add_photo_parts(bundle: Bundle, pairs: list[tuple[int, Photo, int]], text_of: list[str | None] | None,
-                     totals: tuple[np.ndarray, np.ndarray, np.ndarray], limits: PhotoLimits, single: bool) -> None:  # fmt: skip
-    """Adds each photo's image embedding and its predictor's classes (``combined`` with its listing's text,
-    ``image`` without) to its listing's sums and counts."""
+def _photo_parts(bundle: Bundle, pairs: list[tuple[int, Photo, int]], text_of: list[str | None] | None, limits: PhotoLimits,
+                 single: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each photo's image embedding and its predictor's classes (``combined`` with its listing's text, ``image``
+    without)."""
     rows = [row for row, _, _ in pairs]
     texts = None if text_of is None else [str(text_of[row]) for row in rows]
     fields = Fields(["text"], ["image"]) if single else Fields([f"texts[{row}]" for row in rows],
@@ -173,11 +179,7 @@ def _add_photo_parts(bundle: Bundle, pairs: list[tuple[int, Photo, int]], text_o
     embeddings = bundle.listing_model(IMAGE_MODEL).outputs(listings).embeddings
     assert embeddings is not None
     role = Role.COMBINED if texts is not None else Role.IMAGE
-    classes = batch_probabilities(bundle, listings, [role])[role]
-    sums, class_sums, counts = totals
-    np.add.at(sums, rows, embeddings)
-    np.add.at(class_sums, rows, classes)
-    np.add.at(counts, rows, 1)
+    return embeddings, batch_probabilities(bundle, listings, [role])[role]
 
 
 @attrs.frozen

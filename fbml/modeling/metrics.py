@@ -205,7 +205,19 @@ def per_product(product_ids: Sequence[str], labels: np.ndarray, probabilities: n
 def product_means(product_ids: Sequence[str], probabilities: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Each product (in first-seen order) and the mean of its examples' probabilities: a product's prediction
     from its photos' (``fbml evaluate``'s per-product scores, ``fbml predict``'s combined rows)."""
-    frame = pl.DataFrame({"product": list(product_ids), "row": np.arange(len(product_ids))}, schema={"product": pl.String, "row": pl.Int64})
-    groups = frame.group_by("product", maintain_order=True).agg(pl.col("row"))
-    means = np.stack([probabilities[rows].mean(axis=0) for rows in groups["row"].to_list()])
-    return groups["product"].to_list(), means
+    first_seen: dict[str, int] = {}
+    groups = np.fromiter((first_seen.setdefault(product, len(first_seen)) for product in product_ids), np.int64, len(product_ids))
+    return list(first_seen), group_means(groups, probabilities, len(first_seen))
+
+
+def group_means(groups: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """The mean of ``values``' rows in each of ``count`` groups (row ``i`` is in group ``groups[i]``), summed in
+    float64, in ``values``' dtype; zeros for a group without rows. A listing's vector parts from its photos'
+    (``fbml.bundle.listings``) and a product's prediction from its photos' (``product_means``) alike."""
+    sums = np.zeros((count, values.shape[1]), np.float64)
+    np.add.at(sums, groups, values)
+    sizes = np.bincount(groups, minlength=count)
+    means = np.zeros_like(sums)
+    filled = sizes > 0
+    means[filled] = sums[filled] / sizes[filled, None]
+    return means.astype(values.dtype)
