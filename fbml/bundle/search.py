@@ -132,18 +132,16 @@ class SearchIndex:
     def with_listings(self, vectors: np.ndarray, catalogue: pl.DataFrame) -> SearchIndex:
         """The index with the listings of ``catalogue`` (its rows, ``vectors`` their unit vectors) added as its last
         rows; a listing whose id it holds already is replaced (removed, then added). Nothing is rebuilt: the engine
-        links the new vectors in (``VectorIndex.with_added``). This index is unchanged."""
+        links the new vectors in (``VectorIndex.with_added``), and the index's vectors are its (``row_vectors``). This
+        index is unchanged."""
         added = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(added) != catalogue.height:
             raise FbmlError(f"{len(added)} vectors for {catalogue.height} new catalogue rows")
         replaced = [product_id for product_id in catalogue["id"].to_list() if product_id in self._rows]
         kept = self.without(replaced) if replaced else self
-        return SearchIndex(
-            np.concatenate([kept.vectors, added]),
-            pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical"),
-            kept.report,
-            kept.engine.with_added(added),
-        )
+        engine = kept.engine.with_added(added)
+        catalogue = pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical")
+        return SearchIndex(engine.row_vectors(), catalogue, kept.report, engine)  # the engine's vectors: one copy, not two
 
     def without(self, product_ids: Sequence[str]) -> SearchIndex:
         """The index without the listings ``product_ids``; ``UnknownProductError`` naming those it does not hold.

@@ -83,6 +83,10 @@ class VectorIndex(Protocol):
         """The index in its library's own binary format (never pickle)."""
         ...
 
+    def row_vectors(self) -> np.ndarray:
+        """The vectors of its rows, in order (read-only where they are the index's own)."""
+        ...
+
     def with_added(self, vectors: np.ndarray) -> VectorIndex:
         """The index with ``vectors`` appended as its next rows (this one unchanged)."""
         ...
@@ -154,6 +158,10 @@ class ExactIndex:
     def to_bytes(self) -> bytes:
         """The vectors as a ``.npy`` file (loaded without pickle)."""
         return npy_bytes(self.vectors)
+
+    def row_vectors(self) -> np.ndarray:
+        """Its vectors."""
+        return self.vectors
 
     def with_added(self, vectors: np.ndarray) -> ExactIndex:
         """The index with ``vectors`` appended as its next rows."""
@@ -283,11 +291,11 @@ class HnswIndex:
         return build_hnsw(kept, seed=self.seed, m=self.m, ef_construction=self.ef_construction, ef_search=self.ef_search)
 
     def graph_vectors(self) -> np.ndarray:
-        """Every vector of the graph, tombstones included (a copy of faiss' storage)."""
-        return stored_vectors(self.index).copy()
+        """Every vector of the graph, tombstones included (a read-only view of faiss' storage)."""
+        return stored_vectors(self.index)
 
     def row_vectors(self) -> np.ndarray:
-        """The vectors of the index's rows (a copy, tombstones left out)."""
+        """The vectors of the index's rows (read-only: faiss' storage, or a copy of its rows without the tombstones)."""
         vectors = self.graph_vectors()
         return vectors[self._positions] if len(self.removed) else vectors
 
@@ -331,19 +339,28 @@ class HnswIndex:
     def chunk_bytes(self, number: int) -> bytes:
         """The vectors of chunk ``number`` as a ``.npy`` file (its SHA-256 is the chunk's ``sha256``)."""
         chunk = self.chunks[number]
-        return npy_bytes(stored_vectors(self.index)[chunk.start : chunk.stop])
+        return npy_bytes(self.graph_vectors()[chunk.start : chunk.stop])
 
 
 def stored_vectors(index: Any) -> np.ndarray:
-    """A read-only view of the vectors in an HNSW graph's storage: valid while ``index`` lives and is not added to."""
-    faiss = _faiss()
-    storage = faiss.downcast_index(index.storage)
-    count, dim = int(storage.ntotal), int(storage.d)
-    if count == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    view: np.ndarray = faiss.rev_swig_ptr(storage.get_xb(), count * dim).reshape(count, dim)
-    view.flags.writeable = False
-    return view
+    """A read-only view of the vectors in an HNSW graph's storage (no copy), which keeps ``index`` alive; ``index`` must
+    not be added to while it lives (an ``HnswIndex``'s graph never is: ``with_added`` adds to a copy)."""
+    if int(index.ntotal) == 0:
+        return np.zeros((0, int(index.d)), dtype=np.float32)
+    return np.asarray(_StoredVectors(index))
+
+
+@attrs.frozen
+class _StoredVectors:
+    """The array interface of a faiss graph's flat storage: a numpy array made from it holds this, so the graph."""
+
+    index: Any
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        storage = _faiss().downcast_index(self.index.storage)
+        return {"shape": (int(storage.ntotal), int(storage.d)), "typestr": "<f4", "data": (int(storage.get_xb()), True),
+                "version": 3}  # fmt: skip
 
 
 def chunked(index: Any, chunks: tuple[Chunk, ...]) -> tuple[Chunk, ...]:
