@@ -76,6 +76,7 @@ def timed_add(base: Bundle, saved: Path, target: Path, vectors: np.ndarray, firs
     """Seconds to link ``vectors`` into the base index, and to save the bundle over a copy of the saved base."""
     assert base.index is not None
     linked_copy(saved, target)
+    os.sync()  # the writes before (the base's, the last rebuild's) reach the disk untimed
     start = time.perf_counter()
     index = base.index.with_listings(vectors, catalogue(first, len(vectors)))
     linked = time.perf_counter()
@@ -86,6 +87,7 @@ def timed_add(base: Bundle, saved: Path, target: Path, vectors: np.ndarray, firs
 def timed_rebuild(base: Bundle, saved: Path, target: Path, vectors: np.ndarray) -> tuple[float, float]:
     """Seconds to build the index over ``vectors`` afresh, and to save the bundle over a copy of the saved base."""
     linked_copy(saved, target)
+    os.sync()
     start = time.perf_counter()
     index = hnsw(vectors)
     built = time.perf_counter()
