@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 from fbml.bundle.vector_index import (
@@ -370,5 +371,7 @@ def test_a_graph_saved_apart_from_its_vector_chunks_loads_as_it_was(vectors: np.
         load_vector_index(grown.parameters(), grown.to_bytes(), None, chunks)
     with pytest.raises(FbmlError, match="chunks hold 5000 vectors, the graph has 5400 nodes"):
         load_vector_index(grown.parameters(), grown.graph_bytes(), None, chunks[:2])
+    with pytest.raises(FbmlError, match=r"chunks must split the graph's 5400 nodes in order, got \[4000, 5000\]"):
+        attrs.evolve(grown, chunks=grown.chunks[:2])
     with pytest.raises(FbmlError, match="exact index has no removed rows nor vector chunks"):
         load_vector_index(ExactIndex(vectors).parameters(), ExactIndex(vectors).to_bytes(), None, chunks)

@@ -186,6 +186,15 @@ class Chunk:
     sha256: str
 
 
+def _check_chunks(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Chunk, ...]], chunks: tuple[Chunk, ...]) -> None:
+    """The chunks split the graph's nodes in order, none empty."""
+    stops = [0, *(chunk.stop for chunk in chunks)]
+    if [chunk.start for chunk in chunks] != stops[:-1] or stops[-1] != int(instance.index.ntotal) or any(
+        chunk.start >= chunk.stop for chunk in chunks
+    ):
+        raise FbmlError(f"hnsw vector chunks must split the graph's {int(instance.index.ntotal)} nodes in order, got {stops[1:]}")
+
+
 @attrs.frozen(eq=False)
 class HnswIndex:
     """A faiss ``IndexHNSWFlat`` (inner product) over the rows: approximate, far faster past ~20k rows.
@@ -205,7 +214,7 @@ class HnswIndex:
     ef_search: int
     seed: int
     removed: np.ndarray = attrs.field(factory=_no_removed, repr=False)
-    chunks: tuple[Chunk, ...] = attrs.field(repr=False)
+    chunks: tuple[Chunk, ...] = attrs.field(repr=False, validator=_check_chunks)
     _positions: np.ndarray = attrs.field(init=False, repr=False)
     _rows: np.ndarray = attrs.field(init=False, repr=False)
     _live_bits: np.ndarray | None = attrs.field(init=False, repr=False)
@@ -295,7 +304,7 @@ class HnswIndex:
         return stored_vectors(self.index)
 
     def row_vectors(self) -> np.ndarray:
-        """The vectors of the index's rows (read-only: faiss' storage, or a copy of its rows without the tombstones)."""
+        """The vectors of the index's rows: a read-only view of faiss' storage, or (with tombstones) a copy of its rows."""
         vectors = self.graph_vectors()
         return vectors[self._positions] if len(self.removed) else vectors
 
@@ -333,7 +342,7 @@ class HnswIndex:
         faiss = _faiss()
         writer = faiss.VectorIOWriter()
         faiss.write_index(self.index, writer, faiss.IO_FLAG_SKIP_STORAGE)
-        written: np.ndarray = faiss.vector_to_array(writer.data)
+        written: np.ndarray = faiss.rev_swig_ptr(writer.data.data(), writer.data.size())  # a view: copied once, by tobytes
         return written.tobytes()
 
     def chunk_bytes(self, number: int) -> bytes:
