@@ -2,7 +2,8 @@
 
 Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
 small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
-vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, category path, price, photo ids) as JSON.
+vectors as ``.npy`` (an HNSW graph's in append-only chunks beside the graph, in faiss' format), the catalogue (id,
+name, category, category path, price, photo ids) as JSON.
 How a listing becomes a vector is ``fbml.bundle.listings``' job (one place for the catalogue and queries alike).
 """
 
