@@ -200,7 +200,8 @@ class PredictorEntry(Struct, frozen=True):
 class IndexEntry(Struct, frozen=True):
     """The similar-listings index: product vectors (``.npy``), the catalogue (JSON), how it was built, and
     for ``hnsw`` the graph (faiss' format) with its parameters (``fbml.bundle.vector_index``). An ``hnsw``
-    index may leave ``vectors`` null: its graph holds them (each row's, and the removed rows' kept as tombstones)."""
+    index leaves ``vectors`` null: its graph holds them (each row's, and the removed rows' kept as tombstones),
+    or, when ``vector_chunks`` names them, the graph is saved without them and they are those ``.npy`` files in turn."""
 
     vectors: FileRef | None
     catalogue: FileRef
@@ -210,6 +211,9 @@ class IndexEntry(Struct, frozen=True):
     report: dict[str, object] = {}
     removed: FileRef | None = None
     """The graph positions of removed listings (``.npy`` int64), which an HNSW graph keeps as tombstones."""
+    vector_chunks: list[FileRef] | None = None
+    """The HNSW graph's vectors in order of its nodes (``.npy`` float32), in append-only chunks: adding listings
+    writes a new chunk, so a save rewrites the graph's links and writes the new rows only."""
 
     def __post_init__(self) -> None:
         if (self.method == "hnsw") != (self.graph is not None):
@@ -218,6 +222,8 @@ class IndexEntry(Struct, frozen=True):
             raise ValueError("only an hnsw index names a file of removed rows")
         if self.vectors is None and self.graph is None:
             raise ValueError("an exact index names its vectors file")
+        if self.vector_chunks is not None and (self.graph is None or self.vectors is not None):
+            raise ValueError("only an hnsw index names vector chunks, and then no vectors file")
 
 
 class SubcategoryEntry(Struct, frozen=True):

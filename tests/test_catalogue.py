@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+import attrs
 import numpy as np
 import polars as pl
 import pytest
@@ -29,7 +30,7 @@ from litestar.testing import TestClient
 from PIL import Image
 
 from test_search import catalogue_of
-from test_store import copy, grown, hnsw_copy, parts, write_manifest  # noqa: F401  (fixtures)
+from test_store import copy, grown, hnsw_copy, load_error, manifest_of, parts, replace_file, write_manifest  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -279,6 +280,89 @@ def test_save_keeps_an_unchanged_bundles_files(copy: Path) -> None:  # noqa: F81
     manifest = (copy / MANIFEST).read_bytes()
     save_bundle(load_bundle(copy), copy)
     assert (copy / MANIFEST).read_bytes() == manifest
+
+
+def grown_hnsw(copy: Path, additions: list[int]) -> SearchIndex:  # noqa: F811
+    """The copy's index (made HNSW first if it is exact), grown by a save per ``additions`` (that many new listings
+    each): what it saved."""
+    if load_bundle(copy).search_index().engine.method == "exact":
+        hnsw_copy(copy)
+    for count in additions:
+        bundle = load_bundle(copy)
+        index = bundle.search_index()
+        ids = [f"new-{len(index)}-{row}" for row in range(count)]
+        save_bundle(attrs.evolve(bundle, index=index.with_listings(unit_vectors(count, index.dim, seed=len(index)), new_rows(ids))), copy)
+    return load_bundle(copy).search_index()
+
+
+def test_an_addition_writes_the_graph_and_a_chunk_of_the_new_rows_only(copy: Path) -> None:  # noqa: F811
+    before = grown_hnsw(copy, [])
+    first = manifest_of(copy)["index"]["vector_chunks"]
+    graph = manifest_of(copy)["index"]["graph"]["file"]
+    written = {file.name: file.stat().st_ino for file in copy.iterdir()}
+    index = grown_hnsw(copy, [2])
+    entry = manifest_of(copy)["index"]
+    assert entry["vectors"] is None and len(entry["vector_chunks"]) == 2 and entry["vector_chunks"][0] == first[0]
+    assert (copy / first[0]["file"]).stat().st_ino == written[first[0]["file"]]  # the old rows' file is not rewritten
+    assert entry["graph"]["file"] != graph and np.load(copy / entry["vector_chunks"][1]["file"]).shape == (2, index.dim)
+    assert isinstance(index.engine, HnswIndex) and [chunk.stop for chunk in index.engine.chunks] == [len(before), len(before) + 2]
+    np.testing.assert_array_equal(index.vectors[: len(before)], before.vectors)
+    assert [index.nearest(vector, 1)[0].row for vector in index.vectors] == list(range(len(index)))
+
+
+def test_vector_chunks_merge_as_they_grow_and_reload_as_saved(copy: Path) -> None:  # noqa: F811
+    index = grown_hnsw(copy, [2, 1, 1, 3])  # chunks of 5, then 5 | 2, 5 | 2 | 1, 9 (1 joins 1 joins 2 joins 5), 9 | 3
+    assert isinstance(index.engine, HnswIndex) and [chunk.stop for chunk in index.engine.chunks] == [9, 12]
+    assert len(manifest_of(copy)["index"]["vector_chunks"]) == 2
+    queries = unit_vectors(20, index.dim, seed=7)
+    saved = load_bundle(copy).search_index()
+    for got, want in zip(saved.search(queries, 5), index.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_removed_rows_are_never_returned_after_additions_and_a_reload(copy: Path) -> None:  # noqa: F811
+    grown_hnsw(copy, [3])
+    remove_listings(copy, ["p0-1", "new-5-1"])
+    index = grown_hnsw(copy, [2])
+    assert isinstance(index.engine, HnswIndex) and len(index.engine.removed) == 2 and len(index.engine.chunks) == 2
+    assert every_answer(index).isdisjoint({"p0-1", "new-5-1"}) and {"new-5-0", "new-5-2", "new-6-0"} <= every_answer(index)
+
+
+def test_a_tampered_vector_chunk_is_refused(copy: Path) -> None:  # noqa: F811
+    index = grown_hnsw(copy, [2])
+    manifest = manifest_of(copy)
+    ref = manifest["index"]["vector_chunks"][1]
+    (copy / ref["file"]).unlink()
+    (copy / ref["file"]).write_bytes(store.npy_bytes(unit_vectors(2, index.dim, seed=99)))
+    load_error(copy, rf"bundle file {ref['file']} does not match its checksum")
+    for vectors, message in [
+        (np.full((2, index.dim), np.nan, np.float32), r"2 value\(s\)|not finite"),
+        (unit_vectors(2, index.dim + 1, seed=99), r"hnsw vector chunk 1 holds float32 \(2, \d+\), not"),
+        (unit_vectors(3, index.dim, seed=99), r"hnsw vector chunks hold \d+ vectors, the graph has \d+ nodes"),
+        (unit_vectors(2, index.dim, seed=99) * 3, r"not of length 1"),
+    ]:
+        replace_file(copy, ref, store.npy_bytes(vectors))
+        write_manifest(copy, manifest)
+        load_error(copy, message)
+    del manifest["index"]["vector_chunks"][1]
+    write_manifest(copy, manifest)
+    load_error(copy, r"hnsw vector chunks hold \d+ vectors, the graph has \d+ nodes")
+
+
+def test_a_bundle_whose_graph_holds_its_vectors_loads_and_saves_as_chunks(copy: Path) -> None:  # noqa: F811
+    """A bundle saved before vector chunks (one faiss file, graph and vectors) loads as it was; a save splits it."""
+    index = grown_hnsw(copy, [2])
+    assert isinstance(index.engine, HnswIndex)
+    manifest = manifest_of(copy)
+    replace_file(copy, manifest["index"]["graph"], index.engine.to_bytes())
+    del manifest["index"]["vector_chunks"]
+    write_manifest(copy, manifest)
+    old = load_bundle(copy)
+    queries = unit_vectors(20, index.dim, seed=7)
+    assert old.index is not None and np.array_equal(old.index.search(queries, 5)[0], index.search(queries, 5)[0])
+    save_bundle(old, copy)
+    assert len(manifest_of(copy)["index"]["vector_chunks"]) == 1
+    assert np.array_equal(load_bundle(copy).search_index().search(queries, 5)[0], index.search(queries, 5)[0])
 
 
 def test_an_exact_index_must_name_its_vectors(copy: Path) -> None:  # noqa: F811

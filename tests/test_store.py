@@ -33,6 +33,7 @@ from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.locks import FILES_LOCK, WRITER_LOCK
 from fbml.bundle.search import CATALOGUE_SCHEMA, SearchIndex, unit_rows
 from fbml.bundle.store import MANIFEST, load_bundle, read_manifest, save_bundle
+from fbml.bundle.vector_index import HnswIndex
 from fbml.errors import FbmlError
 from fbml.modeling.ensembles import Ensemble
 from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
@@ -1130,9 +1131,13 @@ def test_an_hnsw_graph_that_is_not_the_indexs(copy: Path) -> None:
         {"id": list("abcdef"), "product_name": list("abcdef"), "category": ["x"] * 6, "category_path": ["x"] * 6,
          "price": [1.0] * 6, "photos": [[]] * 6},
         schema=CATALOGUE_SCHEMA)).with_method("hnsw")
-    replace_file(copy, manifest["index"]["graph"], other.engine.to_bytes())
+    assert isinstance(other.engine, HnswIndex)
+    replace_file(copy, manifest["index"]["graph"], other.engine.graph_bytes())
     write_manifest(copy, manifest)
-    load_error(copy, r"vector index parameters say count=5, the loaded index has 6")
+    load_error(copy, r"hnsw vector chunks hold 5 vectors, the graph has 6 nodes")
+    replace_file(copy, manifest["index"]["graph"], other.engine.to_bytes())  # a graph holding its own vectors
+    write_manifest(copy, manifest)
+    load_error(copy, r"hnsw index bytes hold a graph and its vectors; the bundle's vector chunks hold them")
 
 
 @pytest.mark.parametrize("change", [

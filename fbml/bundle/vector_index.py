@@ -2,12 +2,15 @@
 
 ``vector_index(vectors)`` picks one; both answer ``search(queries, k, exclude)`` with ``(rows, scores)``
 best first and save as ``to_bytes()`` (a ``.npy`` array, or faiss' own binary index format, never
-pickle) beside the JSON ``parameters()``; ``load_vector_index`` checks one against the other. faiss is
+pickle) beside the JSON ``parameters()``; ``load_vector_index`` checks one against the other. An HNSW
+index also saves as its graph alone (``graph_bytes()``) beside its vectors in append-only ``.npy`` chunks
+(``chunk_bytes(n)``), so that adding rows rewrites the links and writes only the new rows. faiss is
 imported only when an HNSW index is built or loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 from collections.abc import Mapping, Sequence
@@ -42,6 +45,9 @@ HNSW_EF_SEARCH = 256  # candidates kept while searching (at least k + 1 is used)
 COMPACT_SHARE = 0.25
 """The share of an HNSW graph's nodes that may be tombstones (removed rows) before it is built afresh: each
 one costs every search a little (the walk passes through it), and the file keeps its vector."""
+CHUNK_MERGE = 2
+"""A vector chunk is merged with the next one while it holds fewer than ``CHUNK_MERGE`` times its rows, so a graph
+built once and grown by additions has O(log rows) chunks and each row is rewritten O(log rows) times."""
 HNSW_MAX = {"m": 256, "ef_construction": 4096, "ef_search": 4096}
 """The largest HNSW settings built or loaded: far past any useful recall, and each search's working set stays
 megabytes (a bundle asking for ef_search 2**40 would make every search fail)."""
@@ -75,6 +81,10 @@ class VectorIndex(Protocol):
 
     def to_bytes(self) -> bytes:
         """The index in its library's own binary format (never pickle)."""
+        ...
+
+    def row_vectors(self) -> np.ndarray:
+        """The vectors of its rows, in order (read-only where they are the index's own)."""
         ...
 
     def with_added(self, vectors: np.ndarray) -> VectorIndex:
@@ -147,9 +157,11 @@ class ExactIndex:
 
     def to_bytes(self) -> bytes:
         """The vectors as a ``.npy`` file (loaded without pickle)."""
-        buffer = io.BytesIO()
-        np.save(buffer, self.vectors, allow_pickle=False)
-        return buffer.getvalue()
+        return npy_bytes(self.vectors)
+
+    def row_vectors(self) -> np.ndarray:
+        """Its vectors."""
+        return self.vectors
 
     def with_added(self, vectors: np.ndarray) -> ExactIndex:
         """The index with ``vectors`` appended as its next rows."""
@@ -164,6 +176,25 @@ def _no_removed() -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
 
 
+@attrs.frozen
+class Chunk:
+    """Graph positions ``start`` to ``stop`` (exclusive) of an HNSW index's vectors, saved as one ``.npy`` file whose
+    bytes have the SHA-256 ``sha256`` (known when the chunk is made or loaded, so a save need not read it again)."""
+
+    start: int
+    stop: int
+    sha256: str
+
+
+def _check_chunks(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Chunk, ...]], chunks: tuple[Chunk, ...]) -> None:
+    """The chunks split the graph's nodes in order, none empty."""
+    stops = [0, *(chunk.stop for chunk in chunks)]
+    if [chunk.start for chunk in chunks] != stops[:-1] or stops[-1] != int(instance.index.ntotal) or any(
+        chunk.start >= chunk.stop for chunk in chunks
+    ):
+        raise FbmlError(f"hnsw vector chunks must split the graph's {int(instance.index.ntotal)} nodes in order, got {stops[1:]}")
+
+
 @attrs.frozen(eq=False)
 class HnswIndex:
     """A faiss ``IndexHNSWFlat`` (inner product) over the rows: approximate, far faster past ~20k rows.
@@ -172,7 +203,10 @@ class HnswIndex:
     A faiss HNSW graph cannot forget a node, so removing rows leaves them in the graph as tombstones:
     ``removed`` (sorted graph positions) are skipped by every search (a faiss ID selector: the walk still
     passes through them, so the graph stays as connected), and the index's rows are the graph's other
-    nodes in order. Once tombstones are over ``COMPACT_SHARE`` of the graph, ``without`` builds a new one."""
+    nodes in order. Once tombstones are over ``COMPACT_SHARE`` of the graph, ``without`` builds a new one.
+
+    ``chunks`` split the graph's vectors (tombstones' included) into the ``.npy`` files it saves them in: rows
+    added are a new chunk, so a save writes the graph's links and the new rows only."""
 
     index: Any = attrs.field(repr=False)
     m: int
@@ -180,9 +214,14 @@ class HnswIndex:
     ef_search: int
     seed: int
     removed: np.ndarray = attrs.field(factory=_no_removed, repr=False)
+    chunks: tuple[Chunk, ...] = attrs.field(repr=False, validator=_check_chunks)
     _positions: np.ndarray = attrs.field(init=False, repr=False)
     _rows: np.ndarray = attrs.field(init=False, repr=False)
     _live_bits: np.ndarray | None = attrs.field(init=False, repr=False)
+
+    @chunks.default
+    def _one_chunk(self) -> tuple[Chunk, ...]:
+        return chunked(self.index, ())
 
     @_positions.default
     def _live_positions(self) -> np.ndarray:
@@ -241,14 +280,14 @@ class HnswIndex:
 
     def with_added(self, vectors: np.ndarray) -> HnswIndex:
         """The index with ``vectors`` linked into a copy of its graph as its next rows (the graph of a build in one
-        ``add`` would differ a little: HNSW inserts in order)."""
+        ``add`` would differ a little: HNSW inserts in order), saved as a new vector chunk."""
         faiss = _faiss()
         added = checked_queries(vectors, self.dim)
         index = faiss.clone_index(self.index)
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.rng = faiss.RandomGenerator(self.seed + int(index.ntotal))
         index.add(added)
-        return attrs.evolve(self, index=index)
+        return attrs.evolve(self, index=index, chunks=chunked(index, self.chunks))
 
     def without(self, rows: np.ndarray) -> HnswIndex:
         """The index without ``rows``: their graph nodes become tombstones, or, once tombstones would be over
@@ -261,22 +300,17 @@ class HnswIndex:
         return build_hnsw(kept, seed=self.seed, m=self.m, ef_construction=self.ef_construction, ef_search=self.ef_search)
 
     def graph_vectors(self) -> np.ndarray:
-        """Every vector of the graph, tombstones included (a copy of faiss' storage)."""
-        faiss = _faiss()
-        storage = faiss.downcast_index(self.index.storage)
-        codes: np.ndarray = faiss.vector_to_array(storage.codes)
-        return codes.view(np.float32).reshape(int(self.index.ntotal), self.dim)
+        """Every vector of the graph, tombstones included (a read-only view of faiss' storage)."""
+        return stored_vectors(self.index)
 
     def row_vectors(self) -> np.ndarray:
-        """The vectors of the index's rows (a copy, tombstones left out)."""
+        """The vectors of the index's rows: a read-only view of faiss' storage, or (with tombstones) a copy of its rows."""
         vectors = self.graph_vectors()
         return vectors[self._positions] if len(self.removed) else vectors
 
     def removed_bytes(self) -> bytes:
         """The tombstones' graph positions as a ``.npy`` file."""
-        buffer = io.BytesIO()
-        np.save(buffer, self.removed, allow_pickle=False)
-        return buffer.getvalue()
+        return npy_bytes(self.removed)
 
     def parameters(self) -> dict[str, Any]:
         """JSON describing ``to_bytes()``."""
@@ -301,6 +335,71 @@ class HnswIndex:
         faiss = _faiss()
         serialized: np.ndarray = faiss.serialize_index(self.index)
         return serialized.tobytes()
+
+    def graph_bytes(self) -> bytes:
+        """The graph without its vectors in faiss' binary format (written with ``IO_FLAG_SKIP_STORAGE``): what
+        ``load_vector_index`` reads beside the ``chunk_bytes``."""
+        faiss = _faiss()
+        writer = faiss.VectorIOWriter()
+        faiss.write_index(self.index, writer, faiss.IO_FLAG_SKIP_STORAGE)
+        written: np.ndarray = faiss.rev_swig_ptr(writer.data.data(), writer.data.size())  # a view: copied once, by tobytes
+        return written.tobytes()
+
+    def chunk_bytes(self, number: int) -> bytes:
+        """The vectors of chunk ``number`` as a ``.npy`` file (its SHA-256 is the chunk's ``sha256``)."""
+        chunk = self.chunks[number]
+        return npy_bytes(self.graph_vectors()[chunk.start : chunk.stop])
+
+
+def stored_vectors(index: Any) -> np.ndarray:
+    """A read-only view of the vectors in an HNSW graph's storage (no copy), which keeps ``index`` alive; ``index`` must
+    not be added to while it lives (an ``HnswIndex``'s graph never is: ``with_added`` adds to a copy)."""
+    if int(index.ntotal) == 0:
+        return np.zeros((0, int(index.d)), dtype=np.float32)
+    return np.asarray(_StoredVectors(index))
+
+
+@attrs.frozen
+class _StoredVectors:
+    """The array interface of a faiss graph's flat storage: a numpy array made from it holds this, so the graph."""
+
+    index: Any
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        storage = _faiss().downcast_index(self.index.storage)
+        return {"shape": (int(storage.ntotal), int(storage.d)), "typestr": "<f4", "data": (int(storage.get_xb()), True),
+                "version": 3}  # fmt: skip
+
+
+def chunked(index: Any, chunks: tuple[Chunk, ...]) -> tuple[Chunk, ...]:
+    """``chunks`` (of the first rows of ``index``'s graph) and one more holding its rows past them, merged from the
+    end while a chunk holds fewer than ``CHUNK_MERGE`` times the rows of the one after it."""
+    count = int(index.ntotal)
+    kept = list(chunks)
+    start = kept[-1].stop if kept else 0
+    while len(kept) and kept[-1].stop - kept[-1].start < CHUNK_MERGE * (count - kept[-1].stop):
+        start = kept.pop().start
+    if start == count:
+        return tuple(kept)
+    header, data = _npy_parts(stored_vectors(index)[start:count])
+    digest = hashlib.sha256(header)
+    digest.update(data)
+    return (*kept, Chunk(start, count, digest.hexdigest()))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as a ``.npy`` file (C order, no pickle)."""
+    header, data = _npy_parts(array)
+    return header + bytes(data)
+
+
+def _npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The header of ``array``'s ``.npy`` file, and its data (not copied when ``array`` is C-contiguous)."""
+    contiguous = np.ascontiguousarray(array)
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(contiguous))
+    return buffer.getvalue(), contiguous.reshape(-1).view(np.uint8).data
 
 
 def vector_index(
@@ -341,21 +440,24 @@ def build_hnsw(vectors: np.ndarray, *, seed: int, m: int, ef_construction: int, 
     return HnswIndex(index, int(m), int(ef_construction), int(ef_search), int(seed))
 
 
-def load_vector_index(parameters: Any, content: bytes, removed: bytes | None = None) -> VectorIndex:
-    """The index ``to_bytes()`` wrote (and, for an HNSW graph with tombstones, ``removed_bytes()``), checked
-    against its ``parameters()``; ``FbmlError`` when the JSON is malformed, the bytes do not load, or what
-    loaded disagrees with the JSON."""
+def load_vector_index(
+    parameters: Any, content: bytes, removed: bytes | None = None, chunks: Sequence[tuple[np.ndarray, str]] | None = None
+) -> VectorIndex:
+    """The index ``to_bytes()`` wrote, or an HNSW graph ``graph_bytes()`` wrote and its vector ``chunks`` (each a
+    float32 (rows, dim) array of finite values and the SHA-256 of its ``.npy`` file, both checked by the caller),
+    and for an HNSW graph with tombstones ``removed_bytes()``, checked against its ``parameters()``; ``FbmlError``
+    when the JSON is malformed, the bytes do not load, or what loaded disagrees with the JSON."""
     if not isinstance(parameters, Mapping):
         raise FbmlError(f"vector index parameters are a JSON object, got {type(parameters).__name__}")
     _expect(parameters, "format", FORMAT)
     _expect(parameters, "metric", METRIC)
     method = parameters.get("method")
-    if method == "exact" and removed is None:
+    if method == "exact" and removed is None and chunks is None:
         index: VectorIndex = _load_exact(content)
     elif method == "exact":
-        raise FbmlError("an exact index has no removed rows: it forgets them")
+        raise FbmlError("an exact index has no removed rows nor vector chunks: its file holds its vectors")
     elif method == "hnsw":
-        index = _load_hnsw(parameters, content, removed)
+        index = _load_hnsw(parameters, content, removed, chunks)
     else:
         raise FbmlError(f"vector index method is 'exact' or 'hnsw', got {method!r}")
     for key, loaded in (("count", len(index)), ("dim", index.dim)):
@@ -370,21 +472,65 @@ def _load_exact(content: bytes) -> ExactIndex:
         raise FbmlError(f"exact index bytes: {error}") from None
 
 
-def _load_hnsw(parameters: Mapping[str, Any], content: bytes, removed: bytes | None) -> HnswIndex:
+def _load_hnsw(
+    parameters: Mapping[str, Any], content: bytes, removed: bytes | None, chunks: Sequence[tuple[np.ndarray, str]] | None
+) -> HnswIndex:
     faiss = _faiss()
 
-    try:
-        index = faiss.deserialize_index(np.frombuffer(content, dtype=np.uint8))  # its own class, owning itself
-    except RuntimeError as error:
-        raise FbmlError(f"hnsw index bytes do not load in faiss ({str(error).strip().splitlines()[-1]})") from None
+    index = _read_graph(content, with_vectors=chunks is None)
     if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise FbmlError(f"hnsw index bytes hold a {type(index).__name__}, not an inner-product IndexHNSWFlat")
+    if chunks is not None:
+        _attach_vectors(index, [vectors for vectors, _ in chunks])
     check_graph(index)
     m, ef_construction, ef_search = (_setting(parameters, key, 1, HNSW_MAX[key]) for key in ("m", "ef_construction", "ef_search"))
     _expect(parameters, "m", int(index.hnsw.nb_neighbors(1)), what="the loaded index has")
     _expect(parameters, "ef_construction", int(index.hnsw.efConstruction), what="the loaded index has")
     tombstones = _load_removed(parameters, removed, int(index.ntotal))
-    return HnswIndex(index, m, ef_construction, ef_search, _setting(parameters, "seed", 0, 2**63 - 1), tombstones)
+    seed = _setting(parameters, "seed", 0, 2**63 - 1)
+    if chunks is None:
+        return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones)
+    stops = np.cumsum([len(vectors) for vectors, _ in chunks], dtype=np.int64)
+    starts = [0, *stops[:-1].tolist()]
+    saved = tuple(Chunk(int(start), int(stop), digest) for start, stop, (_, digest) in zip(starts, stops, chunks, strict=True))
+    return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones, saved)
+
+
+def _read_graph(content: bytes, *, with_vectors: bool) -> Any:
+    """The faiss index in ``content``: a graph holding its vectors, or (``with_vectors=False``) a graph saved without
+    them; ``FbmlError`` when faiss cannot read it or it is not the kind said."""
+    faiss = _faiss()
+    reader = faiss.VectorIOReader()
+    faiss.copy_array_to_vector(np.frombuffer(content, dtype=np.uint8), reader.data)
+    try:
+        index = faiss.read_index(reader, 0 if with_vectors else faiss.IO_FLAG_SKIP_STORAGE)  # its own class, owning itself
+    except RuntimeError as error:
+        raise FbmlError(f"hnsw index bytes do not load in faiss ({str(error).strip().splitlines()[-1]})") from None
+    held = getattr(index, "storage", None) is not None
+    if held != with_vectors:
+        raise FbmlError("hnsw index bytes hold a graph and its vectors; the bundle's vector chunks hold them" if held
+                        else "hnsw index bytes hold a graph without its vectors, and the bundle names no vector chunks")
+    return index
+
+
+def _attach_vectors(index: Any, chunks: Sequence[np.ndarray]) -> None:
+    """Give a graph read without its vectors a flat storage of ``chunks`` (in order): as many rows as it has nodes,
+    as wide as it, finite."""
+    faiss = _faiss()
+    dim, count = int(index.d), int(index.ntotal)
+    for number, vectors in enumerate(chunks):
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) == 0:
+            raise FbmlError(f"hnsw vector chunk {number} holds {vectors.dtype} {vectors.shape}, not (rows >= 1, {dim}) float32")
+        finite(vectors, f"hnsw vector chunk {number}")
+    held = sum(len(vectors) for vectors in chunks)
+    if held != count:
+        raise FbmlError(f"hnsw vector chunks hold {held} vectors, the graph has {count} nodes")
+    storage = faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT)
+    for vectors in chunks:
+        storage.add(np.ascontiguousarray(vectors))
+    index.storage = storage
+    index.own_fields = True
+    storage.this.disown()  # the graph frees it
 
 
 def _load_removed(parameters: Mapping[str, Any], content: bytes | None, count: int) -> np.ndarray:
