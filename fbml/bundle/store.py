@@ -146,7 +146,7 @@ def _load(path: Path, runtime: str, onnx_threads: int | None) -> Bundle:
     predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
     index = None if manifest.index is None else _read_index(path, manifest.index)
     profile = None if manifest.profile is None else _read(path, manifest.profile, "training profile", profile_from_json)
-    shared = _sharing_backbones(models) if runtime == "torch" else models
+    shared = sharing_backbones(models) if runtime == "torch" else models
     subcategories = None if manifest.subcategories is None else _read_subcategories(path, manifest.subcategories, codec)
     bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories, profile)
     _check_settings(path, bundle)
@@ -469,10 +469,10 @@ def _check_index(bundle: Bundle) -> None:
         raise FbmlError(f"the search index has {bundle.index.dim}-dim vectors, the bundle's models make {bundle.listing_width()}")
 
 
-def _sharing_backbones(models: dict[ModelKind, BundleModel]) -> dict[ModelKind, BundleModel]:
-    """``models`` (torch networks) with the combined network's frozen backbone replaced by the image model's when
-    their weights are equal (training copies it, and frozen stages never change), so that the prediction path runs
-    it once per photo. (ONNX Runtime runs each graph whole.)"""
+def sharing_backbones(models: dict[ModelKind, BundleModel]) -> dict[ModelKind, BundleModel]:
+    """``models`` (torch networks) with the combined network's frozen backbone replaced, in place, by the image
+    model's when their weights are equal (training copies it, and frozen stages never change), so that the prediction
+    path runs it once per photo. (ONNX Runtime runs each graph whole.)"""
     image, combined = models.get(ModelKind.IMAGE_CNN), models.get(ModelKind.COMBINED_NN)
     if image is None or combined is None:
         return models

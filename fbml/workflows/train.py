@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from fbml.bundle.bundle import Bundle, BundleModel, Predictor
 from fbml.bundle.locks import bundle_writer
-from fbml.bundle.store import MANIFEST, load_bundle, save_bundle
+from fbml.bundle.store import MANIFEST, load_bundle, save_bundle, sharing_backbones
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
 from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
@@ -401,46 +401,33 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
 def tested_models(bundle: Bundle, data: TrainingData) -> Bundle:
     """``bundle`` with the models (and subcategory model) the test split was scored with: those the trainings
     kept when they shipped models trained on every product, else the bundle's."""
-    kept = tested_store(data)
-    models = dict(bundle.models)
-    for kind in (ModelKind.TEXT_CNN, ModelKind.IMAGE_CNN, ModelKind.TEXT_LINEAR, ModelKind.COMBINED_NN):
-        entry = bundle.models.get(kind)
-        if entry is None or entry.report.get("trained_on") != Phase.ALL.trained_on:
-            continue
-        if isinstance(entry.module, LinearTextModel):
-            models[kind] = attrs.evolve(entry, module=kept.load_linear(kind), report={**entry.report, "trained_on": Phase.REFIT.trained_on})
-        else:
-            assert isinstance(entry.module, nn.Module)
-            module = kept.load_weights(kind, copy.deepcopy(entry.module))
-            models[kind] = attrs.evolve(entry, module=module, report={**entry.report, "trained_on": Phase.REFIT.trained_on})
-    subcategories = bundle.subcategories
-    if subcategories is not None and subcategories.report.get("trained_on") == Phase.ALL.trained_on:
-        subcategories = attrs.evolve(kept.load_subcategories(), report={**subcategories.report, "trained_on": Phase.REFIT.trained_on})
-    return attrs.evolve(bundle, models=models, subcategories=subcategories)
+    return _kept_models(bundle, tested_store(data), Phase.REFIT, lambda trained_on: trained_on == Phase.ALL.trained_on)
 
 
 def split_models(bundle: Bundle, data: TrainingData) -> Bundle:
     """``bundle`` with its models (and subcategory model) as the training split alone made them, those the
-    validation store kept; the combined network's frozen backbone is the image model's (the same weights)."""
-    store, split = validation_store(data), Phase.SPLIT.trained_on
-    models = dict(bundle.models)
+    validation store kept."""
+    return _kept_models(bundle, validation_store(data), Phase.SPLIT, lambda trained_on: trained_on != Phase.SPLIT.trained_on)
+
+
+def _kept_models(bundle: Bundle, store: ValidationStore, phase: Phase, replaced: Callable[[object], bool]) -> Bundle:
+    """``bundle`` with each model (and the subcategory model) whose report's ``trained_on`` is ``replaced`` swapped
+    for the one ``store`` kept, reported as trained in ``phase``; swapped image and combined networks share their
+    frozen backbone (``sharing_backbones``: the same weights, run once per photo)."""
+    swapped: dict[ModelKind, BundleModel] = {}
     for kind, entry in bundle.models.items():
-        if entry.report.get("trained_on") == split:
+        if not replaced(entry.report.get("trained_on")):
             continue
         if isinstance(entry.module, LinearTextModel):
             module: nn.Module | LinearTextModel = store.load_linear(kind)
         else:
             assert isinstance(entry.module, nn.Module)  # training's bundles run on torch
             module = store.load_weights(kind, copy.deepcopy(entry.module))
-        models[kind] = attrs.evolve(entry, module=module, report={**entry.report, "trained_on": split})
-    image, combined = models.get(ModelKind.IMAGE_CNN), models.get(ModelKind.COMBINED_NN)
-    if image is not None and combined is not None:
-        assert isinstance(image.module, ImageClassifier) and isinstance(combined.module, CombinedClassifier)
-        combined.module.image.frozen = image.module.frozen
+        swapped[ModelKind(kind)] = attrs.evolve(entry, module=module, report={**entry.report, "trained_on": phase.trained_on})
     subcategories = bundle.subcategories
-    if subcategories is not None and subcategories.report.get("trained_on") != split:
-        subcategories = attrs.evolve(store.load_subcategories(), report={**subcategories.report, "trained_on": split})
-    return attrs.evolve(bundle, models=models, subcategories=subcategories)
+    if subcategories is not None and replaced(subcategories.report.get("trained_on")):
+        subcategories = attrs.evolve(store.load_subcategories(), report={**subcategories.report, "trained_on": phase.trained_on})
+    return attrs.evolve(bundle, models={**bundle.models, **sharing_backbones(swapped)}, subcategories=subcategories)
 
 
 def _new_text_cnn(bundle: Bundle, recipe: TextRecipe, seed: int) -> TextClassifier:
