@@ -1,6 +1,7 @@
-"""The index weights' frontier on validation: for a finer grid of part weights than training tries, the validation
-products' precision@10 among themselves (category, subcategory, tied share), their vectors made by the models the
-training split alone made (kept in the work folder), and the weightings no other beats on both figures.
+"""The index recipes' frontier on validation: for a finer grid of part weights than training tries, at each
+probability power, the validation products' precision@10 among themselves (category, subcategory, tied share),
+their vectors made by the models the training split alone made (kept in the work folder) with the validation
+catalogue's image prototypes, and the recipes no other beats on both figures.
 
     uv run python benchmarks/bench_index_weights.py --bundle BUNDLE --work-dir BUNDLE.work \\
         --products P.csv --images I.csv --image-dir DIR [--split-seed 0]
@@ -20,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fbml.bundle.listings import ListingWeights, alikeness
+from fbml.bundle.listings import PROBABILITY_POWERS, ListingRecipe, ListingWeights, alikeness
 from fbml.bundle.store import load_bundle
 from fbml.tables.clean import clean_tables
 from fbml.workflows.index import MAX_TIED, MIN_CATEGORY_PRECISION, catalogue_parts
@@ -48,17 +49,19 @@ def main() -> None:
     validation = with_photo_ids(data.splits.products.validation, tables)
     parts = catalogue_parts(split_models(bundle, data), tables, args.image_dir, validation, work_dir=args.work_dir, progress=True)
     paths, rows = validation["category_path"].to_numpy(), np.arange(validation.height)
-    found = {weights: alikeness(parts.vectors(ListingWeights(*weights)), paths, rows, rows) for weights in weightings()}
-    frontier = [weights for weights, one in found.items()
+    prototypes = parts.image_prototypes()
+    found = {(power, weights): alikeness(parts.vectors(ListingRecipe(ListingWeights(*weights), power, prototypes)), paths, rows, rows)
+             for power in PROBABILITY_POWERS for weights in weightings()}  # fmt: skip
+    frontier = [recipe for recipe, one in found.items()
                 if not any(other.category >= one.category and other.subcategory > one.subcategory
                            or other.category > one.category and other.subcategory >= one.subcategory for other in found.values())]
-    print(f"{validation.height} validation products, {len(found)} weightings (text, image, classes, subcategories)")
+    print(f"{validation.height} validation products, {len(found)} recipes (power; text, image, classes, subcategories)")
     print(f"frontier (category >= {MIN_CATEGORY_PRECISION} and tied <= {MAX_TIED:.0%} is what training's choice asks):")
-    for weights in sorted(frontier, key=lambda weights: -found[weights].category):
-        one = found[weights]
-        print(f"  {weights}: category {one.category:.3f}  subcategory {one.subcategory:.3f}  path {one.path:.3f}  tied {one.tied:.1%}")
+    for recipe in sorted(frontier, key=lambda recipe: -found[recipe].category):
+        one = found[recipe]
+        print(f"  {recipe}: category {one.category:.3f}  subcategory {one.subcategory:.3f}  path {one.path:.3f}  tied {one.tied:.1%}")
     report = bundle.search_index().report
-    print(f"training chose {report['weights']}: validation {report.get('validation')}")
+    print(f"training chose {report['weights']} at power {report.get('probability_power', 0.5)}: validation {report.get('validation')}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from contracts.api import PHOTO_FORMATS
 from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, Role, TextCnnOptions
 from fbml.bundle.bundle import Bundle, BundleModel, Predictor
-from fbml.bundle.listings import ListingWeights, listing_parts
+from fbml.bundle.listings import ListingRecipe, ListingWeights, listing_parts
 from fbml.bundle.search import SearchIndex
 from fbml.bundle.store import _check_index as check_index
 from fbml.errors import FbmlError, InputError
@@ -86,7 +86,7 @@ PREDICTORS: Mapping[str, tuple[tuple[tuple[str, float], ...], tuple[float, ...]]
     "image": ((("image-cnn", 2.5),), (0.0, 0.0, 0.0)),  # temperature scaling: T = 0.4
     "combined": ((("text-cnn", 0.5), ("text-linear", 1.2), ("image-cnn", 0.8), ("combined-nn", 0.6)), (-0.1, 0.2, 0.0)),
 }
-INDEX_WEIGHTS = ListingWeights(text=1.0, image=0.5, classes=2.0)
+INDEX_RECIPE = ListingRecipe(ListingWeights(text=1.0, image=0.5, classes=2.0), power=1.0)
 CATALOGUE_SIZE = 12
 PHOTOGRAPHED = 9  # products p0 .. p8 have a photo, p9 .. p11 text alone
 
@@ -212,7 +212,8 @@ def indexed(bundle: Bundle) -> Bundle:
     texts = products["product_name"].to_list()
     photos = [[photo] if (photo := catalogue_photo(row)) is not None else [] for row in range(CATALOGUE_SIZE)]
     parts = listing_parts(bundle, texts, photos, limits=PhotoLimits(MAX_PIXELS), batch_size=5)
-    index = SearchIndex(parts.vectors(INDEX_WEIGHTS), products, {"weights": INDEX_WEIGHTS.to_json()})
+    recipe = INDEX_RECIPE.with_prototypes(parts)
+    index = SearchIndex(parts.vectors(recipe), products, recipe.to_json())
     return attrs.evolve(bundle, index=index)
 
 
@@ -306,18 +307,27 @@ def unit(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
+def expected_prototypes(bundle: Bundle) -> np.ndarray:
+    """Per class, the unit mean of the photographed catalogue products' unit image embeddings, each weighted by its
+    combined predictor's probability of the class."""
+    embeddings = np.stack([unit(direct(bundle, "image-cnn", image=catalogue_photo(product))[1]) for product in range(PHOTOGRAPHED)])
+    classes = np.stack([expected_prediction(bundle, "combined", catalogue_photo(product), product_text(product))
+                        for product in range(PHOTOGRAPHED)])  # fmt: skip
+    return np.stack([unit(row) for row in classes.T @ embeddings])
+
+
 def expected_vector(bundle: Bundle, image: bytes | None, text: str | None) -> np.ndarray:
-    """A listing's vector by hand: the unit text-cnn embedding, the unit image-cnn embedding (zero
-    where absent) and the square roots of the predictor's classes (text alone: the text predictor;
-    a photo alone: the image predictor; both: the combined one), weighted, joined, unit length."""
-    text_part, image_part = np.zeros(EMBEDDING_DIM["text-cnn"]), np.zeros(EMBEDDING_DIM["image-cnn"])
+    """A listing's vector by hand: the unit text-cnn embedding (zero where absent), the unit image-cnn embedding
+    (text alone: the unit mix of the catalogue's image prototypes by its classes) and the predictor's classes
+    (text alone: the text predictor; a photo alone: the image predictor; both: the combined one), weighted,
+    joined, unit length."""
+    text_part = np.zeros(EMBEDDING_DIM["text-cnn"])
     if text is not None:
         text_part = unit(direct(bundle, "text-cnn", text=text)[1])
-    if image is not None:
-        image_part = unit(direct(bundle, "image-cnn", image=image)[1])
     role = "combined" if image is not None and text is not None else "image" if image is not None else "text"
-    classes = np.sqrt(expected_prediction(bundle, role, image, text))
-    weights = INDEX_WEIGHTS
+    classes = expected_prediction(bundle, role, image, text)
+    image_part = unit(direct(bundle, "image-cnn", image=image)[1]) if image is not None else unit(classes @ expected_prototypes(bundle))
+    weights = INDEX_RECIPE.weights
     return unit(np.concatenate([text_part * weights.text, image_part * weights.image, classes * weights.classes]))
 
 

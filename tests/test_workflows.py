@@ -426,7 +426,7 @@ def test_training_data_with_an_unknown_category_is_refused(market, trained, unkn
 
 def test_training_the_combined_model_reports_its_index(trained, tables) -> None:
     """The index holds every product (those without a photo by their text); its part weights were
-    chosen on the validation products (by subcategory precision, among weightings that keep the category
+    chosen on the validation products (by subcategory precision, among recipes that keep the category
     and rarely tie); precision@10 at three depths and the tied share are reported for the test products among
     themselves (a couple of dozen here, about two of each category: a tenth is about what can be found)."""
     bundle = load_bundle(trained["bundle"])
@@ -446,7 +446,7 @@ def test_training_the_combined_model_reports_its_index(trained, tables) -> None:
 def test_index_weights_are_chosen_on_vectors_of_models_that_never_saw_the_validation_products(market, trained, tables) -> None:
     """The validation figures the weights were chosen by come from the models the training split alone made (kept in
     the work folder, not the shipped ones), over the validation products alone as the catalogue."""
-    from fbml.bundle.listings import ListingWeights, alikeness
+    from fbml.bundle.listings import alikeness
     from fbml.workflows.index import catalogue_parts
     from fbml.workflows.inputs import training_data, with_photo_ids
     from fbml.workflows.train import split_models, tested_models
@@ -460,15 +460,17 @@ def test_index_weights_are_chosen_on_vectors_of_models_that_never_saw_the_valida
     validation = with_photo_ids(data.splits.products.validation, tables)
     assert report["validation_products"] == validation.height
     rows = np.arange(validation.height)
-    weights = ListingWeights.from_report(report)
-    split_vectors, shipped_vectors = (
-        catalogue_parts(models, tables, market["image_dir"], validation, work_dir=data.work_dir, progress=False).vectors(weights)
-        for models in (split, bundle))  # fmt: skip
+    recipe = bundle.listing_recipe()
+    split_parts, shipped_parts = (catalogue_parts(models, tables, market["image_dir"], validation, work_dir=data.work_dir, progress=False)
+                                  for models in (split, bundle))  # fmt: skip
+    split_vectors = split_parts.vectors(recipe.with_prototypes(split_parts))  # the validation catalogue's own prototypes
+    shipped_vectors = shipped_parts.vectors(recipe)
     assert alikeness(split_vectors, validation["category_path"].to_numpy(), rows, rows).to_json() == report["validation"]
     assert split_vectors.shape != shipped_vectors.shape or not np.allclose(split_vectors, shipped_vectors, atol=1e-3)
     test = with_photo_ids(data.splits.products.test, tables)
-    vectors = catalogue_parts(tested_models(bundle, data), tables, market["image_dir"], test, work_dir=data.work_dir,
-                              progress=False).vectors(weights)  # fmt: skip
+    test_parts = catalogue_parts(tested_models(bundle, data), tables, market["image_dir"], test, work_dir=data.work_dir,
+                                 progress=False)  # fmt: skip
+    vectors = test_parts.vectors(recipe.with_prototypes(test_parts))
     found = alikeness(vectors, test["category_path"].to_numpy(), np.arange(test.height), np.arange(test.height)).to_json()
     assert found == {name: report[name] for name in found}
 

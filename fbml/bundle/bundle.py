@@ -18,7 +18,7 @@ from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, Role, Tex
 from contracts.limits import MAX_K
 from tqdm import tqdm
 
-from fbml.bundle.listings import ListingWeights, listing_parts
+from fbml.bundle.listings import ListingRecipe, listing_parts
 from fbml.bundle.predictions import (
     DEFAULT_BATCH,
     Fields,
@@ -231,9 +231,10 @@ class Bundle:
             raise FbmlError(f"the bundle has no {role} predictor (it has: {', '.join(self.predictors) or 'none'})")
         return self.predictors[Role(role)]
 
-    def listing_weights(self) -> ListingWeights:
-        """The part weights the similar-listings index was built with."""
-        return ListingWeights.from_report(self.search_index().report)
+    def listing_recipe(self) -> ListingRecipe:
+        """How the similar-listings index made its listings' vectors (part weights, power, image prototypes)."""
+        return ListingRecipe.from_report(self.search_index().report, classes=self.codec.num_classes,
+                                         image_dim=self.embedding_dim(ModelKind.IMAGE_CNN))
 
     def embedding_dim(self, kind: ModelKind) -> int:
         """The width of the embedding the network of ``kind`` represents its input by."""
@@ -284,7 +285,7 @@ class Bundle:
     def _vectors(self, texts: Sequence[str | None] | None, groups: Sequence[Photos] | None, limits: PhotoLimits,
                  batch_size: int, *, single: bool, progress: bool) -> np.ndarray:  # fmt: skip
         parts = listing_parts(self, texts, groups, limits=limits, batch_size=batch_size, single=single, progress=progress)
-        return parts.vectors(self.listing_weights())
+        return parts.vectors(self.listing_recipe())
 
 
 def checked_role(role: Role | str) -> Role:

@@ -1,21 +1,25 @@
 """Listing vectors: how a listing (its text, its photos, or both) becomes one vector of the search index.
 
 A listing's vector joins four parts, each weighted: the text CNN's embedding of its text and the image
-model's embedding of its photos (their mean), each of unit length; the square roots of its class
-probabilities (so that their dot product is the Bhattacharyya coefficient of two predictions): the
-``combined`` predictor's for a listing with text and photos (the mean over its photos), the ``image``
-predictor's for photos alone, the ``text`` predictor's for text alone; and the square roots of its
-subcategory probabilities, ``P(category) * P(subcategory | category)`` with those class probabilities
-(``fbml.modeling.subcategories``; listings with text, in bundles that predict subcategories). A part
-the listing lacks is zero. The weights are chosen on the validation products and saved with the index.
+model's embedding of its photos (their mean), each of unit length; its class probabilities raised to the
+recipe's power (1: the dot product of two listings' parts is the chance that both are of one class; 0.5,
+indexes built before it was chosen: their Bhattacharyya coefficient): the ``combined`` predictor's for a
+listing with text and photos (the mean over its photos), the ``image`` predictor's for photos alone, the
+``text`` predictor's for text alone; and its subcategory probabilities, ``P(category) * P(subcategory |
+category)`` with those class probabilities (``fbml.modeling.subcategories``; listings with text, in bundles
+that predict subcategories), raised to the same power. A listing without photos takes as its image part the
+mean image embedding of the catalogue's listings of its classes (the recipe's image prototypes), so that it
+is not nearer to other listings without photos than to those with. The recipe (weights, power) is chosen on
+the validation products and saved with the index, with the prototypes of its catalogue.
 ``listing_parts`` is the one place that computes the parts, for the catalogue (``fbml.workflows.index``)
 and for queries alike; ``alikeness`` measures how alike an index's neighbours are.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 
 PARTS = ("text", "image", "classes", "subcategories")
 REQUIRED_PARTS = {"text", "image", "classes"}
+PROBABILITY_POWERS = (0.5, 1.0)
+"""The powers a recipe may raise probabilities to; 0.5 is that of indexes whose report names none."""
 TIE_TOLERANCE = 1e-6
 """Ten neighbours whose scores all lie within this of each other are tied: the index cannot order them."""
 TEXT_MODEL = ModelKind.TEXT_CNN
@@ -69,6 +75,51 @@ class ListingWeights:
 
 
 @attrs.frozen
+class ListingRecipe:
+    """How a listing's parts become its vector: their weights, the power its probabilities are raised to, and the
+    image prototypes that stand in for the photos of a listing without any (None: an empty image part)."""
+
+    weights: ListingWeights
+    power: float = 1.0
+    image_prototypes: np.ndarray | None = attrs.field(default=None, eq=False)
+
+    def with_prototypes(self, parts: ListingParts) -> ListingRecipe:
+        """This recipe with the image prototypes of the catalogue whose parts are ``parts``."""
+        return attrs.evolve(self, image_prototypes=parts.image_prototypes())
+
+    def to_json(self) -> dict[str, Any]:
+        """The recipe as an index's report records it."""
+        recipe: dict[str, Any] = {"weights": self.weights.to_json(), "probability_power": self.power}
+        if self.image_prototypes is not None:
+            recipe["image_prototypes"] = self.image_prototypes.tolist()
+        return recipe
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, object], *, classes: int, image_dim: int) -> ListingRecipe:
+        """The recipe an index's report records, its prototypes ``classes`` x ``image_dim`` (an index built before
+        powers and prototypes: 0.5 and none); ``FbmlError`` naming what is unusable."""
+        power = report.get("probability_power", PROBABILITY_POWERS[0])
+        if type(power) is not float or power not in PROBABILITY_POWERS:
+            raise FbmlError(f"the search index's probability power must be one of {PROBABILITY_POWERS}, got {power!r}")
+        found = report.get("image_prototypes")
+        return cls(ListingWeights.from_report(report), power, None if found is None else _prototypes(found, classes, image_dim))
+
+
+def _prototypes(found: object, classes: int, image_dim: int) -> np.ndarray:
+    """A report's image prototypes as a float32 array, checked: ``classes`` rows of ``image_dim`` numbers each, of
+    unit length or zero."""
+    rows = found if isinstance(found, list) else []
+    if len(rows) != classes or not all(isinstance(row, list) and len(row) == image_dim for row in rows) or not all(
+            type(value) in (int, float) and math.isfinite(value) for row in rows for value in row):  # fmt: skip
+        raise FbmlError(f"the search index's image prototypes must be {classes} rows of {image_dim} numbers")
+    prototypes = np.asarray(rows, np.float32)
+    norms = np.linalg.norm(prototypes, axis=1)
+    if not np.all((np.abs(norms - 1.0) < 1e-3) | (norms == 0.0)):
+        raise FbmlError("the search index's image prototypes must each be of unit length (or zero)")
+    return prototypes
+
+
+@attrs.frozen
 class ListingParts:
     """Per listing: the text embedding, the photos' mean embedding, the class probabilities and the joint
     subcategory probabilities (zero rows: absent; no columns: the bundle predicts no subcategory)."""
@@ -78,12 +129,27 @@ class ListingParts:
     classes: np.ndarray
     subcategories: np.ndarray
 
-    def vectors(self, weights: ListingWeights) -> np.ndarray:
-        """Unit-length float32 vectors joining the weighted parts."""
-        parts = [unit_rows(self.text) * weights.text, unit_rows(self.image) * weights.image,
-                 np.sqrt(np.clip(self.classes, 0.0, 1.0)) * weights.classes,
-                 np.sqrt(np.clip(self.subcategories, 0.0, 1.0)) * weights.subcategories]
-        return unit_rows(np.concatenate(parts, axis=1))
+    def vectors(self, recipe: ListingRecipe) -> np.ndarray:
+        """Unit-length float32 vectors joining the parts as ``recipe`` weighs them."""
+        weights, power = recipe.weights, recipe.power
+        parts = [unit_rows(self.text) * weights.text, self._image_part(recipe.image_prototypes) * weights.image,
+                 np.clip(self.classes, 0.0, 1.0) ** power * weights.classes,
+                 np.clip(self.subcategories, 0.0, 1.0) ** power * weights.subcategories]
+        return unit_rows(np.concatenate(parts, axis=1).astype(np.float32))
+
+    def image_prototypes(self) -> np.ndarray:
+        """Per class, the unit mean of the unit image embeddings of the listings with photos, each counted by its
+        probability of the class (float32 (classes, image dim); a class no such listing has: zero)."""
+        photographed = self.image.any(axis=1)
+        return unit_rows(self.classes[photographed].T @ unit_rows(self.image[photographed])).astype(np.float32)
+
+    def _image_part(self, prototypes: np.ndarray | None) -> np.ndarray:
+        """The unit image embeddings; a listing without photos: its classes' prototype mix (zero without prototypes)."""
+        image = unit_rows(self.image)
+        missing = ~self.image.any(axis=1)
+        if prototypes is not None and missing.any():
+            image[missing] = unit_rows(self.classes[missing] @ prototypes)
+        return image
 
     def rows(self, rows: np.ndarray) -> ListingParts:
         """The parts of these listings only."""

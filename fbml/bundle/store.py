@@ -464,7 +464,7 @@ def _check_index(bundle: Bundle) -> None:
         bundle.model(needed)
     for role in Role:
         bundle.predictor(role)
-    bundle.listing_weights()
+    bundle.listing_recipe()
     if bundle.index.dim != bundle.listing_width():
         raise FbmlError(f"the search index has {bundle.index.dim}-dim vectors, the bundle's models make {bundle.listing_width()}")
 

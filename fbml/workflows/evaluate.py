@@ -113,7 +113,7 @@ def similar_listings(bundle: Bundle, tables: CleanTables, image_dir: Path | None
     products = known.cleaned.products
     if products.height < 2:
         return None
-    vectors = catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress).vectors(bundle.listing_weights())
+    vectors = catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress).vectors(bundle.listing_recipe())
     paths = products["category_path"].to_numpy()
     everything = np.arange(products.height)
     figures = alikeness(vectors, paths, everything).to_json()

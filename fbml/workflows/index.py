@@ -1,8 +1,8 @@
 """Build the similar-listings index over a catalogue: every product's listing vector (``fbml.bundle.listings``,
-through the bundle's prediction path, as queries are embedded), with the part weights chosen on the
-validation products as a catalogue of their own, their vectors made by the models trained without them, by
-how often the ten nearest share the query's subcategory, among the weightings whose neighbours keep the
-category (``MIN_CATEGORY_PRECISION``) and rarely tie (``MAX_TIED``)."""
+through the bundle's prediction path, as queries are embedded), with the recipe (part weights, probability
+power) chosen on the validation products as a catalogue of their own, their vectors made by the models trained
+without them, by how often the ten nearest share the query's subcategory, among the recipes whose neighbours
+keep the category (``MIN_CATEGORY_PRECISION``) and rarely tie (``MAX_TIED``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ import numpy as np
 import polars as pl
 
 from fbml.bundle.bundle import Bundle
-from fbml.bundle.listings import Alikeness, ListingParts, ListingWeights, alikeness, listing_parts
+from fbml.bundle.listings import (
+    PROBABILITY_POWERS,
+    Alikeness,
+    ListingParts,
+    ListingRecipe,
+    ListingWeights,
+    alikeness,
+    listing_parts,
+)
 from fbml.bundle.locks import bundle_writer
 from fbml.bundle.predictions import DEFAULT_BATCH
 from fbml.bundle.search import PRECISION_K, SearchIndex
@@ -48,47 +56,52 @@ def catalogue_parts(bundle: Bundle, tables: CleanTables, image_dir: Path | None,
 
 def catalogue_vectors(bundle: Bundle, tables: CleanTables, image_dir: Path | None, products: pl.DataFrame, *,
                       work_dir: Path, progress: bool) -> np.ndarray:  # fmt: skip
-    """The listing vector of every product of ``products``, as the bundle's index builds them (its weights)."""
+    """The listing vector of every product of ``products``, as the bundle's index builds them (its recipe)."""
     parts = catalogue_parts(bundle, tables, image_dir, products, work_dir=work_dir, progress=progress)
-    return parts.vectors(bundle.listing_weights())
+    return parts.vectors(bundle.listing_recipe())
 
 
-def weightings(subcategories: bool) -> list[ListingWeights]:
-    """The grid of part weights tried, one of each proportional family (``(1, 1, 0, 0)`` stands for
-    ``(2, 2, 0, 0)``), without the all-zero one; no subcategory weight when the bundle predicts none."""
+def recipes(subcategories: bool) -> list[ListingRecipe]:
+    """The grid of recipes tried: each probability power with one part weighting of each proportional family
+    (``(1, 1, 0, 0)`` stands for ``(2, 2, 0, 0)``), without the all-zero one; no subcategory weight when the
+    bundle predicts none."""
     found: dict[tuple[float, ...], ListingWeights] = {}
     for values in itertools.product(PART_WEIGHTS, repeat=4 if subcategories else 3):
         if any(values):
             key = tuple(round(value / max(values), 6) for value in values)
             found.setdefault(key, ListingWeights(*values))
-    return list(found.values())
+    return [ListingRecipe(weights, power) for power in PROBABILITY_POWERS for weights in found.values()]
 
 
-def chosen_weights(parts: ListingParts, paths: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> tuple[ListingWeights, Alikeness]:
-    """The part weights whose vectors' ``queries`` find the most neighbours of their subcategory among
-    ``candidates``, among those whose neighbours tie for at most ``MAX_TIED`` of the queries and share the
-    category for at least ``MIN_CATEGORY_PRECISION`` (when none meets both, those that meet the first, then
-    any); scored by exact search. Ties: the higher category precision, then the earlier in the grid."""
-    best: tuple[tuple[bool, bool, float, float], ListingWeights, Alikeness] | None = None
-    for weights in weightings(parts.subcategories.shape[1] > 0):
-        found = alikeness(parts.vectors(weights), paths, queries, candidates)
+def chosen_recipe(parts: ListingParts, paths: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> tuple[ListingRecipe, Alikeness]:
+    """The recipe whose vectors' ``queries`` find the most neighbours of their subcategory among ``candidates``
+    (with the image prototypes of ``parts``), among those whose neighbours tie for at most ``MAX_TIED`` of the
+    queries and share the category for at least ``MIN_CATEGORY_PRECISION`` (when none meets both, those that meet
+    the first, then any); scored by exact search. Ties: the higher category precision, then the earlier in the grid."""
+    best: tuple[tuple[bool, bool, float, float], ListingRecipe, Alikeness] | None = None
+    prototypes = parts.image_prototypes()
+    for recipe in recipes(parts.subcategories.shape[1] > 0):
+        recipe = attrs.evolve(recipe, image_prototypes=prototypes)
+        found = alikeness(parts.vectors(recipe), paths, queries, candidates)
         key = (found.tied <= MAX_TIED, found.category >= MIN_CATEGORY_PRECISION, found.subcategory, found.category)
         if best is None or key > best[0]:
-            best = (key, weights, found)
+            best = (key, recipe, found)
     assert best is not None
     return best[1], best[2]
 
 
-def catalogue_index(parts: ListingParts, products: pl.DataFrame, weights: ListingWeights, method: Method = "auto") -> SearchIndex:
-    """The index of ``products`` from their listing parts, searched by ``method``."""
-    vectors = parts.vectors(weights)
-    return SearchIndex(vectors, products.select(CATALOGUE_COLUMNS), {"weights": weights.to_json()}, vector_index(vectors, method=method))
+def catalogue_index(parts: ListingParts, products: pl.DataFrame, recipe: ListingRecipe, method: Method = "auto") -> SearchIndex:
+    """The index of ``products`` from their listing parts by ``recipe`` with this catalogue's image prototypes
+    (its report records the recipe), searched by ``method``."""
+    recipe = recipe.with_prototypes(parts)
+    vectors = parts.vectors(recipe)
+    return SearchIndex(vectors, products.select(CATALOGUE_COLUMNS), recipe.to_json(), vector_index(vectors, method=method))
 
 
 def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, tested: Bundle) -> Bundle:
     """``bundle`` with the index of the whole catalogue, its vectors made by ``bundle``'s models.
 
-    The part weights are chosen with the validation products alone as the catalogue (each one's ten nearest among
+    The recipe is chosen with the validation products alone as the catalogue (each one's ten nearest among
     the others), their vectors made by ``chosen_with`` (the models trained on the training split alone): listings
     the models never saw, as the index meets new ones. How alike the test products' neighbours among themselves
     are is reported once, their vectors made by ``tested`` (the models the test split was scored with)."""
@@ -100,17 +113,18 @@ def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, t
     paths = everything["category_path"].to_numpy()
     chosen_parts = _split_parts(chosen_with, bundle, parts, everything, validation_rows, data)
     own = np.arange(validation_rows.size)
-    weights, validation = chosen_weights(chosen_parts, paths[validation_rows], own, own)
-    tested_vectors = _split_parts(tested, bundle, parts, everything, test_rows, data).vectors(weights)
-    index = catalogue_index(parts, everything, weights)
+    recipe, validation = chosen_recipe(chosen_parts, paths[validation_rows], own, own)
+    tested_parts = _split_parts(tested, bundle, parts, everything, test_rows, data)
+    tested_vectors = tested_parts.vectors(recipe.with_prototypes(tested_parts))
+    index = catalogue_index(parts, everything, recipe)
     report = {
-        "weights": weights.to_json(),
+        **index.report,
         "products": len(index),
         "method": index.engine.method,
         "split_seed": data.split_seed,
         "validation_products": int(validation_rows.size),
         "validation": validation.to_json(),
-        "validation_folds": _fold_spread(chosen_parts.vectors(weights), paths[validation_rows], own, own),
+        "validation_folds": _fold_spread(chosen_parts.vectors(recipe), paths[validation_rows], own, own),
         "test_products": int(test_rows.size),
         **alikeness(tested_vectors, paths[test_rows], np.arange(test_rows.size)).to_json(),
     }
@@ -146,16 +160,21 @@ def _fold_spread(vectors: np.ndarray, paths: np.ndarray, queries: np.ndarray, ca
 def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
                      method: Method = "auto") -> Bundle:  # fmt: skip
     """``bundle`` with its index rebuilt over the products of ``tables`` it knows the category of (every one,
-    with its part weights as they were), searched by ``method``, reporting how alike every product's
-    neighbours in that catalogue are."""
-    weights = bundle.listing_weights()
+    with its recipe as it was and this catalogue's image prototypes), searched by ``method``, reporting how alike
+    every product's neighbours in that catalogue are."""
+    recipe = bundle.listing_recipe()
     known = known_categories(tables, bundle.codec)
     products = with_photo_ids(known.cleaned.products, known)
     index = catalogue_index(catalogue_parts(bundle, known, image_dir, products, work_dir=work_dir, progress=progress),
-                            products, weights, method)  # fmt: skip
+                            products, recipe, method)  # fmt: skip
     found = alikeness(index.vectors, products["category_path"].to_numpy(), np.arange(len(index)), index=index)
-    report = {"weights": weights.to_json(), "products": len(index), "method": index.engine.method, **found.to_json()}
+    report = {**index.report, "products": len(index), "method": index.engine.method, **found.to_json()}
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
+
+
+def report_figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    """An index's report without its image prototypes: what people read (the prototypes are for the vectors)."""
+    return {name: value for name, value in report.items() if name != "image_prototypes"}
 
 
 def index_summary(report: Mapping[str, Any]) -> str:

@@ -252,7 +252,7 @@ def predict_catalogue(
         raise FbmlError(f"unknown engine {engine!r} (polars or ray)")
     bundle = batch_bundle(bundle_dir, options)
     if options.embeddings:
-        bundle.listing_weights()  # no index, no vectors: stop before the work
+        bundle.listing_recipe()  # no index, no vectors: stop before the work
     scored_catalogue = catalogue(products, images, image_dir, part_size=options.part_size)
     state = run_state(bundle, scored_catalogue, options)
     done = done_parts(out, state, resume=resume)
