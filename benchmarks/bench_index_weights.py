@@ -1,7 +1,7 @@
 """The index recipes' frontier on validation: for a finer grid of part weights than training tries, at each
 probability power, the validation products' precision@10 among themselves (category, subcategory, tied share),
-their vectors made by the models the training split alone made (kept in the work folder) with the validation
-catalogue's image prototypes, and the recipes no other beats on both figures.
+their vectors made by the models the training split alone made (kept in the work folder), and the recipes no
+other beats on both figures.
 
     uv run python benchmarks/bench_index_weights.py --bundle BUNDLE --work-dir BUNDLE.work \\
         --products P.csv --images I.csv --image-dir DIR [--split-seed 0]
@@ -49,8 +49,7 @@ def main() -> None:
     validation = with_photo_ids(data.splits.products.validation, tables)
     parts = catalogue_parts(split_models(bundle, data), tables, args.image_dir, validation, work_dir=args.work_dir, progress=True)
     paths, rows = validation["category_path"].to_numpy(), np.arange(validation.height)
-    prototypes = parts.image_prototypes()
-    found = {(power, weights): alikeness(parts.vectors(ListingRecipe(ListingWeights(*weights), power, prototypes)), paths, rows, rows)
+    found = {(power, weights): alikeness(parts.vectors(ListingRecipe(ListingWeights(*weights), power)), paths, rows, rows)
              for power in PROBABILITY_POWERS for weights in weightings()}  # fmt: skip
     frontier = [recipe for recipe, one in found.items()
                 if not any(other.category >= one.category and other.subcategory > one.subcategory

@@ -488,7 +488,7 @@ def _run_index(args: argparse.Namespace) -> None:
     from fbml.bundle.store import read_manifest
     from fbml.modeling.devices import resolve_device
     from fbml.tables.clean import clean_tables
-    from fbml.workflows.index import index_bundle, index_summary, report_figures
+    from fbml.workflows.index import index_bundle, index_summary
 
     if args.remove is not None or args.remove_file is not None:
         return _run_remove(args)
@@ -503,7 +503,7 @@ def _run_index(args: argparse.Namespace) -> None:
     tables = clean_tables(args.products, args.images)
     report = index_bundle(args.bundle, tables, args.image_dir, work_dir=work_dir, device=device, progress=not args.json,
                           method=args.method)
-    print(json.dumps(report_figures(report), indent=2) if args.json else index_summary(report))
+    print(json.dumps(dict(report), indent=2) if args.json else index_summary(report))
 
 
 def _run_add(args: argparse.Namespace, device: str, work_dir: Path) -> None:

@@ -212,8 +212,7 @@ def indexed(bundle: Bundle) -> Bundle:
     texts = products["product_name"].to_list()
     photos = [[photo] if (photo := catalogue_photo(row)) is not None else [] for row in range(CATALOGUE_SIZE)]
     parts = listing_parts(bundle, texts, photos, limits=PhotoLimits(MAX_PIXELS), batch_size=5)
-    recipe = INDEX_RECIPE.with_prototypes(parts)
-    index = SearchIndex(parts.vectors(recipe), products, recipe.to_json())
+    index = SearchIndex(parts.vectors(INDEX_RECIPE), products, INDEX_RECIPE.to_json())
     return attrs.evolve(bundle, index=index)
 
 
@@ -307,26 +306,17 @@ def unit(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def expected_prototypes(bundle: Bundle) -> np.ndarray:
-    """Per class, the unit mean of the photographed catalogue products' unit image embeddings, each weighted by its
-    combined predictor's probability of the class."""
-    embeddings = np.stack([unit(direct(bundle, "image-cnn", image=catalogue_photo(product))[1]) for product in range(PHOTOGRAPHED)])
-    classes = np.stack([expected_prediction(bundle, "combined", catalogue_photo(product), product_text(product))
-                        for product in range(PHOTOGRAPHED)])  # fmt: skip
-    return np.stack([unit(row) for row in classes.T @ embeddings])
-
-
 def expected_vector(bundle: Bundle, image: bytes | None, text: str | None) -> np.ndarray:
-    """A listing's vector by hand: the unit text-cnn embedding (zero where absent), the unit image-cnn embedding
-    (text alone: the unit mix of the catalogue's image prototypes by its classes) and the predictor's classes
-    (text alone: the text predictor; a photo alone: the image predictor; both: the combined one), weighted,
-    joined, unit length."""
-    text_part = np.zeros(EMBEDDING_DIM["text-cnn"])
+    """A listing's vector by hand: the unit text-cnn embedding, the unit image-cnn embedding (zero where absent)
+    and the predictor's classes (text alone: the text predictor; a photo alone: the image predictor; both: the
+    combined one), at power 1, weighted, joined, unit length."""
+    text_part, image_part = np.zeros(EMBEDDING_DIM["text-cnn"]), np.zeros(EMBEDDING_DIM["image-cnn"])
     if text is not None:
         text_part = unit(direct(bundle, "text-cnn", text=text)[1])
+    if image is not None:
+        image_part = unit(direct(bundle, "image-cnn", image=image)[1])
     role = "combined" if image is not None and text is not None else "image" if image is not None else "text"
     classes = expected_prediction(bundle, role, image, text)
-    image_part = unit(direct(bundle, "image-cnn", image=image)[1]) if image is not None else unit(classes @ expected_prototypes(bundle))
     weights = INDEX_RECIPE.weights
     return unit(np.concatenate([text_part * weights.text, image_part * weights.image, classes * weights.classes]))
 

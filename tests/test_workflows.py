@@ -463,14 +463,13 @@ def test_index_weights_are_chosen_on_vectors_of_models_that_never_saw_the_valida
     recipe = bundle.listing_recipe()
     split_parts, shipped_parts = (catalogue_parts(models, tables, market["image_dir"], validation, work_dir=data.work_dir, progress=False)
                                   for models in (split, bundle))  # fmt: skip
-    split_vectors = split_parts.vectors(recipe.with_prototypes(split_parts))  # the validation catalogue's own prototypes
-    shipped_vectors = shipped_parts.vectors(recipe)
+    split_vectors, shipped_vectors = split_parts.vectors(recipe), shipped_parts.vectors(recipe)
     assert alikeness(split_vectors, validation["category_path"].to_numpy(), rows, rows).to_json() == report["validation"]
     assert split_vectors.shape != shipped_vectors.shape or not np.allclose(split_vectors, shipped_vectors, atol=1e-3)
     test = with_photo_ids(data.splits.products.test, tables)
     test_parts = catalogue_parts(tested_models(bundle, data), tables, market["image_dir"], test, work_dir=data.work_dir,
                                  progress=False)  # fmt: skip
-    vectors = test_parts.vectors(recipe.with_prototypes(test_parts))
+    vectors = test_parts.vectors(recipe)
     found = alikeness(vectors, test["category_path"].to_numpy(), np.arange(test.height), np.arange(test.height)).to_json()
     assert found == {name: report[name] for name in found}
 

@@ -232,9 +232,8 @@ class Bundle:
         return self.predictors[Role(role)]
 
     def listing_recipe(self) -> ListingRecipe:
-        """How the similar-listings index made its listings' vectors (part weights, power, image prototypes)."""
-        return ListingRecipe.from_report(self.search_index().report, classes=self.codec.num_classes,
-                                         image_dim=self.embedding_dim(ModelKind.IMAGE_CNN))
+        """How the similar-listings index made its listings' vectors (part weights, probability power)."""
+        return ListingRecipe.from_report(self.search_index().report)
 
     def embedding_dim(self, kind: ModelKind) -> int:
         """The width of the embedding the network of ``kind`` represents its input by."""

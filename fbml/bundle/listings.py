@@ -7,17 +7,14 @@ indexes built before it was chosen: their Bhattacharyya coefficient): the ``comb
 listing with text and photos (the mean over its photos), the ``image`` predictor's for photos alone, the
 ``text`` predictor's for text alone; and its subcategory probabilities, ``P(category) * P(subcategory |
 category)`` with those class probabilities (``fbml.modeling.subcategories``; listings with text, in bundles
-that predict subcategories), raised to the same power. A listing without photos takes as its image part the
-mean image embedding of the catalogue's listings of its classes (the recipe's image prototypes), so that it
-is not nearer to other listings without photos than to those with. The recipe (weights, power) is chosen on
-the validation products and saved with the index, with the prototypes of its catalogue.
+that predict subcategories), raised to the same power. A part the listing lacks is zero. The recipe (weights,
+power) is chosen on the validation products and saved with the index.
 ``listing_parts`` is the one place that computes the parts, for the catalogue (``fbml.workflows.index``)
 and for queries alike; ``alikeness`` measures how alike an index's neighbours are.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -76,47 +73,23 @@ class ListingWeights:
 
 @attrs.frozen
 class ListingRecipe:
-    """How a listing's parts become its vector: their weights, the power its probabilities are raised to, and the
-    image prototypes that stand in for the photos of a listing without any (None: an empty image part)."""
+    """How a listing's parts become its vector: their weights and the power its probabilities are raised to."""
 
     weights: ListingWeights
     power: float = 1.0
-    image_prototypes: np.ndarray | None = attrs.field(default=None, eq=False)
-
-    def with_prototypes(self, parts: ListingParts) -> ListingRecipe:
-        """This recipe with the image prototypes of the catalogue whose parts are ``parts``."""
-        return attrs.evolve(self, image_prototypes=parts.image_prototypes())
 
     def to_json(self) -> dict[str, Any]:
         """The recipe as an index's report records it."""
-        recipe: dict[str, Any] = {"weights": self.weights.to_json(), "probability_power": self.power}
-        if self.image_prototypes is not None:
-            recipe["image_prototypes"] = self.image_prototypes.tolist()
-        return recipe
+        return {"weights": self.weights.to_json(), "probability_power": self.power}
 
     @classmethod
-    def from_report(cls, report: Mapping[str, object], *, classes: int, image_dim: int) -> ListingRecipe:
-        """The recipe an index's report records, its prototypes ``classes`` x ``image_dim`` (an index built before
-        powers and prototypes: 0.5 and none); ``FbmlError`` naming what is unusable."""
+    def from_report(cls, report: Mapping[str, object]) -> ListingRecipe:
+        """The recipe an index's report records (an index built before powers: 0.5); ``FbmlError`` naming what is
+        unusable."""
         power = report.get("probability_power", PROBABILITY_POWERS[0])
         if type(power) is not float or power not in PROBABILITY_POWERS:
             raise FbmlError(f"the search index's probability power must be one of {PROBABILITY_POWERS}, got {power!r}")
-        found = report.get("image_prototypes")
-        return cls(ListingWeights.from_report(report), power, None if found is None else _prototypes(found, classes, image_dim))
-
-
-def _prototypes(found: object, classes: int, image_dim: int) -> np.ndarray:
-    """A report's image prototypes as a float32 array, checked: ``classes`` rows of ``image_dim`` numbers each, of
-    unit length or zero."""
-    rows = found if isinstance(found, list) else []
-    if len(rows) != classes or not all(isinstance(row, list) and len(row) == image_dim for row in rows) or not all(
-            type(value) in (int, float) and math.isfinite(value) for row in rows for value in row):  # fmt: skip
-        raise FbmlError(f"the search index's image prototypes must be {classes} rows of {image_dim} numbers")
-    prototypes = np.asarray(rows, np.float32)
-    norms = np.linalg.norm(prototypes, axis=1)
-    if not np.all((np.abs(norms - 1.0) < 1e-3) | (norms == 0.0)):
-        raise FbmlError("the search index's image prototypes must each be of unit length (or zero)")
-    return prototypes
+        return cls(ListingWeights.from_report(report), power)
 
 
 @attrs.frozen
@@ -132,24 +105,10 @@ class ListingParts:
     def vectors(self, recipe: ListingRecipe) -> np.ndarray:
         """Unit-length float32 vectors joining the parts as ``recipe`` weighs them."""
         weights, power = recipe.weights, recipe.power
-        parts = [unit_rows(self.text) * weights.text, self._image_part(recipe.image_prototypes) * weights.image,
+        parts = [unit_rows(self.text) * weights.text, unit_rows(self.image) * weights.image,
                  np.clip(self.classes, 0.0, 1.0) ** power * weights.classes,
                  np.clip(self.subcategories, 0.0, 1.0) ** power * weights.subcategories]
         return unit_rows(np.concatenate(parts, axis=1).astype(np.float32))
-
-    def image_prototypes(self) -> np.ndarray:
-        """Per class, the unit mean of the unit image embeddings of the listings with photos, each counted by its
-        probability of the class (float32 (classes, image dim); a class no such listing has: zero)."""
-        photographed = self.image.any(axis=1)
-        return unit_rows(self.classes[photographed].T @ unit_rows(self.image[photographed])).astype(np.float32)
-
-    def _image_part(self, prototypes: np.ndarray | None) -> np.ndarray:
-        """The unit image embeddings; a listing without photos: its classes' prototype mix (zero without prototypes)."""
-        image = unit_rows(self.image)
-        missing = ~self.image.any(axis=1)
-        if prototypes is not None and missing.any():
-            image[missing] = unit_rows(self.classes[missing] @ prototypes)
-        return image
 
     def rows(self, rows: np.ndarray) -> ListingParts:
         """The parts of these listings only."""

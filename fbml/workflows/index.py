@@ -74,14 +74,12 @@ def recipes(subcategories: bool) -> list[ListingRecipe]:
 
 
 def chosen_recipe(parts: ListingParts, paths: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> tuple[ListingRecipe, Alikeness]:
-    """The recipe whose vectors' ``queries`` find the most neighbours of their subcategory among ``candidates``
-    (with the image prototypes of ``parts``), among those whose neighbours tie for at most ``MAX_TIED`` of the
+    """The recipe whose vectors' ``queries`` find the most neighbours of their subcategory among ``candidates``,
+    among those whose neighbours tie for at most ``MAX_TIED`` of the
     queries and share the category for at least ``MIN_CATEGORY_PRECISION`` (when none meets both, those that meet
     the first, then any); scored by exact search. Ties: the higher category precision, then the earlier in the grid."""
     best: tuple[tuple[bool, bool, float, float], ListingRecipe, Alikeness] | None = None
-    prototypes = parts.image_prototypes()
     for recipe in recipes(parts.subcategories.shape[1] > 0):
-        recipe = attrs.evolve(recipe, image_prototypes=prototypes)
         found = alikeness(parts.vectors(recipe), paths, queries, candidates)
         key = (found.tied <= MAX_TIED, found.category >= MIN_CATEGORY_PRECISION, found.subcategory, found.category)
         if best is None or key > best[0]:
@@ -91,9 +89,7 @@ def chosen_recipe(parts: ListingParts, paths: np.ndarray, queries: np.ndarray, c
 
 
 def catalogue_index(parts: ListingParts, products: pl.DataFrame, recipe: ListingRecipe, method: Method = "auto") -> SearchIndex:
-    """The index of ``products`` from their listing parts by ``recipe`` with this catalogue's image prototypes
-    (its report records the recipe), searched by ``method``."""
-    recipe = recipe.with_prototypes(parts)
+    """The index of ``products`` from their listing parts by ``recipe`` (its report records it), searched by ``method``."""
     vectors = parts.vectors(recipe)
     return SearchIndex(vectors, products.select(CATALOGUE_COLUMNS), recipe.to_json(), vector_index(vectors, method=method))
 
@@ -114,8 +110,7 @@ def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, t
     chosen_parts = _split_parts(chosen_with, bundle, parts, everything, validation_rows, data)
     own = np.arange(validation_rows.size)
     recipe, validation = chosen_recipe(chosen_parts, paths[validation_rows], own, own)
-    tested_parts = _split_parts(tested, bundle, parts, everything, test_rows, data)
-    tested_vectors = tested_parts.vectors(recipe.with_prototypes(tested_parts))
+    tested_vectors = _split_parts(tested, bundle, parts, everything, test_rows, data).vectors(recipe)
     index = catalogue_index(parts, everything, recipe)
     report = {
         **index.report,
@@ -160,8 +155,8 @@ def _fold_spread(vectors: np.ndarray, paths: np.ndarray, queries: np.ndarray, ca
 def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None, *, work_dir: Path, progress: bool = True,
                      method: Method = "auto") -> Bundle:  # fmt: skip
     """``bundle`` with its index rebuilt over the products of ``tables`` it knows the category of (every one,
-    with its recipe as it was and this catalogue's image prototypes), searched by ``method``, reporting how alike
-    every product's neighbours in that catalogue are."""
+    with its recipe as it was), searched by ``method``, reporting how alike every product's neighbours in that
+    catalogue are."""
     recipe = bundle.listing_recipe()
     known = known_categories(tables, bundle.codec)
     products = with_photo_ids(known.cleaned.products, known)
@@ -170,11 +165,6 @@ def reindexed_bundle(bundle: Bundle, tables: CleanTables, image_dir: Path | None
     found = alikeness(index.vectors, products["category_path"].to_numpy(), np.arange(len(index)), index=index)
     report = {**index.report, "products": len(index), "method": index.engine.method, **found.to_json()}
     return attrs.evolve(bundle, index=attrs.evolve(index, report=report))
-
-
-def report_figures(report: Mapping[str, Any]) -> dict[str, Any]:
-    """An index's report without its image prototypes: what people read (the prototypes are for the vectors)."""
-    return {name: value for name, value in report.items() if name != "image_prototypes"}
 
 
 def index_summary(report: Mapping[str, Any]) -> str:

@@ -392,10 +392,10 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
         shipped = _refit_history(kind, refitted(bundle, kind, network, data, settings, history.best_epoch, Phase.ALL), Phase.ALL)
         bundle = bundle.with_model(BundleModel(kind, network, options, _report(history, request, Phase.ALL)))
         result = attrs.evolve(result, histories={**result.histories, **shipped})
-    from fbml.workflows.index import indexed_bundle, report_figures
+    from fbml.workflows.index import indexed_bundle
 
     bundle = indexed_bundle(bundle, data, chosen_with=split_models(bundle, data), tested=tested)
-    return bundle, attrs.evolve(result, index=report_figures(bundle.search_index().report))
+    return bundle, attrs.evolve(result, index=dict(bundle.search_index().report))
 
 
 def tested_models(bundle: Bundle, data: TrainingData) -> Bundle:
