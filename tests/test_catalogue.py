@@ -417,6 +417,14 @@ def test_catalogue_chunks_merge_as_they_grow_and_a_removal_rewrites_them_from_it
     assert saved.catalogue["id"].to_list() == ids[0] and every_answer(saved).isdisjoint({"p0-1", "new-9-1"})
 
 
+def test_a_bundle_saved_into_another_folder_writes_every_chunk_there(copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    index = grown_hnsw(copy, [2])
+    other = tmp_path / "other"
+    save_bundle(load_bundle(copy), other)
+    assert catalogue_ids(other) == catalogue_ids(copy) and len(manifest_of(other)["index"]["vector_chunks"]) == 2
+    assert load_bundle(other).search_index() == index
+
+
 def test_a_bundle_of_one_catalogue_file_loads_and_keeps_it_as_its_first_chunk(copy: Path) -> None:  # noqa: F811
     """A bundle saved before catalogue chunks (the manifest's ``catalogue`` names one file of every row) loads as it
     was; a save names that file as the first chunk and adds one of the new rows."""
