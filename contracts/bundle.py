@@ -201,10 +201,11 @@ class IndexEntry(Struct, frozen=True):
     """The similar-listings index: product vectors (``.npy``), the catalogue (JSON), how it was built, and
     for ``hnsw`` the graph (faiss' format) with its parameters (``fbml.bundle.vector_index``). An ``hnsw``
     index leaves ``vectors`` null: its graph holds them (each row's, and the removed rows' kept as tombstones),
-    or, when ``vector_chunks`` names them, the graph is saved without them and they are those ``.npy`` files in turn."""
+    or, when ``vector_chunks`` names them, the graph is saved without them and they are those ``.npy`` files in turn.
+    ``catalogue`` is null when ``catalogue_chunks`` names the catalogue's rows."""
 
     vectors: FileRef | None
-    catalogue: FileRef
+    catalogue: FileRef | None
     method: Literal["exact", "hnsw"] = "exact"
     graph: FileRef | None = None
     parameters: dict[str, object] = {}
@@ -214,6 +215,9 @@ class IndexEntry(Struct, frozen=True):
     vector_chunks: list[FileRef] | None = None
     """The HNSW graph's vectors in order of its nodes (``.npy`` float32), in append-only chunks: adding listings
     writes a new chunk, so a save rewrites the graph's links and writes the new rows only."""
+    catalogue_chunks: list[FileRef] | None = None
+    """The catalogue's rows in order, in append-only chunks (each a JSON array of rows, as a ``catalogue`` file is):
+    adding listings writes a chunk of the new rows. A bundle saved before them names one ``catalogue`` file."""
 
     def __post_init__(self) -> None:
         if (self.method == "hnsw") != (self.graph is not None):
@@ -224,6 +228,8 @@ class IndexEntry(Struct, frozen=True):
             raise ValueError("an exact index names its vectors file")
         if self.vector_chunks is not None and (self.graph is None or self.vectors is not None):
             raise ValueError("only an hnsw index names vector chunks, and then no vectors file")
+        if (self.catalogue is None) == (self.catalogue_chunks is None):
+            raise ValueError("an index names its catalogue file or its catalogue chunks, one of them")
 
 
 class SubcategoryEntry(Struct, frozen=True):

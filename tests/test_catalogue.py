@@ -170,6 +170,18 @@ def test_removed_listings_stay_removed_after_save_and_load(copy: Path, method: s
         assert len(found) == len(before) - 1 and "p0-1" not in {item["id"] for item in found}
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_an_index_left_empty_saves_and_loads(copy: Path, method: str) -> None:  # noqa: F811
+    if method == "hnsw":
+        hnsw_copy(copy)
+    remove_listings(copy, [f"p0-{row}" for row in range(5)])
+    assert manifest_of(copy)["index"]["catalogue_chunks"] == []
+    index = load_bundle(copy).search_index()
+    assert len(index) == 0 and index.engine.method == method and index.catalogue_chunks == ()
+    grown_index = grown_hnsw(copy, [2]) if method == "hnsw" else None
+    assert grown_index is None or grown_index.catalogue["id"].to_list() == ["new-0-0", "new-0-1"]
+
+
 def test_removal_waits_for_no_one_and_leaves_the_bundle_alone_when_another_writer_holds_it(copy: Path) -> None:  # noqa: F811
     manifest = (copy / MANIFEST).read_bytes()
     with bundle_writer(copy, "fbml train"), pytest.raises(FbmlError, match=r"being written by pid \d+ \(fbml train\)"):
@@ -363,6 +375,121 @@ def test_a_bundle_whose_graph_holds_its_vectors_loads_and_saves_as_chunks(copy: 
     save_bundle(old, copy)
     assert len(manifest_of(copy)["index"]["vector_chunks"]) == 1
     assert np.array_equal(load_bundle(copy).search_index().search(queries, 5)[0], index.search(queries, 5)[0])
+
+
+def catalogue_ids(copy: Path) -> list[list[str]]:  # noqa: F811
+    """The ids of each catalogue chunk the copy's manifest names, in order."""
+    refs = manifest_of(copy)["index"]["catalogue_chunks"]
+    return [[row["id"] for row in json.loads((copy / ref["file"]).read_text())] for ref in refs]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_addition_writes_a_catalogue_chunk_of_the_new_rows_only(copy: Path, method: str) -> None:  # noqa: F811
+    if method == "hnsw":
+        hnsw_copy(copy)
+    first = manifest_of(copy)["index"]["catalogue_chunks"]
+    assert manifest_of(copy)["index"]["catalogue"] is None and len(first) == 1
+    written = (copy / first[0]["file"]).stat().st_ino
+    bundle = load_bundle(copy)
+    index = bundle.search_index()
+    assert [(chunk.start, chunk.stop) for chunk in index.catalogue_chunks] == [(0, 5)]
+    grown_index = index.with_listings(unit_vectors(2, index.dim, seed=3), new_rows(["n0", "n1"]))
+    save_bundle(attrs.evolve(bundle, index=grown_index), copy)
+    chunks = manifest_of(copy)["index"]["catalogue_chunks"]
+    assert chunks[0] == first[0] and (copy / first[0]["file"]).stat().st_ino == written  # the old rows' file is not rewritten
+    assert catalogue_ids(copy) == [[f"p0-{row}" for row in range(5)], ["n0", "n1"]]
+    saved = load_bundle(copy).search_index()
+    assert saved == grown_index and saved.engine.method == method
+    assert [(chunk.start, chunk.stop) for chunk in saved.catalogue_chunks] == [(0, 5), (5, 7)]
+
+
+def test_catalogue_chunks_merge_as_they_grow_and_a_removal_rewrites_them_from_its_first_row(copy: Path) -> None:  # noqa: F811
+    index = grown_hnsw(copy, [2, 1, 1, 3])  # as the vector chunks: 5, then 5 | 2, 5 | 2 | 1, 9, 9 | 3
+    assert [chunk.stop for chunk in index.catalogue_chunks] == [9, 12] and len(catalogue_ids(copy)) == 2
+    first = manifest_of(copy)["index"]["catalogue_chunks"][0]
+    remove_listings(copy, ["new-9-1"])  # row 10: the chunk of rows 0-8 is kept, the rows after it are one chunk
+    assert manifest_of(copy)["index"]["catalogue_chunks"][0] == first
+    assert catalogue_ids(copy)[1] == ["new-9-0", "new-9-2"]
+    remove_listings(copy, ["p0-1"])  # row 1: every chunk from it on is written again
+    ids = catalogue_ids(copy)
+    assert len(ids) == 1 and "p0-1" not in ids[0] and len(ids[0]) == 10
+    saved = load_bundle(copy).search_index()
+    assert saved.catalogue["id"].to_list() == ids[0] and every_answer(saved).isdisjoint({"p0-1", "new-9-1"})
+
+
+def test_a_bundle_saved_into_another_folder_writes_every_chunk_there(copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    index = grown_hnsw(copy, [2])
+    other = tmp_path / "other"
+    save_bundle(load_bundle(copy), other)
+    assert catalogue_ids(other) == catalogue_ids(copy) and len(manifest_of(other)["index"]["vector_chunks"]) == 2
+    assert load_bundle(other).search_index() == index
+
+
+def test_a_bundle_of_one_catalogue_file_loads_and_keeps_it_as_its_first_chunk(copy: Path) -> None:  # noqa: F811
+    """A bundle saved before catalogue chunks (the manifest's ``catalogue`` names one file of every row) loads as it
+    was; a save names that file as the first chunk and adds one of the new rows."""
+    before = grown_hnsw(copy, [2])
+    manifest = manifest_of(copy)
+    rows = [row for ids in catalogue_ids(copy) for row in ids]
+    old = manifest["index"]["catalogue_chunks"][0]
+    replace_file(copy, old, json.dumps([row for part in manifest["index"]["catalogue_chunks"]
+                                         for row in json.loads((copy / part["file"]).read_text())]).encode())
+    manifest["index"].update(catalogue=old, catalogue_chunks=None)
+    write_manifest(copy, manifest)
+    loaded = load_bundle(copy).search_index()
+    assert loaded == before and loaded.catalogue["id"].to_list() == rows
+    index = grown_hnsw(copy, [1])
+    entry = manifest_of(copy)["index"]
+    assert entry["catalogue"] is None and entry["catalogue_chunks"][0] == old
+    assert catalogue_ids(copy) == [rows, ["new-7-0"]] and index.catalogue["id"].to_list() == [*rows, "new-7-0"]
+
+
+def test_a_tampered_catalogue_chunk_is_refused(copy: Path) -> None:  # noqa: F811
+    grown_hnsw(copy, [2])
+    manifest = manifest_of(copy)
+    ref = manifest["index"]["catalogue_chunks"][1]
+    rows = json.loads((copy / ref["file"]).read_text())
+    (copy / ref["file"]).unlink()
+    (copy / ref["file"]).write_text(json.dumps([{**rows[0], "price": 1.5}, rows[1]]))
+    load_error(copy, rf"bundle file {ref['file']} does not match its checksum")
+    first = json.loads((copy / manifest["index"]["catalogue_chunks"][0]["file"]).read_text())
+    for content, message in [
+        ({"rows": rows}, r"is not a valid catalogue: expected a JSON list"),
+        ([rows[0]], r"the index has 7 vectors for 6 catalogue rows"),
+        ([rows[0], first[0]], r"Catalogue: column 'id' fails unique"),
+        ([rows[0], {**rows[1], "photos": [" "]}], r"Catalogue: column 'photos' fails non_blank"),
+    ]:
+        replace_file(copy, ref, json.dumps(content).encode())
+        write_manifest(copy, manifest)
+        load_error(copy, message)
+    del manifest["index"]["catalogue_chunks"][1]
+    write_manifest(copy, manifest)
+    load_error(copy, r"the index has 7 vectors for 5 catalogue rows")
+    for catalogue, chunks in [(manifest["index"]["catalogue_chunks"][0], manifest["index"]["catalogue_chunks"]), (None, None)]:
+        manifest["index"].update(catalogue=catalogue, catalogue_chunks=chunks)
+        write_manifest(copy, manifest)
+        load_error(copy, r"an index names its catalogue file or its catalogue chunks, one of them")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_new_listings_are_checked_and_a_refused_addition_changes_nothing(method: str) -> None:
+    """Only the new rows are checked (the index's own were when it was made): each is refused as a whole index
+    holding it would be."""
+    index = index_of(30, method)
+    vectors = unit_vectors(2, index.dim, seed=4)
+    for rows, added, message in [
+        (new_rows(["n0", "n0"]), vectors, r"Catalogue: column 'id' fails unique"),
+        (new_rows(["n0", " "]), vectors, r"Catalogue: column 'id' fails non_blank"),
+        (new_rows(["n0", "n1"]).with_columns(price=pl.lit(-1.0)), vectors, r"Catalogue: column 'price' fails finite_non_negative"),
+        (new_rows(["n0", "n1"]), vectors * 2, r"2 of the index's vectors are not of length 1"),
+        (new_rows(["n0", "n1"]), np.full_like(vectors, np.nan), r"not finite|NaN"),
+        (new_rows(["n0", "n1"]), vectors[:1], r"1 vectors for 2 new catalogue rows"),
+    ]:
+        with pytest.raises(FbmlError, match=message):
+            index.with_listings(added, rows)
+    assert len(index) == len(index.engine) == 30 and "n0" not in index
+    replaced = index.with_listings(vectors, new_rows(["p3", "n0"]))  # an id it holds is no duplicate: it is replaced
+    assert len(replaced) == 31 and replaced.catalogue["id"].to_list()[-2:] == ["p3", "n0"]
 
 
 def test_an_exact_index_must_name_its_vectors(copy: Path) -> None:  # noqa: F811

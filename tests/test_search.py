@@ -19,6 +19,7 @@ from fbml.bundle.search import (
     UnknownProductError,
     unit_rows,
 )
+from fbml.bundle.vector_index import Chunk
 from fbml.errors import ContractError, FbmlError
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -222,6 +223,20 @@ def test_catalogue_json_round_trips() -> None:
     assert loaded == index
     assert loaded.report == {"precision_at_10": 0.5}
     assert loaded.neighbours("p3", 2) == index.neighbours("p3", 2)
+
+
+def test_catalogue_chunks_split_its_first_rows_and_a_removal_keeps_those_before_it() -> None:
+    index = random_index(5, 3, seed=4)
+    first, second = Chunk(0, 2, "a" * 64), Chunk(2, 4, "b" * 64)
+    chunked = attrs.evolve(index, catalogue_chunks=(first, second))
+    assert chunked == index and chunked.with_method("hnsw").catalogue_chunks == (first, second)
+    assert chunked.without(["p4"]).catalogue_chunks == (first, second)
+    assert chunked.without(["p3", "p4"]).catalogue_chunks == (first,)
+    assert chunked.without(["p1"]).catalogue_chunks == ()
+    assert chunked.with_listings(random_index(1, 3, seed=5).vectors, catalogue_of(6)[5:]).catalogue_chunks == (first, second)
+    for chunks in [(Chunk(0, 6, "a" * 64),), (Chunk(1, 2, "a" * 64),), (first, Chunk(3, 4, "b" * 64)), (Chunk(0, 0, "a" * 64),)]:
+        with pytest.raises(FbmlError, match=r"catalogue chunks must split the first of the catalogue's 5 rows in order"):
+            attrs.evolve(index, catalogue_chunks=chunks)
 
 
 ROW = {"id": "p0", "product_name": "x", "category": "Books", "category_path": "Books", "price": 1.0, "photos": ["a"]}

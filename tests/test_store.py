@@ -232,6 +232,9 @@ def file_refs(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, dict[str, 
             yield where, value
         for key, item in value.items():
             yield from file_refs(item, (*where, key))
+    if isinstance(value, list):
+        for number, item in enumerate(value):
+            yield from file_refs(item, (*where, number))
 
 
 def load_error(path: Path, pattern: str) -> FbmlError:
@@ -493,7 +496,7 @@ def test_unreferenced_files_are_removed_and_others_left_alone(copy: Path, loaded
     assert second["text"]["length"] == 20
     referenced = {MANIFEST, *(ref["file"] for _, ref in file_refs(second))}
     assert names == referenced | {"notes.txt", "Codec-0123456789abcdef.json"}
-    for gone in (first["models"]["image-cnn"]["weights"], first["index"]["vectors"], first["index"]["catalogue"]):
+    for gone in (first["models"]["image-cnn"]["weights"], first["index"]["vectors"], first["index"]["catalogue_chunks"][0]):
         assert gone["file"] not in names
     assert set(load_bundle(copy).models) == {"text-linear"}
 
@@ -784,7 +787,7 @@ def ref_at(manifest: dict[str, Any], where: tuple) -> dict[str, str]:
 
 REFS = [("codec",), ("text", "vocabulary"), ("text", "words"), ("text", "vectors"), ("models", "text-cnn", "weights"),
         ("models", "text-linear", "parameters"), ("models", "text-linear", "arrays"), ("models", "image-cnn", "weights"),
-        ("models", "combined-nn", "weights"), ("index", "vectors"), ("index", "catalogue")]
+        ("models", "combined-nn", "weights"), ("index", "vectors"), ("index", "catalogue_chunks", 0)]
 
 
 def test_the_list_of_references_is_complete(grown: Grown) -> None:
@@ -1049,7 +1052,7 @@ def test_an_index_of_the_wrong_width(copy: Path) -> None:
 
 def test_an_index_whose_catalogue_has_another_length(copy: Path) -> None:
     manifest = manifest_of(copy)
-    ref = manifest["index"]["catalogue"]
+    ref = manifest["index"]["catalogue_chunks"][0]
     rows = json.loads((copy / ref["file"]).read_text())
     replace_file(copy, ref, json.dumps(rows[:4]).encode())
     write_manifest(copy, manifest)
@@ -1058,7 +1061,7 @@ def test_an_index_whose_catalogue_has_another_length(copy: Path) -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda rows: [{**rows[0], "extra": 1}, *rows[1:]], r"an index catalogue is a list of rows with keys"),
-    (lambda rows: {"rows": rows}, r"an index catalogue is a list of rows"),
+    (lambda rows: {"rows": rows}, r"is not a valid catalogue: expected a JSON list"),
     (lambda rows: [rows[0], rows[0], *rows[2:]], r"Catalogue: column 'id' fails unique"),
     (lambda rows: [{**rows[0], "id": None}, *rows[1:]], r"Catalogue: column 'id' fails not_null"),
     (lambda rows: [{**rows[0], "price": 2}, *rows[1:]], None),  # an integer price is a price
@@ -1068,7 +1071,7 @@ def test_an_index_whose_catalogue_has_another_length(copy: Path) -> None:
 ])
 def test_a_catalogue_that_is_not_one(copy: Path, change: Callable[[list], object], message: str | None) -> None:
     manifest = manifest_of(copy)
-    ref = manifest["index"]["catalogue"]
+    ref = manifest["index"]["catalogue_chunks"][0]
     replace_file(copy, ref, json.dumps(change(json.loads((copy / ref["file"]).read_text()))).encode())
     write_manifest(copy, manifest)
     if message is None:
@@ -1080,7 +1083,7 @@ def test_a_catalogue_that_is_not_one(copy: Path, change: Callable[[list], object
 
 def test_a_catalogue_price_that_is_not_a_number(copy: Path) -> None:
     manifest = manifest_of(copy)
-    ref = manifest["index"]["catalogue"]
+    ref = manifest["index"]["catalogue_chunks"][0]
     rows = json.loads((copy / ref["file"]).read_text())
     replace_file(copy, ref, json.dumps([{**rows[0], "price": "cheap"}, *rows[1:]]).encode())
     write_manifest(copy, manifest)
@@ -1466,7 +1469,7 @@ def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_bundle(
     final = snapshot(copy)
     assert not leftovers & set(final)
     old = json.loads(before[MANIFEST])
-    for gone in (old["models"]["text-cnn"]["weights"], old["index"]["vectors"], old["index"]["catalogue"]):
+    for gone in (old["models"]["text-cnn"]["weights"], old["index"]["vectors"], old["index"]["catalogue_chunks"][0]):
         assert gone["file"] not in final
     assert "notes.txt" in final
     reloaded = load_bundle(copy)

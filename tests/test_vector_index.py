@@ -375,3 +375,32 @@ def test_a_graph_saved_apart_from_its_vector_chunks_loads_as_it_was(vectors: np.
         attrs.evolve(grown, chunks=grown.chunks[:2])
     with pytest.raises(FbmlError, match="exact index has no removed rows nor vector chunks"):
         load_vector_index(ExactIndex(vectors).parameters(), ExactIndex(vectors).to_bytes(), None, chunks)
+
+
+def test_adding_links_the_rows_as_adding_to_a_clone_of_the_graph_would(vectors: np.ndarray, hnsw: HnswIndex) -> None:
+    """``with_added`` copies the graph into a storage sized for the new rows (not ``faiss.clone_index``): the same
+    links, levels, entry point and vectors as adding them to a clone, and the index added to unchanged."""
+    import faiss
+
+    before = faiss.vector_to_array(hnsw.index.hnsw.neighbors).copy(), hnsw.graph_vectors().copy()
+    grown = hnsw.with_added(vectors[:700]).with_added(vectors[700:701])
+    clone = faiss.clone_index(hnsw.index)
+    for part, first in ((vectors[:700], 4000), (vectors[700:701], 4700)):
+        clone.hnsw.efConstruction = hnsw.ef_construction
+        clone.hnsw.rng = faiss.RandomGenerator(hnsw.seed + first)
+        clone.add(part)
+    for field in ("neighbors", "levels", "offsets"):
+        assert np.array_equal(faiss.vector_to_array(getattr(grown.index.hnsw, field)), faiss.vector_to_array(getattr(clone.hnsw, field)))
+    assert (grown.index.hnsw.entry_point, grown.index.hnsw.max_level) == (clone.hnsw.entry_point, clone.hnsw.max_level)
+    assert np.array_equal(grown.graph_vectors(), faiss.rev_swig_ptr(faiss.downcast_index(clone.storage).get_xb(), 4701 * DIM).reshape(4701, DIM))
+    assert grown.graph_bytes() == _graph_only(clone)
+    assert np.array_equal(faiss.vector_to_array(hnsw.index.hnsw.neighbors), before[0]) and np.array_equal(hnsw.graph_vectors(), before[1])
+    assert int(hnsw.index.ntotal) == len(hnsw) == 4000
+
+
+def _graph_only(index: Any) -> bytes:
+    import faiss
+
+    writer = faiss.VectorIOWriter()
+    faiss.write_index(index, writer, faiss.IO_FLAG_SKIP_STORAGE)
+    return faiss.vector_to_array(writer.data).tobytes()

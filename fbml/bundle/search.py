@@ -3,14 +3,14 @@
 Queries go to a ``VectorIndex`` over the vectors (``fbml.bundle.vector_index``): exact for a catalogue
 small enough to score whole, HNSW past that (``method="auto"``). The index travels in the bundle:
 vectors as ``.npy`` (an HNSW graph's in append-only chunks beside the graph, in faiss' format), the catalogue (id,
-name, category, category path, price, photo ids) as JSON.
+name, category, category path, price, photo ids) as JSON in append-only chunks of rows (``catalogue_chunks``).
 How a listing becomes a vector is ``fbml.bundle.listings``' job (one place for the catalogue and queries alike).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import numpy as np
@@ -18,7 +18,7 @@ import polars as pl
 from contracts.limits import MAX_CATALOGUE_TEXT, MAX_K, MAX_LISTING_PHOTOS
 from contracts.rules import CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules
 
-from fbml.bundle.vector_index import Method, VectorIndex, check_vectors, vector_index
+from fbml.bundle.vector_index import Chunk, Method, VectorIndex, check_vectors, split_in_order, vector_index
 from fbml.errors import FbmlError, shown
 from fbml.tables.validation import rules_checked
 
@@ -30,20 +30,34 @@ class UnknownProductError(FbmlError):
 
 
 UNIT_TOLERANCE = 1e-3
+Value = TypeVar("Value")
 
 
-def _check_vectors(_instance: object, _attribute: attrs.Attribute[np.ndarray], vectors: np.ndarray) -> None:
+@attrs.frozen
+class _Checked(Generic[Value]):
+    """Vectors or catalogue rows known to pass ``SearchIndex``'s checks, which it takes as they are: an index's own
+    (or some of them), and those followed by new rows checked on their own whose ids it does not hold."""
+
+    value: Value
+
+
+def _unit_vectors(vectors: np.ndarray | _Checked[np.ndarray]) -> np.ndarray:
     """Listing vectors: float32 (N, D), finite, each of length 1 (or 0: a listing with no part)."""
+    if isinstance(vectors, _Checked):
+        return vectors.value
     check_vectors(vectors)
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # a third of np.linalg.norm's time on 100k rows
     off = int(np.count_nonzero((np.abs(norms - 1.0) > UNIT_TOLERANCE) & (norms > 0)))
     if off:
         raise FbmlError(f"{off} of the index's vectors are not of length 1 (cosine search needs unit vectors)")
+    return vectors
 
 
-def _checked_catalogue(catalogue: pl.DataFrame) -> pl.DataFrame:
+def _checked_catalogue(catalogue: pl.DataFrame | _Checked[pl.DataFrame]) -> pl.DataFrame:
     """The catalogue checked against its contract's rules (``CATALOGUE_SCHEMA``, ``catalogue_rules``), as
     pandera's ``Catalogue`` model checks it but without pandera: ``ContractError`` naming the column and the check."""
+    if isinstance(catalogue, _Checked):
+        return catalogue.value
     return rules_checked(catalogue, CATALOGUE, CATALOGUE_SCHEMA, catalogue_rules())
 
 
@@ -56,6 +70,12 @@ def _check_engine(instance: SearchIndex, _attribute: attrs.Attribute[VectorIndex
     if (len(engine), engine.dim) != instance.vectors.shape:
         raise FbmlError(f"the index's {engine.method} search holds {len(engine)} x {engine.dim} vectors, "
                         f"not the {instance.vectors.shape[0]} x {instance.vectors.shape[1]} of the index")
+
+
+def _check_catalogue_chunks(instance: SearchIndex, _attribute: attrs.Attribute[tuple[Chunk, ...]], chunks: tuple[Chunk, ...]) -> None:
+    if not split_in_order(chunks) or (chunks[-1].stop if chunks else 0) > instance.catalogue.height:
+        raise FbmlError(f"catalogue chunks must split the first of the catalogue's {instance.catalogue.height} rows in order, "
+                        f"got {[chunk.stop for chunk in chunks]}")
 
 
 def _auto_engine(index: SearchIndex) -> VectorIndex:
@@ -73,15 +93,20 @@ class Neighbour:
 @attrs.frozen
 class SearchIndex:
     """Unit-length product vectors, row ``i`` being catalogue row ``i``, what building it measured, and the
-    ``engine`` that searches them (by default ``vector_index(vectors)``: exact while small, else HNSW)."""
+    ``engine`` that searches them (by default ``vector_index(vectors)``: exact while small, else HNSW).
 
-    vectors: np.ndarray = attrs.field(validator=_check_vectors, eq=attrs.cmp_using(eq=np.array_equal))
+    ``catalogue_chunks`` are the chunks its first catalogue rows are saved in (as a bundle read or saved holds them,
+    ``fbml.bundle.store``): a save writes the rows past them, merged with the last ones as ``appended_start`` says,
+    and the others not again."""
+
+    vectors: np.ndarray = attrs.field(converter=_unit_vectors, eq=attrs.cmp_using(eq=np.array_equal))
     catalogue: pl.DataFrame = attrs.field(
         converter=_checked_catalogue, validator=_check_catalogue, eq=attrs.cmp_using(eq=pl.DataFrame.equals)
     )
     report: Mapping[str, Any] = attrs.field(factory=dict)
     engine: VectorIndex = attrs.field(default=attrs.Factory(_auto_engine, takes_self=True), validator=_check_engine,
                                       eq=False, repr=False)
+    catalogue_chunks: tuple[Chunk, ...] = attrs.field(default=(), validator=_check_catalogue_chunks, eq=False, repr=False)
     _rows: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
 
     @_rows.default
@@ -133,16 +158,18 @@ class SearchIndex:
     def with_listings(self, vectors: np.ndarray, catalogue: pl.DataFrame) -> SearchIndex:
         """The index with the listings of ``catalogue`` (its rows, ``vectors`` their unit vectors) added as its last
         rows; a listing whose id it holds already is replaced (removed, then added). Nothing is rebuilt: the engine
-        links the new vectors in (``VectorIndex.with_added``), and the index's vectors are its (``row_vectors``). This
-        index is unchanged."""
+        links the new vectors in (``VectorIndex.with_added``), and the index's vectors are its (``row_vectors``); only
+        the new rows are checked. This index is unchanged."""
         added = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(added) != catalogue.height:
             raise FbmlError(f"{len(added)} vectors for {catalogue.height} new catalogue rows")
-        replaced = [product_id for product_id in catalogue["id"].to_list() if product_id in self._rows]
+        added, rows = _unit_vectors(added), _checked_catalogue(catalogue.select(list(CATALOGUE_SCHEMA)))
+        replaced = [product_id for product_id in rows["id"].to_list() if product_id in self._rows]
         kept = self.without(replaced) if replaced else self
         engine = kept.engine.with_added(added)
-        catalogue = pl.concat([kept.catalogue, catalogue.select(list(CATALOGUE_SCHEMA))], how="vertical")
-        return SearchIndex(engine.row_vectors(), catalogue, kept.report, engine)  # the engine's vectors: one copy, not two
+        grown = _Checked(pl.concat([kept.catalogue, rows], how="vertical"))
+        # the engine's vectors: one copy, not two
+        return SearchIndex(_Checked(engine.row_vectors()), grown, kept.report, engine, kept.catalogue_chunks)
 
     def without(self, product_ids: Sequence[str]) -> SearchIndex:
         """The index without the listings ``product_ids``; ``UnknownProductError`` naming those it does not hold.
@@ -154,19 +181,23 @@ class SearchIndex:
         rows = np.array(sorted({self._rows[product_id] for product_id in product_ids}), dtype=np.int64)
         keep = np.ones(len(self), dtype=bool)
         keep[rows] = False
-        return SearchIndex(self.vectors[keep], self.catalogue.filter(pl.Series(keep)), self.report, self.engine.without(rows))
+        first = int(rows[0]) if len(rows) else len(self)
+        return SearchIndex(_Checked(self.vectors[keep]), _Checked(self.catalogue.filter(pl.Series(keep))), self.report,
+                           self.engine.without(rows), tuple(chunk for chunk in self.catalogue_chunks if chunk.stop <= first))
 
-    def catalogue_json(self) -> bytes:
-        """The catalogue as a JSON array of rows (UTF-8; written by polars: a 100k-row catalogue in a tenth of
-        a second, where Python's indenting encoder took seconds)."""
-        return self.catalogue.write_json().encode()
+    def catalogue_json(self, start: int = 0, stop: int | None = None) -> bytes:
+        """Catalogue rows ``start`` to ``stop`` (default: all) as a JSON array of rows (UTF-8; written by polars: a
+        100k-row catalogue in a tenth of a second, where Python's indenting encoder took seconds)."""
+        return self.catalogue[start:stop].write_json().encode()
 
     @classmethod
     def from_json(
-        cls, vectors: np.ndarray, rows: Any, report: Mapping[str, Any], engine: VectorIndex | None = None
+        cls, vectors: np.ndarray, rows: Any, report: Mapping[str, Any], engine: VectorIndex | None = None,
+        catalogue_chunks: tuple[Chunk, ...] = (),
     ) -> SearchIndex:
-        """The index ``catalogue_json`` (read as JSON), its vectors and (when saved) its engine describe; ``FbmlError``
-        when they do not fit. Without an engine, the vectors are searched exactly."""
+        """The index ``catalogue_json`` (read as JSON; the rows of its ``catalogue_chunks`` in turn), its vectors and
+        (when saved) its engine describe; ``FbmlError`` when they do not fit. Without an engine, the vectors are
+        searched exactly."""
         if not isinstance(rows, list) or not all(isinstance(row, dict) and row.keys() == CATALOGUE_SCHEMA.keys() for row in rows):
             raise FbmlError(f"an index catalogue is a list of rows with keys {list(CATALOGUE_SCHEMA)}")
         for number, row in enumerate(rows):
@@ -175,7 +206,7 @@ class SearchIndex:
             catalogue = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
             raise FbmlError(f"bad index catalogue: {str(error).splitlines()[0]}") from None
-        return cls(vectors, catalogue, report, engine or vector_index(vectors, method="exact"))
+        return cls(vectors, catalogue, report, vector_index(vectors, method="exact") if engine is None else engine, catalogue_chunks)
 
 
 def _check_row_bounds(number: int, row: dict[str, Any]) -> None:

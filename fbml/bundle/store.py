@@ -11,11 +11,12 @@ then loaded from the bundle).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.profile import profile_from_json, profile_to_json
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.vector_index import HnswIndex, VectorIndex, load_vector_index, npy_bytes
+from fbml.bundle.vector_index import HnswIndex, VectorIndex, appended_start, chunks_of, load_vector_index, npy_bytes
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
@@ -67,6 +68,8 @@ CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onn
 RUNTIMES = ("torch", "onnx")
 VECTOR_CHUNK = "index-chunk"
 """The name stem of an HNSW graph's vector chunk files."""
+CATALOGUE = "catalogue"
+"""The name stem of a search index's catalogue chunk files (and of the one catalogue file of a bundle saved before)."""
 if TYPE_CHECKING:
     from torch import nn
 
@@ -394,42 +397,63 @@ def _read_predictor(
 
 def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
     engine = index.engine
-    catalogue = _write_file(path, "catalogue", ".json", index.catalogue_json() + b"\n")
+    catalogue = _write_catalogue(path, index)
     if not isinstance(engine, HnswIndex):
-        return IndexEntry(vectors=_write_file(path, "index", ".npy", npy_bytes(index.vectors)), catalogue=catalogue,
-                          report=dict(index.report))  # fmt: skip
+        return IndexEntry(vectors=_write_file(path, "index", ".npy", npy_bytes(index.vectors)), catalogue=None,
+                          catalogue_chunks=catalogue, report=dict(index.report))  # fmt: skip
     return IndexEntry(
         vectors=None,  # the graph's chunks hold them
-        catalogue=catalogue,
+        catalogue=None,
+        catalogue_chunks=catalogue,
         method="hnsw",
         graph=_write_file(path, "graph", ".faiss", engine.graph_bytes()),
         parameters=engine.parameters(),
         report=dict(index.report),
         removed=_write_file(path, "removed", ".npy", engine.removed_bytes()) if len(engine.removed) else None,
-        vector_chunks=[_write_chunk(path, engine, number) for number in range(len(engine.chunks))],
+        vector_chunks=[_write_chunk(path, VECTOR_CHUNK, ".npy", chunk.sha256, functools.partial(engine.chunk_bytes, number))
+                       for number, chunk in enumerate(engine.chunks)],  # fmt: skip
     )
 
 
-def _write_chunk(path: Path, engine: HnswIndex, number: int) -> FileRef:
-    """The file of the graph's vector chunk ``number``: written unless the bundle holds it already (its name and
-    checksum come from the chunk's known SHA-256, so an unchanged chunk is neither rebuilt nor read)."""
-    digest = engine.chunks[number].sha256
-    name = f"{VECTOR_CHUNK}-{digest[:16]}.npy"
+def _write_catalogue(path: Path, index: SearchIndex) -> list[FileRef]:
+    """The files of the catalogue's chunks: those its first rows were read or saved in (``catalogue_chunks``) as they
+    are, and one of the rows past them (merged with the last of them as ``appended_start`` says)."""
+    count = len(index)
+    start = appended_start(index.catalogue_chunks, count)
+    files = [_write_chunk(path, CATALOGUE, ".json", chunk.sha256, functools.partial(_catalogue_bytes, index, chunk.start, chunk.stop))
+             for chunk in index.catalogue_chunks if chunk.stop <= start]  # fmt: skip
+    if start < count:
+        files.append(_write_file(path, CATALOGUE, ".json", _catalogue_bytes(index, start, count)))
+    return files
+
+
+def _catalogue_bytes(index: SearchIndex, start: int, stop: int) -> bytes:
+    return index.catalogue_json(start, stop) + b"\n"
+
+
+def _write_chunk(path: Path, stem: str, suffix: str, digest: str, content: Callable[[], bytes]) -> FileRef:
+    """The file of a chunk whose content has the known SHA-256 ``digest``: written (``content()``) unless the bundle
+    holds it already (its name and checksum come from ``digest``, so an unchanged chunk is neither made again nor read)."""
+    name = f"{stem}-{digest[:16]}{suffix}"
     if (path / name).is_file():
         return FileRef(name, digest)
-    return _write_file(path, VECTOR_CHUNK, ".npy", engine.chunk_bytes(number))
+    return _write_file(path, stem, suffix, content())
 
 
 def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
-    """The search index, checked: one vector per catalogue row, and the graph (if any) over those vectors (its own, or
-    those of its vector chunks) and the tombstones of removed rows."""
-    rows = _read(path, entry.catalogue, "catalogue", lambda value: value)
+    """The search index, checked: one vector per catalogue row (the rows of its catalogue chunks in turn, or of its one
+    catalogue file), and the graph (if any) over those vectors (its own, or those of its vector chunks) and the
+    tombstones of removed rows."""
+    files = entry.catalogue_chunks if entry.catalogue is None else [entry.catalogue]
+    assert files is not None  # the manifest's contract: one or the other
+    parts = [_read(path, ref, "catalogue", _json_list) for ref in files]
+    catalogue_chunks = chunks_of([(len(part), ref.sha256) for part, ref in zip(parts, files, strict=True)])
     chunks = None if entry.vector_chunks is None else [(_read_npy(path, ref, np.float32), ref.sha256) for ref in entry.vector_chunks]
     try:
         removed = None if entry.removed is None else _checked(path, entry.removed)
         engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed, chunks)
         vectors = _read_npy(path, entry.vectors, np.float32) if entry.vectors is not None else _graph_rows(engine)
-        return SearchIndex.from_json(vectors, rows, entry.report, engine)
+        return SearchIndex.from_json(vectors, [row for part in parts for row in part], entry.report, engine, catalogue_chunks)
     except FbmlError as error:
         raise FbmlError(f"{path}: {error}") from None
 
@@ -507,6 +531,12 @@ def _read_npy(path: Path, ref: FileRef, dtype: type[np.floating[Any]]) -> np.nda
         return finite(plain_array(content, dtype, 2), "it")
     except FbmlError as error:
         raise FbmlError(f"{path}: bundle file {ref.file}: {error}") from None
+
+
+def _json_list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise FbmlError("expected a JSON list")
+    return value
 
 
 def _string_list(value: object) -> list[str]:

@@ -46,8 +46,9 @@ COMPACT_SHARE = 0.25
 """The share of an HNSW graph's nodes that may be tombstones (removed rows) before it is built afresh: each
 one costs every search a little (the walk passes through it), and the file keeps its vector."""
 CHUNK_MERGE = 2
-"""A vector chunk is merged with the next one while it holds fewer than ``CHUNK_MERGE`` times its rows, so a graph
-built once and grown by additions has O(log rows) chunks and each row is rewritten O(log rows) times."""
+"""A chunk (of an HNSW graph's vectors, or of a search index's catalogue rows) is merged with the next one while it
+holds fewer than ``CHUNK_MERGE`` times its rows, so rows saved once and grown by additions keep O(log rows) chunks and
+each row is rewritten O(log rows) times."""
 HNSW_MAX = {"m": 256, "ef_construction": 4096, "ef_search": 4096}
 """The largest HNSW settings built or loaded: far past any useful recall, and each search's working set stays
 megabytes (a bundle asking for ef_search 2**40 would make every search fail)."""
@@ -186,13 +187,17 @@ class Chunk:
     sha256: str
 
 
+def split_in_order(chunks: Sequence[Chunk]) -> bool:
+    """Whether ``chunks`` split rows 0 to the last one's stop in order, none empty."""
+    stops = [0, *(chunk.stop for chunk in chunks)]
+    return [chunk.start for chunk in chunks] == stops[:-1] and all(chunk.start < chunk.stop for chunk in chunks)
+
+
 def _check_chunks(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Chunk, ...]], chunks: tuple[Chunk, ...]) -> None:
     """The chunks split the graph's nodes in order, none empty."""
-    stops = [0, *(chunk.stop for chunk in chunks)]
-    if [chunk.start for chunk in chunks] != stops[:-1] or stops[-1] != int(instance.index.ntotal) or any(
-        chunk.start >= chunk.stop for chunk in chunks
-    ):
-        raise FbmlError(f"hnsw vector chunks must split the graph's {int(instance.index.ntotal)} nodes in order, got {stops[1:]}")
+    if not split_in_order(chunks) or (chunks[-1].stop if chunks else 0) != int(instance.index.ntotal):
+        stops = [chunk.stop for chunk in chunks]
+        raise FbmlError(f"hnsw vector chunks must split the graph's {int(instance.index.ntotal)} nodes in order, got {stops}")
 
 
 @attrs.frozen(eq=False)
@@ -283,7 +288,7 @@ class HnswIndex:
         ``add`` would differ a little: HNSW inserts in order), saved as a new vector chunk."""
         faiss = _faiss()
         added = checked_queries(vectors, self.dim)
-        index = faiss.clone_index(self.index)
+        index = _copy_with_room(self.index, len(added))
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.rng = faiss.RandomGenerator(self.seed + int(index.ntotal))
         index.add(added)
@@ -372,16 +377,48 @@ class _StoredVectors:
                 "version": 3}  # fmt: skip
 
 
+def _copy_with_room(index: Any, room: int) -> Any:
+    """A copy of the HNSW graph ``index`` (links and vectors) whose vector storage is allocated for ``room`` more rows,
+    so that adding them copies no vector again: ``faiss.clone_index`` copies the storage, and adding to the clone grows
+    it, copying every vector twice."""
+    faiss = _faiss()
+    copy = faiss.IndexHNSWFlat(int(index.d), int(index.hnsw.nb_neighbors(1)), faiss.METRIC_INNER_PRODUCT)
+    copy.hnsw = index.hnsw  # the graph's links, copied (a C++ assignment)
+    storage = faiss.downcast_index(copy.storage)
+    storage.codes.resize((int(index.ntotal) + room) * int(storage.code_size))  # allocated once: a resize never shrinks
+    storage.add(stored_vectors(index))  # the capacity, so neither this add (from the start) nor the next reallocates
+    copy.ntotal = index.ntotal
+    return copy
+
+
+def chunks_of(parts: Sequence[tuple[int, str]]) -> tuple[Chunk, ...]:
+    """The chunks of consecutive rows that ``parts`` (each its row count and the SHA-256 of its file) hold, in order;
+    a part of no rows is none."""
+    stops = np.cumsum([rows for rows, _ in parts], dtype=np.int64).tolist()
+    starts = [0, *stops][: len(stops)]
+    return tuple(Chunk(start, stop, digest) for start, stop, (_, digest) in zip(starts, stops, parts, strict=True) if start < stop)
+
+
+def appended_start(chunks: Sequence[Chunk], count: int) -> int:
+    """Where the chunk of the rows past ``chunks`` (of the first of ``count`` rows) starts: at the last one's stop, or
+    at the start of the last ones merged into it from the end while one holds fewer than ``CHUNK_MERGE`` times the
+    rows after it. Chunks ending there or before are kept as they are."""
+    start = chunks[-1].stop if chunks else 0
+    for chunk in reversed(chunks):
+        if chunk.stop - chunk.start >= CHUNK_MERGE * (count - chunk.stop):
+            break
+        start = chunk.start
+    return start
+
+
 def chunked(index: Any, chunks: tuple[Chunk, ...]) -> tuple[Chunk, ...]:
-    """``chunks`` (of the first rows of ``index``'s graph) and one more holding its rows past them, merged from the
-    end while a chunk holds fewer than ``CHUNK_MERGE`` times the rows of the one after it."""
+    """``chunks`` (of the first rows of ``index``'s graph) and one more holding its rows past them, merged with the
+    last ones as ``appended_start`` says."""
     count = int(index.ntotal)
-    kept = list(chunks)
-    start = kept[-1].stop if kept else 0
-    while len(kept) and kept[-1].stop - kept[-1].start < CHUNK_MERGE * (count - kept[-1].stop):
-        start = kept.pop().start
+    start = appended_start(chunks, count)
+    kept = tuple(chunk for chunk in chunks if chunk.stop <= start)
     if start == count:
-        return tuple(kept)
+        return kept
     header, data = _npy_parts(stored_vectors(index)[start:count])
     digest = hashlib.sha256(header)
     digest.update(data)
@@ -490,9 +527,7 @@ def _load_hnsw(
     seed = _setting(parameters, "seed", 0, 2**63 - 1)
     if chunks is None:
         return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones)
-    stops = np.cumsum([len(vectors) for vectors, _ in chunks], dtype=np.int64)
-    starts = [0, *stops[:-1].tolist()]
-    saved = tuple(Chunk(int(start), int(stop), digest) for start, stop, (_, digest) in zip(starts, stops, chunks, strict=True))
+    saved = chunks_of([(len(vectors), digest) for vectors, digest in chunks])
     return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones, saved)
 
 
