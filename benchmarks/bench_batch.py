@@ -9,8 +9,9 @@ sample marketplace the small bundle is trained on):
 - the batch job: ``fbml predict`` in a fresh process over the whole catalogue (photos per second of wall time),
   and over the products table alone (texts per second), with ``--runtime torch`` and ``--runtime onnx``.
 
-It prints each rate's median [min-max] over the rounds and the paired ratios: process/model for photos and
-texts (target >= ``PROCESS_TARGET``) and ONNX/torch for the process (target >= ``ONNX_TARGET``); beside them
+It prints each rate's median [min-max] over the rounds, the machine's load (its 1-minute average) at the start and
+end of each round, and the paired ratios: process/model for photos and texts (target >= ``PROCESS_TARGET``) and
+ONNX/torch for the process (target >= ``ONNX_TARGET``); beside them
 the HTTP API's ``/predict/combined`` rate (``benchmarks/bench_api.py``'s load, ``--api-seconds``, 0 skips it);
 then rows/s of ``fbml predict`` on a ``--catalogue-products`` generated catalogue (the sample's tables and small
 photos repeated under new ids; 0 skips it). The bundle (``--bundle``, else one trained here on the sample at 64 px)
@@ -56,12 +57,14 @@ class Inputs:
 
 @attrs.frozen
 class Round:
-    """One round's rates (per second): the model in-process and the batch process, by runtime."""
+    """One round's rates (per second): the model in-process and the batch process, by runtime; and the machine's
+    load (1-minute average) at its start and end."""
 
     model_photos: dict[str, float]
     model_texts: dict[str, float]
     process_photos: dict[str, float]
     process_texts: dict[str, float]
+    load: list[float] = attrs.field(factory=list)
 
 
 def main() -> None:
@@ -151,7 +154,7 @@ def one_round(bundle_dir: Path, inputs: Inputs, photos: list[tuple[str, np.ndarr
     """Each runtime's model rates here and process rates in a fresh process."""
     from fbml.bundle.store import load_bundle
 
-    found = Round({}, {}, {}, {})
+    found = Round({}, {}, {}, {}, [os.getloadavg()[0]])
     photo_count = _photo_rows(inputs)
     text_count = _product_rows(inputs)
     for runtime in runtimes:
@@ -167,6 +170,7 @@ def one_round(bundle_dir: Path, inputs: Inputs, photos: list[tuple[str, np.ndarr
         found.process_photos[runtime] = photo_count / process_seconds(bundle_dir, inputs, scratch / f"photos-{runtime}", runtime=runtime)
         found.process_texts[runtime] = text_count / process_seconds(bundle_dir, inputs, scratch / f"texts-{runtime}", runtime=runtime,
                                                                     with_photos=False)  # fmt: skip
+    found.load.append(os.getloadavg()[0])
     return found
 
 
@@ -211,6 +215,7 @@ def summary(rounds: list[Round]) -> str:
             lines.append(_target(f"{kind}: fbml predict / predict_many in-process ({runtime})", ratio, PROCESS_TARGET))
     onnx = [r.process_photos["onnx"] / r.process_photos["torch"] for r in rounds]
     lines.append(_target("photos: fbml predict --runtime onnx / --runtime torch", onnx, ONNX_TARGET))
+    lines.append("load (1-minute average) at each round's start-end: " + ", ".join(f"{r.load[0]:.1f}-{r.load[-1]:.1f}" for r in rounds))
     return "\n".join(lines)
 
 

@@ -212,16 +212,16 @@ def _add_predict(commands: Commands) -> None:
                         help="products per part written (default 512): what a kill can lose")
     parser.add_argument("--embeddings", action="store_true", help="add each listing's vector (the bundle needs an index)")
     parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="inference threads (default: the cores less one, which decodes photos; as fbml serve)")
+                        help="inference threads (default: one per core, as torch and ONNX Runtime choose in a "
+                             "program of their own; the next part's photos decode beside them)")
     parser.add_argument("--resume", action="store_true", help="continue the run whose parts are in DIR")
 
 
 def _run_predict(args: argparse.Namespace) -> None:
     from fbml.bundle.store import read_manifest
     from fbml.files import check_destination, check_output_folder
-    from fbml.modeling.devices import resolve_device
     from fbml.vision.cache import check_photo_folder
-    from fbml.workflows.predict import PredictOptions, predict_catalogue
+    from fbml.workflows.predict import PredictOptions, available_cores, predict_catalogue
 
     if args.address is not None and args.engine != "ray":
         raise FbmlError("--address is for --engine ray")
@@ -229,12 +229,11 @@ def _run_predict(args: argparse.Namespace) -> None:
     check_photo_folder(args.image_dir)
     check_destination(args.out, "output folder", photo_folder=args.image_dir, bundle=args.bundle)
     check_output_folder(args.out)
-    device = "cpu" if args.runtime == "onnx" and args.device == "auto" else str(resolve_device(args.device))
+    device = _runtime_device(args.runtime, args.device)
     if args.engine == "ray":
         # Workers run this interpreter, not a fresh `uv run` environment each (set it to 1 to have them).
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = args.threads or max(1, cores - 1)  # on a busy 2-core machine two inference threads ran several times slower
+    threads = args.threads or available_cores()
     if args.runtime == "torch" and args.engine == "polars":
         from fbml.modeling.torch_runtime import set_threads
 
@@ -244,6 +243,16 @@ def _run_predict(args: argparse.Namespace) -> None:
     summary = predict_catalogue(args.bundle, args.products, args.images, args.image_dir, args.out, options=options,
                                 resume=args.resume, engine=args.engine, address=args.address)
     print(summary.summary())
+
+
+def _runtime_device(runtime: str, device: str) -> str:
+    """Where ``runtime`` runs the networks: torch on ``device`` resolved (``auto``: CUDA when present), ONNX Runtime
+    on the CPU (``auto``), or on what was asked (which loading the bundle refuses). torch is imported only for torch."""
+    if runtime == "onnx":
+        return "cpu" if device == "auto" else device
+    from fbml.modeling.devices import resolve_device
+
+    return str(resolve_device(device))
 
 
 def _add_export_onnx(commands: Commands) -> None:

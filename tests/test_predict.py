@@ -1,7 +1,8 @@
 """``fbml predict`` on a small sample marketplace with the bundle ``test_workflows`` trains: a row per clean product
 (combined for a product with a photo, text for one without), every input row predicted or rejected, the answers
 ``fbml evaluate``, ``Bundle.predict`` and the HTTP API give, resume after a SIGKILL equal to an uninterrupted
-run, the ONNX runtime, the Ray engine, listing vectors, and one-line errors before any work."""
+run, the ONNX runtime, the Ray engine, listing vectors, one-line errors before any work, and a run that imports
+only what it uses (neither pandera nor pandas; torch only with the torch runtime, ONNX Runtime only with its own)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import attrs
 import numpy as np
 import polars as pl
 import pytest
@@ -24,10 +27,11 @@ from fbml.modeling.metrics import group_means, per_product, product_means
 from fbml.tables.clean import clean_tables
 from fbml.text.listings import listing_texts
 from fbml.workflows.evaluate import evaluations
-from fbml.workflows.predict import PARTS, STATE
+from fbml.workflows.predict import PARTS, STATE, Decoding, PredictOptions, catalogue
 from hypothesis import given
 from hypothesis import strategies as st
 
+from test_cli_imports import heavy_imports
 from test_workflows import market, tables, trained  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,10 +39,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PART_SIZE = 40
 
 
+def arguments(market, bundle: Path, out: Path, *extra: str) -> list[str]:  # noqa: F811
+    """``fbml predict``'s arguments for the market (one inference thread: the module's torch threads stay one)."""
+    return ["predict", str(bundle), "--products", str(market["products"]), "--images", str(market["images"]),
+            "--image-dir", str(market["image_dir"]), "--out", str(out), "--device", "cpu", "--part-size", str(PART_SIZE),
+            "--threads", "1", *extra]  # fmt: skip
+
+
 def predict(market, bundle: Path, out: Path, *extra: str) -> int:  # noqa: F811
-    return main(["predict", str(bundle), "--products", str(market["products"]), "--images", str(market["images"]),
-                 "--image-dir", str(market["image_dir"]), "--out", str(out), "--device", "cpu", "--part-size", str(PART_SIZE),
-                 *extra])  # fmt: skip
+    return main(arguments(market, bundle, out, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +55,15 @@ def predicted(market, trained, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("predicted")
     assert predict(market, trained["bundle"], out) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """A copy of the trained bundle with ONNX graphs."""
+    bundle = tmp_path_factory.mktemp("onnx") / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    assert main(["export-onnx", str(bundle)]) == 0
+    return bundle
 
 
 def probabilities_of(top: list[dict], classes: tuple[str, ...]) -> dict[str, float]:
@@ -199,11 +217,8 @@ def test_resume_refuses_the_parts_of_another_bundle_or_input(market, trained, tm
 # --- runtimes, engines, vectors -------------------------------------------------------------------------------
 
 
-def test_the_onnx_runtime_gives_the_torch_answers(predicted: Path, market, trained, tmp_path: Path) -> None:  # noqa: F811
-    bundle = tmp_path / "bundle"
-    shutil.copytree(trained["bundle"], bundle)
-    assert main(["export-onnx", str(bundle)]) == 0
-    assert predict(market, bundle, tmp_path / "out", "--runtime", "onnx") == 0
+def test_the_onnx_runtime_gives_the_torch_answers(predicted: Path, market, onnx_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    assert predict(market, onnx_bundle, tmp_path / "out", "--runtime", "onnx") == 0
     onnx, torch_rows = pl.read_parquet(tmp_path / "out" / "predictions.parquet"), pl.read_parquet(predicted / "predictions.parquet")
     assert onnx.select("product_id", "role", "category").equals(torch_rows.select("product_id", "role", "category"))
     np.testing.assert_allclose(onnx["probability"].to_numpy(), torch_rows["probability"].to_numpy(), rtol=0, atol=1e-4)
@@ -234,6 +249,33 @@ def test_the_ray_engine_writes_the_same_table(predicted: Path, market, trained, 
             np.testing.assert_allclose(by_ray["probability"].to_numpy(), by_default["probability"].to_numpy(), rtol=0, atol=1e-6)
         else:
             assert by_ray.equals(by_default)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_a_run_imports_only_its_runtime(predicted: Path, market, onnx_bundle: Path, runtime: str, tmp_path: Path) -> None:  # noqa: F811
+    """Cleaning, photo decoding and the rejected rows are checked by the contracts' rules: no pandera, no pandas;
+    the networks run on the runtime asked for, and only it is imported. The table is the default run's."""
+    heavy, printed = heavy_imports(*arguments(market, onnx_bundle, tmp_path / "out", "--runtime", runtime))
+    assert heavy == [runtime if runtime == "torch" else "onnxruntime"]
+    assert "photos: " in printed and "wrote" in printed
+    rows, expected = pl.read_parquet(tmp_path / "out" / "predictions.parquet"), pl.read_parquet(predicted / "predictions.parquet")
+    assert rows.select("product_id", "role", "category").equals(expected.select("product_id", "role", "category"))
+    assert pl.read_parquet(tmp_path / "out" / "rejected.parquet").equals(pl.read_parquet(predicted / "rejected.parquet"))
+
+
+def test_photos_decoded_while_the_bundle_loads_are_redone_if_it_reads_another_side(market, trained, tmp_path: Path) -> None:  # noqa: F811
+    bundle = load_bundle(trained["bundle"])
+    assert bundle.image is not None
+    scored = catalogue(market["products"], market["images"], market["image_dir"], scratch=tmp_path, part_size=PART_SIZE)
+    assert list(tmp_path.iterdir()) == []  # the cleaning's folder is gone
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        early = Decoding.early(trained["bundle"], scored, PredictOptions(), pool, scored.parts[1])
+        assert early.for_bundle(bundle, scored) is early and set(early.started) == {1}
+        side = bundle.image.size + 8
+        redone = early.for_bundle(attrs.evolve(bundle, image=attrs.evolve(bundle.image, size=side)), scored)
+        assert redone.started == {} and redone.source.size == side
+        assert redone.part(scored.parts[1]).result().pixels.shape[1:] == (3, side, side)
+        assert early.part(scored.parts[1]).result().pixels.shape[1:] == (3, side - 8, side - 8)
 
 
 # --- errors before the work -----------------------------------------------------------------------------------

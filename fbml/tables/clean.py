@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
-import contracts
 import polars as pl
 
 from fbml.files import write_atomically
 from fbml.tables.cleaning import Cleaned, Manifest, clean_products, image_manifest
 from fbml.tables.sources import UTF8, StorageOptions, read_images, read_products
-from fbml.tables.validation import rows_of, validated
+from fbml.tables.validation import rejected_checked, rows_of
 
 if TYPE_CHECKING:
     from contracts import Rejected
@@ -77,7 +76,7 @@ class CleanTables:
     def rejected(self) -> DataFrame[Rejected]:
         """Every rejected row of both tables."""
         frames = [self.cleaned.rejected, *([self.manifest.rejected] if self.manifest else [])]
-        return validated(pl.concat(frames), contracts.Rejected)
+        return rejected_checked(pl.concat(frames))
 
     def counts(self) -> CleanCounts:
         """What became of every input row."""

@@ -14,19 +14,21 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
 import attrs
 import polars as pl
 from contracts.rules import REJECTED_SCHEMA, RowRule, clean_product_rules, image_manifest_rules, rejected_rules, row_failures
 
 from fbml.errors import ContractError
-from fbml.tables.clean import OUTPUT_NAMES, CleanCounts, PhotoCounts
+from fbml.tables.clean import OUTPUT_NAMES, CleanCounts, CleanTables, PhotoCounts
 from fbml.tables.cleaning import (
     BATCH_ROWS,
     BATCH_SCHEMA,
     CLEAN_COLUMNS,
     PRODUCT_TEXT_COLUMNS,
+    Cleaned,
+    Manifest,
     annotated_images,
     cleaned_batch,
     duplicate_rejection,
@@ -38,7 +40,11 @@ from fbml.tables.cleaning import (
     rejected_rows,
 )
 from fbml.tables.sources import UTF8, StorageOptions, read_errors, scan_images, scan_products
-from fbml.tables.validation import raise_rule_failures
+from fbml.tables.validation import raise_rule_failures, rows_of
+
+if TYPE_CHECKING:
+    from contracts import CleanProducts, ImageManifest, Rejected
+    from pandera.typing.polars import DataFrame
 
 ROW, REASON = "source_row", "reason"
 REJECTED_COLUMNS = tuple(REJECTED_SCHEMA.names())
@@ -73,6 +79,23 @@ class RawTables:
 def stream_clean_tables(raw: RawTables, out: Path) -> CleanCounts:
     """Clean the raw tables into ``out`` on polars' streaming engine (the default engine)."""
     return write_cleaned(raw, (cleaned_batch(batch) for batch in raw.product_batches()), out)
+
+
+def streamed_tables(raw: RawTables, work: Path) -> CleanTables:
+    """The cleaned tables in memory, equal to ``clean_tables``': cleaned on the streaming engine into the folder
+    ``work`` (its outputs read back; the caller removes them), so every contract is checked by its rules
+    (``contracts.rules``) and pandera is never imported."""
+    counts = stream_clean_tables(raw, work)
+    products = cast("DataFrame[CleanProducts]", pl.read_parquet(work / OUTPUT_NAMES[0]))
+    rejected = cast("DataFrame[Rejected]", pl.read_parquet(work / OUTPUT_NAMES[1]))
+    of_products = pl.col("stage") == "products"
+    cleaned = Cleaned(products, rows_of(rejected, of_products))
+    if counts.photos is None:
+        return CleanTables(counts.products_read, cleaned, None)
+    images = cast("DataFrame[ImageManifest]", pl.read_parquet(work / OUTPUT_NAMES[2]))
+    without = rows_of(products, ~pl.col("id").is_in(images["id"].implode()))
+    manifest = Manifest(images, rows_of(rejected, ~of_products), without)
+    return CleanTables(counts.products_read, cleaned, manifest, counts.photos.read)
 
 
 def write_cleaned(raw: RawTables, batches: Iterable[pl.DataFrame], out: Path) -> CleanCounts:

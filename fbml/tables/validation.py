@@ -6,9 +6,10 @@ pandera checks only the schema of a LazyFrame, and its ``PANDERA_*`` environment
 checks off or down; here every check runs, schema and data, on an eager frame, whatever they say.
 A frame that fails raises ``ContractError`` naming the contract, the column and the check; pandera's
 own errors never leave this module. pandera (and with it pandas) is imported at the first check, so a
-streamed stage that never checks an eager frame never loads it, and ``checked_by_rules`` checks a
+streamed stage that never checks an eager frame never loads it, and ``rules_checked`` checks a
 contract written as plain polars rules (``contracts.rules``) with the error pandera's model would give,
-without importing pandera at all (loading a bundle's search index).
+without importing pandera at all (loading a bundle's search index; ``rejected_checked``: the rejected
+rows of ``fbml predict`` and of the photo loader).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import polars as pl
-from contracts.rules import RowRule, failed_rule
+from contracts.rules import REJECTED_SCHEMA, RowRule, failed_rule, rejected_rules
 
 from fbml.errors import ContractError, shown
 
 if TYPE_CHECKING:
     import pandera.errors
     import pandera.polars as pa
+    from contracts import Rejected
     from pandera.typing.polars import DataFrame
 
 Model = TypeVar("Model", bound="pa.DataFrameModel")
@@ -72,6 +74,14 @@ def rules_checked(
         if column == unique:
             _check_rows(frame, contract, column, "unique", values.is_null() | ~values.is_duplicated())
     return frame
+
+
+def rejected_checked(frame: object) -> DataFrame[Rejected]:
+    """``frame`` checked against ``Rejected`` by its rules, as ``validated(frame, Rejected)`` checks it (the same
+    failures, the same ``ContractError``) without importing pandera: for stages that make rejected rows but
+    check nothing else with pandera (``fbml predict``, the photo loader)."""
+    once = RowRule("source_row", "rejected_once", ~pl.struct("source", "stage", "source_row").is_duplicated())
+    return cast("DataFrame[Rejected]", rules_checked(frame, "Rejected", REJECTED_SCHEMA, (*rejected_rules(), once)))
 
 
 def raise_rule_failures(contract: str, failures: Mapping[str, int]) -> None:

@@ -19,20 +19,24 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
+import contracts
 import numpy as np
 import polars as pl
-from contracts import ImageManifest, Rejected, polars_schema
-from pandera.typing.polars import DataFrame
+from contracts.rules import REJECTED_SCHEMA
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from fbml.errors import ContractError, FbmlError, InputError
 from fbml.files import atomic_directory, temporary_target
-from fbml.tables.validation import validated
+from fbml.tables.validation import rejected_checked, validated
 from fbml.vision.cleaning import clean_image, link_problem, open_image
+
+if TYPE_CHECKING:
+    from contracts import ImageManifest, Rejected
+    from pandera.typing.polars import DataFrame
 
 MAX_PIXELS = 89_478_485
 CACHE_FORMAT = "fbml.image-cache/1"
@@ -167,7 +171,21 @@ def load_photos(
     A symbolic link is followed only to a file inside ``image_dir``; a row whose photo is a link out
     of it, or to nothing, is rejected with that reason. ``image_dir`` may be a ``PhotoFolder`` listed
     already (for a caller that loads the photos of one folder manifest by manifest)."""
-    manifest = validated(manifest, ImageManifest)
+    manifest = validated(manifest, contracts.ImageManifest)
+    return decoded_photos(manifest, image_dir, size=size, workers=workers, progress=progress, max_pixels=max_pixels)
+
+
+def decoded_photos(
+    manifest: DataFrame[ImageManifest],
+    image_dir: Path | PhotoFolder,
+    *,
+    size: int,
+    workers: int | None = None,
+    progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> Photos:
+    """``load_photos`` of a manifest checked already by its contract (as the streamed cleaning checks it, by its
+    rules): not checked again, so pandera is not imported."""
     folder = image_dir if isinstance(image_dir, PhotoFolder) else PhotoFolder.listed(image_dir)
     plan = _plan(manifest, folder)
     pixels = np.empty((len(plan.paths), 3, size, size), dtype=np.uint8)
@@ -193,7 +211,7 @@ def build_image_cache(
     holds a complete cache or none; the temporary siblings a killed build left are deleted first.
     """
     started = time.time()
-    manifest = validated(manifest, ImageManifest)
+    manifest = validated(manifest, contracts.ImageManifest)
     key = _manifest_key(manifest)
     reusable = _reusable(cache_dir, size, key)
     if reusable is not None:
@@ -239,9 +257,9 @@ def rejected_rows(manifest: pl.DataFrame, reasons: Mapping[int, str], *, source:
             "reason": [reasons[row] for row in rows],
             "raw": raw["raw"],
         },
-        schema=polars_schema(Rejected),
+        schema=REJECTED_SCHEMA,
     )
-    return validated(frame, Rejected)
+    return rejected_checked(frame)
 
 
 def _plan(manifest: DataFrame[ImageManifest], folder: PhotoFolder) -> _Plan:
@@ -401,7 +419,7 @@ def _read_index(directory: Path) -> dict[str, Any]:
     if problem:
         raise _invalid(directory, f"{INDEX_FILE}: {problem}")
     try:
-        rejected = validated(pl.DataFrame(index["rejected"], schema=polars_schema(Rejected)), Rejected)
+        rejected = rejected_checked(pl.DataFrame(index["rejected"], schema=REJECTED_SCHEMA))
     except (ContractError, TypeError, ValueError, pl.exceptions.PolarsError) as error:  # any malformed row
         raise _invalid(directory, f"{INDEX_FILE}: bad rejected rows: {str(error).splitlines()[0]}") from None
     return cast(dict[str, Any], index) | {"rejected": rejected}

@@ -1,15 +1,17 @@
 """``fbml predict``: a bundle's prediction for every clean product of a catalogue, written in parts that a killed
 run resumes from.
 
-The tables are cleaned as for ``fbml evaluate``; the clean products are cut into parts of ``part_size`` (with
-their photos), and each part is scored through the bundle's prediction path (``fbml.workflows.predict_parts``):
-here, the next part's photos decoding in a thread pool while this one's are scored, or on a Ray cluster
-(``fbml.workflows.predict_ray``). Each part is written as ``DIR/parts/part-NNNNN.parquet`` (its rejected rows
-first, as ``rejected-NNNNN.parquet``), each file through a temporary file and a rename, beside
-``DIR/parts/state.json``, which names the bundle's model version and the inputs' fingerprints: ``--resume``
-scores only the parts not written yet, and refuses parts of another bundle or other inputs. At the end
-``DIR/predictions.parquet`` (the parts in product order) and ``DIR/rejected.parquet`` (cleaning's rejections
-and the parts') are assembled, every input row predicted or rejected.
+The tables are cleaned as ``fbml clean-products`` cleans them (polars' streaming engine, the contracts checked by
+their rules: the tables ``fbml evaluate`` cleans, without importing pandera); the clean products are cut into
+parts of ``part_size`` (with their photos), and each part is scored through the bundle's prediction path
+(``fbml.workflows.predict_parts``): here, the bundle loading while the tables are cleaned and the next part's
+photos decoding in a thread pool while this one's are scored, or on a Ray cluster (``fbml.workflows.predict_ray``).
+Each part is written as ``DIR/parts/part-NNNNN.parquet`` (its rejected rows first, as ``rejected-NNNNN.parquet``),
+each file through a temporary file and a rename, beside ``DIR/parts/state.json``, which names the bundle's model
+version and the inputs' fingerprints: ``--resume`` scores only the parts not written yet, and refuses parts of
+another bundle or other inputs. At the end ``DIR/predictions.parquet`` (the parts in product order) and
+``DIR/rejected.parquet`` (cleaning's rejections and the parts') are assembled, every input row predicted or
+rejected.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,16 +31,16 @@ from typing import Any
 import attrs
 import numpy as np
 import polars as pl
-from contracts import Rejected
 from tqdm import tqdm
 
 from fbml.bundle.bundle import Bundle
 from fbml.bundle.predictions import DEFAULT_BATCH
-from fbml.bundle.store import load_bundle
+from fbml.bundle.store import load_bundle, read_manifest
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
-from fbml.tables.clean import CleanTables, clean_tables
-from fbml.tables.validation import validated
+from fbml.tables.clean import CleanTables
+from fbml.tables.streaming import RawTables, streamed_tables
+from fbml.tables.validation import rejected_checked
 from fbml.vision.cache import PhotoFolder
 from fbml.workflows.predict_parts import (
     MANIFEST_ROW,
@@ -107,11 +111,15 @@ class PredictSummary:
         return "\n".join(lines)
 
 
-def catalogue(products: str | Path, images: str | Path | None, image_dir: Path | None, *, part_size: int = PART_SIZE) -> Catalogue:
-    """The products and images tables cleaned (as ``fbml evaluate`` cleans them) and cut into parts."""
+def catalogue(products: str | Path, images: str | Path | None, image_dir: Path | None, *, scratch: Path,
+              part_size: int = PART_SIZE) -> Catalogue:  # fmt: skip
+    """The products and images tables cleaned (``streamed_tables``: as ``fbml clean-products`` cleans them, into a
+    temporary folder in ``scratch``, removed after) and cut into parts."""
     if part_size < 1:
         raise FbmlError(f"part size must be at least 1, got {part_size}")
-    tables = clean_tables(products, images)
+    raw = RawTables(str(products), None if images is None else str(images))
+    with tempfile.TemporaryDirectory(prefix=".fbml-predict-clean.", dir=scratch) as work:
+        tables = streamed_tables(raw, Path(work))
     sources = Sources(str(products), "" if image_dir is None else str(image_dir))
     return Catalogue(tables, sources, image_dir, tuple(catalogue_parts(tables, part_size)))
 
@@ -216,30 +224,65 @@ def write_part(out: Path, scored: ScoredPart) -> None:
         write_atomically(_part_path(out, scored.number, kind), buffer.getvalue())
 
 
-def locally_scored(bundle: Bundle, parts: Sequence[Part], catalogue: Catalogue, options: PredictOptions,
-                   bar: tqdm[Any]) -> Iterator[ScoredPart]:  # fmt: skip
-    """Each part scored here, in order, the next part's photos decoding (in a thread pool) while one is scored."""
-    folder = _photo_folder(bundle, catalogue)
-    size = bundle.image.size if bundle.image is not None else 0
+@attrs.frozen
+class PhotoSource:
+    """How a run reads photos: the photo folder, listed once (None: no photo is read, the bundle or the catalogue
+    has none), the side the bundle's networks read (None: they read no photo), and the decoding threads."""
 
-    def decode(part: Part) -> DecodedPart:
-        return decoded_part(part, folder, size, options.decode_workers)
+    folder: PhotoFolder | None
+    size: int | None
+    workers: int | None = None
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode") as prefetch:
-        pending: Future[DecodedPart] | None = prefetch.submit(decode, parts[0]) if parts else None
-        for position in range(len(parts)):
-            assert pending is not None
-            decoded = pending.result()
-            pending = prefetch.submit(decode, parts[position + 1]) if position + 1 < len(parts) else None
-            yield scored_part(bundle, decoded, catalogue.sources, batch_size=options.batch_size, embeddings=options.embeddings,
-                              progress=bar.update)  # fmt: skip
+    @classmethod
+    def of(cls, size: int | None, catalogue: Catalogue, workers: int | None) -> PhotoSource:
+        """The photos of ``catalogue`` at ``size``."""
+        if size is None or catalogue.image_dir is None or catalogue.tables.manifest is None:
+            return cls(None, size, workers)
+        return cls(PhotoFolder.listed(catalogue.image_dir), size, workers)
+
+    def decoded(self, part: Part) -> DecodedPart:
+        """``part``'s photos decoded (none when no photo is read)."""
+        return decoded_part(part, self.folder, self.size or 0, self.workers)
 
 
-def _photo_folder(bundle: Bundle, catalogue: Catalogue) -> PhotoFolder | None:
-    """The photo folder listed once, when the bundle reads photos and the catalogue has them."""
-    if bundle.image is None or catalogue.image_dir is None or catalogue.tables.manifest is None:
-        return None
-    return PhotoFolder.listed(catalogue.image_dir)
+@attrs.frozen
+class Decoding:
+    """Parts' photos decoding from ``source`` in the thread ``pool``; ``started``: the parts (by number) whose
+    decoding began already."""
+
+    source: PhotoSource
+    pool: ThreadPoolExecutor
+    started: Mapping[int, Future[DecodedPart]] = attrs.field(factory=dict)
+
+    @classmethod
+    def early(cls, bundle_dir: Path, catalogue: Catalogue, options: PredictOptions, pool: ThreadPoolExecutor,
+              first: Part | None) -> Decoding:  # fmt: skip
+        """``first``'s photos decoding already (at the side the bundle's manifest names), while the bundle loads."""
+        image = read_manifest(bundle_dir).image
+        source = PhotoSource.of(None if image is None else image.size, catalogue, options.decode_workers)
+        return cls(source, pool, {} if first is None else {first.number: pool.submit(source.decoded, first)})
+
+    def part(self, part: Part) -> Future[DecodedPart]:
+        """``part``'s photos, decoding."""
+        return self.started.get(part.number) or self.pool.submit(self.source.decoded, part)
+
+    def for_bundle(self, bundle: Bundle, catalogue: Catalogue) -> Decoding:
+        """This decoding, or one afresh when ``bundle`` reads photos at another side (it changed since its
+        manifest was read)."""
+        side = None if bundle.image is None else bundle.image.size
+        return self if side == self.source.size else Decoding(PhotoSource.of(side, catalogue, self.source.workers), self.pool)
+
+
+def locally_scored(bundle: Bundle, parts: Sequence[Part], catalogue: Catalogue, options: PredictOptions, bar: tqdm[Any],
+                   decoding: Decoding) -> Iterator[ScoredPart]:  # fmt: skip
+    """Each part scored here, in order, the next part's photos decoding while one is scored."""
+    pending = decoding.part(parts[0]) if parts else None
+    for position in range(len(parts)):
+        assert pending is not None
+        decoded = pending.result()
+        pending = decoding.part(parts[position + 1]) if position + 1 < len(parts) else None
+        yield scored_part(bundle, decoded, catalogue.sources, batch_size=options.batch_size, embeddings=options.embeddings,
+                          progress=bar.update)  # fmt: skip
 
 
 def predict_catalogue(
@@ -247,29 +290,50 @@ def predict_catalogue(
     options: PredictOptions = PredictOptions(), resume: bool = False, engine: str = "polars", address: str | None = None,
     progress: bool = True,
 ) -> PredictSummary:
-    """Score every clean product of the tables with the bundle at ``bundle_dir`` into ``out`` (see the module)."""
+    """Score every clean product of the tables with the bundle at ``bundle_dir`` into ``out`` (see the module).
+
+    The bundle loads in a thread while the tables are cleaned, the photo folder listed and (on this machine) the
+    first part's photos decoded."""
     if engine not in ("polars", "ray"):
         raise FbmlError(f"unknown engine {engine!r} (polars or ray)")
-    bundle = batch_bundle(bundle_dir, options)
-    if options.embeddings:
-        bundle.listing_recipe()  # no index, no vectors: stop before the work
-    scored_catalogue = catalogue(products, images, image_dir, part_size=options.part_size)
-    state = run_state(bundle, scored_catalogue, options)
-    done = done_parts(out, state, resume=resume)
-    todo = [part for part in scored_catalogue.parts if part.number not in done]
-    total = scored_catalogue.tables.cleaned.products.height
-    initial = total - sum(part.products.height for part in todo)
-    with tqdm(total=total, initial=initial, desc="predicting", unit="row", file=sys.stderr, disable=not progress,
-              smoothing=0.1) as bar:  # fmt: skip
-        if engine == "ray":
-            from fbml.workflows.predict_ray import ray_scored
+    out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-load") as loader, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode") as pool:  # fmt: skip
+        loading = loader.submit(batch_bundle, bundle_dir, options)
+        scored_catalogue = catalogue(products, images, image_dir, scratch=out, part_size=options.part_size)
+        first = _first_to_score(out, scored_catalogue, resume=resume)
+        decoding = Decoding.early(bundle_dir, scored_catalogue, options, pool, first) if engine == "polars" else None
+        bundle = loading.result()
+        if options.embeddings:
+            bundle.listing_recipe()  # no index, no vectors: stop before the work
+        done = done_parts(out, run_state(bundle, scored_catalogue, options), resume=resume)
+        todo = [part for part in scored_catalogue.parts if part.number not in done]
+        total = scored_catalogue.tables.cleaned.products.height
+        initial = total - sum(part.products.height for part in todo)
+        with tqdm(total=total, initial=initial, desc="predicting", unit="row", file=sys.stderr, disable=not progress,
+                  smoothing=0.1) as bar:  # fmt: skip
+            if engine == "ray":
+                from fbml.workflows.predict_ray import ray_scored
 
-            scored: Iterable[ScoredPart] = ray_scored(bundle_dir, todo, scored_catalogue, options, address=address, bar=bar)
-        else:
-            scored = locally_scored(bundle, todo, scored_catalogue, options, bar)
-        for part in scored:
-            write_part(out, part)
+                scored: Iterable[ScoredPart] = ray_scored(bundle_dir, todo, scored_catalogue, options, address=address, bar=bar)
+            else:
+                assert decoding is not None
+                scored = locally_scored(bundle, todo, scored_catalogue, options, bar, decoding.for_bundle(bundle, scored_catalogue))
+            for part in scored:
+                write_part(out, part)
     return assembled(out, scored_catalogue, resumed=len(done))
+
+
+def _first_to_score(out: Path, catalogue: Catalogue, *, resume: bool) -> Part | None:
+    """The part a run will score first, as far as can be told before its state is checked: the first part, or when
+    resuming the first one not written yet."""
+    parts = catalogue.parts if not resume else [part for part in catalogue.parts if not _part_path(out, part.number).is_file()]
+    return parts[0] if parts else None
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def batch_bundle(bundle_dir: Path, options: PredictOptions) -> Bundle:
@@ -284,8 +348,8 @@ def assembled(out: Path, catalogue: Catalogue, *, resumed: int = 0) -> PredictSu
     if missing:
         raise FbmlError(f"{out / PARTS}: {len(missing)} part(s) not written, e.g. {_part_path(out, missing[0]).name}")
     predictions = pl.concat([pl.read_parquet(_part_path(out, number)) for number in numbers], how="vertical")
-    rejected = validated(pl.concat([catalogue.tables.rejected, *(pl.read_parquet(_part_path(out, number, "rejected"))
-                                                                  for number in numbers)]), Rejected)  # fmt: skip
+    rejected = rejected_checked(pl.concat([catalogue.tables.rejected, *(pl.read_parquet(_part_path(out, number, "rejected"))
+                                                                         for number in numbers)]))  # fmt: skip
     paths = (out / PREDICTIONS, out / REJECTED)
     for frame, path in zip((predictions, rejected), paths, strict=True):
         buffer = io.BytesIO()

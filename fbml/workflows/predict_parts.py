@@ -2,9 +2,11 @@
 on this machine or in a Ray actor.
 
 A part is some clean products and their photos (manifest rows). Its photos are decoded as the evaluation's
-photo cache decodes them (``fbml.vision.cache.load_photos``: a thread pool, PIL releasing the GIL); each
-photo is scored with its product's text by the photo predictor (``combined``, or ``image`` when the bundle
-has no combined one) and a product's answer is the mean of its photos' probabilities
+photo cache decodes them (``fbml.vision.cache.decoded_photos``: a thread pool, PIL releasing the GIL), then,
+a batch at a time, normalised for the image networks (``fbml.vision.photos.normalised``, what the prediction
+path does to a decoded photo: it is a letterboxed square already); each photo is scored with its product's
+text by the photo predictor (``combined``, or ``image`` when the bundle has no combined one) and a product's
+answer is the mean of its photos' probabilities
 (``fbml.modeling.metrics.product_means``, as ``fbml evaluate`` scores products); a product without a photo
 that decodes is scored by the ``text`` predictor. Probabilities become ``Prediction``s by the bundle's own
 ``predictions``, so the rows say what ``Bundle.predict`` would.
@@ -18,16 +20,17 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 import polars as pl
-from contracts import Rejected, polars_schema
 from contracts.bundle import Role
+from contracts.rules import REJECTED_SCHEMA
 
 from fbml.bundle.bundle import Bundle
 from fbml.bundle.predictions import READABLE, Prediction, chunks, predictions
 from fbml.errors import FbmlError
 from fbml.modeling.metrics import product_means
-from fbml.tables.validation import validated
+from fbml.tables.validation import rejected_checked
 from fbml.text.listings import listing_texts, normalised_texts
-from fbml.vision.cache import PhotoFolder, load_photos
+from fbml.vision.cache import PhotoFolder, decoded_photos
+from fbml.vision.photos import PreparedPhoto, normalised
 
 PRODUCT_ROW = "source_row"
 """A part's products' column: the product's 1-based record in the raw products table."""
@@ -74,11 +77,11 @@ class Part:
 @attrs.frozen
 class DecodedPart:
     """A part with its photos decoded: ``photos`` the manifest rows that decoded, ``pixels[i]`` row i's photo
-    (uint8 H x W x 3), and the ``Rejected`` rows of those that did not."""
+    (uint8 (n, 3, S, S), letterboxed squares), and the ``Rejected`` rows of those that did not."""
 
     part: Part
     photos: pl.DataFrame
-    pixels: Sequence[np.ndarray]
+    pixels: np.ndarray
     rejected: pl.DataFrame
 
 
@@ -110,14 +113,13 @@ class Roles:
 
 def decoded_part(part: Part, folder: PhotoFolder | None, size: int, workers: int | None = None) -> DecodedPart:
     """``part``'s photos decoded at ``size`` px from ``folder`` (none without a folder or photos)."""
-    empty = pl.DataFrame(schema=polars_schema(Rejected))
     if part.photos is None or folder is None or part.photos.height == 0:
-        return DecodedPart(part, _no_photos(part), (), empty)
-    manifest = part.photos.drop(MANIFEST_ROW)
-    loaded = load_photos(manifest, folder, size=size, workers=workers, progress=False)  # type: ignore[arg-type]
+        return DecodedPart(part, _no_photos(part), np.zeros((0, 3, size, size), np.uint8), pl.DataFrame(schema=REJECTED_SCHEMA))
+    manifest = part.photos.drop(MANIFEST_ROW)  # checked by its contract where the catalogue was cleaned
+    loaded = decoded_photos(manifest, folder, size=size, workers=workers, progress=False)  # type: ignore[arg-type]
     rows = part.photos[MANIFEST_ROW].to_numpy()
     rejected = loaded.rejected.with_columns(source_row=pl.Series(rows[loaded.rejected["source_row"].to_numpy() - 1] + 1, dtype=pl.Int64))
-    return DecodedPart(part, part.photos[loaded.rows], [pixels.transpose(1, 2, 0) for pixels in loaded.pixels], rejected)
+    return DecodedPart(part, part.photos[loaded.rows], loaded.pixels, rejected)
 
 
 def scored_part(bundle: Bundle, decoded: DecodedPart, sources: Sources, *, batch_size: int, embeddings: bool,
@@ -153,17 +155,25 @@ def _photo_answers(bundle: Bundle, role: Role, decoded: DecodedPart, product_ids
     order = pl.DataFrame({"id": product_ids}).with_row_index("position")
     photos = decoded.photos.with_row_index("pixels").join(order, on="id", maintain_order="left").sort("position", maintain_order=True)
     texts = listing_texts(photos) if role.reads_text else None
-    pixels = [decoded.pixels[row] for row in photos["pixels"].to_list()]
+    rows = photos["pixels"].to_numpy()
     last = photos.with_row_index("row").group_by("position", maintain_order=True).agg(pl.col("row").last())["row"].to_numpy()
     found: list[np.ndarray] = []
-    for batch in chunks(len(pixels), batch_size):
-        found.append(bundle.probabilities([role], texts=None if texts is None else texts[batch], images=pixels[batch],
+    for batch in chunks(len(rows), batch_size):
+        images = prepared_photos(bundle, decoded.pixels[rows[batch]])
+        found.append(bundle.probabilities([role], texts=None if texts is None else texts[batch], images=images,
                                           batch_size=batch_size)[role])  # fmt: skip
         progress(int(np.count_nonzero((last >= batch.start) & (last < batch.stop))))
     ids, means = product_means(photos["id"].to_list(), np.concatenate(found))
     text_of = dict(zip(photos["id"].to_list(), texts, strict=True)) if texts is not None else {}
     joint = bundle.subcategory_joint([text_of[product] for product in ids], means) if texts is not None else None
     return dict(zip(ids, ((prediction, role) for prediction in predictions(bundle, means, role, joint)), strict=True))
+
+
+def prepared_photos(bundle: Bundle, pixels: np.ndarray) -> list[PreparedPhoto]:
+    """Decoded letterboxed squares (uint8 (n, 3, S, S)) as the bundle's image networks read them: what
+    ``Preparation.prepared`` makes of each (the letterbox of a square of its size is the square), in one step."""
+    preparation = bundle.image_settings().preparation
+    return [PreparedPhoto(photo, preparation) for photo in normalised(pixels, preparation.mean, preparation.std)]
 
 
 def _text_answers(bundle: Bundle, role: Role, products: pl.DataFrame, batch_size: int,
@@ -197,7 +207,7 @@ def _embeddings(bundle: Bundle, products: pl.DataFrame, decoded: DecodedPart, ba
     """Each product's listing vector (``Bundle.embed_many``: its text and its photos that decoded)."""
     groups: dict[str, list[np.ndarray]] = {}
     for product_id, pixels in zip(decoded.photos["id"].to_list(), decoded.pixels, strict=True):
-        groups.setdefault(product_id, []).append(pixels)
+        groups.setdefault(product_id, []).append(pixels.transpose(1, 2, 0))
     photos = [groups.get(product_id, []) for product_id in products["id"].to_list()]
     vectors = bundle.embed_many(texts=listing_texts(products), images=photos if bundle.image is not None else None,
                                 batch_size=batch_size)  # fmt: skip
@@ -222,7 +232,7 @@ def _rejected_products(products: pl.DataFrame, reasons: np.ndarray, source: str)
         pl.Series("reason", reasons, dtype=pl.String),
         pl.struct(pl.all().exclude(PRODUCT_ROW)).struct.json_encode().alias("raw"),
     )
-    return validated(frame, Rejected)
+    return rejected_checked(frame)
 
 
 def ipc_bytes(frame: pl.DataFrame) -> bytes:

@@ -13,7 +13,6 @@ stopped after. Ray is imported only here, only when this engine runs: it is the 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from fbml.tables.ray_engine import ray_cluster
 from fbml.vision.cache import PhotoFolder
-from fbml.workflows.predict import Catalogue, PredictOptions, batch_bundle
+from fbml.workflows.predict import Catalogue, PredictOptions, available_cores, batch_bundle
 from fbml.workflows.predict_parts import PART, Part, ScoredPart, Sources, decoded_part, ipc_bytes, scored_part
 
 
@@ -60,7 +59,7 @@ def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, op
     if not parts:
         return
     sizes = {part.number: part.products.height for part in parts}
-    with ray_cluster(address, num_cpus=_cores()) as ray:
+    with ray_cluster(address, num_cpus=available_cores()) as ray:
         actors = max(1, min(len(parts), int(ray.cluster_resources().get("CPU", 1))))
         dataset = ray.data.from_items([part.to_ipc() for part in parts], override_num_blocks=len(parts))
         options_json = {name: getattr(options, name) for name in ("runtime", "device", "batch_size", "part_size", "embeddings",
@@ -75,9 +74,3 @@ def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, op
             for number, predictions, rejected in zip(batch[PART], batch["predictions"], batch["rejected"], strict=True):
                 yield ScoredPart(int(number), pl.read_ipc(io.BytesIO(bytes(predictions))), pl.read_ipc(io.BytesIO(bytes(rejected))))
                 bar.update(sizes[int(number)])
-
-
-def _cores() -> int:
-    """This machine's cores available to this process (the local cluster's CPUs)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
