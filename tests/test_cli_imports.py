@@ -68,3 +68,11 @@ def test_baselines_import_no_deep_learning(sample) -> None:
                                    "--image-dir", sample.image_dir, "--pixel-size", "4", "--json")
     assert heavy == ["sklearn", "pandera", "pandas", "scipy"]
     assert json.loads(printed)["image"]["test_photos"] > 0
+
+
+def test_the_predict_workflow_imports_nothing_heavy() -> None:
+    """``fbml predict``'s modules (streamed cleaning, photo decoding, the bundle's prediction path) import no heavy
+    library: loading the bundle imports its runtime alone (a whole run on each runtime: ``tests/test_predict.py``)."""
+    code = f"import sys, fbml.workflows.predict; print(sorted(set({HEAVY!r}) & {{name.split('.')[0] for name in sys.modules}}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert done.stdout.strip() == "[]"

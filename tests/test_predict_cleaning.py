@@ -80,7 +80,8 @@ def rejected_frames(draw: st.DrawFn) -> pl.DataFrame:
     frame = pl.DataFrame(rows, schema=REJECTED_SCHEMA)
     if draw(st.integers(0, 9)) == 0:
         name = draw(st.sampled_from(frame.columns))
-        frame = frame.with_columns(pl.col(name).cast(draw(st.sampled_from([pl.Int32, pl.String, pl.Categorical])), strict=False))
+        other = [pl.Int32, pl.Float64, pl.String] if name == "source_row" else [pl.Categorical, pl.Null]
+        frame = frame.with_columns(pl.col(name).cast(draw(st.sampled_from(other)), strict=False))
     columns = list(frame.columns)
     if draw(st.integers(0, 9)) == 0:
         columns = draw(st.permutations(columns))
