@@ -26,7 +26,7 @@ from PIL import Image
 from test_app import (
     CATALOGUE_SIZE,
     CATEGORIES,
-    INDEX_WEIGHTS,
+    INDEX_RECIPE,
     MAX_PIXELS,
     catalogue_photo,
     direct,
@@ -194,7 +194,7 @@ def test_a_bundle_without_a_predictor_says_so(bundle: Bundle) -> None:
 def test_the_listing_vector_of_a_query_is_its_index_vector(bundle: Bundle) -> None:
     """Index weights all non-zero (text, photo and classes all count; the bundle predicts no subcategory): a
     catalogue listing's text and photo, embedded as a query, give the vector the index holds for it."""
-    assert bundle.subcategories is None and min(INDEX_WEIGHTS.text, INDEX_WEIGHTS.image, INDEX_WEIGHTS.classes) > 0
+    assert bundle.subcategories is None and min(INDEX_RECIPE.weights.text, INDEX_RECIPE.weights.image, INDEX_RECIPE.weights.classes) > 0
     index = bundle.search_index()
     for product in range(CATALOGUE_SIZE):
         photo = catalogue_photo(product)

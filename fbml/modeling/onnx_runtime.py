@@ -60,11 +60,7 @@ class OnnxModel:
 
 def onnx_model(kind: str, graph: OnnxGraph, *, threads: int | None = None) -> OnnxModel:
     """A session over ``graph`` on the CPU; ``FbmlError`` when the graph is not what a ``kind`` network exports,
-    or names tensor data outside itself (ONNX Runtime would read it from a path relative to the working folder).
-
-    Its threads wait for work asleep, not spinning: between runs the caller does Python work (texts, photos,
-    answers) that spinning threads took cores from (``fbml predict`` on a busy two-core machine ran 1.5x slower
-    on two spinning threads than on one)."""
+    or names tensor data outside itself (ONNX Runtime would read it from a path relative to the working folder)."""
     import onnxruntime
 
     if graph.inputs != INPUTS[kind] or graph.outputs != OUTPUTS:
@@ -74,7 +70,6 @@ def onnx_model(kind: str, graph: OnnxGraph, *, threads: int | None = None) -> On
     options = onnxruntime.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = onnxruntime.InferenceSession(graph.content, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own kinds for a graph it cannot load
