@@ -212,6 +212,19 @@ catalogue_rows = st.fixed_dictionaries(
 )
 
 
+def reshaped(draw: st.DrawFn, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` now and then with its columns reordered, one dropped or an extra one inserted."""
+    columns = list(frame.columns)
+    if draw(st.integers(0, 9)) == 0:
+        columns = draw(st.permutations(columns))
+    if draw(st.integers(0, 9)) == 0:
+        columns.remove(draw(st.sampled_from(columns)))
+    frame = frame.select(columns)
+    if draw(st.integers(0, 9)) == 0:
+        frame = frame.insert_column(draw(st.integers(0, frame.width)), pl.Series("extra", [1] * frame.height))
+    return frame
+
+
 @st.composite
 def catalogue_frames(draw: st.DrawFn) -> pl.DataFrame:
     """Mostly catalogues of the right columns and dtypes with bad values; sometimes a wrong dtype, a column
@@ -226,15 +239,7 @@ def catalogue_frames(draw: st.DrawFn) -> pl.DataFrame:
     dtypes = {name: draw(st.sampled_from(choices) if draw(st.integers(0, 9)) == 0 else st.just(choices[0]))
               for name, choices in CATALOGUE_DTYPES.items()}
     frame = frame.with_columns(pl.col(name).cast(dtype, strict=False) for name, dtype in dtypes.items())
-    columns = list(frame.columns)
-    if draw(st.integers(0, 9)) == 0:
-        columns = draw(st.permutations(columns))
-    if draw(st.integers(0, 9)) == 0:
-        columns.remove(draw(st.sampled_from(columns)))
-    frame = frame.select(columns)
-    if draw(st.integers(0, 9)) == 0:
-        frame = frame.insert_column(draw(st.integers(0, frame.width)), pl.Series("extra", [1] * frame.height))
-    return frame
+    return reshaped(draw, frame)
 
 
 def contract_outcome(check: Callable[[], object]) -> tuple[str, str, str | None, str] | None:

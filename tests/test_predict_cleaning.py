@@ -5,13 +5,11 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 from contracts import Rejected
 from contracts.rules import REJECTED_SCHEMA
-from fbml.errors import ContractError
 from fbml.sample.marketplace import write_raw_table
 from fbml.tables.clean import CleanTables, clean_tables
 from fbml.tables.streaming import RawTables, streamed_tables
@@ -19,6 +17,8 @@ from fbml.tables.validation import rejected_checked, validated
 from fbml.testing import raw_images, raw_products
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from test_contracts import contract_outcome, reshaped
 
 
 def assert_same_tables(streamed: CleanTables, eager: CleanTables) -> None:
@@ -82,23 +82,7 @@ def rejected_frames(draw: st.DrawFn) -> pl.DataFrame:
         name = draw(st.sampled_from(frame.columns))
         other = [pl.Int32, pl.Float64, pl.String] if name == "source_row" else [pl.Categorical, pl.Null]
         frame = frame.with_columns(pl.col(name).cast(draw(st.sampled_from(other)), strict=False))
-    columns = list(frame.columns)
-    if draw(st.integers(0, 9)) == 0:
-        columns = draw(st.permutations(columns))
-    if draw(st.integers(0, 9)) == 0:
-        columns.remove(draw(st.sampled_from(columns)))
-    frame = frame.select(columns)
-    if draw(st.integers(0, 9)) == 0:
-        frame = frame.insert_column(draw(st.integers(0, frame.width)), pl.Series("extra", [1] * frame.height))
-    return frame
-
-
-def contract_outcome(check: Callable[[], object]) -> tuple[str, str, str | None, str] | None:
-    try:
-        check()
-    except ContractError as error:
-        return str(error), error.contract, error.column, error.check
-    return None
+    return reshaped(draw, frame)
 
 
 @settings(max_examples=300, deadline=None)
