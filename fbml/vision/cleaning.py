@@ -202,9 +202,12 @@ def _draft_request(size: tuple[int, int], longest: int) -> tuple[int, int]:
 
 
 def _letterbox(image: Image.Image, size: int) -> Image.Image:
-    """`image` scaled to fit and centred on a fresh black `size` x `size` RGB square."""
+    """`image` scaled to fit (bicubic) and centred on a fresh black `size` x `size` RGB square.
+
+    Bicubic, as Pillow's ``thumbnail``: on the sample's photos that need a resize it costs 6.4 ms a photo against
+    Lanczos' 8.6 ms, 0.58 grey levels apart on average (``benchmarks/bench_images.py`` checks the difference)."""
     fitted_size = _fitted_size(image.size, size)
-    fitted = image if image.size == fitted_size else image.resize(fitted_size, Image.Resampling.LANCZOS)
+    fitted = image if image.size == fitted_size else image.resize(fitted_size, Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (size, size))
     canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
     return canvas
