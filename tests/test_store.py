@@ -1558,6 +1558,27 @@ def subcategory_model() -> SubcategoryModel:
     return model
 
 
+def test_best_within_picks_each_rows_first_best_child_of_its_category_and_none_without_children() -> None:
+    """The batch answer equals the row-by-row one: among the predicted category's subcategories (in codec order,
+    so a tie goes to the first), the largest joint value; a category with no subcategory ("phones", whose paths
+    have one level) gives None."""
+    texts, labels = linear_texts()
+    paths = pl.Series([CLASSES[label] if CLASSES[label] == "phones" else f"{CLASSES[label]} / {row % 2} / x"
+                       for row, label in enumerate(labels)])  # fmt: skip
+    model = fit_subcategory_model(texts, paths, CODEC, options=LINEAR, seed=0)
+    assert model is not None
+    generator = np.random.default_rng(0)
+    joint = generator.integers(0, 3, (64, model.num_classes)).astype(np.float32)  # small integers: many ties
+    predicted = generator.integers(0, len(CLASSES), 64)
+    expected: list[tuple[str, float] | None] = []
+    for row, category in zip(joint, predicted.tolist(), strict=True):
+        children = [index for index, name in enumerate(model.codec.classes) if name.split(" / ")[0] == CLASSES[category]]
+        best = max(children, key=lambda index: (row[index], -index)) if children else None
+        expected.append(None if best is None else (model.codec.classes[best], float(row[best])))
+    assert model.best_within(CODEC, predicted, joint) == expected
+    assert any(answer is None for answer in expected) and any(answer is not None for answer in expected)
+
+
 def test_the_subcategory_model_round_trips_and_is_checked_on_load(tmp_path: Path) -> None:
     """Saved with its codec and arrays, loaded to the same probabilities; a subcategory of a category the codec
     lacks, or a model of another width than its codec, is refused in one line."""
@@ -1588,6 +1609,8 @@ def test_a_subcategory_is_a_child_of_the_predicted_category_with_the_joint_proba
     probabilities = np.full((1, model.num_classes), 1 / model.num_classes, np.float32)
     joint = model.joint(CODEC, category, probabilities)
     assert joint.sum() == pytest.approx(1.0)
-    name, value = model.best_within(CODEC, "books", joint[0])
+    [books] = model.best_within(CODEC, CODEC.encode(["books"]), joint)
+    assert books is not None
+    name, value = books
     assert name.startswith("books / ") and value == pytest.approx(0.75 / 2)
-    assert model.best_within(CODEC, "chairs", np.zeros(model.num_classes)) is not None
+    assert model.best_within(CODEC, CODEC.encode(["chairs"]), np.zeros((1, model.num_classes)))[0] is not None

@@ -192,12 +192,12 @@ def predictions(bundle: Bundle, probabilities: np.ndarray, role: Role, subcatego
     """Each row of ``role``'s probabilities as a ``Prediction``, with its most likely subcategory within the
     predicted category when ``subcategories`` (``Bundle.subcategory_joint``) are given."""
     classes = bundle.codec.classes
+    predicted = np.argmax(probabilities, axis=1)
+    best: list[tuple[str, float] | None] = [None] * len(probabilities)
+    if subcategories is not None and bundle.subcategories is not None:
+        best = bundle.subcategories.best_within(bundle.codec, predicted, subcategories)
     found = []
-    for row, values in enumerate(probabilities):
-        category = classes[int(np.argmax(values))]
-        best = None
-        if subcategories is not None and bundle.subcategories is not None:
-            best = bundle.subcategories.best_within(bundle.codec, category, subcategories[row])
-        found.append(Prediction(category, dict(zip(classes, map(float, values), strict=True)), role, bundle.model_version,
-                                *(best or (None, None))))  # fmt: skip
+    for values, index, subcategory in zip(probabilities, predicted.tolist(), best, strict=True):
+        found.append(Prediction(classes[index], dict(zip(classes, map(float, values), strict=True)), role, bundle.model_version,
+                                *(subcategory or (None, None))))  # fmt: skip
     return found

@@ -78,14 +78,15 @@ class SubcategoryModel:
         conditional = probabilities / np.where(within[:, parents] > 0, within[:, parents], 1.0)
         return np.asarray(category_probabilities[:, parents] * conditional, np.float32)
 
-    def best_within(self, categories: LabelCodec, category: str, joint_row: np.ndarray) -> tuple[str, float] | None:
-        """The most likely subcategory of ``category`` and its joint probability; None when it has none."""
+    def best_within(self, categories: LabelCodec, predicted: np.ndarray, joint: np.ndarray) -> list[tuple[str, float] | None]:
+        """Per listing, the most likely subcategory of its ``predicted`` category (indices into ``categories``) and its
+        joint probability (a row of ``joint``); None for a listing whose category has no subcategory."""
         parents = _parent_indices(self.codec, categories)
-        children = np.flatnonzero(parents == categories.encode([category])[0])
-        if children.size == 0:
-            return None
-        best = int(children[np.argmax(joint_row[children])])
-        return self.codec.classes[best], float(joint_row[best])
+        children = parents[np.newaxis, :] == np.asarray(predicted, np.int64)[:, np.newaxis]
+        best = np.argmax(np.where(children, joint, -np.inf), axis=1)
+        values = joint[np.arange(joint.shape[0]), best]
+        return [(self.codec.classes[index], float(value)) if has else None
+                for index, value, has in zip(best.tolist(), values.tolist(), children.any(axis=1).tolist(), strict=True)]
 
 
 def fit_subcategory_model(texts: Sequence[str], paths: pl.Series, categories: LabelCodec, *,
