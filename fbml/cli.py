@@ -234,7 +234,9 @@ def _run_predict(args: argparse.Namespace) -> None:
         # Workers run this interpreter, not a fresh `uv run` environment each (set it to 1 to have them).
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     threads = args.threads or available_cores()
-    if args.runtime == "torch" and args.engine == "polars":
+    if args.runtime == "torch" and args.engine == "polars" and args.threads:
+        # Asked for: set here (torch is imported for it). Else torch keeps its own choice, one per core, and is
+        # imported where the bundle loads, beside the cleaning of the tables.
         from fbml.modeling.torch_runtime import set_threads
 
         set_threads(threads)
@@ -247,9 +249,12 @@ def _run_predict(args: argparse.Namespace) -> None:
 
 def _runtime_device(runtime: str, device: str) -> str:
     """Where ``runtime`` runs the networks: torch on ``device`` resolved (``auto``: CUDA when present), ONNX Runtime
-    on the CPU (``auto``), or on what was asked (which loading the bundle refuses). torch is imported only for torch."""
+    on the CPU (``auto``), or on what was asked (which loading the bundle refuses). torch is imported only for torch
+    on another device than ``cpu``."""
     if runtime == "onnx":
         return "cpu" if device == "auto" else device
+    if device == "cpu":
+        return device  # always there: nothing to import torch for
     from fbml.modeling.devices import resolve_device
 
     return str(resolve_device(device))

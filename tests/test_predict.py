@@ -21,13 +21,14 @@ import numpy as np
 import polars as pl
 import pytest
 from contracts.bundle import Role
-from fbml.bundle.store import load_bundle
+from fbml.bundle.store import load_bundle, read_manifest, save_bundle
 from fbml.cli import main
 from fbml.modeling.metrics import group_means, per_product, product_means
 from fbml.tables.clean import clean_tables
 from fbml.text.listings import listing_texts
 from fbml.workflows.evaluate import evaluations
-from fbml.workflows.predict import PARTS, STATE, Decoding, PredictOptions, catalogue
+from fbml.errors import FbmlError
+from fbml.workflows.predict import PARTS, STATE, Decoding, PredictOptions, catalogue, scoring_roles
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -222,6 +223,44 @@ def test_the_onnx_runtime_gives_the_torch_answers(predicted: Path, market, onnx_
     onnx, torch_rows = pl.read_parquet(tmp_path / "out" / "predictions.parquet"), pl.read_parquet(predicted / "predictions.parquet")
     assert onnx.select("product_id", "role", "category").equals(torch_rows.select("product_id", "role", "category"))
     np.testing.assert_allclose(onnx["probability"].to_numpy(), torch_rows["probability"].to_numpy(), rtol=0, atol=1e-4)
+
+
+def test_a_run_loads_only_the_predictors_it_uses_and_answers_as_the_whole_bundle(predicted: Path, market, trained,
+                                                                                    tmp_path: Path) -> None:  # noqa: F811
+    """Without photos a run needs the text predictor alone, with photos the combined one too, with embeddings all;
+    a bundle loaded with some roles holds their models only, no index or profile, answers as the whole bundle
+    does, and cannot be saved. A texts-only run writes the rows the full run wrote for products without photos."""
+    manifest = read_manifest(trained["bundle"])
+    assert scoring_roles(manifest, photos=False, embeddings=False) == {Role.TEXT}
+    assert scoring_roles(manifest, photos=True, embeddings=False) == {Role.TEXT, Role.COMBINED}
+    assert scoring_roles(manifest, photos=True, embeddings=True) is None
+    whole = load_bundle(trained["bundle"])
+    text_only = load_bundle(trained["bundle"], roles=[Role.TEXT])
+    assert set(text_only.predictors) == {Role.TEXT} and text_only.partial and not whole.partial
+    assert set(text_only.models) == {member for member, _ in whole.predictor(Role.TEXT).ensemble.members}
+    assert text_only.index is None and text_only.profile is None and text_only.subcategories is not None
+    assert whole.index is not None and whole.profile is not None
+    assert text_only.model_version == whole.model_version
+    texts = ["Oak dining table and four chairs", "Crème brûlée dish set, Le Creuset", "Mountain bike, 21 gears"]
+    assert text_only.predict_many(texts=texts) == whole.predict_many(texts=texts)
+    with pytest.raises(FbmlError, match="load it whole to save it"):
+        save_bundle(text_only, tmp_path / "copy")
+    with pytest.raises(FbmlError, match="unknown predictor 'photo'"):
+        load_bundle(trained["bundle"], roles=["photo"])
+    lacking = tmp_path / "lacking"
+    shutil.copytree(trained["bundle"], lacking)
+    content = json.loads((lacking / "bundle.json").read_text())
+    del content["predictors"]["image"]
+    (lacking / "bundle.json").write_text(json.dumps(content))
+    with pytest.raises(FbmlError, match="the bundle has no image predictor"):
+        load_bundle(lacking, roles=[Role.IMAGE, Role.TEXT])
+    out = tmp_path / "texts"
+    assert main(["predict", str(trained["bundle"]), "--products", str(market["products"]), "--out", str(out), "--device", "cpu",
+                 "--part-size", str(PART_SIZE), "--threads", "1"]) == 0  # fmt: skip
+    texts_run = pl.read_parquet(out / "predictions.parquet")
+    full = pl.read_parquet(predicted / "predictions.parquet").filter(pl.col("role") == "text")
+    assert (texts_run["role"] == "text").all() and full.height > 0
+    assert texts_run.filter(pl.col("product_id").is_in(full["product_id"].implode())).equals(full)
 
 
 def test_embeddings_are_the_bundles_listing_vectors(market, trained, tables, tmp_path: Path) -> None:  # noqa: F811

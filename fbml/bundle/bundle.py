@@ -113,6 +113,9 @@ class Bundle:
     subcategories: SubcategoryModel | None = None
     profile: Profile | None = None
     """What the training listings looked like (``fbml monitor`` compares new ones with it); None in older bundles."""
+    partial: bool = attrs.field(default=False, kw_only=True)
+    """Loaded with only some roles (``load_bundle(roles=...)``): without the other models, the index and the
+    profile; it cannot be saved."""
 
     # --- the prediction path ------------------------------------------------------------------------------
 

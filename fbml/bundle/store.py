@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from contracts.bundle import (
 )
 
 from fbml.bundle.arrays import finite, plain_array
-from fbml.bundle.bundle import Bundle, BundleModel, Predictor
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor, checked_role
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.profile import profile_from_json, profile_to_json
@@ -89,6 +89,8 @@ def save_bundle(bundle: Bundle, path: Path) -> None:
 
 
 def _save(bundle: Bundle, path: Path) -> None:
+    if bundle.partial:
+        raise FbmlError(f"{path}: a bundle loaded with only some roles lacks the rest of its models; load it whole to save it")
     manifest = Manifest(
         format=BUNDLE_FORMAT,
         codec=_write_json(path, "codec", bundle.codec.to_json()),
@@ -104,7 +106,8 @@ def _save(bundle: Bundle, path: Path) -> None:
     _remove_unreferenced(path, manifest)
 
 
-def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device: str = "cpu", onnx_threads: int | None = None) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device: str = "cpu", onnx_threads: int | None = None,
+                roles: Collection[Role | str] | None = None) -> Bundle:  # fmt: skip
     """Read and check a bundle: every file present and unchanged, every model fitting the codec. Its
     ``model_version`` is the SHA-256 of the manifest read (which names every other file by its own SHA-256).
 
@@ -113,6 +116,9 @@ def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device:
     ``device``: where the torch runtime's networks run (``cpu``, ``cuda[:N]``, ``mps``, ``auto``).
     ``onnx_threads``: each ONNX Runtime session's intra-op threads (default: ONNX Runtime's own choice; torch's
     threads are the process's, its owner sets them).
+    ``roles``: load only these predictors, the models they use and the subcategory model, without the index and
+    the training profile: what a job that only predicts needs. Such a bundle is ``partial`` and cannot be saved.
+    Default: the whole bundle.
     """
     folder = Path(path)
     if runtime not in RUNTIMES:
@@ -121,8 +127,9 @@ def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device:
         raise FbmlError(f"the onnx runtime runs on the CPU, not {device}")
     if not folder.is_dir():
         raise FbmlError(f"{folder}: not a bundle (no such folder)" if not folder.exists() else f"{folder}: not a bundle (not a folder)")
+    wanted = None if roles is None else frozenset(checked_role(role) for role in roles)
     with bundle_files(folder, shared=True):
-        bundle = _load(folder, runtime, onnx_threads)
+        bundle = _load(folder, runtime, onnx_threads, wanted)
     return bundle if device == "cpu" else _on_device(bundle, device)
 
 
@@ -139,21 +146,36 @@ def _on_device(bundle: Bundle, device: str) -> Bundle:
     return bundle
 
 
-def _load(path: Path, runtime: str, onnx_threads: int | None) -> Bundle:
+def _load(path: Path, runtime: str, onnx_threads: int | None, roles: frozenset[Role] | None) -> Bundle:
     content = manifest_bytes(path)
     manifest = parsed_manifest(path, content)
+    whole = roles is None
+    predictor_entries, model_entries = (manifest.predictors, manifest.models) if roles is None else _chosen(path, manifest, roles)
     codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
-    image = None if manifest.image is None else _read_image(path, manifest.image, check_backbone=runtime == "torch")
+    reads_photos = any(kind.reads_photos for kind in model_entries)
+    image = None if manifest.image is None else _read_image(path, manifest.image, check_backbone=runtime == "torch" and (whole or reads_photos))
     text = None if manifest.text is None else _read_text(path, manifest.text)
-    models = {kind: _read_model(path, kind, entry, codec, text, runtime, onnx_threads) for kind, entry in manifest.models.items()}
-    predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in manifest.predictors.items()}
-    index = None if manifest.index is None else _read_index(path, manifest.index)
-    profile = None if manifest.profile is None else _read(path, manifest.profile, "training profile", profile_from_json)
+    models = {kind: _read_model(path, kind, entry, codec, text, runtime, onnx_threads) for kind, entry in model_entries.items()}
+    predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in predictor_entries.items()}
+    index = None if manifest.index is None or not whole else _read_index(path, manifest.index)
+    profile = None if manifest.profile is None or not whole else _read(path, manifest.profile, "training profile", profile_from_json)
     shared = sharing_backbones(models) if runtime == "torch" else models
     subcategories = None if manifest.subcategories is None else _read_subcategories(path, manifest.subcategories, codec)
-    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories, profile)
+    bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories, profile,
+                    partial=not whole)  # fmt: skip
     _check_settings(path, bundle)
     return bundle
+
+
+def _chosen(path: Path, manifest: Manifest, roles: frozenset[Role]) -> tuple[dict[Role, PredictorEntry], dict[ModelKind, ModelEntry]]:
+    """The manifest's entries of the predictors ``roles`` and of the models they use; ``FbmlError`` for a role
+    the bundle has no predictor for."""
+    missing = sorted(roles - set(manifest.predictors))
+    if missing:
+        raise FbmlError(f"{path}: the bundle has no {' or '.join(missing)} predictor (it has: {', '.join(manifest.predictors) or 'none'})")
+    predictors = {role: entry for role, entry in manifest.predictors.items() if role in roles}
+    used = {member.model for entry in predictors.values() for member in entry.members}
+    return predictors, {kind: entry for kind, entry in manifest.models.items() if kind in used}
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 import numpy as np
 import polars as pl
+from contracts.bundle import Manifest, Role
 from tqdm import tqdm
 
 from fbml.bundle.bundle import Bundle
@@ -299,7 +300,9 @@ def predict_catalogue(
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-load") as loader, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode") as pool:  # fmt: skip
-        loading = loader.submit(batch_bundle, bundle_dir, options)
+        roles = scoring_roles(read_manifest(bundle_dir), photos=images is not None and image_dir is not None,
+                              embeddings=options.embeddings)  # fmt: skip
+        loading = loader.submit(batch_bundle, bundle_dir, options, roles)
         scored_catalogue = catalogue(products, images, image_dir, scratch=out, part_size=options.part_size)
         first = _first_to_score(out, scored_catalogue, resume=resume)
         decoding = Decoding.early(bundle_dir, scored_catalogue, options, pool, first) if engine == "polars" else None
@@ -315,7 +318,7 @@ def predict_catalogue(
             if engine == "ray":
                 from fbml.workflows.predict_ray import ray_scored
 
-                scored: Iterable[ScoredPart] = ray_scored(bundle_dir, todo, scored_catalogue, options, address=address, bar=bar)
+                scored: Iterable[ScoredPart] = ray_scored(bundle_dir, todo, scored_catalogue, options, roles, address=address, bar=bar)
             else:
                 assert decoding is not None
                 scored = locally_scored(bundle, todo, scored_catalogue, options, bar, decoding.for_bundle(bundle, scored_catalogue))
@@ -336,9 +339,24 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def batch_bundle(bundle_dir: Path, options: PredictOptions) -> Bundle:
-    """The bundle loaded for ``options``' runtime and device, its ONNX sessions (if any) on ``options.threads``."""
-    return load_bundle(bundle_dir, runtime=options.runtime, device=options.device, onnx_threads=options.threads)
+def scoring_roles(manifest: Manifest, *, photos: bool, embeddings: bool) -> frozenset[Role] | None:
+    """The predictors a run uses (``Roles.of`` picks them from what is loaded): ``text`` for products without
+    photos; ``combined``, else ``image``, for those with photos when the run reads photos (or when the bundle has
+    no text predictor). None, the whole bundle, with ``embeddings`` (a listing's vector needs every model) or
+    when the bundle has none of these predictors (loading it whole says so)."""
+    if embeddings:
+        return None
+    chosen = {Role.TEXT} & set(manifest.predictors)
+    photo = next((role for role in (Role.COMBINED, Role.IMAGE) if role in manifest.predictors), None)
+    if photo is not None and manifest.image is not None and (photos or not chosen):
+        chosen.add(photo)
+    return frozenset(chosen) or None
+
+
+def batch_bundle(bundle_dir: Path, options: PredictOptions, roles: frozenset[Role] | None) -> Bundle:
+    """The bundle loaded with the predictors ``roles`` (None: whole) for ``options``' runtime and device, its ONNX
+    sessions (if any) on ``options.threads``."""
+    return load_bundle(bundle_dir, runtime=options.runtime, device=options.device, onnx_threads=options.threads, roles=roles)
 
 
 def assembled(out: Path, catalogue: Catalogue, *, resumed: int = 0) -> PredictSummary:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from contracts.bundle import Role
 from tqdm import tqdm
 
 from fbml.tables.ray_engine import ray_cluster
@@ -30,9 +31,10 @@ from fbml.workflows.predict_parts import PART, Part, ScoredPart, Sources, decode
 class PartScorer:
     """A Ray actor's state: the bundle and the listed photo folder, loaded once; called with a batch of parts."""
 
-    def __init__(self, bundle_dir: str, image_dir: str | None, options: dict[str, Any], sources: tuple[str, str]) -> None:
+    def __init__(self, bundle_dir: str, image_dir: str | None, options: dict[str, Any], sources: tuple[str, str],
+                 roles: list[str] | None) -> None:  # fmt: skip
         self.options = PredictOptions(**options)
-        self.bundle = batch_bundle(Path(bundle_dir), self.options)
+        self.bundle = batch_bundle(Path(bundle_dir), self.options, None if roles is None else frozenset(map(Role, roles)))
         reads_photos = image_dir is not None and self.bundle.image is not None
         self.folder = PhotoFolder.listed(Path(image_dir)) if reads_photos and image_dir is not None else None
         self.sources = Sources(*sources)
@@ -52,7 +54,7 @@ class PartScorer:
         return answer
 
 
-def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, options: PredictOptions, *,
+def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, options: PredictOptions, roles: frozenset[Role] | None, *,
                address: str | None, bar: tqdm[Any]) -> Iterator[ScoredPart]:  # fmt: skip
     """Each part scored by a pool of actors on the cluster at ``address`` (or a local one started for the run),
     as they finish."""
@@ -68,7 +70,8 @@ def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, op
         scored = dataset.map_batches(
             PartScorer, batch_size=1, batch_format="numpy", concurrency=actors, num_cpus=1,
             fn_constructor_kwargs={"bundle_dir": str(bundle_dir.resolve()), "image_dir": image_dir, "options": options_json,
-                                   "sources": (catalogue.sources.products, catalogue.sources.photos)},
+                                   "sources": (catalogue.sources.products, catalogue.sources.photos),
+                                   "roles": None if roles is None else sorted(roles)},
         )  # fmt: skip
         for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
             for number, predictions, rejected in zip(batch[PART], batch["predictions"], batch["rejected"], strict=True):
