@@ -23,11 +23,11 @@ import pytest
 from contracts.bundle import Role
 from fbml.bundle.store import load_bundle, read_manifest, save_bundle
 from fbml.cli import main
+from fbml.errors import FbmlError
 from fbml.modeling.metrics import group_means, per_product, product_means
 from fbml.tables.clean import clean_tables
 from fbml.text.listings import listing_texts
 from fbml.workflows.evaluate import evaluations
-from fbml.errors import FbmlError
 from fbml.workflows.predict import PARTS, STATE, Decoding, PredictOptions, catalogue, scoring_roles
 from hypothesis import given
 from hypothesis import strategies as st
@@ -226,7 +226,7 @@ def test_the_onnx_runtime_gives_the_torch_answers(predicted: Path, market, onnx_
 
 
 def test_a_run_loads_only_the_predictors_it_uses_and_answers_as_the_whole_bundle(predicted: Path, market, trained,
-                                                                                    tmp_path: Path) -> None:  # noqa: F811
+                                                                                    tmp_path: Path) -> None:
     """Without photos a run needs the text predictor alone, with photos the combined one too, with embeddings all;
     a bundle loaded with some roles holds their models only, no index or profile, answers as the whole bundle
     does, and cannot be saved. A texts-only run writes the rows the full run wrote for products without photos."""
