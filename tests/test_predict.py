@@ -225,8 +225,7 @@ def test_the_onnx_runtime_gives_the_torch_answers(predicted: Path, market, onnx_
     np.testing.assert_allclose(onnx["probability"].to_numpy(), torch_rows["probability"].to_numpy(), rtol=0, atol=1e-4)
 
 
-def test_a_run_loads_only_the_predictors_it_uses_and_answers_as_the_whole_bundle(predicted: Path, market, trained,
-                                                                                    tmp_path: Path) -> None:
+def test_a_run_loads_only_the_predictors_it_uses_and_answers_as_whole(predicted: Path, market, trained, tmp_path: Path) -> None:  # noqa: F811
     """Without photos a run needs the text predictor alone, with photos the combined one too, with embeddings all;
     a bundle loaded with some roles holds their models only, no index or profile, answers as the whole bundle
     does, and cannot be saved. A texts-only run writes the rows the full run wrote for products without photos."""
