@@ -7,7 +7,8 @@ sample marketplace the small bundle is trained on):
 - the model: ``Bundle.predict_many`` here, batches of 32: photos (``combined``, each with its product's text,
   given decoded: the yardstick is the model, not the JPEG decoder) and texts (``text``); torch, then ONNX;
 - the batch job: ``fbml predict`` in a fresh process over the whole catalogue (photos per second of wall time),
-  and over the products table alone (texts per second), with ``--runtime torch`` and ``--runtime onnx``.
+  and over the products table alone (texts per second; ``--text-products``, else the catalogue's), with
+  ``--runtime torch`` and ``--runtime onnx``.
 
 It prints each rate's median [min-max] over the rounds, the machine's load (its 1-minute average) at the start and
 end of each round, and the paired ratios: process/model for photos and texts (target >= ``PROCESS_TARGET``) and
@@ -17,7 +18,7 @@ then rows/s of ``fbml predict`` on a ``--catalogue-products`` generated catalogu
 photos repeated under new ids; 0 skips it). The bundle (``--bundle``, else one trained here on the sample at 64 px)
 must have ONNX graphs (``fbml export-onnx``).
 
-    uv run python benchmarks/bench_batch.py [--bundle DIR --products P --images I --image-dir D] [--repeats 3]
+    uv run python benchmarks/bench_batch.py [--bundle DIR --products P --images I --image-dir D] [--text-products P] [--repeats 3]
         [--photos 512] [--api-seconds 10] [--catalogue-products 100000]
 """
 
@@ -77,11 +78,14 @@ def main() -> None:
             if args.products is None or args.images is None or args.image_dir is None:
                 raise SystemExit("--bundle needs --products, --images and --image-dir")
             bundle_dir, inputs = args.bundle, Inputs(args.products, args.images, args.image_dir)
-        photos, texts = model_inputs(bundle_dir, inputs, args.photos)
-        print(f"catalogue: {inputs.products}; model measured on {len(photos)} photos and {len(texts)} texts", flush=True)
+        text_inputs = inputs if args.text_products is None else attrs.evolve(inputs, products=args.text_products)
+        photos, texts = model_inputs(bundle_dir, inputs, text_inputs, args.photos)
+        print(f"catalogue: {inputs.products}, texts of {text_inputs.products}; model measured on {len(photos)} photos and "
+              f"{len(texts)} texts", flush=True)  # fmt: skip
         rounds = []
         for repeat in range(args.repeats):
-            found = one_round(bundle_dir, inputs, photos, texts, scratch / f"round-{repeat}", runtimes=RUNTIMES if repeat % 2 == 0 else RUNTIMES[::-1])
+            found = one_round(bundle_dir, inputs, text_inputs, photos, texts, scratch / f"round-{repeat}",
+                              runtimes=RUNTIMES if repeat % 2 == 0 else RUNTIMES[::-1])  # fmt: skip
             print(f"round {repeat + 1}: {found}", flush=True)
             rounds.append(found)
         print(summary(rounds))
@@ -103,6 +107,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--images", type=Path, default=None, help="with --bundle: the raw images table")
     parser.add_argument("--image-dir", type=Path, default=None, help="with --bundle: the photo folder")
     parser.add_argument("--sample-products", type=int, default=650, help="without --bundle: the sample's size (default 650)")
+    parser.add_argument("--text-products", type=Path, default=None,
+                        help="the raw products table the texts are scored from (default: the catalogue's)")
     parser.add_argument("--photos", type=int, default=512, help="photos (and texts) the model is timed on in-process (default 512)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load on the HTTP API (default 10; 0 skips it)")
@@ -131,9 +137,9 @@ def small_bundle(scratch: Path, products: int) -> tuple[Path, Inputs]:
     return scratch / "bundle", Inputs(sample.products_csv, sample.images_csv, scratch / "images")
 
 
-def model_inputs(bundle_dir: Path, inputs: Inputs, count: int) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+def model_inputs(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, count: int) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     """The first ``count`` photos of the catalogue, decoded as ``fbml predict`` decodes them, each with its
-    product's text; and the first ``count`` products' texts."""
+    product's text; and the first ``count`` texts of ``text_inputs``' products."""
     from fbml.bundle.store import load_bundle
     from fbml.tables.clean import clean_tables
     from fbml.text.listings import listing_texts
@@ -146,17 +152,17 @@ def model_inputs(bundle_dir: Path, inputs: Inputs, count: int) -> tuple[list[tup
     loaded = load_photos(manifest, inputs.image_dir, size=bundle.image.size, progress=False)
     decoded = manifest[loaded.rows]
     pairs = list(zip(listing_texts(decoded), (pixels.transpose(1, 2, 0) for pixels in loaded.pixels), strict=True))[:count]
-    return pairs, listing_texts(tables.cleaned.products.head(count))
+    return pairs, listing_texts(clean_tables(text_inputs.products).cleaned.products.head(count))
 
 
-def one_round(bundle_dir: Path, inputs: Inputs, photos: list[tuple[str, np.ndarray]], texts: list[str], scratch: Path, *,
-              runtimes: tuple[str, ...]) -> Round:  # fmt: skip
-    """Each runtime's model rates here and process rates in a fresh process."""
+def one_round(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, photos: list[tuple[str, np.ndarray]], texts: list[str],
+              scratch: Path, *, runtimes: tuple[str, ...]) -> Round:  # fmt: skip
+    """Each runtime's model rates here and process rates in a fresh process (texts: ``text_inputs``' products)."""
     from fbml.bundle.store import load_bundle
 
     found = Round({}, {}, {}, {}, [os.getloadavg()[0]])
     photo_count = _photo_rows(inputs)
-    text_count = _product_rows(inputs)
+    text_count = _product_rows(text_inputs)
     for runtime in runtimes:
         bundle = load_bundle(bundle_dir, runtime=runtime)
         bundle.predict_many(texts=[text for text, _ in photos[:BATCH]], images=[pixels for _, pixels in photos[:BATCH]],
@@ -168,7 +174,7 @@ def one_round(bundle_dir: Path, inputs: Inputs, photos: list[tuple[str, np.ndarr
         bundle.predict_many(texts=texts, role="text", batch_size=BATCH)
         found.model_texts[runtime] = len(texts) / (time.perf_counter() - started)
         found.process_photos[runtime] = photo_count / process_seconds(bundle_dir, inputs, scratch / f"photos-{runtime}", runtime=runtime)
-        found.process_texts[runtime] = text_count / process_seconds(bundle_dir, inputs, scratch / f"texts-{runtime}", runtime=runtime,
+        found.process_texts[runtime] = text_count / process_seconds(bundle_dir, text_inputs, scratch / f"texts-{runtime}", runtime=runtime,
                                                                     with_photos=False)  # fmt: skip
     found.load.append(os.getloadavg()[0])
     return found
