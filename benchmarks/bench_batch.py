@@ -19,7 +19,7 @@ photos repeated under new ids; 0 skips it). The bundle (``--bundle``, else one t
 must have ONNX graphs (``fbml export-onnx``).
 
     uv run python benchmarks/bench_batch.py [--bundle DIR --products P --images I --image-dir D] [--text-products P] [--repeats 3]
-        [--photos 512] [--api-seconds 10] [--catalogue-products 100000]
+        [--photos 512] [--texts 512] [--api-seconds 10] [--catalogue-products 100000]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
                 raise SystemExit("--bundle needs --products, --images and --image-dir")
             bundle_dir, inputs = args.bundle, Inputs(args.products, args.images, args.image_dir)
         text_inputs = inputs if args.text_products is None else attrs.evolve(inputs, products=args.text_products)
-        photos, texts = model_inputs(bundle_dir, inputs, text_inputs, args.photos)
+        photos, texts = model_inputs(bundle_dir, inputs, text_inputs, args.photos, args.texts)
         print(f"catalogue: {inputs.products}, texts of {text_inputs.products}; model measured on {len(photos)} photos and "
               f"{len(texts)} texts", flush=True)  # fmt: skip
         rounds = []
@@ -109,7 +109,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sample-products", type=int, default=650, help="without --bundle: the sample's size (default 650)")
     parser.add_argument("--text-products", type=Path, default=None,
                         help="the raw products table the texts are scored from (default: the catalogue's)")
-    parser.add_argument("--photos", type=int, default=512, help="photos (and texts) the model is timed on in-process (default 512)")
+    parser.add_argument("--photos", type=int, default=512, help="photos the model is timed on in-process (default 512)")
+    parser.add_argument("--texts", type=int, default=512, help="texts the model is timed on in-process (default 512)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load on the HTTP API (default 10; 0 skips it)")
     parser.add_argument("--catalogue-products", type=int, default=100_000,
@@ -137,9 +138,10 @@ def small_bundle(scratch: Path, products: int) -> tuple[Path, Inputs]:
     return scratch / "bundle", Inputs(sample.products_csv, sample.images_csv, scratch / "images")
 
 
-def model_inputs(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, count: int) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+def model_inputs(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, count: int,
+                 text_count: int) -> tuple[list[tuple[str, np.ndarray]], list[str]]:  # fmt: skip
     """The first ``count`` photos of the catalogue, decoded as ``fbml predict`` decodes them, each with its
-    product's text; and the first ``count`` texts of ``text_inputs``' products."""
+    product's text; and the first ``text_count`` texts of ``text_inputs``' products."""
     from fbml.bundle.store import load_bundle
     from fbml.tables.clean import clean_tables
     from fbml.text.listings import listing_texts
@@ -152,7 +154,7 @@ def model_inputs(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, count: i
     loaded = load_photos(manifest, inputs.image_dir, size=bundle.image.size, progress=False)
     decoded = manifest[loaded.rows]
     pairs = list(zip(listing_texts(decoded), (pixels.transpose(1, 2, 0) for pixels in loaded.pixels), strict=True))[:count]
-    return pairs, listing_texts(clean_tables(text_inputs.products).cleaned.products.head(count))
+    return pairs, listing_texts(clean_tables(text_inputs.products).cleaned.products.head(text_count))
 
 
 def one_round(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, photos: list[tuple[str, np.ndarray]], texts: list[str],
