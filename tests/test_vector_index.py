@@ -426,6 +426,9 @@ def test_additions_to_a_loaded_graph_are_patches_that_load_back_as_the_same_grap
     assert isinstance(again, HnswIndex) and again.graph_bytes() == grown.graph_bytes() and again.patches == grown.patches
     queries = clustered(50, seed=2)
     assert_same(again.search(queries, 10), grown.search(queries, 10))
+    for wrong in [{"graph_sha256": None}, {"patches": grown.patches[:1]}, {"patches": grown.patches[::-1]}]:
+        with pytest.raises(FbmlError, match=r"patches must follow a saved graph one after the other up to its 4301 nodes"):
+            attrs.evolve(grown, **wrong)
     whole = loaded.with_added(vectors[: int(PATCH_SHARE * 4000) + 1])
     assert whole.graph_sha256 is None and whole.patches == ()
     assert loaded.with_added(vectors[:0]) is loaded

@@ -208,7 +208,7 @@ def _check_chunks(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Chunk, 
 @attrs.frozen
 class Patch:
     """What linking graph nodes ``start`` to ``stop`` (exclusive) into an HNSW graph changed, saved as one ``.npy`` file
-    (``patch_array``) whose bytes have the SHA-256 ``sha256``; ``content`` holds them until a bundle does."""
+    (as ``_patch`` writes it) whose bytes have the SHA-256 ``sha256``; ``content`` holds them until a bundle does."""
 
     start: int
     stop: int
@@ -218,10 +218,10 @@ class Patch:
 
 def _check_patches(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Patch, ...]], patches: tuple[Patch, ...]) -> None:
     """Patches follow the saved graph (``graph_sha256``) one after the other up to the graph's nodes, none empty."""
-    stops = [patch.start for patch in patches[1:]]
-    if patches and (instance.graph_sha256 is None or [patch.stop for patch in patches[:-1]] != stops
-                    or patches[-1].stop != int(instance.index.ntotal) or any(p.start >= p.stop for p in patches)):  # fmt: skip
-        raise FbmlError(f"hnsw graph patches must follow a saved graph one after the other up to its {int(instance.index.ntotal)} nodes")
+    count = int(instance.index.ntotal)
+    in_turn = [patch.stop for patch in patches[:-1]] == [patch.start for patch in patches[1:]]
+    if patches and (instance.graph_sha256 is None or not in_turn or patches[-1].stop != count or any(p.start >= p.stop for p in patches)):
+        raise FbmlError(f"hnsw graph patches must follow a saved graph one after the other up to its {count} nodes")
 
 
 @attrs.frozen(eq=False)
@@ -414,30 +414,46 @@ class _StoredVectors:
 def _links(index: Any) -> np.ndarray:
     """A view of the links (int32 node ids, -1 for none) of an HNSW graph's nodes, layer by layer, as faiss holds them."""
     neighbours = index.hnsw.neighbors
-    return faiss_view(neighbours.data(), neighbours.size(), np.int32)
+    return _faiss_view(neighbours.data(), neighbours.size(), np.int32)
 
 
-def faiss_view(pointer: Any, size: int, dtype: type[np.generic]) -> np.ndarray:
+def _faiss_view(pointer: Any, size: int, dtype: type[np.generic]) -> np.ndarray:
     """A numpy view of ``size`` items of ``dtype`` at a faiss vector's ``data()`` (valid while the vector is unchanged)."""
     return _faiss().rev_swig_ptr(pointer, size) if size else np.zeros(0, dtype=dtype)
 
 
+@attrs.frozen
+class _PatchParts:
+    """A graph patch read (``_patch_parts``): it follows a graph of ``start`` nodes, and leaves ``entry`` the entry point
+    and ``top`` the top layer; ``levels`` and ``links`` are the new nodes', ``values`` the links at ``positions``."""
+
+    start: int
+    entry: int
+    top: int
+    levels: np.ndarray
+    positions: np.ndarray
+    values: np.ndarray
+    links: np.ndarray
+
+
 def _patch(before: Any, after: Any) -> Patch:
-    """The patch that turns graph ``before`` into ``after`` (``before`` with nodes linked in after its own)."""
+    """The patch that turns graph ``before`` into ``after`` (``before`` with nodes linked in after its own): one int64
+    ``.npy`` array of the node count before, the nodes added, the links changed, the entry point and top layer after,
+    then the new nodes' levels, the positions of the changed links among the graph's, their new values, and the new
+    nodes' links (``_patch_parts`` reads it)."""
     start, stop = int(before.ntotal), int(after.ntotal)
     old, new = _links(before), _links(after)
     positions = np.flatnonzero(old != new[: len(old)])
-    levels = faiss_view(after.hnsw.levels.data(), stop, np.int32)[start:]
+    levels = _faiss_view(after.hnsw.levels.data(), stop, np.int32)[start:]
     head = [start, stop - start, len(positions), int(after.hnsw.entry_point), int(after.hnsw.max_level)]
     content = npy_bytes(np.concatenate([head, levels, positions, new[positions], new[len(old) :]], dtype=np.int64))
     return Patch(start, stop, hashlib.sha256(content).hexdigest(), content)
 
 
-def patch_array(content: bytes, index: Any, number: int) -> np.ndarray:
-    """Patch ``number`` (its ``.npy`` bytes), checked against the graph ``index`` it follows: one int64 array of the
-    graph's node count before it, the nodes it adds, the links it changes, the entry point and top layer after it, then
-    the new nodes' levels, the positions of the changed links among the graph's, their new values, and the new nodes'
-    links; ``FbmlError`` saying what does not fit."""
+def _patch_parts(content: bytes, index: Any, number: int) -> _PatchParts:
+    """Patch ``number`` (its ``.npy`` bytes, as ``_patch`` writes them) checked against the graph ``index`` it follows:
+    ``FbmlError`` unless it follows the graph's node count, its levels are the graph's, it changes links the graph
+    holds, and every link it gives names a node of the graph patched (which ``check_graph`` then checks whole)."""
     try:
         array = plain_array(content, np.int64, 1)
     except FbmlError as error:
@@ -446,41 +462,37 @@ def patch_array(content: bytes, index: Any, number: int) -> np.ndarray:
     start, added, changed, entry, top = (int(value) for value in array[:5]) if len(array) >= 5 else (-1, 0, 0, 0, 0)
     if start != count or added < 1 or changed < 0 or len(array) < 5 + added + 2 * changed:
         raise FbmlError(f"hnsw graph patch {number} does not follow the graph's {count} nodes (or is cut short)")
-    levels = array[5 : 5 + added]
+    parts = _PatchParts(start, entry, top, *np.split(array[5:], np.cumsum([added, changed, changed])))
     cumulative = _faiss().vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64)
-    if levels.min() < 1 or levels.max() >= len(cumulative):
+    if parts.levels.min() < 1 or parts.levels.max() >= len(cumulative):
         raise FbmlError(f"hnsw graph patch {number} gives levels outside the graph's 1 to {len(cumulative) - 1}")
-    positions, values = array[5 + added : 5 + added + changed], array[5 + added + changed : 5 + added + 2 * changed]
-    links = array[5 + added + 2 * changed :]
-    if len(links) != int(cumulative[levels].sum()):
-        raise FbmlError(f"hnsw graph patch {number} holds {len(links)} links where its nodes' levels make {int(cumulative[levels].sum())}")
+    if len(parts.links) != int(cumulative[parts.levels].sum()):
+        raise FbmlError(f"hnsw graph patch {number} holds {len(parts.links)} links where its nodes' levels make "
+                        f"{int(cumulative[parts.levels].sum())}")
+    positions = parts.positions
     if changed and (positions[0] < 0 or positions[-1] >= int(hnsw.neighbors.size()) or not (np.diff(positions) > 0).all()):
         raise FbmlError(f"hnsw graph patch {number} changes links the graph does not hold")
     total = count + added
-    if any(len(part) and not -1 <= int(part.min()) <= int(part.max()) < total for part in (values, links)) or not (
-        -1 <= entry < total and 0 <= top < len(cumulative)
-    ):
+    named = [int(bound) for part in (parts.values, parts.links) if len(part) for bound in (part.min(), part.max())]
+    if not all(-1 <= node < total for node in (*named, entry)) or not 0 <= top < len(cumulative):
         raise FbmlError(f"hnsw graph patch {number} links nodes outside the graph's {total}")
-    return array
+    return parts
 
 
-def _apply_patch(index: Any, array: np.ndarray) -> None:
-    """Graph ``index`` patched in place by a checked ``patch_array`` (``check_graph`` checks the graph it makes)."""
-    hnsw = index.hnsw
-    count, added, changed, entry, top = (int(value) for value in array[:5])
-    levels, positions = array[5 : 5 + added], array[5 + added : 5 + added + changed]
-    values, links = array[5 + added + changed : 5 + added + 2 * changed], array[5 + added + 2 * changed :]
+def _apply_patch(index: Any, parts: _PatchParts) -> None:
+    """Graph ``index`` patched in place by a checked patch (``check_graph`` checks the graph it makes)."""
+    hnsw, count, added = index.hnsw, parts.start, len(parts.levels)
     cumulative = _faiss().vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64)
     held = int(hnsw.neighbors.size())
     hnsw.levels.resize(count + added)
-    faiss_view(hnsw.levels.data(), count + added, np.int32)[count:] = levels
+    _faiss_view(hnsw.levels.data(), count + added, np.int32)[count:] = parts.levels
     hnsw.offsets.resize(count + added + 1)
-    faiss_view(hnsw.offsets.data(), count + added + 1, np.uint64)[count + 1 :] = held + np.cumsum(cumulative[levels])
-    hnsw.neighbors.resize(held + len(links))
+    _faiss_view(hnsw.offsets.data(), count + added + 1, np.uint64)[count + 1 :] = held + np.cumsum(cumulative[parts.levels])
+    hnsw.neighbors.resize(held + len(parts.links))
     neighbours = _links(index)
-    neighbours[positions] = values
-    neighbours[held:] = links
-    hnsw.entry_point, hnsw.max_level = entry, top
+    neighbours[parts.positions] = parts.values
+    neighbours[held:] = parts.links
+    hnsw.entry_point, hnsw.max_level = parts.entry, parts.top
     index.ntotal = count + added
 
 
@@ -632,7 +644,7 @@ def _load_hnsw(
     saved = []
     for number, (patch, digest) in enumerate(patches):
         start = int(index.ntotal)
-        _apply_patch(index, patch_array(patch, index, number))
+        _apply_patch(index, _patch_parts(patch, index, number))
         saved.append(Patch(start, int(index.ntotal), digest))
     if chunks is not None:
         _attach_vectors(index, [vectors for vectors, _ in chunks])
