@@ -1,16 +1,16 @@
 """Adding listings to a bundle's HNSW index (``SearchIndex.with_listings``, what ``fbml index --add`` does once the
 new listings' vectors are made) against rebuilding the index over the same listings, each with the save of the
-bundle's index files (``save_bundle``: the graph's links, the vector and catalogue chunks the bundle lacks, manifest).
-An addition writes chunks of the new rows only; a rebuild writes every row's. The catalogues (polars frames made
-from Python lists, 2 s for the rebuild's 101,000 rows) are made before the timer starts: both start from one, as
-``fbml index`` does from its tables.
+bundle's index files (``save_bundle``: the graph's links or a patch of them, the vector and catalogue chunks the
+bundle lacks, manifest). An addition writes chunks of the new rows and a patch of the links it changed; a rebuild
+writes the graph and every row's. The catalogues (polars frames made from Python lists, 2 s for the rebuild's
+101,000 rows) are made before the timer starts: both start from one, as ``fbml index`` does from its tables.
 
     uv run python benchmarks/bench_index_update.py [--rows 100000] [--add 1000] [--dim 269] [--repeats 3]
 
 Synthetic unit vectors ``--dim`` wide (a listing vector of the default models: 128 text + 128 photo embedding +
 13 classes) in Gaussian clusters, a catalogue row each (with a category path and two photo ids). The base bundle
 is built, saved and read back once (not timed: what ``fbml index --add`` adds to is the index a load reads, its
-files' checksums known); each repeat adds ``--add`` fresh vectors to it, saved over a hard-linked copy of it, and
+files' checksums known, so an addition can patch its graph); each repeat adds ``--add`` fresh vectors to it, saved over a hard-linked copy of it, and
 rebuilds the index over the base's and those vectors into another copy (so neither finds the other's files),
 and prints add / rebuild. Target (issue 20): under 5%. The rebuild runs on every core (faiss' OpenMP) and much of the
 addition on one, so the ratio is highest on a quiet machine: give the load average with a figure.

@@ -218,6 +218,9 @@ class IndexEntry(Struct, frozen=True):
     catalogue_chunks: list[FileRef] | None = None
     """The catalogue's rows in order, in append-only chunks (each a JSON array of rows, as a ``catalogue`` file is):
     adding listings writes a chunk of the new rows. A bundle saved before them names one ``catalogue`` file."""
+    graph_patches: list[FileRef] | None = None
+    """What each addition since the ``graph`` file was written changed in the graph's links (``.npy`` int64), in
+    order: adding listings to a graph read from the bundle writes a patch, not the graph again."""
 
     def __post_init__(self) -> None:
         if (self.method == "hnsw") != (self.graph is not None):
@@ -228,6 +231,8 @@ class IndexEntry(Struct, frozen=True):
             raise ValueError("an exact index names its vectors file")
         if self.vector_chunks is not None and (self.graph is None or self.vectors is not None):
             raise ValueError("only an hnsw index names vector chunks, and then no vectors file")
+        if self.graph_patches is not None and self.vector_chunks is None:
+            raise ValueError("only an hnsw graph saved beside its vector chunks names graph patches")
         if (self.catalogue is None) == (self.catalogue_chunks is None):
             raise ValueError("an index names its catalogue file or its catalogue chunks, one of them")
 

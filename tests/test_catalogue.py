@@ -377,6 +377,56 @@ def test_a_bundle_whose_graph_holds_its_vectors_loads_and_saves_as_chunks(copy: 
     assert np.array_equal(load_bundle(copy).search_index().search(queries, 5)[0], index.search(queries, 5)[0])
 
 
+def test_additions_to_a_saved_graph_write_patches_and_load_back_as_the_graph_added_to(copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A graph read from the bundle is not written again by an addition (within ``PATCH_SHARE`` of its nodes): a patch
+    of the links it changed is, and the bundle loads back the very graph that was added to; a removal keeps both; past
+    the share, or saved into another folder, the graph is written whole."""
+    grown_hnsw(copy, [100])
+    graph = manifest_of(copy)["index"]["graph"]
+    assert manifest_of(copy)["index"]["graph_patches"] is None
+    written = (copy / graph["file"]).stat().st_ino
+    grown_hnsw(copy, [2])
+    bundle = load_bundle(copy)
+    added = bundle.search_index().with_listings(unit_vectors(3, bundle.search_index().dim, seed=8), new_rows(["a", "b", "c"]))
+    save_bundle(attrs.evolve(bundle, index=added), copy)
+    entry = manifest_of(copy)["index"]
+    assert entry["graph"] == graph and (copy / graph["file"]).stat().st_ino == written and len(entry["graph_patches"]) == 2
+    saved = load_bundle(copy).search_index()
+    assert isinstance(saved.engine, HnswIndex) and isinstance(added.engine, HnswIndex)
+    assert saved.engine.graph_bytes() == added.engine.graph_bytes() and saved == added
+    queries = unit_vectors(20, added.dim, seed=7)
+    for got, want in zip(saved.search(queries, 5), added.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(got, want)
+    remove_listings(copy, ["p0-1", "b"])
+    assert manifest_of(copy)["index"]["graph"] == graph and manifest_of(copy)["index"]["graph_patches"] == entry["graph_patches"]
+    assert every_answer(load_bundle(copy).search_index()).isdisjoint({"p0-1", "b"})
+    save_bundle(load_bundle(copy), tmp_path / "other")
+    assert manifest_of(tmp_path / "other")["index"]["graph_patches"] is None
+    assert load_bundle(tmp_path / "other").search_index().engine.graph_bytes() == saved.engine.graph_bytes()  # type: ignore[attr-defined]
+    grown_hnsw(copy, [30])  # 105 + 5 + 30 nodes: over a quarter of the 105 saved
+    assert manifest_of(copy)["index"]["graph"] != graph and manifest_of(copy)["index"]["graph_patches"] is None
+
+
+def test_a_tampered_graph_patch_is_refused(copy: Path) -> None:  # noqa: F811
+    grown_hnsw(copy, [100, 2])
+    manifest = manifest_of(copy)
+    ref = manifest["index"]["graph_patches"][0]
+    content = bytearray((copy / ref["file"]).read_bytes())
+    content[-8] ^= 0x01
+    (copy / ref["file"]).unlink()
+    (copy / ref["file"]).write_bytes(bytes(content))
+    load_error(copy, rf"bundle file {ref['file']} does not match its checksum")
+    replace_file(copy, ref, store.npy_bytes(np.arange(7, dtype=np.int64)))
+    write_manifest(copy, manifest)
+    load_error(copy, r"hnsw graph patch 0 does not follow the graph's 105 nodes")
+    del manifest["index"]["graph_patches"]
+    write_manifest(copy, manifest)
+    load_error(copy, r"hnsw vector chunks hold 107 vectors, the graph has 105 nodes")
+    manifest["index"].update(graph_patches=[ref], vector_chunks=None, vectors=None)
+    write_manifest(copy, manifest)
+    load_error(copy, r"only an hnsw graph saved beside its vector chunks names graph patches")
+
+
 def catalogue_ids(copy: Path) -> list[list[str]]:  # noqa: F811
     """The ids of each catalogue chunk the copy's manifest names, in order."""
     refs = manifest_of(copy)["index"]["catalogue_chunks"]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fbml.bundle.vector_index import (
     EXACT_MAX_FLOATS,
+    PATCH_SHARE,
     ExactIndex,
     HnswIndex,
     load_vector_index,
@@ -373,7 +374,7 @@ def test_a_graph_saved_apart_from_its_vector_chunks_loads_as_it_was(vectors: np.
         load_vector_index(grown.parameters(), grown.graph_bytes(), None, chunks[:2])
     with pytest.raises(FbmlError, match=r"chunks must split the graph's 5400 nodes in order, got \[4000, 5000\]"):
         attrs.evolve(grown, chunks=grown.chunks[:2])
-    with pytest.raises(FbmlError, match="exact index has no removed rows nor vector chunks"):
+    with pytest.raises(FbmlError, match="exact index has no removed rows, vector chunks nor graph patches"):
         load_vector_index(ExactIndex(vectors).parameters(), ExactIndex(vectors).to_bytes(), None, chunks)
 
 
@@ -404,3 +405,74 @@ def _graph_only(index: Any) -> bytes:
     writer = faiss.VectorIOWriter()
     faiss.write_index(index, writer, faiss.IO_FLAG_SKIP_STORAGE)
     return faiss.vector_to_array(writer.data).tobytes()
+
+
+def saved_chunks(index: HnswIndex) -> list[tuple[np.ndarray, str]]:
+    return [(np.load(io.BytesIO(index.chunk_bytes(number))), chunk.sha256) for number, chunk in enumerate(index.chunks)]
+
+
+def test_additions_to_a_loaded_graph_are_patches_that_load_back_as_the_same_graph(vectors: np.ndarray, hnsw: HnswIndex) -> None:
+    """A graph read from its ``graph_bytes`` knows their SHA-256; each addition to it is a patch of the links it
+    changed, and the graph read with its patches is the graph added to, byte for byte, until the nodes added pass
+    ``PATCH_SHARE`` of the graph's: then it is saved whole."""
+    loaded = load_vector_index(hnsw.parameters(), hnsw.graph_bytes(), None, saved_chunks(hnsw))
+    assert isinstance(loaded, HnswIndex) and loaded.graph_sha256 == hashlib.sha256(hnsw.graph_bytes()).hexdigest() and loaded.patches == ()
+    assert hnsw.graph_sha256 is None and hnsw.with_added(vectors[:10]).patches == ()  # built, not read: nothing to patch
+    grown = loaded.with_added(vectors[:300]).with_added(vectors[300:301]).without(np.array([5, 4100]))
+    assert isinstance(grown, HnswIndex) and [(patch.start, patch.stop) for patch in grown.patches] == [(4000, 4300), (4300, 4301)]
+    assert sum(len(patch.content or b"") for patch in grown.patches) < len(grown.graph_bytes()) / 4  # 7% of the nodes
+    patches = [(patch.content or b"", patch.sha256) for patch in grown.patches]
+    again = load_vector_index(grown.parameters(), hnsw.graph_bytes(), grown.removed_bytes(), saved_chunks(grown), patches)
+    assert isinstance(again, HnswIndex) and again.graph_bytes() == grown.graph_bytes() and again.patches == grown.patches
+    queries = clustered(50, seed=2)
+    assert_same(again.search(queries, 10), grown.search(queries, 10))
+    for wrong in [{"graph_sha256": None}, {"patches": grown.patches[:1]}, {"patches": grown.patches[::-1]}]:
+        with pytest.raises(FbmlError, match=r"patches must follow a saved graph one after the other up to its 4301 nodes"):
+            attrs.evolve(grown, **wrong)
+    whole = loaded.with_added(vectors[: int(PATCH_SHARE * 4000) + 1])
+    assert whole.graph_sha256 is None and whole.patches == ()
+    assert loaded.with_added(vectors[:0]) is loaded
+
+
+def test_loading_refuses_patches_that_do_not_fit_their_graph(vectors: np.ndarray, hnsw: HnswIndex) -> None:
+    loaded = load_vector_index(hnsw.parameters(), hnsw.graph_bytes(), None, saved_chunks(hnsw))
+    assert isinstance(loaded, HnswIndex)
+    grown = loaded.with_added(vectors[:300]).with_added(vectors[300:400])
+    first, second = (np.load(io.BytesIO(patch.content or b"")) for patch in grown.patches)
+    added, changed = int(first[1]), int(first[2])
+
+    def npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    def load(*arrays: np.ndarray) -> None:
+        load_vector_index(grown.parameters(), hnsw.graph_bytes(), None, saved_chunks(grown), [(npy(array), "0" * 64) for array in arrays])
+
+    def changed_at(index: int, value: int) -> np.ndarray:
+        array = first.copy()
+        array[index] = value
+        return array
+
+    links = 5 + added + 2 * changed
+    for arrays, message in [
+        ((second, first), r"patch 0 does not follow the graph's 4000 nodes"),
+        ((first[:-1], second), r"patch 0 holds \d+ links where its nodes' levels make \d+"),
+        ((first[:3], second), r"patch 0 does not follow the graph's 4000 nodes"),
+        ((first.astype(np.float64), second), r"patch 0: .*int64"),
+        ((changed_at(5, 0), second), r"patch 0 gives levels outside the graph's 1 to \d+"),
+        ((changed_at(5 + added, -1), second), r"patch 0 changes links the graph does not hold"),
+        ((changed_at(5 + added + changed - 1, 10**9), second), r"patch 0 changes links the graph does not hold"),
+        ((changed_at(links, 4400), second), r"patch 0 links nodes outside the graph's 4300"),
+        ((changed_at(5 + added + changed, -2), second), r"patch 0 links nodes outside the graph's 4300"),
+        ((changed_at(3, 4300), second), r"patch 0 links nodes outside the graph's 4300"),
+        ((first, np.concatenate([second[:3], [4000 + int(np.argmin(first[5 : 5 + added]))], second[4:]])),
+         r"graph entry point does not fit its levels"),  # the graph patched is checked whole
+        ((first,), r"chunks hold 4400 vectors, the graph has 4300 nodes"),
+    ]:
+        with pytest.raises(FbmlError, match=message):
+            load(*arrays)
+    with pytest.raises(FbmlError, match="patches follow a graph saved without its vectors"):
+        load_vector_index(grown.parameters(), hnsw.to_bytes(), None, None, [(npy(first), "0" * 64)])
+    with pytest.raises(FbmlError, match="exact index has no removed rows, vector chunks nor graph patches"):
+        load_vector_index(ExactIndex(vectors).parameters(), ExactIndex(vectors).to_bytes(), None, None, [(npy(first), "0" * 64)])

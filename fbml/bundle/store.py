@@ -51,7 +51,7 @@ from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.profile import profile_from_json, profile_to_json
 from fbml.bundle.search import SearchIndex
-from fbml.bundle.vector_index import HnswIndex, VectorIndex, appended_start, chunks_of, load_vector_index, npy_bytes
+from fbml.bundle.vector_index import HnswIndex, Patch, VectorIndex, appended_start, chunks_of, load_vector_index, npy_bytes
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
 from fbml.modeling.ensembles import Ensemble
@@ -68,6 +68,8 @@ CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onn
 RUNTIMES = ("torch", "onnx")
 VECTOR_CHUNK = "index-chunk"
 """The name stem of an HNSW graph's vector chunk files."""
+GRAPH_PATCH = "graph-patch"
+"""The name stem of an HNSW graph's patch files."""
 CATALOGUE = "catalogue"
 """The name stem of a search index's catalogue chunk files (and of the one catalogue file of a bundle saved before)."""
 if TYPE_CHECKING:
@@ -423,12 +425,14 @@ def _write_index(path: Path, index: SearchIndex) -> IndexEntry:
     if not isinstance(engine, HnswIndex):
         return IndexEntry(vectors=_write_file(path, "index", ".npy", npy_bytes(index.vectors)), catalogue=None,
                           catalogue_chunks=catalogue, report=dict(index.report))  # fmt: skip
+    graph, patches = _write_graph(path, engine)
     return IndexEntry(
         vectors=None,  # the graph's chunks hold them
         catalogue=None,
         catalogue_chunks=catalogue,
         method="hnsw",
-        graph=_write_file(path, "graph", ".faiss", engine.graph_bytes()),
+        graph=graph,
+        graph_patches=patches,
         parameters=engine.parameters(),
         report=dict(index.report),
         removed=_write_file(path, "removed", ".npy", engine.removed_bytes()) if len(engine.removed) else None,
@@ -453,13 +457,33 @@ def _catalogue_bytes(index: SearchIndex, start: int, stop: int) -> bytes:
     return index.catalogue_json(start, stop) + b"\n"
 
 
+def _write_graph(path: Path, engine: HnswIndex) -> tuple[FileRef, list[FileRef] | None]:
+    """The graph's links: the file they were read from and the patches after it (those the bundle lacks written) when
+    the bundle holds that file and each patch (or knows its content), else written whole."""
+    graph = None if engine.graph_sha256 is None else _held(path, "graph", ".faiss", engine.graph_sha256)
+    patches = [_patch_file(path, patch) for patch in engine.patches] if graph is not None else []
+    files = [patch for patch in patches if patch is not None]
+    if graph is None or len(files) < len(patches):
+        return _write_file(path, "graph", ".faiss", engine.graph_bytes()), None
+    return graph, files or None
+
+
+def _patch_file(path: Path, patch: Patch) -> FileRef | None:
+    """The file of a graph patch: the bundle's, or written from the content it holds until saved; None without either."""
+    held = _held(path, GRAPH_PATCH, ".npy", patch.sha256)
+    return held if held is not None or patch.content is None else _write_file(path, GRAPH_PATCH, ".npy", patch.content)
+
+
 def _write_chunk(path: Path, stem: str, suffix: str, digest: str, content: Callable[[], bytes]) -> FileRef:
     """The file of a chunk whose content has the known SHA-256 ``digest``: written (``content()``) unless the bundle
     holds it already (its name and checksum come from ``digest``, so an unchanged chunk is neither made again nor read)."""
+    return _held(path, stem, suffix, digest) or _write_file(path, stem, suffix, content())
+
+
+def _held(path: Path, stem: str, suffix: str, digest: str) -> FileRef | None:
+    """The bundle's file of content with the SHA-256 ``digest`` (as ``_write_file`` names it), when it holds one."""
     name = f"{stem}-{digest[:16]}{suffix}"
-    if (path / name).is_file():
-        return FileRef(name, digest)
-    return _write_file(path, stem, suffix, content())
+    return FileRef(name, digest) if (path / name).is_file() else None
 
 
 def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
@@ -471,9 +495,10 @@ def _read_index(path: Path, entry: IndexEntry) -> SearchIndex:
     parts = [_read(path, ref, "catalogue", _json_list) for ref in files]
     catalogue_chunks = chunks_of([(len(part), ref.sha256) for part, ref in zip(parts, files, strict=True)])
     chunks = None if entry.vector_chunks is None else [(_read_npy(path, ref, np.float32), ref.sha256) for ref in entry.vector_chunks]
+    patches = [(_checked(path, ref), ref.sha256) for ref in entry.graph_patches or []]
     try:
         removed = None if entry.removed is None else _checked(path, entry.removed)
-        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed, chunks)
+        engine = None if entry.graph is None else load_vector_index(entry.parameters, _checked(path, entry.graph), removed, chunks, patches)
         vectors = _read_npy(path, entry.vectors, np.float32) if entry.vectors is not None else _graph_rows(engine)
         return SearchIndex.from_json(vectors, [row for part in parts for row in part], entry.report, engine, catalogue_chunks)
     except FbmlError as error:

@@ -4,8 +4,8 @@
 best first and save as ``to_bytes()`` (a ``.npy`` array, or faiss' own binary index format, never
 pickle) beside the JSON ``parameters()``; ``load_vector_index`` checks one against the other. An HNSW
 index also saves as its graph alone (``graph_bytes()``) beside its vectors in append-only ``.npy`` chunks
-(``chunk_bytes(n)``), so that adding rows rewrites the links and writes only the new rows. faiss is
-imported only when an HNSW index is built or loaded.
+(``chunk_bytes(n)``) and the patches of the links additions changed (``Patch``), so that adding rows writes
+only the new rows and what linking them changed. faiss is imported only when an HNSW index is built or loaded.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ CHUNK_MERGE = 2
 """A chunk (of an HNSW graph's vectors, or of a search index's catalogue rows) is merged with the next one while it
 holds fewer than ``CHUNK_MERGE`` times its rows, so rows saved once and grown by additions keep O(log rows) chunks and
 each row is rewritten O(log rows) times."""
+PATCH_SHARE = 0.25
+"""An HNSW graph read from a bundle is saved as that graph and patches (the links each addition changed) while the
+nodes added since are at most this share of its nodes, and whole again past it: a patch of 1,000 nodes added to
+100,000 is ~0.7 MB where the graph is 26 MB, and a load applies the patches in turn."""
 HNSW_MAX = {"m": 256, "ef_construction": 4096, "ef_search": 4096}
 """The largest HNSW settings built or loaded: far past any useful recall, and each search's working set stays
 megabytes (a bundle asking for ef_search 2**40 would make every search fail)."""
@@ -179,8 +183,9 @@ def _no_removed() -> np.ndarray:
 
 @attrs.frozen
 class Chunk:
-    """Graph positions ``start`` to ``stop`` (exclusive) of an HNSW index's vectors, saved as one ``.npy`` file whose
-    bytes have the SHA-256 ``sha256`` (known when the chunk is made or loaded, so a save need not read it again)."""
+    """Rows ``start`` to ``stop`` (exclusive) saved as one file (an HNSW index's vectors at those graph positions, or a
+    search index's catalogue rows) whose bytes have the SHA-256 ``sha256`` (known when the chunk is made or loaded, so
+    a save need not read it again)."""
 
     start: int
     stop: int
@@ -200,6 +205,25 @@ def _check_chunks(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Chunk, 
         raise FbmlError(f"hnsw vector chunks must split the graph's {int(instance.index.ntotal)} nodes in order, got {stops}")
 
 
+@attrs.frozen
+class Patch:
+    """What linking graph nodes ``start`` to ``stop`` (exclusive) into an HNSW graph changed, saved as one ``.npy`` file
+    (as ``_patch`` writes it) whose bytes have the SHA-256 ``sha256``; ``content`` holds them until a bundle does."""
+
+    start: int
+    stop: int
+    sha256: str
+    content: bytes | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def _check_patches(instance: HnswIndex, _attribute: attrs.Attribute[tuple[Patch, ...]], patches: tuple[Patch, ...]) -> None:
+    """Patches follow the saved graph (``graph_sha256``) one after the other up to the graph's nodes, none empty."""
+    count = int(instance.index.ntotal)
+    in_turn = [patch.stop for patch in patches[:-1]] == [patch.start for patch in patches[1:]]
+    if patches and (instance.graph_sha256 is None or not in_turn or patches[-1].stop != count or any(p.start >= p.stop for p in patches)):
+        raise FbmlError(f"hnsw graph patches must follow a saved graph one after the other up to its {count} nodes")
+
+
 @attrs.frozen(eq=False)
 class HnswIndex:
     """A faiss ``IndexHNSWFlat`` (inner product) over the rows: approximate, far faster past ~20k rows.
@@ -211,7 +235,9 @@ class HnswIndex:
     nodes in order. Once tombstones are over ``COMPACT_SHARE`` of the graph, ``without`` builds a new one.
 
     ``chunks`` split the graph's vectors (tombstones' included) into the ``.npy`` files it saves them in: rows
-    added are a new chunk, so a save writes the graph's links and the new rows only."""
+    added are a new chunk. ``graph_sha256`` is the SHA-256 of the file (``graph_bytes()``) its graph was read from, as
+    it was before ``patches``: each addition to a graph read so is a patch (while they stay within ``PATCH_SHARE``), so
+    that a save writes the new rows and what linking them changed, not the graph's links whole."""
 
     index: Any = attrs.field(repr=False)
     m: int
@@ -220,6 +246,8 @@ class HnswIndex:
     seed: int
     removed: np.ndarray = attrs.field(factory=_no_removed, repr=False)
     chunks: tuple[Chunk, ...] = attrs.field(repr=False, validator=_check_chunks)
+    graph_sha256: str | None = attrs.field(default=None, repr=False)
+    patches: tuple[Patch, ...] = attrs.field(default=(), repr=False, validator=_check_patches)
     _positions: np.ndarray = attrs.field(init=False, repr=False)
     _rows: np.ndarray = attrs.field(init=False, repr=False)
     _live_bits: np.ndarray | None = attrs.field(init=False, repr=False)
@@ -285,14 +313,20 @@ class HnswIndex:
 
     def with_added(self, vectors: np.ndarray) -> HnswIndex:
         """The index with ``vectors`` linked into a copy of its graph as its next rows (the graph of a build in one
-        ``add`` would differ a little: HNSW inserts in order), saved as a new vector chunk."""
+        ``add`` would differ a little: HNSW inserts in order), saved as a new vector chunk and (a graph read from a
+        bundle, within ``PATCH_SHARE``) a patch."""
         faiss = _faiss()
         added = checked_queries(vectors, self.dim)
+        if not len(added):
+            return self
         index = _copy_with_room(self.index, len(added))
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.rng = faiss.RandomGenerator(self.seed + int(index.ntotal))
         index.add(added)
-        return attrs.evolve(self, index=index, chunks=chunked(index, self.chunks))
+        saved = self.patches[0].start if self.patches else int(self.index.ntotal)
+        if self.graph_sha256 is None or int(index.ntotal) - saved > PATCH_SHARE * saved:
+            return attrs.evolve(self, index=index, chunks=chunked(index, self.chunks), graph_sha256=None, patches=())
+        return attrs.evolve(self, index=index, chunks=chunked(index, self.chunks), patches=(*self.patches, _patch(self.index, index)))
 
     def without(self, rows: np.ndarray) -> HnswIndex:
         """The index without ``rows``: their graph nodes become tombstones, or, once tombstones would be over
@@ -375,6 +409,91 @@ class _StoredVectors:
         storage = _faiss().downcast_index(self.index.storage)
         return {"shape": (int(storage.ntotal), int(storage.d)), "typestr": "<f4", "data": (int(storage.get_xb()), True),
                 "version": 3}  # fmt: skip
+
+
+def _links(index: Any) -> np.ndarray:
+    """A view of the links (int32 node ids, -1 for none) of an HNSW graph's nodes, layer by layer, as faiss holds them."""
+    neighbours = index.hnsw.neighbors
+    return _faiss_view(neighbours.data(), neighbours.size(), np.int32)
+
+
+def _faiss_view(pointer: Any, size: int, dtype: type[np.generic]) -> np.ndarray:
+    """A numpy view of ``size`` items of ``dtype`` at a faiss vector's ``data()`` (valid while the vector is unchanged)."""
+    return _faiss().rev_swig_ptr(pointer, size) if size else np.zeros(0, dtype=dtype)
+
+
+@attrs.frozen
+class _PatchParts:
+    """A graph patch read (``_patch_parts``): it follows a graph of ``start`` nodes, and leaves ``entry`` the entry point
+    and ``top`` the top layer; ``levels`` and ``links`` are the new nodes', ``values`` the links at ``positions``."""
+
+    start: int
+    entry: int
+    top: int
+    levels: np.ndarray
+    positions: np.ndarray
+    values: np.ndarray
+    links: np.ndarray
+
+
+def _patch(before: Any, after: Any) -> Patch:
+    """The patch that turns graph ``before`` into ``after`` (``before`` with nodes linked in after its own): one int64
+    ``.npy`` array of the node count before, the nodes added, the links changed, the entry point and top layer after,
+    then the new nodes' levels, the positions of the changed links among the graph's, their new values, and the new
+    nodes' links (``_patch_parts`` reads it)."""
+    start, stop = int(before.ntotal), int(after.ntotal)
+    old, new = _links(before), _links(after)
+    positions = np.flatnonzero(old != new[: len(old)])
+    levels = _faiss_view(after.hnsw.levels.data(), stop, np.int32)[start:]
+    head = [start, stop - start, len(positions), int(after.hnsw.entry_point), int(after.hnsw.max_level)]
+    content = npy_bytes(np.concatenate([head, levels, positions, new[positions], new[len(old) :]], dtype=np.int64))
+    return Patch(start, stop, hashlib.sha256(content).hexdigest(), content)
+
+
+def _patch_parts(content: bytes, index: Any, number: int) -> _PatchParts:
+    """Patch ``number`` (its ``.npy`` bytes, as ``_patch`` writes them) checked against the graph ``index`` it follows:
+    ``FbmlError`` unless it follows the graph's node count, its levels are the graph's, it changes links the graph
+    holds, and every link it gives names a node of the graph patched (which ``check_graph`` then checks whole)."""
+    try:
+        array = plain_array(content, np.int64, 1)
+    except FbmlError as error:
+        raise FbmlError(f"hnsw graph patch {number}: {error}") from None
+    hnsw, count = index.hnsw, int(index.ntotal)
+    start, added, changed, entry, top = (int(value) for value in array[:5]) if len(array) >= 5 else (-1, 0, 0, 0, 0)
+    if start != count or added < 1 or changed < 0 or len(array) < 5 + added + 2 * changed:
+        raise FbmlError(f"hnsw graph patch {number} does not follow the graph's {count} nodes (or is cut short)")
+    parts = _PatchParts(start, entry, top, *np.split(array[5:], np.cumsum([added, changed, changed])))
+    cumulative = _faiss().vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64)
+    if parts.levels.min() < 1 or parts.levels.max() >= len(cumulative):
+        raise FbmlError(f"hnsw graph patch {number} gives levels outside the graph's 1 to {len(cumulative) - 1}")
+    if len(parts.links) != int(cumulative[parts.levels].sum()):
+        raise FbmlError(f"hnsw graph patch {number} holds {len(parts.links)} links where its nodes' levels make "
+                        f"{int(cumulative[parts.levels].sum())}")
+    positions = parts.positions
+    if changed and (positions[0] < 0 or positions[-1] >= int(hnsw.neighbors.size()) or not (np.diff(positions) > 0).all()):
+        raise FbmlError(f"hnsw graph patch {number} changes links the graph does not hold")
+    total = count + added
+    named = [int(bound) for part in (parts.values, parts.links) if len(part) for bound in (part.min(), part.max())]
+    if not all(-1 <= node < total for node in (*named, entry)) or not 0 <= top < len(cumulative):
+        raise FbmlError(f"hnsw graph patch {number} links nodes outside the graph's {total}")
+    return parts
+
+
+def _apply_patch(index: Any, parts: _PatchParts) -> None:
+    """Graph ``index`` patched in place by a checked patch (``check_graph`` checks the graph it makes)."""
+    hnsw, count, added = index.hnsw, parts.start, len(parts.levels)
+    cumulative = _faiss().vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64)
+    held = int(hnsw.neighbors.size())
+    hnsw.levels.resize(count + added)
+    _faiss_view(hnsw.levels.data(), count + added, np.int32)[count:] = parts.levels
+    hnsw.offsets.resize(count + added + 1)
+    _faiss_view(hnsw.offsets.data(), count + added + 1, np.uint64)[count + 1 :] = held + np.cumsum(cumulative[parts.levels])
+    hnsw.neighbors.resize(held + len(parts.links))
+    neighbours = _links(index)
+    neighbours[parts.positions] = parts.values
+    neighbours[held:] = parts.links
+    hnsw.entry_point, hnsw.max_level = parts.entry, parts.top
+    index.ntotal = count + added
 
 
 def _copy_with_room(index: Any, room: int) -> Any:
@@ -478,23 +597,25 @@ def build_hnsw(vectors: np.ndarray, *, seed: int, m: int, ef_construction: int, 
 
 
 def load_vector_index(
-    parameters: Any, content: bytes, removed: bytes | None = None, chunks: Sequence[tuple[np.ndarray, str]] | None = None
+    parameters: Any, content: bytes, removed: bytes | None = None, chunks: Sequence[tuple[np.ndarray, str]] | None = None,
+    patches: Sequence[tuple[bytes, str]] = (),
 ) -> VectorIndex:
     """The index ``to_bytes()`` wrote, or an HNSW graph ``graph_bytes()`` wrote and its vector ``chunks`` (each a
-    float32 (rows, dim) array of finite values and the SHA-256 of its ``.npy`` file, both checked by the caller),
-    and for an HNSW graph with tombstones ``removed_bytes()``, checked against its ``parameters()``; ``FbmlError``
-    when the JSON is malformed, the bytes do not load, or what loaded disagrees with the JSON."""
+    float32 (rows, dim) array of finite values and the SHA-256 of its ``.npy`` file, both checked by the caller)
+    and the ``patches`` after it (each its ``.npy`` bytes and their SHA-256), and for an HNSW graph with tombstones
+    ``removed_bytes()``, checked against its ``parameters()``; ``FbmlError`` when the JSON is malformed, the bytes do
+    not load, or what loaded disagrees with the JSON."""
     if not isinstance(parameters, Mapping):
         raise FbmlError(f"vector index parameters are a JSON object, got {type(parameters).__name__}")
     _expect(parameters, "format", FORMAT)
     _expect(parameters, "metric", METRIC)
     method = parameters.get("method")
-    if method == "exact" and removed is None and chunks is None:
+    if method == "exact" and removed is None and chunks is None and not patches:
         index: VectorIndex = _load_exact(content)
     elif method == "exact":
-        raise FbmlError("an exact index has no removed rows nor vector chunks: its file holds its vectors")
+        raise FbmlError("an exact index has no removed rows, vector chunks nor graph patches: its file holds its vectors")
     elif method == "hnsw":
-        index = _load_hnsw(parameters, content, removed, chunks)
+        index = _load_hnsw(parameters, content, removed, chunks, patches)
     else:
         raise FbmlError(f"vector index method is 'exact' or 'hnsw', got {method!r}")
     for key, loaded in (("count", len(index)), ("dim", index.dim)):
@@ -510,13 +631,21 @@ def _load_exact(content: bytes) -> ExactIndex:
 
 
 def _load_hnsw(
-    parameters: Mapping[str, Any], content: bytes, removed: bytes | None, chunks: Sequence[tuple[np.ndarray, str]] | None
+    parameters: Mapping[str, Any], content: bytes, removed: bytes | None, chunks: Sequence[tuple[np.ndarray, str]] | None,
+    patches: Sequence[tuple[bytes, str]],
 ) -> HnswIndex:
     faiss = _faiss()
 
     index = _read_graph(content, with_vectors=chunks is None)
     if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise FbmlError(f"hnsw index bytes hold a {type(index).__name__}, not an inner-product IndexHNSWFlat")
+    if patches and chunks is None:
+        raise FbmlError("hnsw graph patches follow a graph saved without its vectors, beside its vector chunks")
+    saved = []
+    for number, (patch, digest) in enumerate(patches):
+        start = int(index.ntotal)
+        _apply_patch(index, _patch_parts(patch, index, number))
+        saved.append(Patch(start, int(index.ntotal), digest))
     if chunks is not None:
         _attach_vectors(index, [vectors for vectors, _ in chunks])
     check_graph(index)
@@ -527,8 +656,9 @@ def _load_hnsw(
     seed = _setting(parameters, "seed", 0, 2**63 - 1)
     if chunks is None:
         return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones)
-    saved = chunks_of([(len(vectors), digest) for vectors, digest in chunks])
-    return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones, saved)
+    vectors = chunks_of([(len(vectors), digest) for vectors, digest in chunks])
+    graph = hashlib.sha256(content).hexdigest()
+    return HnswIndex(index, m, ef_construction, ef_search, seed, tombstones, vectors, graph, tuple(saved))
 
 
 def _read_graph(content: bytes, *, with_vectors: bool) -> Any:
