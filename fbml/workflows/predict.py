@@ -52,6 +52,7 @@ from fbml.workflows.predict_parts import (
     ScoredPart,
     Sources,
     decoded_part,
+    photo_role,
     scored_part,
 )
 
@@ -347,7 +348,7 @@ def scoring_roles(manifest: Manifest, *, photos: bool, embeddings: bool) -> froz
     if embeddings:
         return None
     chosen = {Role.TEXT} & set(manifest.predictors)
-    photo = next((role for role in (Role.COMBINED, Role.IMAGE) if role in manifest.predictors), None)
+    photo = photo_role(manifest.predictors)
     if photo is not None and manifest.image is not None and (photos or not chosen):
         chosen.add(photo)
     return frozenset(chosen) or None

@@ -15,7 +15,7 @@ that decodes is scored by the ``text`` predictor. Probabilities become ``Predict
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import attrs
 import numpy as np
@@ -104,11 +104,16 @@ class Roles:
     @classmethod
     def of(cls, bundle: Bundle) -> Roles:
         """``combined`` (else ``image``) for photos when the bundle reads photos; ``text`` when it has one."""
-        photo = next((role for role in (Role.COMBINED, Role.IMAGE) if role in bundle.predictors), None)
+        photo = photo_role(bundle.predictors)
         text = Role.TEXT if Role.TEXT in bundle.predictors else None
         if photo is None and text is None:
             raise FbmlError("the bundle has neither a text, a combined nor an image predictor")
         return cls(photo if bundle.image is not None else None, text)
+
+
+def photo_role(roles: Collection[Role]) -> Role | None:
+    """The predictor among ``roles`` that scores a product's photos: ``combined``, else ``image`` (None: neither)."""
+    return next((role for role in (Role.COMBINED, Role.IMAGE) if role in roles), None)
 
 
 def decoded_part(part: Part, folder: PhotoFolder | None, size: int, workers: int | None = None) -> DecodedPart:
