@@ -162,8 +162,8 @@ def print_tables(results: dict[str, TrainResult], references: dict[str, float]) 
     print(f"\n{'validation (chosen on)':34}{'acc/product':>12}  members")
     for kind, result in results.items():
         print(f"{kind:34}{result.choice['validation_accuracy']:>12.3f}  {' + '.join(result.choice['members'])}")
-        for candidate, accuracy in result.choice["candidates"].items():
-            print(f"  {candidate:32}{accuracy:>12.3f}")
+        for candidate, folds in result.choice["candidates"].items():
+            print(f"  {candidate:32}{folds['mean']:>12.3f}  +- {folds['std']:.3f} over {folds['folds']} folds")
     print(f"\n{'test (once)':34}{'seconds':>9}{'acc/product':>13}{'macro-F1':>10}{'acc/example':>13}")
     for kind, result in results.items():
         scores = result.test
