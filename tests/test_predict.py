@@ -307,7 +307,7 @@ def test_photos_decoded_while_the_bundle_loads_are_redone_if_it_reads_another_si
     scored = catalogue(market["products"], market["images"], market["image_dir"], scratch=tmp_path, part_size=PART_SIZE)
     assert list(tmp_path.iterdir()) == []  # the cleaning's folder is gone
     with ThreadPoolExecutor(max_workers=1) as pool:
-        early = Decoding.early(trained["bundle"], scored, PredictOptions(), pool, scored.parts[1])
+        early = Decoding.early(read_manifest(trained["bundle"]), scored, PredictOptions(), pool, scored.parts[1])
         assert early.for_bundle(bundle, scored) is early and set(early.started) == {1}
         side = bundle.image.size + 8
         redone = early.for_bundle(attrs.evolve(bundle, image=attrs.evolve(bundle.image, size=side)), scored)

@@ -257,11 +257,10 @@ class Decoding:
     started: Mapping[int, Future[DecodedPart]] = attrs.field(factory=dict)
 
     @classmethod
-    def early(cls, bundle_dir: Path, catalogue: Catalogue, options: PredictOptions, pool: ThreadPoolExecutor,
+    def early(cls, manifest: Manifest, catalogue: Catalogue, options: PredictOptions, pool: ThreadPoolExecutor,
               first: Part | None) -> Decoding:  # fmt: skip
-        """``first``'s photos decoding already (at the side the bundle's manifest names), while the bundle loads."""
-        image = read_manifest(bundle_dir).image
-        source = PhotoSource.of(None if image is None else image.size, catalogue, options.decode_workers)
+        """``first``'s photos decoding already (at the side the bundle's ``manifest`` names), while the bundle loads."""
+        source = PhotoSource.of(None if manifest.image is None else manifest.image.size, catalogue, options.decode_workers)
         return cls(source, pool, {} if first is None else {first.number: pool.submit(source.decoded, first)})
 
     def part(self, part: Part) -> Future[DecodedPart]:
@@ -301,12 +300,12 @@ def predict_catalogue(
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-load") as loader, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode") as pool:  # fmt: skip
-        roles = scoring_roles(read_manifest(bundle_dir), photos=images is not None and image_dir is not None,
-                              embeddings=options.embeddings)  # fmt: skip
+        manifest = read_manifest(bundle_dir)
+        roles = scoring_roles(manifest, photos=images is not None and image_dir is not None, embeddings=options.embeddings)
         loading = loader.submit(batch_bundle, bundle_dir, options, roles)
         scored_catalogue = catalogue(products, images, image_dir, scratch=out, part_size=options.part_size)
         first = _first_to_score(out, scored_catalogue, resume=resume)
-        decoding = Decoding.early(bundle_dir, scored_catalogue, options, pool, first) if engine == "polars" else None
+        decoding = Decoding.early(manifest, scored_catalogue, options, pool, first) if engine == "polars" else None
         bundle = loading.result()
         if options.embeddings:
             bundle.listing_recipe()  # no index, no vectors: stop before the work
