@@ -228,7 +228,7 @@ def rewrite_index(cache_dir: Path, **changes: object) -> None:
 CORRUPTIONS = {
     "not JSON": lambda cache_dir: (cache_dir / INDEX_FILE).write_text("{ nope"),
     "not an index": lambda cache_dir: (cache_dir / INDEX_FILE).write_text("[1, 2]"),
-    "another format": lambda cache_dir: rewrite_index(cache_dir, format="fbml.image-cache/0"),
+    "the format of Lanczos resizing": lambda cache_dir: rewrite_index(cache_dir, format="fbml.image-cache/1"),
     "size disagrees": lambda cache_dir: rewrite_index(cache_dir, size=9),
     "size not an integer": lambda cache_dir: rewrite_index(cache_dir, size="8"),
     "too few ids": lambda cache_dir: rewrite_index(cache_dir, image_ids=["img-000"]),
@@ -352,3 +352,22 @@ def test_real_cleaned_photos_load_at_their_size(real_data: Path) -> None:
     manifest = clean_tables(real_data / "Products.csv", real_data / "Images.csv").manifest.images.head(40)
     photos = load_photos(manifest, real_data / "images_224", size=224, progress=False)
     assert photos.pixels.shape == (40, 3, 224, 224) and photos.rejected.height == 0
+
+
+def test_frozen_features_are_recomputed_for_pixels_of_another_format(photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features of the same photos decoded by an older ``clean_image`` (another cache format: Lanczos) are never reused."""
+    import torch
+    from fbml.modeling import features
+    from fbml.modeling.datasets import IMAGENET_MEAN, IMAGENET_STD
+    from fbml.modeling.models import image_model
+
+    torch.manual_seed(1)
+    model = image_model(3, backbone="efficientnet_lite0", weights="none", trainable_stages=0, embedding_dim=8).eval()
+    photos = build_image_cache(photo_manifest(), photo_dir, tmp_path / "cache", size=32, progress=False)
+    settings = (IMAGENET_MEAN, IMAGENET_STD)
+    first = np.array(features.feature_cache(model, photos, settings, tmp_path / "work", progress=False))
+    assert np.array_equal(features.feature_cache(model, photos, settings, tmp_path / "work", progress=False), first)
+    assert len(list((tmp_path / "work").glob("features-*"))) == 1
+    monkeypatch.setattr(features, "CACHE_FORMAT", "fbml.image-cache/1")
+    features.feature_cache(model, photos, settings, tmp_path / "work", progress=False)
+    assert len(list((tmp_path / "work").glob("features-*"))) == 2

@@ -24,6 +24,7 @@ from fbml.testing import ENCODABLE_MODES, EXIF_FORMATS, ORIENTATION, encoded, ph
 from fbml.vision.cleaning import (
     BROKEN_LINK,
     OUTSIDE_LINK,
+    STORED_RESAMPLING,
     clean_image,
     clean_images,
     open_image,
@@ -526,3 +527,17 @@ def test_clean_images_on_real_photos(tmp_path: Path) -> None:
             diffs.append(mean_abs_diff(out, clean_image(original, 128)))  # full decode, no draft
     assert max(diffs) < 8.0
     assert np.mean(diffs) < 3.0
+
+
+def test_clean_images_stores_photos_resized_with_the_stored_filter(tmp_path: Path) -> None:
+    """The stored photos are resized with ``STORED_RESAMPLING`` (Hamming), a network's input with bicubic."""
+    x = np.arange(300, dtype=np.float64)
+    stripes = (127.5 + 127.5 * np.sin(x[None, :] / 1.7 + x[:, None] / 2.3)).astype(np.uint8)  # grey: no chroma lost
+    photo = Image.fromarray(np.stack([stripes] * 3, axis=-1))
+    (tmp_path / "src").mkdir()
+    photo.save(tmp_path / "src" / "stripes.png")
+    clean_images(tmp_path / "src", tmp_path / "out", size=128, workers=1, progress=False)
+    with Image.open(tmp_path / "out" / "stripes.jpg") as stored:
+        to_hamming = mean_abs_diff(stored, clean_image(photo, 128, resample=STORED_RESAMPLING))
+        to_bicubic = mean_abs_diff(stored, clean_image(photo, 128))
+    assert 2 * to_hamming < to_bicubic  # JPEG costs ~2.5 grey levels here; the filters lie ~7 apart

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from fbml.files import atomic_directory
 from fbml.modeling.datasets import eval_transform
 from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput
-from fbml.vision.cache import ImageCache
+from fbml.vision.cache import CACHE_FORMAT, ImageCache
 
 FEATURE_BATCH = 16
 FEATURES_FILE = "features.npy"
@@ -150,7 +150,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def _feature_key(frozen: nn.Module, photos: ImageCache, settings: Stats) -> str:
-    parts = [weights_digest(frozen), photos.manifest_key, str(photos.size), json.dumps(settings)]
+    parts = [weights_digest(frozen), CACHE_FORMAT, photos.manifest_key, str(photos.size), json.dumps(settings)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

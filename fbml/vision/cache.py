@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from pandera.typing.polars import DataFrame
 
 MAX_PIXELS = 89_478_485
-CACHE_FORMAT = "fbml.image-cache/1"
+CACHE_FORMAT = "fbml.image-cache/2"
+"""/2 since ``clean_image`` resizes with bicubic (it was Lanczos): a /1 cache was resized otherwise and is rebuilt."""
 PIXELS_FILE = "pixels.npy"
 INDEX_FILE = "index.json"
 MISSING = "photo file missing"

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
 from fbml.errors import FbmlError, InputError
 from fbml.vision.jpeg import check_decode_cost
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from fbml.vision.cleaning_report import ImageCleaningReport
 
 OUTSIDE_LINK = "symbolic link out of the folder"
@@ -39,6 +40,11 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _WIDE_GREY_FULL_SCALE = 65535.0
 _FLOAT_FULL_SCALE = 255.0
+STORED_RESAMPLING = Image.Resampling.HAMMING
+"""How `clean_images` resizes the photos it stores: Pillow's antialiased one-pixel-support filter. On the sample's
+photos that need a resize to 512 px it costs 3.7 ms a photo against bicubic's 6.3 and Lanczos' 8.7, and lies 1.1 grey
+levels from Lanczos on average (bicubic 0.6; ``benchmarks/bench_images.py`` checks the difference against the
+original loop). A network's input is made with bicubic (`clean_image`'s default), as before."""
 
 
 @attrs.frozen
@@ -61,10 +67,11 @@ class _Outcome:
     output: str | None = None
 
 
-def clean_image(image: Image.Image, size: int = 512) -> Image.Image:
-    """Upright, RGB, longest side `size`, centred on a black `size` x `size` square; `image` is left as is."""
+def clean_image(image: Image.Image, size: int = 512, *, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Upright, RGB, longest side `size` (resized with `resample`), centred on a black `size` x `size` square;
+    `image` is left as is."""
     _require_positive("size", size)
-    return _letterbox(_to_rgb(ImageOps.exif_transpose(image)), size)
+    return _letterbox(_to_rgb(ImageOps.exif_transpose(image)), size, resample)
 
 
 def open_image(path: Path | bytes, *, size: int | None, max_pixels: int) -> Image.Image:
@@ -97,7 +104,8 @@ def clean_images(
     quality: int = 90,
     progress: bool = True,
 ) -> ImageCleaningReport:
-    """Clean every file in `src` into `dst/<stem>.jpg`, or reject it with a reason; never stops on a bad file.
+    """Clean every file in `src` into `dst/<stem>.jpg` (`clean_image` with `STORED_RESAMPLING`), or reject it with a
+    reason; never stops on a bad file.
 
     A symbolic link is followed only to a file inside `src`. Partial JPEGs a killed run left in `dst`
     are deleted first."""
@@ -111,13 +119,16 @@ def clean_images(
     remove_partial_jpegs(dst, older_than=started)
     jobs, duplicates = _plan(sources, dst, size=size, max_pixels=max_pixels, quality=quality)
     refused = [*links, *duplicates]
-    bar = tqdm(total=len(sources) + len(links), initial=len(refused), desc="cleaning images", unit="img", file=sys.stderr, disable=not progress)
-    with bar, _cleaner(_worker_count(workers, len(jobs))) as clean:
+    with _cleaner(_worker_count(workers, len(jobs))) as clean:
         pending = clean(jobs)
-        # The report's modules (polars and the contract's rules) load here, while the workers already clean.
+        # The bar's and the report's modules (tqdm, polars, the contract's rules) load here, while the workers clean.
+        from tqdm import tqdm
+
         from fbml.vision.cleaning_report import cleaning_report
 
-        outcomes = [*refused, *_tick(pending, bar)]
+        bar = tqdm(total=len(sources) + len(links), initial=len(refused), desc="cleaning images", unit="img", file=sys.stderr, disable=not progress)
+        with bar:
+            outcomes = [*refused, *_tick(pending, bar)]
     return cleaning_report(
         [outcome.file for outcome in outcomes], [outcome.reason for outcome in outcomes], [outcome.output for outcome in outcomes]
     )
@@ -201,13 +212,10 @@ def _draft_request(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return (longest, 1) if width >= height else (1, longest)
 
 
-def _letterbox(image: Image.Image, size: int) -> Image.Image:
-    """`image` scaled to fit (bicubic) and centred on a fresh black `size` x `size` RGB square.
-
-    Bicubic, as Pillow's ``thumbnail``: on the sample's photos that need a resize it costs 6.4 ms a photo against
-    Lanczos' 8.6 ms, 0.58 grey levels apart on average (``benchmarks/bench_images.py`` checks the difference)."""
+def _letterbox(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """`image` scaled to fit (with `resample`) and centred on a fresh black `size` x `size` RGB square."""
     fitted_size = _fitted_size(image.size, size)
-    fitted = image if image.size == fitted_size else image.resize(fitted_size, Image.Resampling.BICUBIC)
+    fitted = image if image.size == fitted_size else image.resize(fitted_size, resample)
     canvas = Image.new("RGB", (size, size))
     canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
     return canvas
@@ -298,7 +306,7 @@ def _clean_one(job: _Job) -> _Outcome:
     """Clean one file into its output JPEG; any failure becomes a rejection reason."""
     try:
         with open_image(job.source, size=job.size, max_pixels=job.max_pixels) as image:
-            cleaned = clean_image(image, job.size)
+            cleaned = clean_image(image, job.size, resample=STORED_RESAMPLING)
         _write_jpeg(cleaned, job.output, job.quality)
     except Exception as error:  # one bad file must never stop the run
         return _Outcome(_display_name(job.source), reason=_reason(error))
