@@ -69,4 +69,4 @@ def test_the_metadata_names_the_dependencies_the_extras_and_the_command(wheel: z
         assert {f"{dependency}; extra == '{extra}'" for dependency in dependencies} <= set(requires)
     assert set(project["dependencies"]) <= set(requires)
     assert "hypothesis>=6.115; extra == 'testing'" in requires
-    assert "fbml = fbml.cli:main" in metadata(wheel, "entry_points.txt")
+    assert "fbml = fbml.cli:console_script" in metadata(wheel, "entry_points.txt")
