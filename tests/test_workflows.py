@@ -594,6 +594,41 @@ def test_index_time_and_query_time_vectors_of_a_listing_are_equal(market, traine
     np.testing.assert_allclose(single, index.vectors[rows[one]], rtol=0, atol=1e-5)
 
 
+def test_training_scores_its_photos_from_the_image_trainings_frozen_features(market, trained, tables, monkeypatch) -> None:
+    """Training's index, test scores and profile start the image branches from the frozen features the image
+    training cached: the parts so made are those the photos make through the whole networks (to float16's
+    precision), the backbone does not run, and features of another backbone are not used."""
+    import attrs
+    from fbml.modeling.features import stored_features
+    from fbml.modeling.inference import FrozenFeatures
+    from fbml.modeling.models import ImageClassifier, weights_digest
+    from fbml.workflows.index import catalogue_parts
+    from fbml.workflows.inputs import decoded_photos
+
+    bundle = load_bundle(trained["bundle"])
+    work, settings = trained["bundle"].with_name("bundle.work"), bundle.image_settings()
+    photos = decoded_photos(tables, market["image_dir"], work, settings.size, progress=False)
+    image = bundle.models["image-cnn"].module
+    values = stored_features(image, photos, (settings.mean, settings.std), work)
+    assert values is not None  # the image training left them where the later steps look
+    features = FrozenFeatures(weights_digest(image.frozen), settings.preparation, values)
+    products = tables.cleaned.products
+
+    def parts(frozen: FrozenFeatures | None):
+        return catalogue_parts(bundle, tables, market["image_dir"], products, work_dir=work, progress=False, features=frozen)
+
+    through_networks = parts(None)
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageClassifier, "frozen_features", lambda *_: pytest.fail("the backbone ran"))
+        from_features = parts(features)
+    assert np.abs(through_networks.image).sum() > 0
+    for name in ("text", "image", "classes", "subcategories"):
+        np.testing.assert_allclose(getattr(from_features, name), getattr(through_networks, name), rtol=0, atol=2e-3, err_msg=name)
+    other = parts(attrs.evolve(features, backbone="another backbone"))
+    for name in ("image", "classes"):
+        np.testing.assert_array_equal(getattr(other, name), getattr(through_networks, name))
+
+
 def bundle_with(bundle, index):
     import attrs
 

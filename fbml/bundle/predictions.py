@@ -20,7 +20,7 @@ import numpy as np
 from contracts.bundle import ModelKind, Role
 
 from fbml.errors import FbmlError, InputError
-from fbml.modeling.inference import Listings
+from fbml.modeling.inference import CachedPhoto, Listings, frozen_features_of
 from fbml.vision.photos import PhotoInput, PhotoLimits, PreparedPhoto
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def checked_texts(texts: Sequence[str] | None, field: str) -> list[str] | None:
     return list(texts)
 
 
-def checked_photos(images: Sequence[PhotoInput | PreparedPhoto] | None, field: str) -> list[PhotoInput | PreparedPhoto] | None:
+def checked_photos(images: Sequence[PhotoInput | PreparedPhoto | CachedPhoto] | None, field: str) -> list[PhotoInput | PreparedPhoto | CachedPhoto] | None:
     """``images`` as a list; ``InputError`` when it is one photo or not a sequence."""
     if images is None:
         return None
@@ -129,17 +129,19 @@ def checked_photos(images: Sequence[PhotoInput | PreparedPhoto] | None, field: s
 
 
 def prepared_listings(
-    bundle: Bundle, texts: Sequence[str] | None, images: Sequence[PhotoInput | PreparedPhoto] | None,
+    bundle: Bundle, texts: Sequence[str] | None, images: Sequence[PhotoInput | PreparedPhoto | CachedPhoto] | None,
     *, limits: PhotoLimits, fields: Fields,
 ) -> Listings:
-    """One batch of listings with its photos prepared for the bundle's image networks, every text and photo
-    checked: ``InputError`` naming the field (``fields``) of a text with nothing a model can read or a photo
-    that does not decode."""
-    photos = None
+    """One batch of listings with its photos prepared for the bundle's image networks (and, when every photo is a
+    ``CachedPhoto``, their frozen features), every text and photo checked: ``InputError`` naming the field
+    (``fields``) of a text with nothing a model can read or a photo that does not decode."""
+    photos, frozen = None, None
     if images is not None:
         preparation = bundle.image_settings().preparation
-        photos = [preparation.prepared(photo, fields.images[row], limits) for row, photo in enumerate(images)]
-    listings = Listings(None if texts is None else tuple(texts), None if photos is None else tuple(photos))
+        photos = [preparation.prepared(photo.pixels if isinstance(photo, CachedPhoto) else photo, fields.images[row], limits)
+                  for row, photo in enumerate(images)]  # fmt: skip
+        frozen = frozen_features_of(images)
+    listings = Listings(None if texts is None else tuple(texts), None if photos is None else tuple(photos), frozen)
     if texts is not None:
         for row, text in enumerate(listings.normalised_texts("text")):
             if READABLE.search(text) is None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fbml.files import atomic_directory
 from fbml.modeling.datasets import eval_transform
-from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput, weights_digest
 from fbml.vision.cache import CACHE_FORMAT, ImageCache
 
 FEATURE_BATCH = 16
@@ -125,11 +125,11 @@ def feature_cache(
     """``frozen_features`` of every photo of ``photos`` (row ``i`` is its row ``i``), memory-mapped from
     ``directory/features-<key>``, computed there once: the key digests the frozen weights, the photos
     and their preprocessing, so the image and combined models of one backbone share it."""
-    key = _feature_key(model.frozen, photos, settings)
-    target = directory / f"features-{key[:16]}"
-    cached = _cached_features(target, key)
+    cached = stored_features(model, photos, settings, directory)
     if cached is not None:
         return cached
+    key = _feature_key(model.frozen, photos, settings)
+    target = directory / f"features-{key[:16]}"
     transform = eval_transform(photos.size, settings[0], settings[1])
     with atomic_directory(target) as building:
         features = frozen_features(model, photos.pixels, transform, progress=progress)
@@ -139,14 +139,11 @@ def feature_cache(
     return computed
 
 
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict: names, dtypes, shapes and values."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def stored_features(model: ImageClassifier, photos: ImageCache, settings: Stats, directory: Path) -> np.ndarray | None:
+    """The features ``feature_cache`` stored in ``directory`` for ``model``'s frozen stages, ``photos`` and
+    ``settings`` (memory-mapped), or None when it has not computed them there."""
+    key = _feature_key(model.frozen, photos, settings)
+    return _cached_features(directory / f"features-{key[:16]}", key)
 
 
 def _feature_key(frozen: nn.Module, photos: ImageCache, settings: Stats) -> str:

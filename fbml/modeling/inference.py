@@ -8,13 +8,15 @@ photos) and prepares it itself, whatever runs the network.
 
 Inputs and outputs are numpy, the same for both runtimes. ``Listings`` keeps what its models share
 for one batch (normalised texts, token ids, the stacked photos, and on torch the frozen backbone's
-output of each backbone), so each is computed once however many models read it. torch is imported
-only where a torch network runs (``fbml.modeling.torch_runtime``), so ONNX Runtime never imports it.
+output of each backbone), so each is computed once however many models read it. A batch may also carry
+its photos' frozen-stage output as training cached it (``FrozenFeatures``): a torch network whose frozen
+backbone computed them starts from them instead of the pixels. torch is imported only where a torch network
+runs (``fbml.modeling.torch_runtime``), so ONNX Runtime never imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
@@ -26,12 +28,42 @@ from fbml.modeling.linear_text import LinearTextModel
 from fbml.modeling.onnx_runtime import OnnxModel
 from fbml.modeling.settings import ImageSettings, TextSettings
 from fbml.text.listings import normalised_texts
-from fbml.vision.photos import PreparedPhoto
+from fbml.vision.photos import Preparation, PreparedPhoto
 
 if TYPE_CHECKING:
     from torch import nn
 
 T = TypeVar("T")
+
+
+@attrs.frozen(eq=False)
+class FrozenFeatures:
+    """Photos' frozen-stage output as training caches it (``fbml.modeling.features``; row ``i``: photo ``i``), from
+    the frozen stages whose weights digest to ``backbone`` (``weights_digest``) on photos prepared by ``preparation``."""
+
+    backbone: str
+    preparation: Preparation
+    values: np.ndarray
+
+
+@attrs.frozen(eq=False)
+class CachedPhoto:
+    """A decoded photo (uint8 H x W x 3) with its row of ``FrozenFeatures`` (``features``, ``backbone``,
+    ``preparation`` as there): what training holds of each photo. Networks with another backbone, and ONNX
+    Runtime, read the pixels."""
+
+    pixels: np.ndarray
+    features: np.ndarray
+    backbone: str
+    preparation: Preparation
+
+
+def frozen_features_of(photos: Sequence[object]) -> FrozenFeatures | None:
+    """The ``FrozenFeatures`` of a batch whose photos are all ``CachedPhoto`` of one backbone and preparation, else None."""
+    cached = [photo for photo in photos if isinstance(photo, CachedPhoto)]
+    if not cached or len(cached) < len(photos) or len({(photo.backbone, photo.preparation) for photo in cached}) > 1:
+        return None
+    return FrozenFeatures(cached[0].backbone, cached[0].preparation, np.stack([photo.features for photo in cached]))
 
 
 @attrs.frozen(eq=False)
@@ -43,6 +75,7 @@ class Listings:
 
     texts: tuple[str, ...] | None = None
     photos: tuple[PreparedPhoto, ...] | None = None
+    frozen: FrozenFeatures | None = None
     _shared: dict[Hashable, Any] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -50,6 +83,8 @@ class Listings:
             raise FbmlError("a batch of listings needs texts, photos or both")
         if self.texts is not None and self.photos is not None and len(self.texts) != len(self.photos):
             raise FbmlError(f"{len(self.texts)} texts for {len(self.photos)} photos: give one of each per listing")
+        if self.frozen is not None and len(self.frozen.values) != len(self.photos or ()):
+            raise FbmlError(f"frozen features of {len(self.frozen.values)} photos for {len(self.photos or ())} photos")
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.photos or ())
@@ -124,8 +159,13 @@ class NetworkModel:
         else:
             from fbml.modeling.torch_runtime import network_outputs
 
-            logits, embeddings = network_outputs(self.network, images, tokens, listings.shared)
+            logits, embeddings = network_outputs(self.network, images, tokens, listings.shared, self._frozen(listings))
         return Outputs(softmax(logits), embeddings)
+
+    def _frozen(self, listings: Listings) -> FrozenFeatures | None:
+        """The batch's frozen features when they were computed on photos prepared as this network's are."""
+        frozen = listings.frozen
+        return frozen if frozen is not None and self.image is not None and frozen.preparation == self.image.preparation else None
 
     def _token_ids(self, listings: Listings) -> np.ndarray:
         settings = self.text

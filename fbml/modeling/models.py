@@ -8,6 +8,7 @@ training lends them (``fbml.modeling.randomness``).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -318,3 +319,13 @@ def build_model(
         image = image_from_options(options.image, num_classes)
         return combined_model(image, text_cnn_from_options(options.text, zeros, num_classes), num_classes)
     raise FbmlError(f"a {kind} model cannot be built from {type(options).__name__}")
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

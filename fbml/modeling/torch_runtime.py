@@ -12,29 +12,31 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput
+from fbml.modeling.inference import FrozenFeatures
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, ModelOutput, weights_digest
 
 Shared = Callable[[Hashable, Callable[[], Any]], Any]
 
 
-def network_outputs(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | None, shared: Shared) -> tuple[np.ndarray, np.ndarray]:
+def network_outputs(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | None, shared: Shared,
+                    frozen: FrozenFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """A torch network's logits and embeddings (float32) of a batch, under ``inference_mode``, on the device
     its weights are on. An image branch's frozen backbone runs once per batch and backbone module (``shared``),
     however many networks share it (a bundle's image and combined networks do: ``fbml.bundle.store`` loads
-    their backbone once)."""
+    their backbone once); not at all when ``frozen`` holds its output (computed by the same frozen weights)."""
     device = next(network.parameters()).device
     with torch.inference_mode():
-        output = _output(network, images, tokens, shared, device)
+        output = _output(network, images, tokens, shared, frozen, device)
         return output.logits.float().cpu().numpy(), output.embedding.float().cpu().numpy()
 
 
-def _output(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | None, shared: Shared, device: torch.device) -> ModelOutput:
+def _output(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | None, shared: Shared,
+            frozen: FrozenFeatures | None, device: torch.device) -> ModelOutput:  # fmt: skip
     token_tensor = None if tokens is None else torch.from_numpy(tokens).to(device)
     if isinstance(network, ImageClassifier | CombinedClassifier):
         assert images is not None
         branch = network if isinstance(network, ImageClassifier) else network.image
-        features: Tensor = shared(("frozen features", id(branch.frozen)),
-                                  lambda: branch.frozen_features(torch.from_numpy(images).to(device)))
+        features: Tensor = shared(("frozen features", id(branch.frozen)), lambda: _frozen_output(branch, images, shared, frozen, device))
         if isinstance(network, ImageClassifier):
             return network.forward_features(features)
         assert token_tensor is not None
@@ -42,6 +44,16 @@ def _output(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | 
     assert token_tensor is not None  # the text CNN
     output: ModelOutput = network(token_tensor)
     return output
+
+
+def _frozen_output(branch: ImageClassifier, images: np.ndarray, shared: Shared, frozen: FrozenFeatures | None,
+                   device: torch.device) -> Tensor:  # fmt: skip
+    """The branch's frozen stages' output of the batch: ``frozen``'s values when these frozen weights computed
+    them (their digest, once per batch), else computed from the photos."""
+    if frozen is not None and shared(("weights digest", id(branch.frozen)), lambda: weights_digest(branch.frozen)) == frozen.backbone:
+        return torch.from_numpy(np.asarray(frozen.values, dtype=np.float32)).to(device)
+    features: Tensor = branch.frozen_features(torch.from_numpy(images).to(device))
+    return features
 
 
 def set_threads(threads: int) -> None:

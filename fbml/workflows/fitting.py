@@ -21,8 +21,9 @@ from fbml.bundle.bundle import Bundle
 from fbml.errors import FbmlError
 from fbml.modeling.datasets import ImageDataset, ProductDataset, TextDataset, eval_transform, train_transform
 from fbml.modeling.distributed import main_first
-from fbml.modeling.features import FeatureDataset, FromFeatures, feature_cache
-from fbml.modeling.models import CombinedClassifier, ImageClassifier
+from fbml.modeling.features import FeatureDataset, FromFeatures, feature_cache, stored_features
+from fbml.modeling.inference import FrozenFeatures
+from fbml.modeling.models import CombinedClassifier, ImageClassifier, weights_digest
 from fbml.modeling.settings import ImageSettings
 from fbml.modeling.training import History, TrainConfig, TrainData, fit, predict
 from fbml.text.listings import listing_texts
@@ -125,6 +126,23 @@ def backbone_features(model: ImageClassifier, settings: ImageSettings, photos: I
     backbone and photos; computed by rank 0, the others then memory-map it)."""
     return main_first(data.world, lambda: feature_cache(model, photos, (settings.mean, settings.std), data.work_dir,
                                                         progress=data.progress))
+
+
+def cached_features(bundle: Bundle, data: TrainingData, settings: FitSettings) -> FrozenFeatures | None:
+    """The frozen features of every training photo as the image trainings cached them for the bundle's image model
+    (its frozen stages' weights and photo preparation named with them), for the prediction path to start from;
+    None when the cache is off, the model freezes nothing or no training of this work folder computed them (they
+    are never computed for this alone: that costs what the networks would)."""
+    entry = bundle.models.get(ModelKind.IMAGE_CNN)
+    if entry is None or not settings.feature_cache:
+        return None
+    model = entry.module
+    if not isinstance(model, ImageClassifier) or not any(True for _ in model.frozen.parameters()):
+        return None
+    image_settings = bundle.image_settings()
+    photos = training_photos(data, image_settings.size)
+    values = stored_features(model, photos, (image_settings.mean, image_settings.std), data.work_dir)
+    return None if values is None else FrozenFeatures(weights_digest(model.frozen), image_settings.preparation, values)
 
 
 def _photos(bundle: Bundle, kind: ModelKind, data: TrainingData) -> ImageCache | None:

@@ -32,6 +32,7 @@ from fbml.bundle.store import load_bundle, save_bundle
 from fbml.bundle.vector_index import Method, vector_index
 from fbml.errors import FbmlError
 from fbml.files import check_output_folder
+from fbml.modeling.inference import FrozenFeatures
 from fbml.tables.clean import CleanTables
 from fbml.text.listings import listing_texts
 from fbml.vision.cache import check_photo_folder
@@ -45,12 +46,13 @@ CATALOGUE_COLUMNS = ("id", "product_name", "category", "category_path", "price",
 
 
 def catalogue_parts(bundle: Bundle, tables: CleanTables, image_dir: Path | None, products: pl.DataFrame, *, work_dir: Path,
-                    progress: bool) -> ListingParts:  # fmt: skip
-    """The parts of every product of ``products`` (with its photos of ``tables`` that decode; some have none)."""
+                    progress: bool, features: FrozenFeatures | None = None) -> ListingParts:  # fmt: skip
+    """The parts of every product of ``products`` (with its photos of ``tables`` that decode; some have none);
+    ``features``: the frozen features of the photo cache's photos, which the networks of their backbone start from."""
     if tables.manifest is None or image_dir is None:
         raise FbmlError("building the search index needs an images table and a photo folder")
     photos = decoded_photos(tables, image_dir, work_dir, bundle.image_settings().size, progress=progress)
-    groups = product_photos(products, tables.manifest.images, photos)
+    groups = product_photos(products, tables.manifest.images, photos, features)
     return listing_parts(bundle, listing_texts(products), groups, batch_size=DEFAULT_BATCH, progress=progress)
 
 
@@ -94,8 +96,10 @@ def catalogue_index(parts: ListingParts, products: pl.DataFrame, recipe: Listing
     return SearchIndex(vectors, products.select(CATALOGUE_COLUMNS), recipe.to_json(), vector_index(vectors, method=method))
 
 
-def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, tested: Bundle) -> Bundle:
-    """``bundle`` with the index of the whole catalogue, its vectors made by ``bundle``'s models.
+def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, tested: Bundle, features: FrozenFeatures | None = None
+                   ) -> Bundle:  # fmt: skip
+    """``bundle`` with the index of the whole catalogue, its vectors made by ``bundle``'s models (their image
+    branches starting from the trainings' cached frozen ``features`` when given).
 
     The recipe is chosen with the validation products alone as the catalogue (each one's ten nearest among
     the others), their vectors made by ``chosen_with`` (the models trained on the training split alone): listings
@@ -103,14 +107,15 @@ def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, t
     are is reported once, their vectors made by ``tested`` (the models the test split was scored with)."""
     splits = data.splits.products
     everything = with_photo_ids(pl.concat([splits.train, splits.validation, splits.test]), data.tables)
-    parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress)
+    parts = catalogue_parts(bundle, data.tables, data.image_dir, everything, work_dir=data.work_dir, progress=data.progress,
+                            features=features)  # fmt: skip
     validation_rows = np.arange(splits.train.height, splits.train.height + splits.validation.height)
     test_rows = np.arange(splits.train.height + splits.validation.height, everything.height)
     paths = everything["category_path"].to_numpy()
-    chosen_parts = _split_parts(chosen_with, bundle, parts, everything, validation_rows, data)
+    chosen_parts = _split_parts(chosen_with, bundle, parts, everything, validation_rows, data, features)
     own = np.arange(validation_rows.size)
     recipe, validation = chosen_recipe(chosen_parts, paths[validation_rows], own, own)
-    tested_vectors = _split_parts(tested, bundle, parts, everything, test_rows, data).vectors(recipe)
+    tested_vectors = _split_parts(tested, bundle, parts, everything, test_rows, data, features).vectors(recipe)
     index = catalogue_index(parts, everything, recipe)
     report = {
         **index.report,
@@ -127,12 +132,13 @@ def indexed_bundle(bundle: Bundle, data: TrainingData, *, chosen_with: Bundle, t
 
 
 def _split_parts(models: Bundle, bundle: Bundle, parts: ListingParts, everything: pl.DataFrame, rows: np.ndarray,
-                 data: TrainingData) -> ListingParts:  # fmt: skip
+                 data: TrainingData, features: FrozenFeatures | None) -> ListingParts:  # fmt: skip
     """The parts of the products at ``rows`` of ``everything`` made by ``models``: ``bundle``'s ``parts`` of them
     when they are the same models."""
     if _same_models(models, bundle):
         return parts.rows(rows)
-    return catalogue_parts(models, data.tables, data.image_dir, everything[rows.tolist()], work_dir=data.work_dir, progress=data.progress)
+    return catalogue_parts(models, data.tables, data.image_dir, everything[rows.tolist()], work_dir=data.work_dir, progress=data.progress,
+                           features=features)  # fmt: skip
 
 
 def _same_models(first: Bundle, second: Bundle) -> bool:

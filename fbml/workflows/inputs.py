@@ -21,6 +21,7 @@ from contracts.limits import MAX_LISTING_PHOTOS
 
 from fbml.errors import FbmlError
 from fbml.modeling.distributed import World, main_first
+from fbml.modeling.inference import CachedPhoto, FrozenFeatures
 from fbml.tables.clean import CleanTables, restricted_tables
 from fbml.tables.splits import SplitTables, split_tables
 from fbml.text.labels import LabelCodec
@@ -102,23 +103,34 @@ def split_frames(data: TrainingData, examples: Examples, photos: ImageCache | No
     return SplitFrames(*(with_decoded_photos(frame, photos) for frame in (images.train, images.validation, images.test)))
 
 
-def frame_listings(frame: pl.DataFrame, photos: ImageCache | None) -> tuple[list[str], list[np.ndarray] | None]:
+def frame_listings(frame: pl.DataFrame, photos: ImageCache | None, features: FrozenFeatures | None = None
+                   ) -> tuple[list[str], list[np.ndarray | CachedPhoto] | None]:  # fmt: skip
     """A frame's listings as the prediction path takes them: each row's listing text, and for a photo frame
-    (``photos`` given) each row's decoded photo (uint8 H x W x 3, a view of the cache)."""
+    (``photos`` given) each row's photo (``cache_photo``)."""
     texts = listing_texts(frame)
     if photos is None:
         return texts, None
-    return texts, [photos.pixels[row].transpose(1, 2, 0) for row in photos.rows_for(frame["image_id"])]
+    return texts, [cache_photo(photos, row, features) for row in photos.rows_for(frame["image_id"]).tolist()]
 
 
-def product_photos(products: pl.DataFrame, manifest: pl.DataFrame, photos: ImageCache) -> list[list[np.ndarray]]:
-    """Each product's decoded photos (uint8 H x W x 3 views of the cache; none for a product without one)."""
+def product_photos(products: pl.DataFrame, manifest: pl.DataFrame, photos: ImageCache, features: FrozenFeatures | None = None
+                   ) -> list[list[np.ndarray | CachedPhoto]]:  # fmt: skip
+    """Each product's photos (``cache_photo``; none for a product without one)."""
     decoded = with_decoded_photos(manifest.filter(pl.col("id").is_in(products["id"].implode())), photos)
     rows = photos.rows_for(decoded["image_id"])
-    grouped: dict[str, list[np.ndarray]] = {}
+    grouped: dict[str, list[np.ndarray | CachedPhoto]] = {}
     for product_id, row in zip(decoded["id"].to_list(), rows.tolist(), strict=True):
-        grouped.setdefault(product_id, []).append(photos.pixels[row].transpose(1, 2, 0))
+        grouped.setdefault(product_id, []).append(cache_photo(photos, row, features))
     return [grouped.get(product_id, []) for product_id in products["id"].to_list()]
+
+
+def cache_photo(photos: ImageCache, row: int, features: FrozenFeatures | None) -> np.ndarray | CachedPhoto:
+    """The cache's photo ``row`` as the prediction path takes it: its pixels (uint8 H x W x 3, a view of the cache),
+    with their frozen features when ``features`` (of every photo of the cache, by row) are given."""
+    pixels: np.ndarray = photos.pixels[row].transpose(1, 2, 0)
+    if features is None:
+        return pixels
+    return CachedPhoto(pixels, features.values[row], features.backbone, features.preparation)
 
 
 def with_photo_ids(products: pl.DataFrame, tables: CleanTables) -> pl.DataFrame:

@@ -37,6 +37,7 @@ from fbml.bundle.profile import (
     numeric_summary,
     rate_group,
 )
+from fbml.modeling.inference import FrozenFeatures
 from fbml.tables.clean import CleanTables, restricted_tables
 from fbml.tables.cleaning import reasons_count
 from fbml.text.listings import listing_texts
@@ -88,16 +89,18 @@ class Observations:
         )
 
 
-def profiled_bundle(bundle: Bundle, data: TrainingData, *, scored_by: Bundle | None = None) -> Bundle:
+def profiled_bundle(bundle: Bundle, data: TrainingData, *, scored_by: Bundle | None = None, features: FrozenFeatures | None = None
+                    ) -> Bundle:  # fmt: skip
     """``bundle`` with the profile of a training's listings: the data's features on all of its tables, the
     models' on its test split, scored by ``scored_by`` (default ``bundle``): the models that never saw it when
-    the bundle ships models trained on every product."""
+    the bundle ships models trained on every product (their image branches starting from the cached frozen
+    ``features`` of the training's photos when given)."""
     tables = data.tables
     photos = None
     if tables.manifest is not None and data.image_dir is not None:
         photos = training_photos(data, photo_side(bundle))
     held_out = restricted_tables(tables, pl.col("id").is_in(data.splits.products.test["id"].implode()))
-    observations = listing_observations(scored_by or bundle, tables, photos, data.image_dir, held_out=held_out)
+    observations = listing_observations(scored_by or bundle, tables, photos, data.image_dir, held_out=held_out, features=features)
     return attrs.evolve(bundle, profile=observations.profile())
 
 
@@ -108,13 +111,13 @@ def photo_side(bundle: Bundle) -> int:
 
 
 def listing_observations(bundle: Bundle, tables: CleanTables, photos: ImageCache | None, image_dir: Path | None, *,
-                         held_out: CleanTables | None = None) -> Observations:  # fmt: skip
-    """The features of ``tables`` (and their decoded ``photos``), with the models' features on ``held_out``
-    (default: all of ``tables``)."""
+                         held_out: CleanTables | None = None, features: FrozenFeatures | None = None) -> Observations:  # fmt: skip
+    """The features of ``tables`` (and their decoded ``photos``, with their cached frozen ``features`` when given),
+    with the models' features on ``held_out`` (default: all of ``tables``)."""
     observed = table_observations(tables)
     if photos is not None and tables.manifest is not None and image_dir is not None:
         observed = observed.merged(photo_observations(tables, photos, image_dir))
-    return observed.merged(model_observations(bundle, tables if held_out is None else held_out, photos))
+    return observed.merged(model_observations(bundle, tables if held_out is None else held_out, photos, features))
 
 
 def table_observations(tables: CleanTables) -> Observations:
@@ -175,7 +178,8 @@ def _channel_means(photos: ImageCache, rows: np.ndarray) -> np.ndarray:
     return means
 
 
-def model_observations(bundle: Bundle, tables: CleanTables, photos: ImageCache | None) -> Observations:
+def model_observations(bundle: Bundle, tables: CleanTables, photos: ImageCache | None, features: FrozenFeatures | None = None
+                       ) -> Observations:  # fmt: skip
     """Unknown words, each predictor's predictions, and a sample of listing vectors, of ``tables``' listings."""
     products = tables.cleaned.products
     rates = {} if bundle.text is None else {"text.words": _unknown_words(bundle, listing_texts(products))}
@@ -188,12 +192,12 @@ def model_observations(bundle: Bundle, tables: CleanTables, photos: ImageCache |
     for roles, frame, frame_photos in frames:
         if not roles or not frame.height:
             continue
-        texts, images = frame_listings(frame, frame_photos)
+        texts, images = frame_listings(frame, frame_photos, features)
         found = bundle.probabilities(list(roles), texts=texts, images=images)
         for role in roles:
             numeric[f"predictions.{role}.confidence"] = found[role].max(axis=1).astype(np.float64)
             categorical[f"predictions.{role}.category"] = [bundle.codec.classes[index] for index in found[role].argmax(axis=1)]
-    return Observations(numeric, categorical, rates, _vector_sample(bundle, tables, photos))
+    return Observations(numeric, categorical, rates, _vector_sample(bundle, tables, photos, features))
 
 
 def _unknown_words(bundle: Bundle, texts: list[str]) -> RateGroup:
@@ -205,7 +209,7 @@ def _unknown_words(bundle: Bundle, texts: list[str]) -> RateGroup:
     return RateGroup(words.height, {"unknown": int(words.height - known.sum())})
 
 
-def _vector_sample(bundle: Bundle, tables: CleanTables, photos: ImageCache | None) -> np.ndarray | None:
+def _vector_sample(bundle: Bundle, tables: CleanTables, photos: ImageCache | None, features: FrozenFeatures | None) -> np.ndarray | None:
     """The listing vectors (``Bundle.embed_many``) of up to ``MAX_VECTORS`` products, chosen by a hash of their
     id (so the sample does not depend on row order); None when the bundle makes no listing vectors."""
     if bundle.index is None:
@@ -213,7 +217,7 @@ def _vector_sample(bundle: Bundle, tables: CleanTables, photos: ImageCache | Non
     products = sampled_products(tables.cleaned.products, MAX_VECTORS)
     images = None
     if photos is not None and tables.manifest is not None:
-        images = product_photos(products, tables.manifest.images, photos)
+        images = product_photos(products, tables.manifest.images, photos, features)
     texts: list[str | None] = list(listing_texts(products))
     vectors: np.ndarray = bundle.embed_many(texts=texts, images=images)
     return vectors

@@ -41,6 +41,7 @@ from fbml.modeling.backbones import DEFAULT_BACKBONE, backbone
 from fbml.modeling.devices import resolve_device, seeded_rng
 from fbml.modeling.distributed import World, held_by_main, on_main, process_group, rank_device
 from fbml.modeling.ensembles import cross_validated_scores, fit_ensemble
+from fbml.modeling.inference import FrozenFeatures
 from fbml.modeling.linear_text import LinearTextModel, LinearTextOptions, fit_linear_text
 from fbml.modeling.models import (
     DEFAULT_BRANCH_SCALE,
@@ -66,7 +67,7 @@ from fbml.text.listings import listing_texts
 from fbml.text.vocabulary import build_vocabulary, tokens
 from fbml.text.word2vec import embedding_matrix, train_word2vec
 from fbml.vision.cache import check_photo_folder
-from fbml.workflows.fitting import FitSettings, Phase, fitted, network_probabilities, refitted
+from fbml.workflows.fitting import FitSettings, Phase, cached_features, fitted, network_probabilities, refitted
 from fbml.workflows.inputs import (
     Examples,
     SplitFrames,
@@ -243,7 +244,8 @@ def train_into_bundle(
         if request.kind is Role.COMBINED:
             bundle = _with_branches(bundle, bundle_dir, data, settings, request)
         bundle, outcome = TRAINERS[request.kind](bundle, data, settings, request)
-        bundle = profiled_bundle(bundle, data, scored_by=tested_models(bundle, data))
+        scored_by = tested_models(bundle, data)
+        bundle = profiled_bundle(bundle, data, scored_by=scored_by, features=cached_features(scored_by, data, settings))
         on_main(world, lambda: save_bundle(bundle, bundle_dir))
     return attrs.evolve(outcome, seconds=time.perf_counter() - started)
 
@@ -350,7 +352,7 @@ def _train_image(bundle: Bundle, data: TrainingData, settings: FitSettings, requ
         model = _new_image_cnn(bundle, recipe, request.config.seed)
         histories |= _refit_history(kind, refitted(bundle, kind, model, data, settings, history.best_epoch), Phase.REFIT)
     bundle = bundle.with_model(BundleModel(kind, model, recipe.options(), _report(history, request, tested)))
-    bundle, result = _with_chosen(bundle, Role.IMAGE, [(kind,)], frames, histories, data, request)
+    bundle, result = _with_chosen(bundle, Role.IMAGE, [(kind,)], frames, histories, data, request, cached_features(bundle, data, settings))
     if request.shipped is not Phase.ALL:
         return bundle, result
     tested_store(data).save_model(kind, model)
@@ -384,7 +386,8 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
     tested = tested.with_model(BundleModel(kind, network, options, _report(history, request, tested_phase)))
     fusion = (*(ModelKind(name) for name in bundle.predictor(Role.TEXT).ensemble.names), ModelKind.IMAGE_CNN)
     candidates = [(kind,), fusion, (*fusion, kind)]
-    tested, result = _with_chosen(tested, Role.COMBINED, candidates, frames, histories, data, request)
+    features = cached_features(tested, data, settings)
+    tested, result = _with_chosen(tested, Role.COMBINED, candidates, frames, histories, data, request, features)
     bundle = bundle.with_predictor(Role.COMBINED, tested.predictor(Role.COMBINED)).with_model(tested.models[kind])
     if request.shipped is Phase.ALL:
         tested_store(data).save_model(kind, network)
@@ -394,7 +397,7 @@ def _train_combined(bundle: Bundle, data: TrainingData, settings: FitSettings, r
         result = attrs.evolve(result, histories={**result.histories, **shipped})
     from fbml.workflows.index import indexed_bundle
 
-    bundle = indexed_bundle(bundle, data, chosen_with=split_models(bundle, data), tested=tested)
+    bundle = indexed_bundle(bundle, data, chosen_with=split_models(bundle, data), tested=tested, features=features)
     return bundle, attrs.evolve(result, index=dict(bundle.search_index().report))
 
 
@@ -483,6 +486,7 @@ def _with_chosen(
     histories: Mapping[str, History],
     data: TrainingData,
     request: TrainRequest,
+    features: FrozenFeatures | None = None,
 ) -> tuple[Bundle, TrainResult]:
     """The bundle with ``role``'s predictor chosen on validation, with the validation predictions of the models
     trained on the training split alone: each candidate ensemble (members, with or without a class bias) is
@@ -490,7 +494,8 @@ def _with_chosen(
     by category); the simplest candidate (fewest members, then no bias) that the best does not beat by more
     than the folds' noise (``FoldScores.falls_short_of``) is chosen, so a member that does not earn its place
     across folds is dropped; it is fitted on all of validation, then the test split is scored once, through the
-    bundle's prediction path with the bundle's models."""
+    bundle's prediction path with the bundle's models (their image branches starting from the cached frozen
+    ``features`` when given)."""
     validation, test = frames.validation, frames.test
     names = sorted({name for members in candidates for name in members})
     store = validation_store(data)
@@ -513,7 +518,7 @@ def _with_chosen(
               "weights": dict(ensemble.members), "refit": request.refit, "shipped": request.shipped.trained_on}
     bundle = bundle.with_predictor(role, Predictor(ensemble))
     photos = training_photos(data, bundle.image_settings().size) if role.reads_photos else None
-    texts, images = frame_listings(test, photos)
+    texts, images = frame_listings(test, photos, features)
     tested = bundle.probabilities([role, *names], texts=texts, images=images, progress=data.progress)
     test_scores = scored(tested[role], labels["test"], test, 0)
     model_tests = {str(name): scored(tested[name], labels["test"], test, 0) for name in names}
