@@ -67,8 +67,8 @@ MANIFEST = "bundle.json"
 MAX_MANIFEST_BYTES = 16 * 2**20
 CONTENT_NAME = re.compile(r"[a-z][a-z-]*-[0-9a-f]{16}\.(json|npy|safetensors|onnx|faiss)")
 RUNTIMES = ("torch", "onnx")
-LOADING_THREADS = 3
-"""Threads reading a bundle's models (and its subcategory model) at once."""
+LOADING_THREADS = 4
+"""Threads reading a bundle's parts (its models, subcategory model, index and profile) at once."""
 VECTOR_CHUNK = "index-chunk"
 """The name stem of an HNSW graph's vector chunk files."""
 GRAPH_PATCH = "graph-patch"
@@ -158,18 +158,24 @@ def _load(path: Path, runtime: str, onnx_threads: int | None, roles: frozenset[R
     predictor_entries, model_entries = (manifest.predictors, manifest.models) if roles is None else _chosen(path, manifest, roles)
     codec = _read(path, manifest.codec, "codec", LabelCodec.from_json)
     reads_photos = any(kind.reads_photos for kind in model_entries)
-    image = None if manifest.image is None else _read_image(path, manifest.image, check_backbone=runtime == "torch" and (whole or reads_photos))
     text = None if manifest.text is None else _read_text(path, manifest.text)
-    # Each model in a thread of its own: reading, hashing and copying arrays release the GIL, so the linear models
-    # load while the first network imports torch (about 2 s here), instead of after it.
+    # Each part in a thread of its own: reading, hashing and copying arrays release the GIL, so the linear models, the
+    # index and the profile load while torch is imported (about 2 s here: checking the backbone, or the first network),
+    # instead of after it. Results are taken in a fixed order: a broken bundle always names the same first problem.
     with ThreadPoolExecutor(max_workers=LOADING_THREADS, thread_name_prefix="fbml-bundle") as pool:
-        reads = {kind: pool.submit(_read_model, path, kind, entry, codec, text, runtime, onnx_threads) for kind, entry in model_entries.items()}
         subcategory_read = None if manifest.subcategories is None else pool.submit(_read_subcategories, path, manifest.subcategories, codec)
+        image_read = None if manifest.image is None else pool.submit(
+            _read_image, path, manifest.image, check_backbone=runtime == "torch" and (whole or reads_photos))
+        reads = {kind: pool.submit(_read_model, path, kind, entry, codec, text, runtime, onnx_threads) for kind, entry in model_entries.items()}
+        index_read = None if manifest.index is None or not whole else pool.submit(_read_index, path, manifest.index)
+        profile_read = None if manifest.profile is None or not whole else pool.submit(
+            _read, path, manifest.profile, "training profile", profile_from_json)
+        image = None if image_read is None else image_read.result()
         models = {kind: read.result() for kind, read in reads.items()}
+        predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in predictor_entries.items()}
+        index = None if index_read is None else index_read.result()
+        profile = None if profile_read is None else profile_read.result()
         subcategories = None if subcategory_read is None else subcategory_read.result()
-    predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in predictor_entries.items()}
-    index = None if manifest.index is None or not whole else _read_index(path, manifest.index)
-    profile = None if manifest.profile is None or not whole else _read(path, manifest.profile, "training profile", profile_from_json)
     shared = sharing_backbones(models) if runtime == "torch" else models
     bundle = Bundle(codec, image, text, shared, predictors, index, hashlib.sha256(content).hexdigest(), subcategories, profile,
                     partial=not whole)  # fmt: skip
