@@ -23,6 +23,7 @@ from fbml.bundle.predictions import (
     DEFAULT_BATCH,
     Fields,
     Name,
+    Photo,
     Prediction,
     Similar,
     batch_probabilities,
@@ -38,7 +39,7 @@ from fbml.bundle.profile import Profile
 from fbml.bundle.search import Neighbour, SearchIndex
 from fbml.errors import FbmlError, InputError
 from fbml.modeling.ensembles import Ensemble
-from fbml.modeling.inference import CachedPhoto, ListingModel, listing_model
+from fbml.modeling.inference import ListingModel, listing_model
 from fbml.modeling.linear_text import LinearTextModel
 from fbml.modeling.onnx_runtime import OnnxGraph
 from fbml.modeling.settings import ImageSettings, TextSettings
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 UNVERSIONED = "unversioned"
 """The model version of a bundle that was never saved (a loaded one's is the SHA-256 of its manifest)."""
 TorchOptions = ImageOptions | TextCnnOptions | CombinedOptions
-Photos = Sequence[PhotoInput | PreparedPhoto | CachedPhoto]
+Photos = Sequence[Photo]
 
 
 def _in_eval_mode(module: Model) -> Model:
@@ -127,7 +128,7 @@ class Bundle:
         (``os.PathLike``), a PIL image or uint8 pixels, decoded within ``limits``. ``InputError`` names what
         is wrong."""
         texts = None if text is None else [text]
-        images: list[PhotoInput | PreparedPhoto | CachedPhoto] | None = None if image is None else [image]
+        images: list[Photo] | None = None if image is None else [image]
         return self._predict(texts, images, role, limits, DEFAULT_BATCH, single=True)[0]
 
     def predict_many(self, *, texts: Sequence[str] | None = None, images: Photos | None = None, role: Role | str | None = None,
@@ -256,7 +257,7 @@ class Bundle:
 
     # --- the work behind the prediction methods ------------------------------------------------------------
 
-    def _predict(self, texts: list[str] | None, images: list[PhotoInput | PreparedPhoto | CachedPhoto] | None, role: Role | str | None,
+    def _predict(self, texts: list[str] | None, images: list[Photo] | None, role: Role | str | None,
                  limits: PhotoLimits, batch_size: int, *, single: bool) -> list[Prediction]:  # fmt: skip
         _check_pairs(texts, images)
         chosen = resolved_role(self, role, has_text=texts is not None, has_photos=images is not None)
@@ -271,7 +272,7 @@ class Bundle:
         probabilities = self.subcategories.probabilities(texts)
         return self.subcategories.joint(self.codec, category_probabilities, probabilities)
 
-    def _probabilities(self, names: Sequence[Name], texts: list[str] | None, images: list[PhotoInput | PreparedPhoto | CachedPhoto] | None,
+    def _probabilities(self, names: Sequence[Name], texts: list[str] | None, images: list[Photo] | None,
                        limits: PhotoLimits, batch_size: int, *, single: bool, progress: bool) -> dict[Name, np.ndarray]:  # fmt: skip
         count = _check_pairs(texts, images)
         parts: dict[Name, list[np.ndarray]] = {name: [] for name in names}

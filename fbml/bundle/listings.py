@@ -23,12 +23,11 @@ import numpy as np
 from contracts.bundle import ModelKind, Role
 from tqdm import tqdm
 
-from fbml.bundle.predictions import Fields, batch_probabilities, chunks, prepared_listings
+from fbml.bundle.predictions import Fields, Photo, batch_probabilities, chunks, prepared_listings
 from fbml.bundle.search import PRECISION_K, SearchIndex, unit_rows
 from fbml.errors import FbmlError, InputError
-from fbml.modeling.inference import CachedPhoto
 from fbml.modeling.metrics import group_means
-from fbml.vision.photos import PhotoInput, PhotoLimits, PreparedPhoto
+from fbml.vision.photos import PhotoLimits
 
 if TYPE_CHECKING:
     from fbml.bundle.bundle import Bundle
@@ -41,7 +40,6 @@ TIE_TOLERANCE = 1e-6
 """Ten neighbours whose scores all lie within this of each other are tied: the index cannot order them."""
 TEXT_MODEL = ModelKind.TEXT_CNN
 IMAGE_MODEL = ModelKind.IMAGE_CNN
-Photo = PhotoInput | PreparedPhoto | CachedPhoto
 
 
 @attrs.frozen

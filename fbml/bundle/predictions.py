@@ -31,6 +31,8 @@ DEFAULT_BATCH = 32
 TOP = 5
 Name = Role | ModelKind
 READABLE = re.compile("[A-Za-z0-9]")
+Photo = PhotoInput | PreparedPhoto | CachedPhoto
+"""A photo the prediction path takes: encoded or decoded (``PhotoInput``), prepared, or with its cached features."""
 
 
 def _probability_map(value: Mapping[str, float]) -> Mapping[str, float]:
@@ -119,7 +121,7 @@ def checked_texts(texts: Sequence[str] | None, field: str) -> list[str] | None:
     return list(texts)
 
 
-def checked_photos(images: Sequence[PhotoInput | PreparedPhoto | CachedPhoto] | None, field: str) -> list[PhotoInput | PreparedPhoto | CachedPhoto] | None:
+def checked_photos(images: Sequence[Photo] | None, field: str) -> list[Photo] | None:
     """``images`` as a list; ``InputError`` when it is one photo or not a sequence."""
     if images is None:
         return None
@@ -129,7 +131,7 @@ def checked_photos(images: Sequence[PhotoInput | PreparedPhoto | CachedPhoto] | 
 
 
 def prepared_listings(
-    bundle: Bundle, texts: Sequence[str] | None, images: Sequence[PhotoInput | PreparedPhoto | CachedPhoto] | None,
+    bundle: Bundle, texts: Sequence[str] | None, images: Sequence[Photo] | None,
     *, limits: PhotoLimits, fields: Fields,
 ) -> Listings:
     """One batch of listings with its photos prepared for the bundle's image networks (and, when every photo is a

@@ -125,11 +125,11 @@ def feature_cache(
     """``frozen_features`` of every photo of ``photos`` (row ``i`` is its row ``i``), memory-mapped from
     ``directory/features-<key>``, computed there once: the key digests the frozen weights, the photos
     and their preprocessing, so the image and combined models of one backbone share it."""
-    cached = stored_features(model, photos, settings, directory)
+    key = _feature_key(model.frozen, photos, settings)
+    target = _features_dir(directory, key)
+    cached = _cached_features(target, key)
     if cached is not None:
         return cached
-    key = _feature_key(model.frozen, photos, settings)
-    target = directory / f"features-{key[:16]}"
     transform = eval_transform(photos.size, settings[0], settings[1])
     with atomic_directory(target) as building:
         features = frozen_features(model, photos.pixels, transform, progress=progress)
@@ -143,7 +143,11 @@ def stored_features(model: ImageClassifier, photos: ImageCache, settings: Stats,
     """The features ``feature_cache`` stored in ``directory`` for ``model``'s frozen stages, ``photos`` and
     ``settings`` (memory-mapped), or None when it has not computed them there."""
     key = _feature_key(model.frozen, photos, settings)
-    return _cached_features(directory / f"features-{key[:16]}", key)
+    return _cached_features(_features_dir(directory, key), key)
+
+
+def _features_dir(directory: Path, key: str) -> Path:
+    return directory / f"features-{key[:16]}"
 
 
 def _feature_key(frozen: nn.Module, photos: ImageCache, settings: Stats) -> str:

@@ -16,6 +16,7 @@ runs (``fbml.modeling.torch_runtime``), so ONNX Runtime never imports it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -39,31 +40,43 @@ T = TypeVar("T")
 @attrs.frozen(eq=False)
 class FrozenFeatures:
     """Photos' frozen-stage output as training caches it (``fbml.modeling.features``; row ``i``: photo ``i``), from
-    the frozen stages whose weights digest to ``backbone`` (``weights_digest``) on photos prepared by ``preparation``."""
+    the frozen stages whose weights digest to ``backbone`` (``weights_digest``) on photos prepared by ``preparation``.
+
+    Which frozen modules computed them is remembered per module (``computed_by``), by these features and every
+    batch taken from them (``rows``): frozen stages never change, so their digest is computed once, not per batch."""
 
     backbone: str
     preparation: Preparation
     values: np.ndarray
+    _digests: weakref.WeakKeyDictionary[Any, str] = attrs.field(factory=weakref.WeakKeyDictionary, repr=False)
+
+    def rows(self, rows: Sequence[int]) -> FrozenFeatures:
+        """These features of the photos ``rows`` only (a copy), remembering what these do."""
+        return FrozenFeatures(self.backbone, self.preparation, np.asarray(self.values[list(rows)]), self._digests)
+
+    def computed_by(self, frozen: Any, digest: Callable[[Any], str]) -> bool:
+        """Whether the frozen stages ``frozen`` (a module; ``digest`` gives its weights' digest) computed these."""
+        if frozen not in self._digests:
+            self._digests[frozen] = digest(frozen)
+        return self._digests[frozen] == self.backbone
 
 
 @attrs.frozen(eq=False)
 class CachedPhoto:
-    """A decoded photo (uint8 H x W x 3) with its row of ``FrozenFeatures`` (``features``, ``backbone``,
-    ``preparation`` as there): what training holds of each photo. Networks with another backbone, and ONNX
-    Runtime, read the pixels."""
+    """A decoded photo (uint8 H x W x 3) and its ``row`` of ``features`` (those of every photo of training's cache):
+    what training holds of each photo. Networks with another backbone, and ONNX Runtime, read the pixels."""
 
     pixels: np.ndarray
-    features: np.ndarray
-    backbone: str
-    preparation: Preparation
+    features: FrozenFeatures
+    row: int
 
 
 def frozen_features_of(photos: Sequence[object]) -> FrozenFeatures | None:
-    """The ``FrozenFeatures`` of a batch whose photos are all ``CachedPhoto`` of one backbone and preparation, else None."""
+    """The ``FrozenFeatures`` of a batch whose photos are all ``CachedPhoto`` of the same features, else None."""
     cached = [photo for photo in photos if isinstance(photo, CachedPhoto)]
-    if not cached or len(cached) < len(photos) or len({(photo.backbone, photo.preparation) for photo in cached}) > 1:
+    if not cached or len(cached) < len(photos) or any(photo.features is not cached[0].features for photo in cached):
         return None
-    return FrozenFeatures(cached[0].backbone, cached[0].preparation, np.stack([photo.features for photo in cached]))
+    return cached[0].features.rows([photo.row for photo in cached])
 
 
 @attrs.frozen(eq=False)

@@ -36,7 +36,7 @@ def _output(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | 
     if isinstance(network, ImageClassifier | CombinedClassifier):
         assert images is not None
         branch = network if isinstance(network, ImageClassifier) else network.image
-        features: Tensor = shared(("frozen features", id(branch.frozen)), lambda: _frozen_output(branch, images, shared, frozen, device))
+        features: Tensor = shared(("frozen features", id(branch.frozen)), lambda: _frozen_output(branch, images, frozen, device))
         if isinstance(network, ImageClassifier):
             return network.forward_features(features)
         assert token_tensor is not None
@@ -46,11 +46,10 @@ def _output(network: nn.Module, images: np.ndarray | None, tokens: np.ndarray | 
     return output
 
 
-def _frozen_output(branch: ImageClassifier, images: np.ndarray, shared: Shared, frozen: FrozenFeatures | None,
-                   device: torch.device) -> Tensor:  # fmt: skip
+def _frozen_output(branch: ImageClassifier, images: np.ndarray, frozen: FrozenFeatures | None, device: torch.device) -> Tensor:
     """The branch's frozen stages' output of the batch: ``frozen``'s values when these frozen weights computed
-    them (their digest, once per batch), else computed from the photos."""
-    if frozen is not None and shared(("weights digest", id(branch.frozen)), lambda: weights_digest(branch.frozen)) == frozen.backbone:
+    them, else computed from the photos."""
+    if frozen is not None and frozen.computed_by(branch.frozen, weights_digest):
         return torch.from_numpy(np.asarray(frozen.values, dtype=np.float32)).to(device)
     features: Tensor = branch.frozen_features(torch.from_numpy(images).to(device))
     return features

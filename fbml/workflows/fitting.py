@@ -112,7 +112,7 @@ def training_set(bundle: Bundle, kind: ModelKind, model: nn.Module, frame: pl.Da
     assert isinstance(image, ImageClassifier) and isinstance(model, ImageClassifier | CombinedClassifier)
     photos = training_photos(data, image_settings.size)
     positions = photos.rows_for(frame["image_id"])
-    if settings.feature_cache and any(True for _ in image.frozen.parameters()):
+    if settings.feature_cache and freezes_stages(image):
         features = backbone_features(image, image_settings, photos, data)
         return FromFeatures(model), FeatureDataset(features[positions], labels, rows, token_ids)
     transform = (train_transform if augment else eval_transform)(image_settings.size, image_settings.mean, image_settings.std)
@@ -137,12 +137,17 @@ def cached_features(bundle: Bundle, data: TrainingData, settings: FitSettings) -
     if entry is None or not settings.feature_cache:
         return None
     model = entry.module
-    if not isinstance(model, ImageClassifier) or not any(True for _ in model.frozen.parameters()):
+    if not isinstance(model, ImageClassifier) or not freezes_stages(model):
         return None
     image_settings = bundle.image_settings()
     photos = training_photos(data, image_settings.size)
     values = stored_features(model, photos, (image_settings.mean, image_settings.std), data.work_dir)
     return None if values is None else FrozenFeatures(weights_digest(model.frozen), image_settings.preparation, values)
+
+
+def freezes_stages(model: ImageClassifier) -> bool:
+    """Whether ``model`` has frozen stages (whose output a feature cache holds)."""
+    return any(True for _ in model.frozen.parameters())
 
 
 def _photos(bundle: Bundle, kind: ModelKind, data: TrainingData) -> ImageCache | None:

@@ -130,7 +130,7 @@ def cache_photo(photos: ImageCache, row: int, features: FrozenFeatures | None) -
     pixels: np.ndarray = photos.pixels[row].transpose(1, 2, 0)
     if features is None:
         return pixels
-    return CachedPhoto(pixels, features.values[row], features.backbone, features.preparation)
+    return CachedPhoto(pixels, features, row)
 
 
 def with_photo_ids(products: pl.DataFrame, tables: CleanTables) -> pl.DataFrame:
