@@ -18,8 +18,10 @@ then rows/s of ``fbml predict`` on a ``--catalogue-products`` generated catalogu
 photos repeated under new ids; 0 skips it). The bundle (``--bundle``, else one trained here on the sample at 64 px)
 must have ONNX graphs (``fbml export-onnx``).
 
+``--workers N`` is passed to ``fbml predict`` (default: its own, one worker process per core).
+
     uv run python benchmarks/bench_batch.py [--bundle DIR --products P --images I --image-dir D] [--text-products P] [--repeats 3]
-        [--photos 512] [--texts 512] [--api-seconds 10] [--catalogue-products 100000]
+        [--photos 512] [--texts 512] [--api-seconds 10] [--catalogue-products 100000] [--workers N]
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def main() -> None:
         rounds = []
         for repeat in range(args.repeats):
             found = one_round(bundle_dir, inputs, text_inputs, photos, texts, scratch / f"round-{repeat}",
-                              runtimes=RUNTIMES if repeat % 2 == 0 else RUNTIMES[::-1])  # fmt: skip
+                              runtimes=RUNTIMES if repeat % 2 == 0 else RUNTIMES[::-1], workers=args.workers)  # fmt: skip
             print(f"round {repeat + 1}: {found}", flush=True)
             rounds.append(found)
         print(summary(rounds))
@@ -94,7 +96,7 @@ def main() -> None:
         if args.catalogue_products > 0:
             catalogue = generated_catalogue(inputs, scratch / "catalogue", args.catalogue_products)
             for runtime in RUNTIMES:
-                seconds = process_seconds(bundle_dir, catalogue, scratch / f"catalogue-{runtime}", runtime=runtime)
+                seconds = process_seconds(bundle_dir, catalogue, scratch / f"catalogue-{runtime}", runtime=runtime, workers=args.workers)
                 rows = pl.read_parquet(scratch / f"catalogue-{runtime}" / "predictions.parquet").height
                 print(f"generated catalogue, {args.catalogue_products} product rows, --runtime {runtime}: {rows} rows in "
                       f"{seconds:.1f} s = {rows / seconds:.1f} rows/s")  # fmt: skip
@@ -115,6 +117,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load on the HTTP API (default 10; 0 skips it)")
     parser.add_argument("--catalogue-products", type=int, default=100_000,
                         help="product rows of the generated catalogue (default 100000; 0 skips it)")
+    parser.add_argument("--workers", type=int, default=None, help="fbml predict's --workers (default: its own)")
     return parser.parse_args()
 
 
@@ -158,7 +161,7 @@ def model_inputs(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, count: i
 
 
 def one_round(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, photos: list[tuple[str, np.ndarray]], texts: list[str],
-              scratch: Path, *, runtimes: tuple[str, ...]) -> Round:  # fmt: skip
+              scratch: Path, *, runtimes: tuple[str, ...], workers: int | None) -> Round:  # fmt: skip
     """Each runtime's model rates here and process rates in a fresh process (texts: ``text_inputs``' products)."""
     from fbml.bundle.store import load_bundle
 
@@ -175,18 +178,22 @@ def one_round(bundle_dir: Path, inputs: Inputs, text_inputs: Inputs, photos: lis
         started = time.perf_counter()
         bundle.predict_many(texts=texts, role="text", batch_size=BATCH)
         found.model_texts[runtime] = len(texts) / (time.perf_counter() - started)
-        found.process_photos[runtime] = photo_count / process_seconds(bundle_dir, inputs, scratch / f"photos-{runtime}", runtime=runtime)
+        found.process_photos[runtime] = photo_count / process_seconds(bundle_dir, inputs, scratch / f"photos-{runtime}", runtime=runtime,
+                                                                      workers=workers)  # fmt: skip
         found.process_texts[runtime] = text_count / process_seconds(bundle_dir, text_inputs, scratch / f"texts-{runtime}", runtime=runtime,
-                                                                    with_photos=False)  # fmt: skip
+                                                                    with_photos=False, workers=workers)  # fmt: skip
     found.load.append(os.getloadavg()[0])
     return found
 
 
-def process_seconds(bundle_dir: Path, inputs: Inputs, out: Path, *, runtime: str, with_photos: bool = True) -> float:
-    """Wall seconds of ``fbml predict`` in a fresh process, start-up included (photos with their texts, or texts alone)."""
+def process_seconds(bundle_dir: Path, inputs: Inputs, out: Path, *, runtime: str, with_photos: bool = True,
+                    workers: int | None = None) -> float:  # fmt: skip
+    """Wall seconds of ``fbml predict`` in a fresh process, start-up included (photos with their texts, or texts alone;
+    its default worker processes, or ``workers``)."""
     photos = ["--images", str(inputs.images), "--image-dir", str(inputs.image_dir)] if with_photos else []
+    chosen = [] if workers is None else ["--workers", str(workers)]
     command = [sys.executable, "-m", "fbml.cli", "predict", str(bundle_dir), "--products", str(inputs.products), *photos,
-               "--out", str(out), "--runtime", runtime, "--device", "cpu"]  # fmt: skip
+               "--out", str(out), "--runtime", runtime, "--device", "cpu", *chosen]  # fmt: skip
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started

@@ -221,12 +221,16 @@ def _add_predict(commands: Commands) -> None:
                         help="with --engine ray: the cluster (ray://HOST:10001, or auto); default: a local cluster "
                              "started for the run")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="listings per model run (default 32)")
-    parser.add_argument("--part-size", type=_positive_int, default=512,
-                        help="products per part written (default 512): what a kill can lose")
+    parser.add_argument("--part-size", type=_positive_int, default=None,
+                        help="products per part written: what a kill can lose (default 512, or fewer to make 8 parts, "
+                             "so that the workers share a small catalogue)")
     parser.add_argument("--embeddings", action="store_true", help="add each listing's vector (the bundle needs an index)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="processes that score parts side by side, each loading the bundle once (default: one per "
+                             "core on the CPU, one on a GPU; 1: score in this process)")
     parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="inference threads (default: one per core, as torch and ONNX Runtime choose in a "
-                             "program of their own; the next part's photos decode beside them)")
+                        help="inference threads of each scoring process (default: its share of the cores, as torch and "
+                             "ONNX Runtime choose in a program of their own; the next part's photos decode beside them)")
     parser.add_argument("--resume", action="store_true", help="continue the run whose parts are in DIR")
 
 
@@ -238,6 +242,8 @@ def _run_predict(args: argparse.Namespace) -> None:
 
     if args.address is not None and args.engine != "ray":
         raise FbmlError("--address is for --engine ray")
+    if args.workers is not None and args.engine != "polars":
+        raise FbmlError("--workers is for --engine polars (Ray runs an actor per CPU of its cluster)")
     read_manifest(args.bundle)  # not a bundle: stop before cleaning the tables
     check_photo_folder(args.image_dir)
     check_destination(args.out, "output folder", photo_folder=args.image_dir, bundle=args.bundle)
@@ -246,15 +252,16 @@ def _run_predict(args: argparse.Namespace) -> None:
     if args.engine == "ray":
         # Workers run this interpreter, not a fresh `uv run` environment each (set it to 1 to have them).
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    threads = args.threads or available_cores()
-    if args.runtime == "torch" and args.engine == "polars" and args.threads:
+    workers = args.workers or (available_cores() if device == "cpu" else 1)
+    threads = args.threads or max(1, available_cores() // workers)
+    if args.runtime == "torch" and args.engine == "polars" and workers == 1 and args.threads:
         # Asked for: set here (torch is imported for it). Else torch keeps its own choice, one per core, and is
-        # imported where the bundle loads, beside the cleaning of the tables.
+        # imported where the bundle loads, beside the cleaning of the tables. Worker processes set their own.
         from fbml.modeling.torch_runtime import set_threads
 
         set_threads(threads)
     options = PredictOptions(runtime=args.runtime, device=device, batch_size=args.batch_size, part_size=args.part_size,
-                             embeddings=args.embeddings, threads=threads)
+                             embeddings=args.embeddings, threads=threads, workers=workers if args.engine == "polars" else 1)
     summary = predict_catalogue(args.bundle, args.products, args.images, args.image_dir, args.out, options=options,
                                 resume=args.resume, engine=args.engine, address=args.address)
     print(summary.summary())

@@ -427,6 +427,34 @@ def test_a_few_named_refusals(model: LinearTextModel) -> None:
             LinearTextModel.from_parts(json_value, parts)
 
 
+NOT_DISTINCT = [
+    ("word", lambda vocabulary: vocabulary[:-1] + [vocabulary[0]], "duplicate word vocabulary entr(ies): ['{0}']"),
+    ("char", lambda vocabulary: [vocabulary[1], *vocabulary[1:-2], vocabulary[0], vocabulary[0]],
+     "duplicate char vocabulary entr(ies): ['{0}', '{1}']"),
+    ("char", lambda vocabulary: ["", *vocabulary[1:]], "the char vocabulary must be non-empty strings, at least one"),
+    ("word", lambda vocabulary: ["", *vocabulary[1:-1], vocabulary[1]], "the word vocabulary must be non-empty strings, at least one"),
+    ("word", lambda vocabulary: [*vocabulary[:-1], 3], "the word vocabulary must be non-empty strings, at least one"),
+    ("char", lambda vocabulary: [], "the char vocabulary must be non-empty strings, at least one"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("block", "change", "message"), NOT_DISTINCT)
+def test_a_vocabulary_not_of_distinct_strings_is_named(model: LinearTextModel, block: str, change: Any, message: str) -> None:
+    """Repeated entries are named (the first three, sorted); an empty string is refused before a repeat."""
+    document, arrays = json_and_arrays(model)
+    vocabulary = document[f"{block}_vocabulary"]
+    document[f"{block}_vocabulary"] = change(vocabulary)
+    with pytest.raises(FbmlError) as info:
+        LinearTextModel.from_parts(document, arrays)
+    assert str(info.value) == "not a linear text model: " + message.format(*sorted(vocabulary[:2]))
+
+
+def test_the_counters_use_the_vocabularies_in_column_order(model: LinearTextModel) -> None:
+    words, chars = model._counters
+    assert words.vocabulary is model.word_vocabulary and chars.vocabulary is model.char_vocabulary
+    assert list(words.columns.values()) == list(range(len(model.word_vocabulary)))
+
+
 def test_prediction_refuses_a_single_string_or_non_strings(model: LinearTextModel) -> None:
     with pytest.raises(FbmlError, match="not one string"):
         model.predict_proba("sofa table")

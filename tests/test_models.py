@@ -4,12 +4,16 @@ EfficientNet-Lite0, ResNet-50's ImageNet weights through torchvision, padding, c
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+from contracts.bundle import ImageOptions
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import RESNET_STAGES, backbone
 from fbml.modeling.models import (
@@ -17,7 +21,10 @@ from fbml.modeling.models import (
     ImageClassifier,
     ModelOutput,
     TextClassifier,
+    assign_weights,
+    build_model,
     combined_model,
+    image_from_options,
     image_model,
     text_model,
 )
@@ -536,3 +543,61 @@ def test_image_head_learns_from_features_of_any_scale(shared: Shared, name: str)
     with torch.inference_mode():
         accuracy = (head.eval()(features).logits.argmax(dim=1) == labels).float().mean()
     assert accuracy > 0.9
+
+
+REBUILD = """
+import json, sys
+import torch
+from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
+from fbml.modeling.models import build_model
+
+image = ImageOptions(backbone="efficientnet_lite0", trainable_stages=1, embedding_dim=8, dropout=0.1)
+text = TextCnnOptions(embedding_dim=8, kernel_sizes=[2], channels=4, dropout=0.1, freeze_embeddings=False,
+                      normalise_embeddings=True, positions=3, word_dropout=0.1, branch_scale=2.0)
+built = [build_model(kind, options, 4, (30, 6)) for kind, options in
+         [("image-cnn", image), ("text-cnn", text), ("combined-nn", CombinedOptions(image, text))]]
+print(json.dumps({"devices": sorted({tensor.device.type for model in built for tensor in model.parameters()}),
+                  "compiler": "torch._dynamo" in sys.modules}))
+"""
+
+
+def test_networks_rebuilt_for_their_weights_import_no_compiler() -> None:
+    """``build_model`` builds image networks on the meta device without initialising them: the meta version of some of
+    ``torch.nn.init``'s functions would import ``torch._dynamo`` (seconds of a bundle's load)."""
+    result = subprocess.run([sys.executable, "-c", REBUILD], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"devices": ["cpu", "meta"], "compiler": False}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_assigned_weights_are_the_networks_own_and_give_its_outputs(name: str) -> None:
+    options = ImageOptions(backbone=name, trainable_stages=1, embedding_dim=8, dropout=0.1)
+    torch.manual_seed(3)
+    trained = image_from_options(options, CLASSES).eval()
+    arrays = {key: tensor.numpy().copy() for key, tensor in trained.state_dict().items()}
+    rebuilt = build_model("image-cnn", options, CLASSES, None)
+    state = assign_weights(rebuilt, arrays)
+    assert {tensor.device.type for tensor in [*rebuilt.parameters(), *rebuilt.buffers()]} == {"cpu"}
+    weight = "head.classify.1.weight"
+    assert rebuilt.state_dict()[weight].data_ptr() == state[weight].data_ptr() == arrays[weight].ctypes.data  # not copied
+    trainable = [name for name, parameter in trained.named_parameters() if parameter.requires_grad]
+    assert [name for name, parameter in rebuilt.named_parameters() if parameter.requires_grad] == trainable
+    with torch.inference_mode():
+        for mine, theirs in zip(rebuilt.eval()(images()), trained(images()), strict=True):
+            assert torch.equal(mine, theirs)
+
+
+def test_assigned_weights_must_leave_nothing_on_the_meta_device() -> None:
+    with torch.device("meta"):
+        layer = nn.Linear(2, 3)
+        layer.register_buffer("scale", torch.ones(3), persistent=False)  # not in a state dict: no weights give it values
+    arrays = {"weight": np.ones((3, 2), np.float32), "bias": np.zeros(3, np.float32)}
+    with pytest.raises(FbmlError, match="^no weights for scale$"):
+        assign_weights(layer, arrays)
+
+
+def test_assigned_weights_take_the_networks_dtypes() -> None:
+    layer = nn.Linear(2, 3)
+    state = assign_weights(layer, {"weight": np.full((3, 2), 0.1, np.float64), "bias": np.arange(3, dtype=np.int64)})
+    assert layer.weight.dtype == layer.bias.dtype == torch.float32 and state["bias"].tolist() == [0.0, 1.0, 2.0]
+    assert torch.equal(layer.weight, torch.full((3, 2), 0.1, dtype=torch.float64).float())

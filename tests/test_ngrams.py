@@ -73,6 +73,14 @@ def test_counts_over_any_fixed_vocabulary_are_scikit_learns(
     assert_same_rows(NgramCounter(analyzer, ngram_range, vocabulary).counts(texts), expected)
 
 
+def test_a_repeated_ngram_has_one_column_its_last() -> None:
+    """``columns`` holds each n-gram once: fewer entries than the vocabulary tell a repeat (what the linear model's
+    check of its vocabularies reads)."""
+    counter = NgramCounter("word", (1, 1), ("a", "b", "a"))
+    assert counter.columns == {"a": 2, "b": 1} and len(counter.columns) < len(counter.vocabulary)
+    assert counter.counts(["a b a"]).indices.tolist() == [1, 2]
+
+
 def test_a_hand_example() -> None:
     counter = NgramCounter("char_wb", (2, 3), (" a", "a ", " a ", "ab", "xyz"))
     rows = counter.counts(["A  b", "", "a\ta a"])

@@ -28,7 +28,8 @@ from fbml.modeling.metrics import group_means, per_product, product_means
 from fbml.tables.clean import clean_tables
 from fbml.text.listings import listing_texts
 from fbml.workflows.evaluate import evaluations
-from fbml.workflows.predict import PARTS, STATE, Decoding, PredictOptions, catalogue, scoring_roles
+from fbml.workflows.predict import MIN_PARTS, PARTS, STATE, Decoding, PredictOptions, catalogue, default_part_size, scoring_roles
+from fbml.workflows.predict import PART_SIZE as PART_SIZE_DEFAULT
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,10 +42,12 @@ PART_SIZE = 40
 
 
 def arguments(market, bundle: Path, out: Path, *extra: str) -> list[str]:  # noqa: F811
-    """``fbml predict``'s arguments for the market (one inference thread: the module's torch threads stay one)."""
+    """``fbml predict``'s arguments for the market, scored in this process (unless ``extra`` says otherwise) on one
+    inference thread (the module's torch threads stay one)."""
+    workers = [] if "--workers" in extra or "--engine" in extra else ["--workers", "1"]
     return ["predict", str(bundle), "--products", str(market["products"]), "--images", str(market["images"]),
             "--image-dir", str(market["image_dir"]), "--out", str(out), "--device", "cpu", "--part-size", str(PART_SIZE),
-            "--threads", "1", *extra]  # fmt: skip
+            "--threads", "1", *workers, *extra]  # fmt: skip
 
 
 def predict(market, bundle: Path, out: Path, *extra: str) -> int:  # noqa: F811
@@ -162,27 +165,48 @@ def test_rows_are_what_bundle_predict_and_the_http_api_answer(predicted: Path, m
 # --- resume -------------------------------------------------------------------------------------------------
 
 
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux's ``/proc``)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(predicted: Path, market, trained, tmp_path: Path) -> None:  # noqa: F811
+    """Killed while two worker processes score its parts: the workers leave on their own, and the resumed run (in
+    one process) ends with the uninterrupted run's tables."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fbml.cli", "predict", str(trained["bundle"]), "--products", str(market["products"]),
                "--images", str(market["images"]), "--image-dir", str(market["image_dir"]), "--out", str(out),
-               "--device", "cpu", "--part-size", "5"]  # fmt: skip
+               "--device", "cpu", "--part-size", "5", "--threads", "1"]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([*command, "--workers", "2"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while len(list((out / PARTS).glob("part-*.parquet"))) < 2 and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.02)
+        workers = children_of(process.pid)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
     written = sorted((out / PARTS).glob("part-*.parquet"))
     assert process.returncode == -signal.SIGKILL and not (out / "predictions.parquet").exists()
+    assert len(workers) >= 2  # the two workers (and the resource tracker, which leaves with them)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a killed run's workers lingered"
     assert 2 <= len(written) < json.loads((out / PARTS / STATE).read_text())["parts"]
     before = {path: path.stat().st_mtime_ns for path in written}
     stale = out / PARTS / f".{written[-1].name}.0123abcd.tmp"  # as a kill in the middle of a write leaves
     stale.write_bytes(b"half a part")
-    completed = subprocess.run([*command, "--resume"], env=environment, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run([*command, "--workers", "1", "--resume"], env=environment, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
     assert f"resumed: {len(written)} part(s) were written already" in completed.stdout
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in before.items())  # not scored again
@@ -289,6 +313,25 @@ def test_the_ray_engine_writes_the_same_table(predicted: Path, market, trained, 
             assert by_ray.equals(by_default)
 
 
+def test_worker_processes_write_the_same_table(predicted: Path, market, trained, tmp_path: Path, capsys) -> None:  # noqa: F811
+    """Two worker processes, each loading the bundle once and scoring whole parts, write the table one process wrote;
+    a bundle that a worker cannot load ends the run in one line, its workers stopped."""
+    assert predict(market, trained["bundle"], tmp_path / "out", "--workers", "2") == 0
+    for name in ("predictions.parquet", "rejected.parquet"):
+        by_workers, by_one = pl.read_parquet(tmp_path / "out" / name), pl.read_parquet(predicted / name)
+        assert by_workers.equals(by_one), name
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["bundle"], broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # the manifest reads; the weights' checksums fail
+    before = children_of(os.getpid())
+    capsys.readouterr()
+    assert predict(market, broken, tmp_path / "broken-out", "--workers", "2") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "does not match its checksum" in error, error
+    assert children_of(os.getpid()) <= before
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "torch"])
 def test_a_run_imports_only_its_runtime(predicted: Path, market, onnx_bundle: Path, runtime: str, tmp_path: Path) -> None:  # noqa: F811
     """Cleaning, photo decoding and the rejected rows are checked by the contracts' rules: no pandera, no pandas;
@@ -326,6 +369,7 @@ def test_bad_inputs_are_one_line_before_any_work(market, trained, tmp_path: Path
         (["--out", str(market["image_dir"] / "out")], "is inside the photo folder"),
         (["--out", str(bundle / "out")], "is inside the bundle"),
         (["--address", "auto"], "--address is for --engine ray"),
+        (["--engine", "ray", "--workers", "2"], "--workers is for --engine polars"),
     ]
     (tmp_path / "file").write_text("x")
     cases.append((["--out", str(tmp_path / "file")], "exists and is not a folder"))
@@ -341,6 +385,14 @@ def test_bad_inputs_are_one_line_before_any_work(market, trained, tmp_path: Path
 
 
 # --- the one aggregation ---------------------------------------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=10**7))
+def test_default_parts_are_at_most_part_size_and_at_least_min_parts_when_there_are_products_enough(products: int) -> None:
+    size = default_part_size(products)
+    parts = -(-products // size)
+    assert 1 <= size <= PART_SIZE_DEFAULT
+    assert parts >= min(MIN_PARTS, products) and (size == PART_SIZE_DEFAULT or parts < 2 * MIN_PARTS)
 
 
 @given(st.lists(st.sampled_from("abcd"), min_size=1, max_size=12))

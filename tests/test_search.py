@@ -21,7 +21,7 @@ from fbml.bundle.search import (
 )
 from fbml.bundle.vector_index import Chunk
 from fbml.errors import ContractError, FbmlError
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 CATEGORIES = ("Appliances", "Books", "Toys")
@@ -264,6 +264,48 @@ ROW = {"id": "p0", "product_name": "x", "category": "Books", "category_path": "B
 def test_from_json_refuses_a_catalogue_that_does_not_fit(rows: object, vectors: int, message: str) -> None:
     with pytest.raises(FbmlError, match=message):
         SearchIndex.from_json(unit_rows(np.ones((vectors, 3))), rows, {})
+
+
+texts_or_null = st.none() | st.text(st.characters(codec="utf-8"), max_size=4) | st.just("é" * 1000)
+catalogue_values = st.fixed_dictionaries({
+    "id": texts_or_null, "product_name": texts_or_null, "category": texts_or_null, "category_path": texts_or_null,
+    "price": st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(),
+    "photos": st.lists(texts_or_null, max_size=3),
+})  # fmt: skip
+out_of_place = st.sampled_from([("price", "1"), ("price", "cheap"), ("id", 3), ("category_path", "x" * 1001), ("photos", "a"),
+                                ("photos", None), ("photos", ["a"] * 101), ("photos", [1]), ("photos", ["\ud800"])])  # fmt: skip
+
+
+@st.composite
+def catalogue_rows(draw: st.DrawFn) -> list[dict[str, object]]:
+    """Rows of values of their columns' types (or null), at most one of them then given a value out of place."""
+    rows = draw(st.lists(catalogue_values, max_size=5))
+    if rows and draw(st.booleans()):
+        name, value = draw(out_of_place)
+        rows[draw(st.integers(0, len(rows) - 1))][name] = value
+    return rows
+
+
+@settings(max_examples=300)
+@given(rows=catalogue_rows())
+def test_a_catalogue_read_column_by_column_is_the_one_read_row_by_row(rows: list[dict[str, object]]) -> None:
+    """``from_json`` builds a catalogue whose values already have their columns' types and whose rows are within bounds
+    a column at a time (``_typed_columns``), any other row by row as before: the same frame as row by row, and never one
+    that row by row refuses."""
+    from fbml.bundle.search import _check_row_bounds, _typed_columns, _within_bounds
+
+    try:
+        for number, row in enumerate(rows):
+            _check_row_bounds(number, row)
+        expected = pl.DataFrame(rows, schema=CATALOGUE_SCHEMA)
+    except (FbmlError, TypeError, ValueError, pl.exceptions.PolarsError):
+        expected = None
+    catalogue = _typed_columns(rows)
+    if catalogue is not None and _within_bounds(catalogue):
+        event("column by column")
+        assert expected is not None and catalogue.equals(expected) and catalogue.schema == expected.schema
+    else:
+        event("row by row: " + ("refused" if expected is None else "read"))
 
 
 def test_unit_rows() -> None:

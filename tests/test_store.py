@@ -339,9 +339,24 @@ def test_torch_models_round_trip_exactly(loaded: Bundle, grown: Grown, parts: Pa
     model = loaded.model(kind)
     assert not model.training
     assert_same_model(model, grown.expected.models[kind].module, kind, parts.text)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert {tensor.device.type for tensor in tensors} == {"cpu"}  # none left on the meta device it was built on
+    assert all(tensor.is_contiguous() and tensor.data_ptr() % 16 == 0 for tensor in tensors)
     entry = loaded.models[kind]
     assert entry == grown.expected.models[kind]  # kind, typed options, report
     assert type(entry.options) is type(grown.expected.models[kind].options)
+
+
+def test_loading_rebuilds_image_networks_without_random_draws(grown: Grown) -> None:
+    """Their random initial weights would be overwritten: they are built on the meta device, never initialised (the text
+    branches, small, are built as training builds them)."""
+    image_only = build_model("image-cnn", IMAGE, len(CLASSES), None)
+    assert {tensor.device.type for tensor in [*image_only.parameters(), *image_only.buffers()]} == {"meta"}
+    state = torch.get_rng_state()
+    build_model("image-cnn", IMAGE, len(CLASSES), None)
+    assert torch.equal(torch.get_rng_state(), state)
+    fresh = image_from_options(IMAGE, len(CLASSES))  # training's image networks are initialised as ever
+    assert not torch.equal(torch.get_rng_state(), state) and fresh.head.output_layer.weight.device.type == "cpu"
 
 
 def test_batch_norm_statistics_were_moved_before_saving(parts: Parts) -> None:
@@ -845,6 +860,104 @@ def test_a_safetensors_file_that_is_not_one(copy: Path, where: tuple, content: b
     load_error(copy, rf"bundle file {re.escape(ref['file'])} is not a safetensors file")
 
 
+def safetensors_file(header: dict[str, Any], data: bytes) -> bytes:
+    """A safetensors file of ``header`` (as JSON) and ``data``, however wrong either is."""
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + data
+
+
+F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+TAMPERED_SAFETENSORS = {
+    "a gap": ({"a": F32, "b": {**F32, "data_offsets": [12, 20]}}, 20, r"tensor 'b' .*lies at bytes 12 to 20 of the data"),
+    "an overlap": ({"a": F32, "b": {**F32, "data_offsets": [4, 12]}}, 12, r"tensor 'b' .*lies at bytes 4 to 12"),
+    "past the end": ({"a": {**F32, "shape": [4], "data_offsets": [0, 16]}}, 8, r"tensor 'a' ends at byte 16 of the data"),
+    "bytes left over": ({"a": F32}, 12, r"its tensors fill 8 bytes of the data, the file holds 12"),
+    "a shape of other size": ({"a": {**F32, "shape": [3]}}, 8, r"tensor 'a' \(3 x 4 bytes\) lies at bytes 0 to 8"),
+    "an unknown dtype": ({"a": {**F32, "dtype": "F128"}}, 8, r"tensor 'a' has dtype 'F128', not one of BOOL"),
+    "bfloat16": ({"a": {**F32, "dtype": "BF16", "shape": [4]}}, 8, r"has dtype 'BF16'"),
+    "a negative size": ({"a": {**F32, "shape": [-2]}}, 8, r"tensor 'a' needs a shape and two ascending data offsets"),
+    "offsets backwards": ({"a": {**F32, "data_offsets": [8, 0]}}, 8, r"needs a shape and two ascending data offsets"),
+    "not an entry": ({"a": [1, 2]}, 8, r"tensor 'a' has dtype None"),
+    "a huge empty shape": ({"a": {**F32, "shape": [0, 2**62], "data_offsets": [0, 0]}}, 0, r"tensor 'a' cannot be an array"),
+    "not an object": ([F32], 8, r"its header is not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("where", [("models", "text-cnn", "weights"), ("models", "text-linear", "arrays")])
+@pytest.mark.parametrize("case", TAMPERED_SAFETENSORS)
+def test_a_safetensors_file_with_a_tampered_header(copy: Path, where: tuple, case: str) -> None:
+    """The header is read as the safetensors library reads it (the arrays then view the bytes read, uncopied): one line
+    naming the file and what is wrong."""
+    header, size, message = TAMPERED_SAFETENSORS[case]
+    manifest = manifest_of(copy)
+    ref = ref_at(manifest, where)
+    replace_file(copy, ref, safetensors_file(header, bytes(size)))
+    write_manifest(copy, manifest)
+    load_error(copy, rf"bundle file {re.escape(ref['file'])} is not a safetensors file \(.*{message}")
+
+
+def test_a_safetensors_header_longer_than_the_file(copy: Path) -> None:
+    manifest = manifest_of(copy)
+    ref = manifest["models"]["text-linear"]["arrays"]
+    replace_file(copy, ref, (10**6).to_bytes(8, "little") + b"{}")
+    write_manifest(copy, manifest)
+    load_error(copy, r"is not a safetensors file \(its header claims 1000000 bytes, the file holds 2 after the length\)")
+
+
+def small_array(dtype: type, shape: list[int]) -> np.ndarray:
+    return (np.arange(int(np.prod(shape)), dtype=np.int64) % 7).astype(dtype).reshape(shape)
+
+
+safetensors_dtypes = st.sampled_from([np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, bool])
+safetensors_arrays_dicts = st.dictionaries(
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6),
+    st.tuples(safetensors_dtypes, st.lists(st.integers(0, 3), max_size=3)).map(lambda pair: small_array(*pair)),
+    max_size=4,
+)
+
+
+@settings(max_examples=200)
+@given(arrays=safetensors_arrays_dicts, data=st.data())
+def test_safetensors_files_are_read_as_safetensors_reads_them(arrays: dict[str, np.ndarray], data: st.DataObject) -> None:
+    """The same arrays from a file it wrote; the same refusal of one whose header was then changed (an offset, a size, a
+    dtype, the header's length) or that gained or lost a byte."""
+    from fbml.bundle.arrays import safetensors_arrays
+    from safetensors import SafetensorError
+    from safetensors.numpy import load, save
+
+    content = save(arrays)
+    length = int.from_bytes(content[:8], "little")
+    header, body = json.loads(content[8 : 8 + length]), content[8 + length :]
+    names = sorted(name for name in header if name != "__metadata__")
+    changes = ["none", "offset", "shape", "dtype", "length", "append", "truncate"] if names else ["none", "append"]
+    change = data.draw(st.sampled_from(changes))
+    name = data.draw(st.sampled_from(names)) if names else ""
+    if change == "offset":
+        header[name]["data_offsets"][data.draw(st.integers(0, 1))] += data.draw(st.sampled_from([-4, -1, 1, 2, 8]))
+    elif change == "shape":
+        header[name]["shape"] = data.draw(st.lists(st.integers(0, 4), max_size=3))
+    elif change == "dtype":
+        header[name]["dtype"] = data.draw(st.sampled_from(["F32", "F64", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"]))
+    changed = safetensors_file(header, body) if change in ("offset", "shape", "dtype") else content
+    if change == "length":
+        changed = (length + data.draw(st.sampled_from([-1, 1, 9]))).to_bytes(8, "little") + content[8:]
+    changed = changed + b"\0" if change == "append" else changed[:-1] if change == "truncate" else changed
+    try:
+        expected = load(changed)
+    except (SafetensorError, ValueError):
+        event(f"{change}: refused")
+        with pytest.raises(FbmlError):
+            safetensors_arrays(changed)
+    else:
+        event(f"{change}: read")
+        mine = safetensors_arrays(changed)
+        assert mine.keys() == expected.keys()
+        for key, array in mine.items():
+            assert (array.dtype, array.shape) == (expected[key].dtype, expected[key].shape)
+            assert np.array_equal(array, expected[key])
+            assert not array.flags.writeable and array.base is not None  # a view of the bytes read
+
+
 @pytest.mark.parametrize("where", [("text", "vectors"), ("index", "vectors")])
 def test_an_object_array_is_not_unpickled(copy: Path, where: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     import pickle
@@ -980,6 +1093,16 @@ def test_text_files_that_do_not_fit(copy: Path, where: tuple, value: object, mes
     load_error(copy, message)
 
 
+@pytest.mark.parametrize("content", [b'{"tokens": NaN}', b'{"tokens": ["\\ud800"]}', b'{"tokens": [1e400]}'])
+def test_json_that_only_pythons_parser_reads_is_read_by_it(copy: Path, content: bytes) -> None:
+    """msgspec's parser reads a bundle's JSON where it can; what it refuses and Python's reads (NaN, a lone surrogate
+    escape, a number past a float's range) is read by Python's, then checked as ever."""
+    manifest = manifest_of(copy)
+    replace_file(copy, manifest["text"]["vocabulary"], content)
+    write_manifest(copy, manifest)
+    load_error(copy, r"is not a valid vocabulary")
+
+
 def test_linear_parameters_that_are_broken(copy: Path) -> None:
     manifest = manifest_of(copy)
     ref = manifest["models"]["text-linear"]["parameters"]
@@ -988,6 +1111,30 @@ def test_linear_parameters_that_are_broken(copy: Path) -> None:
     replace_file(copy, ref, json.dumps(parameters).encode())
     write_manifest(copy, manifest)
     load_error(copy, r"the text-linear model is broken: not a linear text model: coef must have 3 rows")
+
+
+@pytest.mark.parametrize("block", ["word", "char"])
+def test_linear_parameters_with_a_repeated_vocabulary_entry(copy: Path, block: str) -> None:
+    manifest = manifest_of(copy)
+    ref = manifest["models"]["text-linear"]["parameters"]
+    parameters = json.loads((copy / ref["file"]).read_text())
+    vocabulary = parameters[f"{block}_vocabulary"]
+    repeated = vocabulary[-1] = vocabulary[1]  # as many entries as the arrays have columns
+    replace_file(copy, ref, json.dumps(parameters).encode())
+    write_manifest(copy, manifest)
+    load_error(copy, rf"the text-linear model is broken: .*duplicate {block} vocabulary entr\(ies\): \[{re.escape(repr(repeated))}\]")  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "bad"), [("coef", np.nan), ("char_idf", np.inf), ("intercept", -np.inf)])
+def test_linear_arrays_that_are_not_finite(copy: Path, parts: Parts, name: str, bad: float) -> None:
+    from safetensors.numpy import save
+
+    manifest = manifest_of(copy)
+    arrays = {key: array.copy() for key, array in parts.linear.arrays().items()}
+    arrays[name].reshape(-1)[-1] = bad
+    replace_file(copy, manifest["models"]["text-linear"]["arrays"], save(arrays))
+    write_manifest(copy, manifest)
+    load_error(copy, rf"the text-linear model is broken: .*{name} has non-finite values")
 
 
 def test_linear_arrays_of_the_wrong_dtype(copy: Path, parts: Parts) -> None:

@@ -413,18 +413,21 @@ def _checked_texts(texts: Sequence[str]) -> list[str]:
     return values
 
 
-def _unique_strings(name: str, value: object) -> tuple[str, ...]:
-    """``value`` as a tuple of distinct non-empty strings; ``FbmlError`` otherwise. Checked with sets, in C's
-    loops: the char vocabulary has hundreds of thousands of entries."""
+def _vocabulary_counter(options: LinearTextOptions, block: str, value: object) -> NgramCounter:
+    """The n-gram counter of a block (``"word"`` or ``"char"``) over ``value``, which must be distinct non-empty
+    strings, at least one; ``FbmlError`` otherwise. Checked in C's loops, distinctness with the counter's own column
+    dict: the char vocabulary has hundreds of thousands of entries."""
+    name = f"{block} vocabulary"
     if not isinstance(value, (list, tuple)):
         raise FbmlError(f"the {name} must be a list of strings, got {type(value).__name__}")
     strings = len(value) > 0 and all(issubclass(kind, str) for kind in set(map(type, value)))
-    distinct: set[str] = set(value) if strings else set()
-    _require(strings and "" not in distinct, f"the {name} must be non-empty strings, at least one")
-    if len(distinct) < len(value):
+    _require(strings, f"the {name} must be non-empty strings, at least one")
+    counter = _counter(options, block, tuple(value))
+    _require("" not in counter.columns, f"the {name} must be non-empty strings, at least one")
+    if len(counter.columns) < len(value):
         duplicates = sorted(term for term, count in Counter(value).items() if count > 1)
         raise FbmlError(f"duplicate {name} entr(ies): {duplicates[:3]}")
-    return tuple(value)
+    return counter
 
 
 def _check_array(name: str, array: object, dtype: type[np.floating[Any]], shape: tuple[int, ...]) -> None:
@@ -457,8 +460,9 @@ class LinearTextModel:
     def __attrs_post_init__(self) -> None:
         _require(isinstance(self.options, LinearTextOptions), "options must be LinearTextOptions")
         _require(isinstance(self.calibration, Calibration), "calibration must be a Calibration")
-        words = _unique_strings("word vocabulary", self.word_vocabulary)
-        chars = _unique_strings("char vocabulary", self.char_vocabulary)
+        counters = (_vocabulary_counter(self.options, "word", self.word_vocabulary),
+                    _vocabulary_counter(self.options, "char", self.char_vocabulary))  # fmt: skip
+        words, chars = (counter.vocabulary for counter in counters)
         _require(isinstance(self.coef, np.ndarray) and self.coef.ndim == 2, "coef must be a 2-d array (classes x features)")
         classes = int(self.coef.shape[0])
         _require(classes >= 2, f"coef must have a row per class (at least 2), got {classes}")
@@ -469,7 +473,6 @@ class LinearTextModel:
         _require(bool((self.word_idf > 0).all() and (self.char_idf > 0).all()), "idf values must be positive")
         calibrated = self.calibration.num_classes
         _require(calibrated == classes, f"the calibration is for {calibrated} classes, coef for {classes}")
-        counters = (_counter(self.options, "word", words), _counter(self.options, "char", chars))
         object.__setattr__(self, "_counters", counters)
         object.__setattr__(self, "_weights", np.ascontiguousarray(self.coef.T))
 

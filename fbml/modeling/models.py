@@ -9,13 +9,15 @@ training lends them (``fbml.modeling.randomness``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from contracts.bundle import CombinedOptions, ImageOptions, TextCnnOptions
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from fbml.errors import FbmlError
 from fbml.modeling.backbones import DEFAULT_BACKBONE
@@ -306,19 +308,56 @@ def text_cnn_from_options(options: TextCnnOptions, embeddings: np.ndarray | torc
 def build_model(
     kind: str, options: ImageOptions | TextCnnOptions | CombinedOptions, num_classes: int, words: tuple[int, int] | None
 ) -> nn.Module:
-    """A model of ``kind`` from its factory arguments, without weights (as a bundle rebuilds it);
-    ``words``: the vocabulary's size and the word vectors' width, for the text branches."""
+    """A model of ``kind`` from its factory arguments, without weights (as a bundle rebuilds it, for ``assign_weights``):
+    its image branch on the meta device, never initialised (no memory, no random draws to overwrite). ``words``: the
+    vocabulary's size and the word vectors' width, for the text branches."""
     if isinstance(options, ImageOptions) and kind == "image-cnn":
-        return image_from_options(options, num_classes)
+        return _uninitialised_image(options, num_classes)
     if words is None:
         raise FbmlError(f"a {kind} model needs text settings (vocabulary and word vectors)")
     zeros = torch.zeros(*words)
     if isinstance(options, TextCnnOptions) and kind == "text-cnn":
         return text_cnn_from_options(options, zeros, num_classes)
     if isinstance(options, CombinedOptions) and kind == "combined-nn":
-        image = image_from_options(options.image, num_classes)
+        image = _uninitialised_image(options.image, num_classes)
         return combined_model(image, text_cnn_from_options(options.text, zeros, num_classes), num_classes)
     raise FbmlError(f"a {kind} model cannot be built from {type(options).__name__}")
+
+
+_RANDOM_FILLS = (torch.Tensor.normal_, torch.Tensor.uniform_)
+
+
+class _Uninitialised(TorchFunctionMode):
+    """Tensors on the meta device are left unfilled: ``torch.nn.init``'s functions and random fills return them as they
+    are (there is nothing to fill, and the meta version of ``normal_`` would import ``torch._dynamo``: seconds)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        fills = getattr(func, "__module__", None) == "torch.nn.init" or func in _RANDOM_FILLS
+        if fills and isinstance(target, Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
+def _uninitialised_image(options: ImageOptions, num_classes: int) -> ImageClassifier:
+    """``image_from_options``' network on the meta device, never initialised."""
+    with torch.device("meta"), _Uninitialised():
+        return image_from_options(options, num_classes)
+
+
+def assign_weights(module: nn.Module, arrays: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """Give ``module`` (``build_model``'s) ``arrays`` (writable) as its parameters and buffers, in place of its own (not
+    copied into them): in memory they share where they have its dtypes, else converted. Returns them; ``RuntimeError``
+    as ``load_state_dict``'s for a missing, unexpected or misshapen one, ``FbmlError`` naming any tensor of the module
+    left on the meta device (a buffer its state dict leaves out)."""
+    own = module.state_dict()
+    state = {name: torch.from_numpy(array).to(own[name].dtype if name in own else None) for name, array in arrays.items()}
+    module.load_state_dict(state, assign=True)
+    empty = [name for name, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
+    if empty:
+        raise FbmlError(f"no weights for {', '.join(empty)}")
+    return state
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -106,20 +106,21 @@ class Rows:
 
 @attrs.frozen
 class NgramCounter:
-    """Counts of a fixed vocabulary's n-grams: column ``i`` counts ``vocabulary[i]``; others are not counted."""
+    """Counts of a fixed vocabulary's n-grams: column ``i`` counts ``vocabulary[i]``; others are not counted.
+    ``columns``: the column of each n-gram (of a repeated one, its last: fewer entries than the vocabulary)."""
 
     analyzer: str = attrs.field(validator=attrs.validators.in_(ANALYZERS))
     ngram_range: tuple[int, int]
     vocabulary: tuple[str, ...] = attrs.field(repr=False)
-    _columns: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
+    columns: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
 
-    @_columns.default
+    @columns.default
     def _column_of_ngram(self) -> dict[str, int]:
         return dict(zip(self.vocabulary, range(len(self.vocabulary)), strict=True))
 
     def counts(self, texts: Iterable[str]) -> Rows:
         """One row of counts per text (float64, columns ascending)."""
-        column = self._columns.get
+        column = self.columns.get
         indptr, indices, values = _column_counts(texts, self.analyzer, self.ngram_range,
                                                  lambda grams: list(map(column, grams, itertools.repeat(-1))))
         return Rows(indptr, indices, values, len(self.vocabulary))

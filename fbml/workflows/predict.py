@@ -4,8 +4,9 @@ run resumes from.
 The tables are cleaned as ``fbml clean-products`` cleans them (polars' streaming engine, the contracts checked by
 their rules: the tables ``fbml evaluate`` cleans, without importing pandera); the clean products are cut into
 parts of ``part_size`` (with their photos), and each part is scored through the bundle's prediction path
-(``fbml.workflows.predict_parts``): here, the bundle loading while the tables are cleaned and the next part's
-photos decoding in a thread pool while this one's are scored, or on a Ray cluster (``fbml.workflows.predict_ray``).
+(``fbml.workflows.predict_parts``): in this process, the bundle loading while the tables are cleaned and the next
+part's photos decoding in a thread pool while this one's are scored; by worker processes on this machine, each
+scoring whole parts (``fbml.workflows.predict_pool``); or on a Ray cluster (``fbml.workflows.predict_ray``).
 Each part is written as ``DIR/parts/part-NNNNN.parquet`` (its rejected rows first, as ``rejected-NNNNN.parquet``),
 each file through a temporary file and a rename, beside ``DIR/parts/state.json``, which names the bundle's model
 version and the inputs' fingerprints: ``--resume`` scores only the parts not written yet, and refuses parts of
@@ -25,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from tqdm import tqdm
 
 from fbml.bundle.bundle import Bundle
 from fbml.bundle.predictions import DEFAULT_BATCH
-from fbml.bundle.store import load_bundle, read_manifest
+from fbml.bundle.store import load_bundle, model_version, read_manifest
 from fbml.errors import FbmlError
 from fbml.files import temporary_target, write_atomically
 from fbml.tables.clean import CleanTables
@@ -57,7 +59,11 @@ from fbml.workflows.predict_parts import (
 )
 
 PART_SIZE = 512
-"""Products per part: what a kill can lose, and (with their photos, decoded, twice over) what a part holds in memory."""
+"""The most products per part by default: what a kill can lose, and (with their photos, decoded, twice over) what a
+part holds in memory."""
+MIN_PARTS = 8
+"""The fewest parts a catalogue is cut into by default (its parts then smaller than ``PART_SIZE``): enough for worker
+processes to share a small catalogue's work (each scores a part at a time)."""
 STATE_FORMAT = "fbml.predict/1"
 PARTS, STATE = "parts", "state.json"
 PREDICTIONS, REJECTED = "predictions.parquet", "rejected.parquet"
@@ -65,27 +71,33 @@ PREDICTIONS, REJECTED = "predictions.parquet", "rejected.parquet"
 
 @attrs.frozen
 class PredictOptions:
-    """How a catalogue is scored: the bundle's runtime and device, listings per model run, products per part,
-    whether to add each listing's vector, the photo-decoding threads (default: one per core) and the ONNX
-    sessions' threads (default: ONNX Runtime's; torch's are the process's, set by the caller)."""
+    """How a catalogue is scored: the bundle's runtime and device, listings per model run, products per part (default:
+    ``default_part_size``),
+    whether to add each listing's vector, the photo-decoding threads (default: one per core), the inference
+    threads (ONNX Runtime's sessions', and torch's in worker processes; default: the runtimes' own choice, and
+    here torch's are the process's, set by the caller) and the worker processes of the default engine (1: score
+    here, in this process; more: ``fbml.workflows.predict_pool``)."""
 
     runtime: str = "torch"
     device: str = "cpu"
     batch_size: int = DEFAULT_BATCH
-    part_size: int = PART_SIZE
+    part_size: int | None = None
     embeddings: bool = False
     decode_workers: int | None = None
     threads: int | None = None
+    workers: int = attrs.field(default=1, validator=attrs.validators.ge(1))
 
 
 @attrs.frozen
 class Catalogue:
-    """A catalogue to score: its cleaned tables, where its rows came from, the photo folder, and its parts."""
+    """A catalogue to score: its cleaned tables, where its rows came from, the photo folder, and its parts (of
+    ``part_size`` products, the last one perhaps fewer)."""
 
     tables: CleanTables
     sources: Sources
     image_dir: Path | None
     parts: tuple[Part, ...]
+    part_size: int
 
 
 @attrs.frozen
@@ -114,16 +126,23 @@ class PredictSummary:
 
 
 def catalogue(products: str | Path, images: str | Path | None, image_dir: Path | None, *, scratch: Path,
-              part_size: int = PART_SIZE) -> Catalogue:  # fmt: skip
+              part_size: int | None = None) -> Catalogue:  # fmt: skip
     """The products and images tables cleaned (``streamed_tables``: as ``fbml clean-products`` cleans them, into a
-    temporary folder in ``scratch``, removed after) and cut into parts."""
-    if part_size < 1:
+    temporary folder in ``scratch``, removed after) and cut into parts of ``part_size`` (default:
+    ``default_part_size``)."""
+    if part_size is not None and part_size < 1:
         raise FbmlError(f"part size must be at least 1, got {part_size}")
     raw = RawTables(str(products), None if images is None else str(images))
     with tempfile.TemporaryDirectory(prefix=".fbml-predict-clean.", dir=scratch) as work:
         tables = streamed_tables(raw, Path(work))
-    sources = Sources(str(products), "" if image_dir is None else str(image_dir))
-    return Catalogue(tables, sources, image_dir, tuple(catalogue_parts(tables, part_size)))
+    size = part_size or default_part_size(tables.cleaned.products.height)
+    return Catalogue(tables, Sources.of(products, image_dir), image_dir, tuple(catalogue_parts(tables, size)), size)
+
+
+def default_part_size(products: int) -> int:
+    """Products per part of a catalogue of ``products``: ``PART_SIZE``, or fewer so that there are ``MIN_PARTS`` or more
+    (fewer than twice as many)."""
+    return max(1, min(PART_SIZE, products // MIN_PARTS))
 
 
 def catalogue_parts(tables: CleanTables, part_size: int) -> list[Part]:
@@ -155,18 +174,18 @@ def _raw_records(tables: CleanTables) -> np.ndarray:
     return records
 
 
-def run_state(bundle: Bundle, catalogue: Catalogue, options: PredictOptions) -> dict[str, Any]:
-    """What the parts of a run are of: the bundle, the inputs (the clean tables' contents), the photo folder and
+def run_state(model_version: str, catalogue: Catalogue, options: PredictOptions) -> dict[str, Any]:
+    """What the parts of a run are of: the bundle (its model version), the inputs (the clean tables' contents), the photo folder and
     the options that change the rows; a resumed run must have the same."""
     manifest = catalogue.tables.manifest
     return {
         "format": STATE_FORMAT,
-        "model_version": bundle.model_version,
+        "model_version": model_version,
         "runtime": options.runtime,
         "products": fingerprint(catalogue.tables.cleaned.products),
         "images": None if manifest is None else fingerprint(manifest.images),
         "image_dir": None if catalogue.image_dir is None else str(catalogue.image_dir.resolve()),
-        "part_size": options.part_size,
+        "part_size": catalogue.part_size,
         "parts": len(catalogue.parts),
         "embeddings": options.embeddings,
     }
@@ -293,38 +312,60 @@ def predict_catalogue(
 ) -> PredictSummary:
     """Score every clean product of the tables with the bundle at ``bundle_dir`` into ``out`` (see the module).
 
-    The bundle loads in a thread while the tables are cleaned, the photo folder listed and (on this machine) the
-    first part's photos decoded."""
+    While the tables are cleaned and the photo folder listed, the bundle loads: here, in a thread (and the first
+    part's photos decode), or in the worker processes (``options.workers`` > 1), each loading its own."""
     if engine not in ("polars", "ray"):
         raise FbmlError(f"unknown engine {engine!r} (polars or ray)")
     out.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-load") as loader, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode") as pool:  # fmt: skip
-        manifest = read_manifest(bundle_dir)
-        roles = scoring_roles(manifest, photos=images is not None and image_dir is not None, embeddings=options.embeddings)
-        loading = loader.submit(batch_bundle, bundle_dir, options, roles)
+    manifest = read_manifest(bundle_dir)
+    roles = scoring_roles(manifest, photos=images is not None and image_dir is not None, embeddings=options.embeddings)
+    sources = Sources.of(products, image_dir)
+    with ExitStack() as stack:
+        pool = None
+        if engine == "polars" and options.workers > 1:
+            from fbml.workflows.predict_pool import scorer_arguments, worker_pool
+
+            arguments = scorer_arguments(bundle_dir, image_dir, options, sources, roles)
+            pool = stack.enter_context(worker_pool(options.workers, arguments, model_version(bundle_dir)))
+        loader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-load"))
+        decoder = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbml-decode"))
+        loading = None if pool is not None else loader.submit(batch_bundle, bundle_dir, options, roles)
         scored_catalogue = catalogue(products, images, image_dir, scratch=out, part_size=options.part_size)
         first = _first_to_score(out, scored_catalogue, resume=resume)
-        decoding = Decoding.early(manifest, scored_catalogue, options, pool, first) if engine == "polars" else None
-        bundle = loading.result()
-        if options.embeddings:
+        decoding = Decoding.early(manifest, scored_catalogue, options, decoder, first) if engine == "polars" and pool is None else None
+        bundle = None if loading is None else loading.result()
+        if bundle is not None and options.embeddings:
             bundle.listing_recipe()  # no index, no vectors: stop before the work
-        done = done_parts(out, run_state(bundle, scored_catalogue, options), resume=resume)
+        if pool is not None:
+            pool.ready()  # each worker's bundle loaded (and checked, as above): stop before the work if one is not
+        version = model_version(bundle_dir) if bundle is None else bundle.model_version
+        done = done_parts(out, run_state(version, scored_catalogue, options), resume=resume)
         todo = [part for part in scored_catalogue.parts if part.number not in done]
         total = scored_catalogue.tables.cleaned.products.height
         initial = total - sum(part.products.height for part in todo)
         with tqdm(total=total, initial=initial, desc="predicting", unit="row", file=sys.stderr, disable=not progress,
                   smoothing=0.1) as bar:  # fmt: skip
+            scored: Iterable[ScoredPart]
+            sizes = {part.number: part.products.height for part in todo}
             if engine == "ray":
                 from fbml.workflows.predict_ray import ray_scored
 
-                scored: Iterable[ScoredPart] = ray_scored(bundle_dir, todo, scored_catalogue, options, roles, address=address, bar=bar)
+                scored = counted(ray_scored(bundle_dir, todo, scored_catalogue, options, roles, address=address), sizes, bar)
+            elif pool is not None:
+                scored = counted(pool.scored(todo), sizes, bar)
             else:
-                assert decoding is not None
+                assert decoding is not None and bundle is not None
                 scored = locally_scored(bundle, todo, scored_catalogue, options, bar, decoding.for_bundle(bundle, scored_catalogue))
             for part in scored:
                 write_part(out, part)
     return assembled(out, scored_catalogue, resumed=len(done))
+
+
+def counted(scored: Iterable[ScoredPart], sizes: Mapping[int, int], bar: tqdm[Any]) -> Iterator[ScoredPart]:
+    """``scored``'s parts, the bar moved on by each one's products (``sizes``, by part number) as it comes."""
+    for part in scored:
+        yield part
+        bar.update(sizes[part.number])
 
 
 def _first_to_score(out: Path, catalogue: Catalogue, *, resume: bool) -> Part | None:

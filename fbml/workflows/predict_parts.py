@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -53,6 +54,11 @@ class Sources:
 
     products: str
     photos: str
+
+    @classmethod
+    def of(cls, products: str | Path, image_dir: Path | None) -> Sources:
+        """The sources of a run over the products table ``products`` and the photo folder ``image_dir``."""
+        return cls(str(products), "" if image_dir is None else str(image_dir))
 
 
 @attrs.frozen
