@@ -338,7 +338,11 @@ def predict_catalogue(
             bundle.listing_recipe()  # no index, no vectors: stop before the work
         if pool is not None:
             pool.ready()  # each worker's bundle loaded (and checked, as above): stop before the work if one is not
-        version = model_version(bundle_dir) if bundle is None else bundle.model_version
+        if pool is not None:
+            version = pool.model_version
+        else:
+            assert bundle is not None  # loaded here when no worker process loads it
+            version = bundle.model_version
         done = done_parts(out, run_state(version, scored_catalogue, options), resume=resume)
         todo = [part for part in scored_catalogue.parts if part.number not in done]
         total = scored_catalogue.tables.cleaned.products.height
