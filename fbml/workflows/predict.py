@@ -338,7 +338,6 @@ def predict_catalogue(
             bundle.listing_recipe()  # no index, no vectors: stop before the work
         if pool is not None:
             pool.ready()  # each worker's bundle loaded (and checked, as above): stop before the work if one is not
-        if pool is not None:
             version = pool.model_version
         else:
             assert bundle is not None  # loaded here when no worker process loads it

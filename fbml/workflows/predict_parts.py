@@ -99,6 +99,16 @@ class ScoredPart:
     predictions: pl.DataFrame
     rejected: pl.DataFrame
 
+    def to_ipc(self) -> tuple[int, bytes, bytes]:
+        """The scored part as plain values, to send back from a worker process or a Ray actor: its number, and its
+        predictions and rejected rows as Arrow IPC bytes."""
+        return self.number, ipc_bytes(self.predictions), ipc_bytes(self.rejected)
+
+    @classmethod
+    def from_ipc(cls, number: int, predictions: bytes, rejected: bytes) -> ScoredPart:
+        """The scored part ``to_ipc`` made."""
+        return cls(number, pl.read_ipc(io.BytesIO(predictions)), pl.read_ipc(io.BytesIO(rejected)))
+
 
 @attrs.frozen
 class Roles:

@@ -17,7 +17,6 @@ workers leave on their own within ``WAIT_SECONDS`` of their part.
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import queue
 import signal
@@ -31,13 +30,12 @@ from typing import Any
 
 import attrs
 import numpy as np
-import polars as pl
 from contracts.bundle import Role
 
 from fbml.errors import FbmlError
 from fbml.vision.cache import PhotoFolder
 from fbml.workflows.predict import PredictOptions, batch_bundle
-from fbml.workflows.predict_parts import PART, Part, ScoredPart, Sources, decoded_part, ipc_bytes, scored_part
+from fbml.workflows.predict_parts import PART, Part, ScoredPart, Sources, decoded_part, scored_part
 
 IN_FLIGHT = 2
 """Parts sent to each worker ahead of its answers: one to score, one waiting, so that a worker never idles."""
@@ -48,7 +46,7 @@ STOP_SECONDS = 10.0
 Task = tuple[int, bytes, bytes]
 """A part as a worker receives it: its number, products and photos (Arrow IPC bytes; no photos: empty)."""
 Answer = tuple[int, bytes, bytes]
-"""A scored part as the driver receives it: its number, predictions and rejected rows (Arrow IPC bytes)."""
+"""A scored part as the driver receives it (``ScoredPart.to_ipc``'s)."""
 
 
 class PartScorer:
@@ -76,8 +74,7 @@ class PartScorer:
         part = Part.from_ipc(number, products, photos)
         size = self.bundle.image.size if self.bundle.image is not None else 0
         decoded = decoded_part(part, self.folder, size, self.options.decode_workers)
-        found = scored_part(self.bundle, decoded, self.sources, batch_size=self.options.batch_size, embeddings=self.options.embeddings)
-        return found.number, ipc_bytes(found.predictions), ipc_bytes(found.rejected)
+        return scored_part(self.bundle, decoded, self.sources, batch_size=self.options.batch_size, embeddings=self.options.embeddings).to_ipc()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[object]]:
         """Ray Data's ``map_batches``: each part of ``batch`` (``Part.to_ipc``'s columns) scored."""
@@ -157,12 +154,11 @@ class WorkerPool:
             kind, value = self._answer()
             if kind == "error":
                 raise FbmlError(value)
-            number, predictions, rejected = value
             sent -= 1
             if waiting:
                 self.tasks.put(_task(waiting.popleft()))
                 sent += 1
-            yield ScoredPart(number, pl.read_ipc(io.BytesIO(predictions)), pl.read_ipc(io.BytesIO(rejected)))
+            yield ScoredPart.from_ipc(*value)
 
     def _answer(self) -> tuple[str, Any]:
         """The next answer of a worker, checking every ``WAIT_SECONDS`` that they all still run."""

@@ -13,12 +13,10 @@ stopped after. Ray is imported only here, only when this engine runs: it is the 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
-import polars as pl
 from contracts.bundle import Role
 
 from fbml.tables.ray_engine import ray_cluster
@@ -41,4 +39,4 @@ def ray_scored(bundle_dir: Path, parts: Sequence[Part], catalogue: Catalogue, op
                                      fn_constructor_kwargs=arguments)  # fmt: skip
         for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
             for number, predictions, rejected in zip(batch[PART], batch["predictions"], batch["rejected"], strict=True):
-                yield ScoredPart(int(number), pl.read_ipc(io.BytesIO(bytes(predictions))), pl.read_ipc(io.BytesIO(bytes(rejected))))
+                yield ScoredPart.from_ipc(int(number), bytes(predictions), bytes(rejected))
