@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytecode import compiled_here
 
 PROCESS_TARGET = 0.8
 ONNX_TARGET = 1.8
@@ -72,6 +73,7 @@ class Round:
 
 def main() -> None:
     args = _arguments()
+    print(compiled_here(), flush=True)
     with tempfile.TemporaryDirectory(prefix="fbml-bench-batch-") as scratch_name:
         scratch = Path(scratch_name)
         if args.bundle is None:

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytecode import compiled_here
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "marketplace" / "raw_images"
 TARGET_SPEED_UP = 2.3
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child_baseline:
         baseline_clean(paths, args.child_baseline, args.size)
         return
+    print(compiled_here(), flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         for name in ("warm-src", "warm-baseline", "warm-fbml"):

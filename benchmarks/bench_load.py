@@ -7,6 +7,7 @@ one text through the ``text`` predictor and one photo through the ``image`` pred
 round, the median [min-max] of every figure and of the per-round ratio, and MET / NOT MET for
 ``TARGET`` x ``import torch``. The bundle is ``--bundle``, or a small one trained here on the sample
 marketplace (as ``bench_api.py`` trains it).
+fbml's own modules are compiled first, as installing the wheel compiles them (``bytecode.py``).
 
     uv run python benchmarks/bench_load.py [--bundle DIR] [--runtime torch|onnx] [--repeats 5]
 """
@@ -20,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytecode import compiled_here
 
 TARGET = 1.5
 TORCH_ONLY = """
@@ -51,6 +55,7 @@ print(json.dumps({"imports": imported - start, "load": loaded - imported, "predi
 
 def main() -> None:
     args = _arguments()
+    print(compiled_here(), flush=True)
     with tempfile.TemporaryDirectory(prefix="fbml-bench-load-") as scratch:
         bundle_dir = args.bundle or _small_bundle(Path(scratch))
         rounds, heavy = [], []
@@ -83,7 +88,6 @@ def _arguments() -> argparse.Namespace:
 
 
 def _small_bundle(scratch: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_api import small_bundle
 
     return small_bundle(scratch)

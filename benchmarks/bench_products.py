@@ -27,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytecode import compiled_here
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_PRODUCTS = REPO.parent / "shared" / "data" / "marketplace" / "Products.csv"
 TARGET = 10.0
@@ -213,6 +216,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="turns of the whole-process comparison (0: none)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.child:
+        print(compiled_here(), flush=True)
     if args.child:
         child(*args.child)
         return

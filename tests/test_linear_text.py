@@ -450,7 +450,7 @@ def test_a_vocabulary_not_of_distinct_strings_is_named(model: LinearTextModel, b
 
 
 def test_the_counters_use_the_vocabularies_in_column_order(model: LinearTextModel) -> None:
-    words, chars = model._counters
+    words, chars = model.counters
     assert words.vocabulary is model.word_vocabulary and chars.vocabulary is model.char_vocabulary
     assert list(words.columns.values()) == list(range(len(model.word_vocabulary)))
 
@@ -460,3 +460,53 @@ def test_prediction_refuses_a_single_string_or_non_strings(model: LinearTextMode
         model.predict_proba("sofa table")
     with pytest.raises(FbmlError, match="every text must be a string"):
         model.predict_proba(["sofa", None])  # type: ignore[list-item]
+
+
+def subset_model(like: LinearTextModel | None) -> LinearTextModel:
+    """A model of two of the three classes' texts (as a subcategory model is fitted on some of a bundle's listings)."""
+    chosen = LABELS < 2
+    return fit_linear_text([text for text, keep in zip(TEXTS, chosen, strict=True) if keep], LABELS[chosen], 2, seed=0, like=like)
+
+
+def test_a_model_fitted_like_another_shares_its_counters_and_vocabularies(model: LinearTextModel) -> None:
+    twin = subset_model(like=model)
+    assert twin.counters is model.counters
+    assert twin.word_vocabulary is model.word_vocabulary and twin.char_vocabulary is model.char_vocabulary
+    own = subset_model(like=None)
+    assert len(own.word_vocabulary) < len(model.word_vocabulary)  # the fewer texts' own vocabulary is smaller
+    agree = np.mean(twin.predict_proba(PROBE).argmax(axis=1) == own.predict_proba(PROBE).argmax(axis=1))
+    assert agree >= 0.9  # the same texts, counted over more columns
+
+
+def own_columns(model: LinearTextModel, own: LinearTextModel) -> list[int]:
+    """The columns of ``model``'s vocabularies that ``own``'s vocabularies hold, in ``own``'s order."""
+    words, chars = model.counters
+    return [words.columns[gram] for gram in own.word_vocabulary] + [len(model.word_vocabulary) + chars.columns[gram]
+                                                                    for gram in own.char_vocabulary]
+
+
+def test_only_the_texts_columns_get_weights_when_fitted_like_another(model: LinearTextModel) -> None:
+    twin, own = subset_model(like=model), subset_model(like=None)
+    unseen = np.ones(twin.num_features, dtype=bool)
+    unseen[own_columns(model, own)] = False
+    assert unseen.any() and not twin.coef[:, unseen].any()
+
+
+def test_loading_like_another_shares_its_counters_only_when_the_vocabularies_are_the_same(model: LinearTextModel) -> None:
+    twin, own = subset_model(like=model), subset_model(like=None)
+    loaded = LinearTextModel.from_parts(*json_and_arrays(twin), like=model)
+    assert loaded.counters is model.counters and loaded == twin
+    np.testing.assert_array_equal(loaded.predict_proba(PROBE), LinearTextModel.from_parts(*json_and_arrays(twin)).predict_proba(PROBE))
+    assert LinearTextModel.from_parts(*json_and_arrays(own), like=model).counters is not model.counters
+    document, arrays = json_and_arrays(twin)
+    document["options"]["char_analyzer"] = "char"
+    assert LinearTextModel.from_parts(document, arrays, like=model).counters is not model.counters
+
+
+def test_a_model_refuses_counters_of_other_vocabularies_or_n_grams(model: LinearTextModel, char_model: LinearTextModel) -> None:
+    with pytest.raises(FbmlError, match="counter counts over another vocabulary"):
+        attrs.evolve(subset_model(like=None), counters=model.counters)
+    with pytest.raises(FbmlError, match="counts other n-grams"):
+        attrs.evolve(model, options=char_model.options)
+    with pytest.raises(FbmlError, match="like must count n-grams as options say"):
+        fit_linear_text(TEXTS, LABELS, CLASSES, options=char_model.options, like=model)

@@ -102,6 +102,39 @@ def test_a_tampered_graph_is_refused(exported: Path, tmp_path: Path) -> None:
         load_bundle(copy, runtime="onnx")
 
 
+def test_a_torch_load_leaves_the_graphs_unread_and_a_save_keeps_or_copies_them_checked(exported: Path, tmp_path: Path) -> None:
+    """The torch runtime runs no graph: its load reads none (a tampered one loads), only checks each is a plain file of
+    the bundle. Saved in place, a graph is referenced as it is; saved elsewhere, it is copied, checked first."""
+    import shutil
+
+    from fbml.bundle.bundle import StoredGraph
+    from fbml.bundle.store import save_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported, copy)
+    graphs = {kind: entry["onnx"]["graph"] for kind, entry in json.loads((copy / MANIFEST).read_text())["models"].items()
+              if kind in NETWORKS}  # fmt: skip
+    loaded = load_bundle(copy)
+    assert all(isinstance(loaded.models[kind].onnx, StoredGraph) for kind in NETWORKS)
+    save_bundle(loaded, tmp_path / "elsewhere")
+    moved = load_bundle(tmp_path / "elsewhere", runtime="onnx")
+    assert {kind: moved.models[kind].onnx.content for kind in NETWORKS} == {  # type: ignore[union-attr]
+        kind: (copy / ref["file"]).read_bytes() for kind, ref in graphs.items()}
+
+    graph = copy / graphs["text-cnn"]["file"]
+    content = bytearray(graph.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    graph.write_bytes(bytes(content))
+    tampered = load_bundle(copy)
+    save_bundle(tampered, copy)  # in place: the file is the bundle's, as it was
+    assert json.loads((copy / MANIFEST).read_text())["models"]["text-cnn"]["onnx"]["graph"] == graphs["text-cnn"]
+    with pytest.raises(FbmlError, match=f"bundle file {graphs['text-cnn']['file']} does not match its checksum"):
+        save_bundle(tampered, tmp_path / "other")
+    graph.unlink()
+    with pytest.raises(FbmlError, match=f"bundle file {graphs['text-cnn']['file']} is missing"):
+        load_bundle(copy)
+
+
 def with_graph(exported: Path, copy: Path, kind: str, change: Any) -> None:
     """``copy``: the exported bundle with ``kind``'s graph replaced by ``change(onnx model)``, named and checksummed
     as a bundle's own file (so only its content is hostile)."""

@@ -6,6 +6,7 @@ bundle; saves that leave the previous bundle whole when they crash."""
 from __future__ import annotations
 
 import builtins
+import gc
 import hashlib
 import io
 import json
@@ -1694,6 +1695,34 @@ def test_a_write_killed_before_its_clean_up_leaves_a_temporary_the_next_save_rem
     assert load_bundle(copy).index == grown.expected.index
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_pauses_the_garbage_collector_and_leaves_it_as_it_was(grown: Grown, tmp_path: Path, enabled: bool) -> None:
+    """Off while a bundle loads (its objects hold no cycles for a collection to find), then as it was before, also when
+    the load fails."""
+    seen: list[bool] = []
+    real = bundle_module._load
+
+    def watched(*arguments: Any) -> Bundle:
+        seen.append(gc.isenabled())
+        return real(*arguments)
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(bundle_module, "_load", watched)
+            load_bundle(grown.path)
+            assert gc.isenabled() is enabled
+            (tmp_path / "broken").mkdir()
+            (tmp_path / "broken" / MANIFEST).write_text("{")
+            with pytest.raises(FbmlError):
+                load_bundle(tmp_path / "broken")
+            assert gc.isenabled() is enabled
+        assert seen == [False, False]
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
 # --- the subcategory model ---------------------------------------------------------------------------------
 
 
@@ -1703,6 +1732,33 @@ def subcategory_model() -> SubcategoryModel:
     model = fit_subcategory_model(texts, paths, CODEC, options=LINEAR, seed=0)
     assert model is not None and model.num_classes == 2 * len(CLASSES)
     return model
+
+
+def test_the_subcategory_model_shares_the_text_linear_models_counters_on_load(tmp_path: Path) -> None:
+    """Fitted over the text-linear model's vocabularies (as ``fbml train`` fits it), the subcategory model is loaded with
+    the text-linear model's n-gram counters, built once, and predicts as before; fitted over its own vocabularies, it
+    builds its own counters."""
+    texts, labels = linear_texts()
+    linear = fit_linear_text(texts, labels, len(CLASSES), options=LINEAR)
+    paths = pl.Series([f"{CLASSES[label]} / {'new' if row % 2 else 'used'} / x" for row, label in enumerate(labels)])
+    twin = fit_subcategory_model(texts, paths, CODEC, options=LINEAR, seed=0, like=linear)
+    assert twin is not None and twin.model.counters is linear.counters
+    bundle = Bundle(CODEC, subcategories=twin).with_model(BundleModel("text-linear", linear, None, {}))
+    bundle = bundle.with_predictor("text", Predictor(Ensemble((("text-linear", 1.0),), (0.0,) * len(CLASSES))))
+    save_bundle(bundle, tmp_path / "shared")
+    loaded = load_bundle(tmp_path / "shared")
+    assert loaded.subcategories is not None and loaded.subcategories.model.counters is loaded.model("text-linear").counters
+    np.testing.assert_array_equal(loaded.subcategories.probabilities(QUERIES), twin.probabilities(QUERIES))
+    partial = load_bundle(tmp_path / "shared", roles=["text"])
+    assert partial.subcategories is not None and partial.subcategories.model.counters is partial.model("text-linear").counters
+
+    paths = pl.Series([CLASSES[label] if CLASSES[label] == "phones" else path for path, label in zip(paths, labels, strict=True)])
+    own = fit_subcategory_model(texts, paths, CODEC, options=LINEAR, seed=0)  # without the phones' texts: other vocabularies
+    assert own is not None and own.model.word_vocabulary != linear.word_vocabulary
+    save_bundle(attrs.evolve(bundle, subcategories=own), tmp_path / "own")
+    loaded = load_bundle(tmp_path / "own")
+    assert loaded.subcategories is not None and loaded.subcategories.model.counters is not loaded.model("text-linear").counters
+    np.testing.assert_array_equal(loaded.subcategories.probabilities(QUERIES), own.probabilities(QUERIES))
 
 
 def test_best_within_picks_each_rows_first_best_child_of_its_category_and_none_without_children() -> None:

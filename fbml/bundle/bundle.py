@@ -10,11 +10,12 @@ Serving, evaluation, indexing, batch scoring and training's test scores all call
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
-from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, Role, TextCnnOptions
+from contracts.bundle import CombinedOptions, ImageOptions, ModelKind, OnnxEntry, Role, TextCnnOptions
 from contracts.limits import MAX_K
 from tqdm import tqdm
 
@@ -70,6 +71,15 @@ def _in_eval_mode(module: Model) -> Model:
 
 
 @attrs.frozen
+class StoredGraph:
+    """A network's ONNX graph left in the bundle folder it was loaded from (a torch-runtime load reads none): saving
+    the bundle references that file where the target holds it, else copies it, checked, from ``folder``."""
+
+    folder: Path
+    entry: OnnxEntry
+
+
+@attrs.frozen
 class BundleModel:
     """A trained model of one kind (a network is kept in eval mode), the factory arguments that rebuild it
     (None for the linear text model, whose parameters are the model) and what its training reported."""
@@ -78,8 +88,8 @@ class BundleModel:
     module: Model = attrs.field(eq=False, converter=_in_eval_mode)
     options: TorchOptions | None
     report: Mapping[str, Any] = attrs.field(factory=dict)
-    onnx: OnnxGraph | None = attrs.field(default=None, eq=False)
-    """The network's ONNX graph, when ``fbml export-onnx`` made one of these weights."""
+    onnx: OnnxGraph | StoredGraph | None = attrs.field(default=None, eq=False)
+    """The network's ONNX graph, when ``fbml export-onnx`` made one of these weights (as its file, when loaded for torch)."""
 
 
 @attrs.frozen

@@ -11,13 +11,15 @@ then loaded from the bundle).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +49,7 @@ from contracts.bundle import (
 )
 
 from fbml.bundle.arrays import finite, plain_array, safetensors_arrays
-from fbml.bundle.bundle import Bundle, BundleModel, Predictor, checked_role
+from fbml.bundle.bundle import Bundle, BundleModel, Predictor, StoredGraph, checked_role
 from fbml.bundle.listings import IMAGE_MODEL, TEXT_MODEL
 from fbml.bundle.locks import bundle_files
 from fbml.bundle.profile import profile_from_json, profile_to_json
@@ -133,9 +135,31 @@ def load_bundle(path: str | os.PathLike[str], *, runtime: str = "torch", device:
     if not folder.is_dir():
         raise FbmlError(f"{folder}: not a bundle (no such folder)" if not folder.exists() else f"{folder}: not a bundle (not a folder)")
     wanted = None if roles is None else frozenset(checked_role(role) for role in roles)
-    with bundle_files(folder, shared=True):
+    with bundle_files(folder, shared=True), collection_paused():
         bundle = _load(folder, runtime, onnx_threads, wanted)
     return bundle if device == "cpu" else _on_device(bundle, device)
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside, and on again after unless it was off before; what was made inside
+    joins the oldest generation without a collection (unless the process holds frozen objects, which stay frozen).
+
+    A load makes hundreds of thousands of long-lived objects (torch's modules when it imports torch, the networks, the
+    catalogue rows); the collections their allocations trigger walk them again and again, and the first one after the
+    collector is back on would walk them all: together about a fifth of a real bundle's load beyond ``import torch``.
+    ``gc.freeze`` then ``gc.unfreeze`` moves every tracked object to the oldest generation in constant time, as if
+    collections had found it alive; full collections still look at them. Reference counting frees what loading drops."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if was_enabled:
+            gc.enable()
 
 
 def _on_device(bundle: Bundle, device: str) -> Bundle:
@@ -161,16 +185,22 @@ def _load(path: Path, runtime: str, onnx_threads: int | None, roles: frozenset[R
     text = None if manifest.text is None else _read_text(path, manifest.text)
     # Each part in a thread of its own: reading, hashing and copying arrays release the GIL, so the linear models, the
     # index and the profile load while torch is imported (about 2 s here: checking the backbone, or the first network),
-    # instead of after it. The networks come last: their threads wait for torch once their weights are read. Results are
-    # taken in a fixed order: a broken bundle always names the same first problem.
+    # instead of after it. The text-linear model comes first: the subcategory model, once its files are read, takes its
+    # n-gram counters when the two count over the same vocabularies. The networks come last: their threads wait for torch
+    # once their weights are read. Results are taken in a fixed order: a broken bundle always names the same first problem.
     with ThreadPoolExecutor(max_workers=LOADING_THREADS, thread_name_prefix="fbml-bundle") as pool:
         image_read = None if manifest.image is None else pool.submit(
             _read_image, path, manifest.image, check_backbone=runtime == "torch" and (whole or reads_photos))
-        subcategory_read = None if manifest.subcategories is None else pool.submit(_read_subcategories, path, manifest.subcategories, codec)
+        def read_model(kind: ModelKind) -> Future[BundleModel]:
+            return pool.submit(_read_model, path, kind, model_entries[kind], codec, text, runtime, onnx_threads)
+
+        linear_read = read_model(ModelKind.TEXT_LINEAR) if ModelKind.TEXT_LINEAR in model_entries else None
+        subcategory_read = None if manifest.subcategories is None else pool.submit(
+            _read_subcategories, path, manifest.subcategories, codec, functools.partial(_linear_module, linear_read))
         index_read = None if manifest.index is None or not whole else pool.submit(_read_index, path, manifest.index)
         profile_read = None if manifest.profile is None or not whole else pool.submit(
             _read, path, manifest.profile, "training profile", profile_from_json)
-        reads = {kind: pool.submit(_read_model, path, kind, entry, codec, text, runtime, onnx_threads) for kind, entry in model_entries.items()}
+        reads = {kind: linear_read if kind is ModelKind.TEXT_LINEAR and linear_read else read_model(kind) for kind in model_entries}
         image = None if image_read is None else image_read.result()
         models = {kind: read.result() for kind, read in reads.items()}
         predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in predictor_entries.items()}
@@ -182,6 +212,15 @@ def _load(path: Path, runtime: str, onnx_threads: int | None, roles: frozenset[R
                     partial=not whole)  # fmt: skip
     _check_settings(path, bundle)
     return bundle
+
+
+def _linear_module(read: Future[BundleModel] | None) -> LinearTextModel | None:
+    """The text-linear model ``read`` loads (waiting for it), or None without one."""
+    if read is None:
+        return None
+    module = read.result().module
+    assert isinstance(module, LinearTextModel)  # the manifest's text-linear entry is read as one
+    return module
 
 
 def _chosen(path: Path, manifest: Manifest, roles: frozenset[Role]) -> tuple[dict[Role, PredictorEntry], dict[ModelKind, ModelEntry]]:
@@ -327,9 +366,10 @@ def _read_model(
         raise FbmlError(f"{path / MANIFEST}: model '{kind}' is described as a '{tag}' model")
     if isinstance(entry, TextLinearEntry):
         return BundleModel(kind, _read_linear(path, entry, codec), None, entry.report)
-    graph = None if entry.onnx is None else _read_onnx(path, entry.onnx)
     if runtime == "onnx":
+        graph = None if entry.onnx is None else _read_onnx(path, entry.onnx)
         return BundleModel(kind, _onnx_session(path, kind, graph, onnx_threads), entry.options, entry.report, graph)
+    stored = None if entry.onnx is None else _stored_graph(path, entry.onnx)
     weights = _read_weights(path, entry.weights)  # first: this thread may then wait for torch's import
     from fbml.modeling.models import build_model
 
@@ -339,16 +379,25 @@ def _read_model(
     except FbmlError as error:
         raise FbmlError(f"{path}: cannot rebuild the {kind} model: {error}") from None
     _assign_weights(path, kind, module, weights)
-    return BundleModel(kind, module.eval(), entry.options, entry.report, graph)
+    return BundleModel(kind, module.eval(), entry.options, entry.report, stored)
 
 
-def _write_onnx(path: Path, kind: str, graph: OnnxGraph) -> OnnxEntry:
+def _write_onnx(path: Path, kind: str, graph: OnnxGraph | StoredGraph) -> OnnxEntry:
+    if isinstance(graph, StoredGraph):
+        ref = _write_chunk(path, f"{kind}-graph", ".onnx", graph.entry.graph.sha256, functools.partial(_checked, graph.folder, graph.entry.graph))
+        return OnnxEntry(ref, graph.entry.opset, graph.entry.inputs, graph.entry.outputs)
     ref = _write_file(path, f"{kind}-graph", ".onnx", graph.content)
     return OnnxEntry(ref, graph.opset, list(graph.inputs), list(graph.outputs))  # type: ignore[arg-type]
 
 
 def _read_onnx(path: Path, entry: OnnxEntry) -> OnnxGraph:
     return OnnxGraph(_checked(path, entry.graph), entry.opset, tuple(entry.inputs), tuple(entry.outputs))
+
+
+def _stored_graph(path: Path, entry: OnnxEntry) -> StoredGraph:
+    """The graph ``entry`` names, left unread in the bundle (the torch runtime runs none): a plain file of the bundle."""
+    _bundle_file(path, entry.graph)
+    return StoredGraph(path, entry)
 
 
 def _onnx_session(path: Path, kind: str, graph: OnnxGraph | None, threads: int | None) -> OnnxModel:
@@ -363,11 +412,14 @@ def _onnx_session(path: Path, kind: str, graph: OnnxGraph | None, threads: int |
         raise FbmlError(f"{path}: {error}") from None
 
 
-def _read_linear(path: Path, entry: TextLinearEntry | SubcategoryEntry, codec: LabelCodec, what: str = "text-linear") -> LinearTextModel:
+def _read_linear(path: Path, entry: TextLinearEntry | SubcategoryEntry, codec: LabelCodec, what: str = "text-linear",
+                 like: Callable[[], LinearTextModel | None] = lambda: None) -> LinearTextModel:  # fmt: skip
+    """A linear model of the bundle, sharing the n-gram counters of ``like()`` (called once its files are read) when
+    it counts over the same vocabularies."""
     parameters = _read(path, entry.parameters, f"{what} parameters", lambda value: value)
     arrays = _read_safetensors(path, entry.arrays)
     try:
-        model = LinearTextModel.from_parts(parameters, arrays)
+        model = LinearTextModel.from_parts(parameters, arrays, like=like())
     except FbmlError as error:
         raise FbmlError(f"{path}: the {what} model is broken: {error}") from None
     if model.num_classes != codec.num_classes:
@@ -386,12 +438,14 @@ def _write_subcategories(path: Path, subcategories: SubcategoryModel) -> Subcate
     )
 
 
-def _read_subcategories(path: Path, entry: SubcategoryEntry, categories: LabelCodec) -> SubcategoryModel:
-    """The subcategory model, each subcategory a child of one of the codec's categories."""
+def _read_subcategories(path: Path, entry: SubcategoryEntry, categories: LabelCodec,
+                        like: Callable[[], LinearTextModel | None]) -> SubcategoryModel:  # fmt: skip
+    """The subcategory model, each subcategory a child of one of the codec's categories, sharing the n-gram counters of
+    ``like()`` (the text-linear model) when the two count over the same vocabularies."""
     from fbml.modeling.subcategories import SubcategoryModel, parent_of
 
     codec = _read(path, entry.codec, "subcategory codec", LabelCodec.from_json)
-    model = _read_linear(path, entry, codec, "subcategory")
+    model = _read_linear(path, entry, codec, "subcategory", like)
     orphans = sorted({parent_of(name) for name in codec.classes} - set(categories.classes))
     if orphans:
         raise FbmlError(f"{path}: subcategories of categories the codec lacks: {orphans[:5]}")
@@ -645,15 +699,20 @@ def _write_file(path: Path, stem: str, suffix: str, content: bytes) -> FileRef:
 def _checked(path: Path, ref: FileRef) -> bytes:
     """The content of the bundle's file ``ref`` names (a plain file inside the bundle), its checksum
     verified on the very bytes that are then parsed."""
+    content = _bundle_file(path, ref).read_bytes()
+    if hashlib.sha256(content).hexdigest() != ref.sha256:
+        raise FbmlError(f"{path}: bundle file {ref.file} does not match its checksum")
+    return content
+
+
+def _bundle_file(path: Path, ref: FileRef) -> Path:
+    """The file ``ref`` names: a plain file inside the bundle; ``FbmlError`` when it is a link or missing."""
     file = path / ref.file
     if file.is_symlink():
         raise FbmlError(f"{path}: bundle file {ref.file} is a symbolic link; a bundle's files must be its own")
     if not file.is_file():
         raise FbmlError(f"{path}: bundle file {ref.file} is missing")
-    content = file.read_bytes()
-    if hashlib.sha256(content).hexdigest() != ref.sha256:
-        raise FbmlError(f"{path}: bundle file {ref.file} does not match its checksum")
-    return content
+    return file
 
 
 def _remove_unreferenced(path: Path, manifest: Manifest) -> None:

@@ -11,6 +11,10 @@ The model is plain data: vocabularies, calibration and options go to JSON (``to_
 vectors, coefficients and intercepts are numeric arrays (``arrays``, e.g. for a safetensors file).
 ``from_parts`` checks both and rebuilds a model giving the same probabilities. No pickle.
 
+Two models may count over one vocabulary (``fit_linear_text(like=...)``: a bundle's subcategory model over its
+text-linear model's): they then share their n-gram counters, whose column dicts of hundreds of thousands of
+n-grams are the largest part of a model's memory and of its loading time (``from_parts(like=...)``).
+
 Predicting needs numpy only: the n-grams are counted by ``fbml.text.ngrams`` (what scikit-learn's
 ``CountVectorizer`` counts), so loading a model and predicting import neither scikit-learn nor scipy;
 fitting imports them (the classifiers, the folds, the calibration's optimiser).
@@ -255,9 +259,13 @@ class _Block:
     rows: Rows
 
 
-def _fit_block(texts: Sequence[str], options: LinearTextOptions, block: str) -> _Block:
+def _fit_block(texts: Sequence[str], options: LinearTextOptions, block: str, counter: NgramCounter | None = None) -> _Block:
+    """The block over ``counter``'s vocabulary when given, else over the n-grams of ``texts`` (``options.min_df``)."""
     analyzer, ngram_range = _analyzer(options, block)
-    vocabulary, counts = fitted_counts(texts, analyzer, ngram_range, options.min_df)
+    if counter is not None:
+        vocabulary, counts = counter.vocabulary, counter.counts(texts)
+    else:
+        vocabulary, counts = fitted_counts(texts, analyzer, ngram_range, options.min_df)
     if not vocabulary:
         raise FbmlError(f"cannot build the {block} n-gram vocabulary of {len(texts)} texts: "
                         f"no {analyzer} n-gram occurs in {options.min_df} or more of them")
@@ -276,12 +284,14 @@ def _classifier(options: LinearTextOptions, seed: int) -> Any:
 
 
 def _fit_uncalibrated(
-    texts: Sequence[str], labels: NDArray[np.int64], num_classes: int, options: LinearTextOptions, seed: int
+    texts: Sequence[str], labels: NDArray[np.int64], num_classes: int, options: LinearTextOptions, seed: int,
+    like: LinearTextModel | None = None,
 ) -> LinearTextModel:
-    """Vocabularies, idf and the linear model on ``texts``, with the identity calibration."""
+    """Vocabularies (``like``'s, when given), idf and the linear model on ``texts``, with the identity calibration."""
     import scipy.sparse as sp
 
-    word, char = _fit_block(texts, options, "word"), _fit_block(texts, options, "char")
+    words, chars = (None, None) if like is None else like.counters
+    word, char = _fit_block(texts, options, "word", words), _fit_block(texts, options, "char", chars)
     classifier = _classifier(options, seed).fit(sp.hstack([word.rows.csr(), char.rows.csr()], format="csr"), labels)
     coef, intercept = np.asarray(classifier.coef_), np.asarray(classifier.intercept_)
     if num_classes == 2:  # scikit-learn scores class 1 only: split the score between the two classes
@@ -295,6 +305,7 @@ def _fit_uncalibrated(
         coef=np.ascontiguousarray(coef, dtype=np.float32),  # liblinear's is Fortran-ordered
         intercept=np.ascontiguousarray(intercept, dtype=np.float32),
         calibration=Calibration.identity(num_classes),
+        counters=_counters_over(options, word.vocabulary, char.vocabulary) if like is None else like.counters,
     )
 
 
@@ -391,18 +402,22 @@ def fit_linear_text(
     *,
     options: LinearTextOptions = LinearTextOptions(),
     seed: int = 0,
+    like: LinearTextModel | None = None,
 ) -> LinearTextModel:
     """Fit on listing texts (name first; raw or clean: normalised here as training text is) and class indices;
     calibrated on out-of-fold scores, then refitted on all.
 
     Deterministic for a ``seed`` (it seeds the folds and the ``LinearSVC``). Every class needs at
     least two texts; the folds are ``options.folds`` or fewer when the rarest class has fewer texts.
+    ``like``: a model whose n-gram vocabularies (and counters) the model counts over instead of fitting its own, so
+    that the two share them; the out-of-fold models that calibrate it still fit their own.
     """
     texts = normalised_texts(_checked_texts(texts))
     checked = _checked_labels(labels, len(texts), num_classes)
+    _require(like is None or like.counts_as(options), "like must count n-grams as options say (the same analyzers and ranges)")
     folds = _fold_count(checked, num_classes, options.folds)
     scores = _out_of_fold_scores(texts, checked, num_classes, options, seed, folds)
-    model = _fit_uncalibrated(texts, checked, num_classes, options, seed)
+    model = _fit_uncalibrated(texts, checked, num_classes, options, seed, like)
     return attrs.evolve(model, calibration=fit_calibration(scores, checked, options.calibration, folds))
 
 
@@ -411,6 +426,29 @@ def _checked_texts(texts: Sequence[str]) -> list[str]:
     values = list(texts)
     _require(all(isinstance(text, str) for text in values), "every text must be a string")
     return values
+
+
+def _own_counters(model: LinearTextModel) -> tuple[NgramCounter, NgramCounter]:
+    """The word and char n-gram counters over ``model``'s vocabularies (checked)."""
+    return _counters_over(model.options, model.word_vocabulary, model.char_vocabulary)
+
+
+def _counters_over(options: object, words: object, chars: object) -> tuple[NgramCounter, NgramCounter]:
+    """The word and char n-gram counters of ``options`` over these vocabularies (checked)."""
+    _require(isinstance(options, LinearTextOptions), "options must be LinearTextOptions")
+    assert isinstance(options, LinearTextOptions)
+    return _vocabulary_counter(options, "word", words), _vocabulary_counter(options, "char", chars)
+
+
+def _check_counter(counter: object, options: LinearTextOptions, block: str, vocabulary: object) -> None:
+    """A counter given to a model counts ``block``'s n-grams as ``options`` say, over ``vocabulary`` (distinct,
+    non-empty strings, as ``_vocabulary_counter`` checks them)."""
+    _require(isinstance(counter, NgramCounter), f"the {block} counter must be an NgramCounter")
+    assert isinstance(counter, NgramCounter)
+    _require((counter.analyzer, counter.ngram_range) == _analyzer(options, block), f"the {block} counter counts other n-grams")
+    _require(counter.vocabulary == vocabulary, f"the {block} counter counts over another vocabulary")
+    _require("" not in counter.columns and len(counter.columns) == len(counter.vocabulary),
+             f"the {block} vocabulary must be distinct non-empty strings")  # fmt: skip
 
 
 def _vocabulary_counter(options: LinearTextOptions, block: str, value: object) -> NgramCounter:
@@ -442,8 +480,9 @@ def _check_array(name: str, array: object, dtype: type[np.floating[Any]], shape:
 class LinearTextModel:
     """A fitted classifier: vocabularies (column order), idf, coefficients (classes x features), calibration.
 
-    Word columns come first, then character columns. The counters that turn text into counts are
-    built once per instance from the vocabularies, so a batch of one text costs little.
+    Word columns come first, then character columns. The ``counters`` that turn text into counts are
+    built once per instance from the vocabularies, so a batch of one text costs little; or given: those of
+    another model over the same vocabularies, which the two then share.
     """
 
     options: LinearTextOptions
@@ -454,15 +493,17 @@ class LinearTextModel:
     coef: NDArray[np.float32] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal), repr=False)
     intercept: NDArray[np.float32] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal), repr=False)
     calibration: Calibration
-    _counters: tuple[NgramCounter, NgramCounter] = attrs.field(init=False, eq=False, repr=False)
+    counters: tuple[NgramCounter, NgramCounter] = attrs.field(
+        default=attrs.Factory(_own_counters, takes_self=True), kw_only=True, eq=False, repr=False)
     _weights: NDArray[np.float32] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _require(isinstance(self.options, LinearTextOptions), "options must be LinearTextOptions")
         _require(isinstance(self.calibration, Calibration), "calibration must be a Calibration")
-        counters = (_vocabulary_counter(self.options, "word", self.word_vocabulary),
-                    _vocabulary_counter(self.options, "char", self.char_vocabulary))  # fmt: skip
-        words, chars = (counter.vocabulary for counter in counters)
+        _require(isinstance(self.counters, tuple) and len(self.counters) == 2, "counters must be a (word, char) pair")
+        for counter, block, vocabulary in zip(self.counters, ("word", "char"), (self.word_vocabulary, self.char_vocabulary), strict=True):
+            _check_counter(counter, self.options, block, vocabulary)
+        words, chars = (counter.vocabulary for counter in self.counters)
         _require(isinstance(self.coef, np.ndarray) and self.coef.ndim == 2, "coef must be a 2-d array (classes x features)")
         classes = int(self.coef.shape[0])
         _require(classes >= 2, f"coef must have a row per class (at least 2), got {classes}")
@@ -473,13 +514,16 @@ class LinearTextModel:
         _require(bool((self.word_idf > 0).all() and (self.char_idf > 0).all()), "idf values must be positive")
         calibrated = self.calibration.num_classes
         _require(calibrated == classes, f"the calibration is for {calibrated} classes, coef for {classes}")
-        object.__setattr__(self, "_counters", counters)
         object.__setattr__(self, "_weights", np.ascontiguousarray(self.coef.T))
 
     @property
     def num_classes(self) -> int:
         """How many classes it scores."""
         return int(self.coef.shape[0])
+
+    def counts_as(self, options: LinearTextOptions) -> bool:
+        """Whether ``options`` count the same n-grams (analyzers and ranges) as this model's."""
+        return all(_analyzer(self.options, block) == _analyzer(options, block) for block in ("word", "char"))
 
     @property
     def num_features(self) -> int:
@@ -491,7 +535,7 @@ class LinearTextModel:
         values = _checked_texts(texts)
         word, char = (
             _tfidf(counter.counts(values), idf, self.options.sublinear_tf)
-            for counter, idf in zip(self._counters, (self.word_idf, self.char_idf), strict=True)
+            for counter, idf in zip(self.counters, (self.word_idf, self.char_idf), strict=True)
         )
         return word.beside(char)
 
@@ -537,15 +581,17 @@ class LinearTextModel:
         return {name: np.ascontiguousarray(array) for name, array in parts.items()}
 
     @classmethod
-    def from_parts(cls, json_value: object, arrays: Mapping[str, np.ndarray]) -> LinearTextModel:
-        """The model ``to_json`` and ``arrays`` describe, checked; ``FbmlError`` naming what is wrong."""
+    def from_parts(cls, json_value: object, arrays: Mapping[str, np.ndarray], *, like: LinearTextModel | None = None) -> LinearTextModel:
+        """The model ``to_json`` and ``arrays`` describe, checked; ``FbmlError`` naming what is wrong. ``like``: a model
+        whose counters it shares when it counts the same n-grams over the same vocabularies (as ``fit_linear_text(like=)``
+        fits it), instead of building its own."""
         try:
-            return cls._from_parts(json_value, arrays)
+            return cls._from_parts(json_value, arrays, like)
         except FbmlError as error:
             raise FbmlError(f"not a linear text model: {error}") from None
 
     @classmethod
-    def _from_parts(cls, json_value: object, arrays: Mapping[str, np.ndarray]) -> LinearTextModel:
+    def _from_parts(cls, json_value: object, arrays: Mapping[str, np.ndarray], like: LinearTextModel | None) -> LinearTextModel:
         document = _json_object(json_value, "the JSON part")
         found = document.get("format")
         _require(found == LINEAR_TEXT_FORMAT, f"format must be {LINEAR_TEXT_FORMAT!r}, got {found!r}")
@@ -557,13 +603,18 @@ class LinearTextModel:
         _require(set(arrays) == set(ARRAY_NAMES), f"the arrays must be exactly {', '.join(ARRAY_NAMES)}; got {names}")
         rows = getattr(arrays["coef"], "shape", (None,))[0] if getattr(arrays["coef"], "ndim", 0) == 2 else None
         _require(rows == num_classes, f"coef must have {num_classes} rows (num_classes), got {rows}")
+        options = LinearTextOptions.from_json(document["options"])
+        words, chars = (_as_tuple(document[name]) for name in VOCABULARIES)
+        same = like is not None and like.counts_as(options) and (words, chars) == (like.word_vocabulary, like.char_vocabulary)
+        twin = like if same else None
         return cls(
-            options=LinearTextOptions.from_json(document["options"]),
-            word_vocabulary=document["word_vocabulary"],
-            char_vocabulary=document["char_vocabulary"],
+            options=options,
+            word_vocabulary=words if twin is None else twin.word_vocabulary,
+            char_vocabulary=chars if twin is None else twin.char_vocabulary,
             word_idf=arrays["word_idf"],
             char_idf=arrays["char_idf"],
             coef=arrays["coef"],
             intercept=arrays["intercept"],
             calibration=Calibration.from_json(document["calibration"], num_classes),
+            counters=_counters_over(options, words, chars) if twin is None else twin.counters,
         )

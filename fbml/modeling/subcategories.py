@@ -89,11 +89,12 @@ class SubcategoryModel:
                 for index, value, has in zip(best.tolist(), values.tolist(), children.any(axis=1).tolist(), strict=True)]
 
 
-def fit_subcategory_model(texts: Sequence[str], paths: pl.Series, categories: LabelCodec, *,
-                          options: LinearTextOptions, seed: int) -> SubcategoryModel | None:  # fmt: skip
+def fit_subcategory_model(texts: Sequence[str], paths: pl.Series, categories: LabelCodec, *, options: LinearTextOptions,
+                          seed: int, like: LinearTextModel | None = None) -> SubcategoryModel | None:  # fmt: skip
     """The subcategory model of these listings (raw texts, their category paths); the listings of a
     subcategory with fewer than ``MIN_EXAMPLES`` of them, or of a one-level path, are left out. None when
-    fewer than two subcategories remain."""
+    fewer than two subcategories remain. ``like``: the linear model whose n-gram vocabularies it counts over
+    (``fit_linear_text``'s ``like``): the category model of the same listings, so that the two share them."""
     labels = subcategory_labels(paths)
     counts = labels.drop_nulls().value_counts()
     kept = sorted(counts.filter(pl.col("count") >= MIN_EXAMPLES)[labels.name].to_list())
@@ -104,7 +105,7 @@ def fit_subcategory_model(texts: Sequence[str], paths: pl.Series, categories: La
     _parent_indices(codec, categories)
     rows = np.flatnonzero(chosen)
     model = fit_linear_text([texts[int(row)] for row in rows], codec.encode(labels.filter(pl.Series(chosen))), codec.num_classes,
-                            options=options, seed=seed)  # fmt: skip
+                            options=options, seed=seed, like=like)  # fmt: skip
     report = {"subcategories": codec.num_classes, "listings": int(rows.size), "left_out": int(len(texts) - rows.size)}
     return SubcategoryModel(codec, model, report)
 

@@ -281,7 +281,7 @@ def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, reque
     store.save(ModelKind.TEXT_LINEAR, keys, linear.predict_proba(listing_texts(frames.validation)))
     store.save_model(ModelKind.TEXT_LINEAR, linear)
     histories = {Phase.SPLIT.run_name(ModelKind.TEXT_CNN): history}
-    subcategories = _subcategory_model(bundle, frames, Phase.SPLIT, request)
+    subcategories = _subcategory_model(bundle, frames, Phase.SPLIT, request, linear)
     if subcategories is not None:
         store.save_subcategories(subcategories)
     tested = Phase.REFIT if request.refit else Phase.SPLIT
@@ -290,7 +290,7 @@ def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, reque
         histories |= _refit_history(ModelKind.TEXT_CNN, refitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings, history.best_epoch),
                                     Phase.REFIT)  # fmt: skip
         linear = _linear_model(bundle, Phase.REFIT.products(frames), recipe.linear, seed)
-        subcategories = _subcategory_model(bundle, frames, Phase.REFIT, request, subcategories)
+        subcategories = _subcategory_model(bundle, frames, Phase.REFIT, request, linear, subcategories)
     bundle = _with_text_models(bundle, cnn, linear, subcategories, _report(history, request, tested), request)
     candidates = [(ModelKind.TEXT_CNN,), (ModelKind.TEXT_LINEAR,), (ModelKind.TEXT_CNN, ModelKind.TEXT_LINEAR)]
     bundle, result = _with_chosen(bundle, Role.TEXT, candidates, frames, histories, data, request)
@@ -305,7 +305,7 @@ def _train_text(bundle: Bundle, data: TrainingData, settings: FitSettings, reque
     shipped = _refit_history(ModelKind.TEXT_CNN, refitted(bundle, ModelKind.TEXT_CNN, cnn, data, settings, history.best_epoch,
                                                           Phase.ALL), Phase.ALL)  # fmt: skip
     linear = _linear_model(bundle, Phase.ALL.products(frames), recipe.linear, seed)
-    subcategories = _subcategory_model(bundle, frames, Phase.ALL, request, subcategories)
+    subcategories = _subcategory_model(bundle, frames, Phase.ALL, request, linear, subcategories)
     bundle = _with_text_models(bundle, cnn, linear, subcategories, _report(history, request, Phase.ALL), request)
     return bundle, attrs.evolve(result, histories={**result.histories, **shipped})
 
@@ -324,12 +324,13 @@ def _with_text_models(bundle: Bundle, cnn: TextClassifier, linear: LinearTextMod
     return attrs.evolve(bundle, subcategories=subcategories)
 
 
-def _subcategory_model(bundle: Bundle, frames: SplitFrames, phase: Phase, request: TrainRequest,
+def _subcategory_model(bundle: Bundle, frames: SplitFrames, phase: Phase, request: TrainRequest, linear: LinearTextModel,
                        first: SubcategoryModel | None = None) -> SubcategoryModel | None:  # fmt: skip
-    """The subcategory model fitted on ``phase``'s products; on the training split, its accuracy on validation
-    is measured and reported (``first``: that model, whose report later fits carry on)."""
+    """The subcategory model fitted on ``phase``'s products over the n-gram vocabularies of ``linear`` (the text-linear
+    model of those products, so that the two share them); on the training split, its accuracy on validation is
+    measured and reported (``first``: that model, whose report later fits carry on)."""
     model = fit_subcategory_model(listing_texts(phase.products(frames)), phase.products(frames)["category_path"], bundle.codec,
-                                  options=request.text.linear, seed=request.config.seed)  # fmt: skip
+                                  options=request.text.linear, seed=request.config.seed, like=linear)  # fmt: skip
     if model is None:
         return None
     measured = {"validation_accuracy": subcategory_accuracy(model, frames.validation)} if first is None else {
