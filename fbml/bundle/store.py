@@ -191,6 +191,7 @@ def _load(path: Path, runtime: str, onnx_threads: int | None, roles: frozenset[R
     with ThreadPoolExecutor(max_workers=LOADING_THREADS, thread_name_prefix="fbml-bundle") as pool:
         image_read = None if manifest.image is None else pool.submit(
             _read_image, path, manifest.image, check_backbone=runtime == "torch" and (whole or reads_photos))
+
         def read_model(kind: ModelKind) -> Future[BundleModel]:
             return pool.submit(_read_model, path, kind, model_entries[kind], codec, text, runtime, onnx_threads)
 
@@ -200,7 +201,7 @@ def _load(path: Path, runtime: str, onnx_threads: int | None, roles: frozenset[R
         index_read = None if manifest.index is None or not whole else pool.submit(_read_index, path, manifest.index)
         profile_read = None if manifest.profile is None or not whole else pool.submit(
             _read, path, manifest.profile, "training profile", profile_from_json)
-        reads = {kind: linear_read if kind is ModelKind.TEXT_LINEAR and linear_read else read_model(kind) for kind in model_entries}
+        reads = {kind: linear_read if kind is ModelKind.TEXT_LINEAR and linear_read is not None else read_model(kind) for kind in model_entries}
         image = None if image_read is None else image_read.result()
         models = {kind: read.result() for kind, read in reads.items()}
         predictors = {role: _read_predictor(path, role, entry, models, codec) for role, entry in predictor_entries.items()}
