@@ -386,7 +386,7 @@ def _read_model(
 def _write_onnx(path: Path, kind: str, graph: OnnxGraph | StoredGraph) -> OnnxEntry:
     if isinstance(graph, StoredGraph):
         ref = _write_chunk(path, f"{kind}-graph", ".onnx", graph.entry.graph.sha256, functools.partial(_checked, graph.folder, graph.entry.graph))
-        return OnnxEntry(ref, graph.entry.opset, graph.entry.inputs, graph.entry.outputs)
+        return msgspec.structs.replace(graph.entry, graph=ref)
     ref = _write_file(path, f"{kind}-graph", ".onnx", graph.content)
     return OnnxEntry(ref, graph.opset, list(graph.inputs), list(graph.outputs))  # type: ignore[arg-type]
 
